@@ -1,0 +1,48 @@
+# Set-up and the everyday commands. `make run` and `make test` are the README's two commands:
+# each creates the virtual environment on first use and installs everything it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.adaptix-installed
+PLUGINS := plugins/adaptix-example plugins/adaptix-transformers
+DEPS := pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: install run test bench lint data clean
+
+$(STAMP): $(DEPS)
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=25.1"
+	# torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[all]" --group dev
+	$(PIP) install -q $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Real data: Debian's dataset-fashion-mnist package (IDX files), installed when missing.
+data:
+	@test -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz || \
+	  { (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	    { echo "Install Debian's dataset-fashion-mnist package, or set ADAPTIX_DATA_DIR."; exit 1; }; }
+
+## The main job on the default configuration (local data, a local SQLite MLflow store).
+run: $(STAMP) data
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(CONFIG)
+
+## The test suite (what CI runs).
+test: $(STAMP) data
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+## The benchmark suite; results are saved under .benchmarks/ for --benchmark-compare.
+bench: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest benchmarks -q --benchmark-autosave $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check adaptix plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check adaptix plugins tests benchmarks examples
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""adaptix: plugin-based adaptive inference (early exiting with performance control) for PyTorch.
+
+The public API; everything else is reachable through its submodules.
+"""
+
+from adaptix._version import __version__
+from adaptix.calibration import Calibration, calibrate
+from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
+from adaptix.hookspecs import hookimpl
+from adaptix.plugins import get_plugin_manager
+from adaptix.policy import ExitPolicy, policy
+from adaptix.simulate import Frontier, FrontierPoint, SimulationResult, simulate, sweep
+from adaptix.trace import Trace
+
+__all__ = [
+    "AdaptixError",
+    "Calibration",
+    "CalibrationError",
+    "ConfigError",
+    "ExitPolicy",
+    "Frontier",
+    "FrontierPoint",
+    "PluginError",
+    "SimulationResult",
+    "Trace",
+    "ValidationError",
+    "__version__",
+    "calibrate",
+    "get_plugin_manager",
+    "hookimpl",
+    "policy",
+    "simulate",
+    "sweep",
+]

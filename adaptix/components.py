@@ -1,0 +1,246 @@
+"""The abstract interfaces a plugin implements: exit criterion, calibrator, exit head, backbone.
+
+A plugin registers component *classes* (through the hooks in `adaptix.hookspecs`); adaptix
+instantiates them with validated parameters once, when a component is resolved, and then calls
+plain methods on the hot path. Each component class owns a pydantic model of its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+from torch import Tensor, nn
+
+from adaptix.errors import CalibrationError, ValidationError
+
+if TYPE_CHECKING:
+    from adaptix.calibration import Calibration
+    from adaptix.trace import Trace
+
+
+class ParamsModel(BaseModel):
+    """Base of every component's parameter model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoParams(ParamsModel):
+    """For components without parameters."""
+
+
+def build_params(model: type[ParamsModel], params: dict[str, Any], owner: str) -> ParamsModel:
+    """Validate ``params`` against ``model``; errors name the component and the dotted path."""
+    try:
+        return model(**params)
+    except PydanticValidationError as err:
+        problems = "; ".join(
+            f"{owner}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        )
+        raise ValidationError(
+            f"invalid parameters for {owner}: {problems}. Accepted parameters: "
+            f"{sorted(model.model_fields) or 'none'}."
+        ) from err
+
+
+class Component(ABC):
+    """What every component class declares.
+
+    Attributes:
+        name: the registry name users pass (``policy("pcee", ...)``); unique per kind.
+        Params: pydantic model of the component's parameters.
+        description: one line for ``adaptix plugins``.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[ParamsModel]] = NoParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: ParamsModel) -> None:
+        self.params = params
+
+
+# --------------------------------------------------------------------------------- criteria
+
+
+Direction = Literal["ge", "le"]
+FusedKind = Literal["confidence", "entropy", "table"]
+
+
+class ExitCriterion(Component):
+    """An exit rule: a per-exit score compared against a threshold.
+
+    An input exits at the first exit e in 0..E-2 whose score fires (``score >= threshold`` when
+    `direction` is ``"ge"``, ``score <= threshold`` when ``"le"``), else at exit E-1. Framing
+    every criterion as a score makes thresholds monotone by construction (a stricter threshold
+    never makes an input exit earlier) and lets `adaptix.sweep` evaluate many thresholds at once.
+    Comparisons are exact: the score is compared to the threshold in float64.
+
+    Subclasses implement `score`; stateful criteria (patience) also override `start` and
+    `select_state`. Instances are immutable after construction and safe to share.
+
+    Attributes:
+        direction: ``"ge"`` (higher scores exit, e.g. confidence) or ``"le"`` (lower scores
+            exit, e.g. entropy).
+        needs_calibration: whether the criterion reads a `Calibration`.
+        fused_kind: the fused exit-decision kernel this criterion can use on GPU (None: none).
+    """
+
+    direction: ClassVar[Direction] = "ge"
+    needs_calibration: ClassVar[bool] = False
+    fused_kind: ClassVar[FusedKind | None] = None
+
+    def __init__(self, params: ParamsModel, calibration: Calibration | None = None) -> None:
+        if self.needs_calibration and calibration is None:
+            raise CalibrationError(
+                f"criterion '{self.name}' needs a calibration, got none. Build one with "
+                "adaptix.calibrate(calibration_trace) and pass calibration=..."
+            )
+        super().__init__(params)
+        self.calibration = calibration
+
+    @classmethod
+    def validate_threshold(cls, threshold: float) -> float:
+        """Check and normalise a threshold; the default accepts real numbers in [0, 1].
+
+        Override for other ranges (a third-party criterion's threshold need not lie in [0, 1]).
+        """
+        value = _real(threshold, cls.name)
+        if not 0.0 <= value <= 1.0:
+            raise ValidationError(
+                f"criterion '{cls.name}' expects a threshold in [0, 1], got {threshold!r}."
+            )
+        return value
+
+    @classmethod
+    def default_thresholds(cls, count: int = 50) -> list[float]:
+        """A grid for sweeps when the user gives none (default: ``count`` points in [0, 1])."""
+        return torch.linspace(0.0, 1.0, count, dtype=torch.float64).tolist()
+
+    def check_model(self, num_exits: int, num_classes: int) -> None:
+        """Raise unless this criterion (and its calibration) fits a model of that shape."""
+        if self.calibration is not None:
+            self.calibration.check_compatible(num_exits, num_classes)
+
+    def start(self, batch_size: int, device: torch.device) -> Any:
+        """Per-batch state before exit 0 (None for stateless criteria)."""
+        return None
+
+    @abstractmethod
+    def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
+        """Score the rows that reached exit ``exit_index``.
+
+        Args:
+            logits: ``[n, C]`` logits of the rows still active at this exit.
+            exit_index: e, the exit being decided.
+            state: the state returned for these same rows at the previous exit (or `start`).
+
+        Returns:
+            A float ``[n]`` score per row, and the state to carry to exit e + 1.
+        """
+
+    def select_state(self, state: Any, keep: Tensor) -> Any:
+        """The state of the rows in ``keep`` (an index tensor): rows that exit leave the batch."""
+        return state
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """Scores of every exit for stored logits ``[N, E, C]``: float64 ``[N, E]``."""
+        n, num_exits, _ = logits.shape
+        state = self.start(n, logits.device)
+        columns = []
+        for e in range(num_exits):
+            value, state = self.score(logits[:, e], e, state)
+            columns.append(value.double())
+        return torch.stack(columns, dim=1)
+
+
+# ------------------------------------------------------------------------------ calibrators
+
+
+class Calibrator(Component):
+    """Turns a labelled trace of held-out data into a `Calibration`."""
+
+    @abstractmethod
+    def fit(self, trace: Trace, bins: int) -> Calibration:
+        """Count, per exit and confidence bin, the inputs and the correct predictions."""
+
+
+# ------------------------------------------------------------------------------- exit heads
+
+
+class ExitHead(Component):
+    """Builds the classifier attached after a block."""
+
+    @abstractmethod
+    def build(self, in_features: int, num_classes: int) -> nn.Module:
+        """A module mapping features ``[n, in_features]`` to logits ``[n, num_classes]``."""
+
+
+# -------------------------------------------------------------------------------- backbones
+
+
+class BackboneParts(BaseModel):
+    """A backbone cut into the blocks that exits attach to.
+
+    Attributes:
+        blocks: block e maps the hidden state after block e-1 to the hidden state after e.
+        feature: maps a block's output to the ``[n, d]`` features an exit head reads
+            (pooling, the CLS token, ...); identity if None.
+        feature_dims: d for the features after each block (what the heads take as input).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    blocks: nn.ModuleList
+    feature: nn.Module | None = None
+    feature_dims: tuple[int, ...]
+
+
+class Backbone(Component):
+    """Adapts a network (or builds one) into `BackboneParts`."""
+
+    @abstractmethod
+    def build(self, source: Any = None) -> BackboneParts:
+        """Cut ``source`` (or a network this backbone builds itself) into blocks."""
+
+
+def _real(value: object, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValidationError(f"criterion '{owner}' expects a real threshold, got {value!r}.")
+    result = float(value)
+    if math.isnan(result):
+        raise ValidationError(f"criterion '{owner}' got a NaN threshold.")
+    return result
+
+
+def integer_threshold(value: object, owner: str, minimum: int = 1) -> float:
+    """Validate an integer-valued threshold (e.g. patience) given as int or integral float."""
+    result = _real(value, owner)
+    if not result.is_integer() or result < minimum:
+        raise ValidationError(
+            f"criterion '{owner}' expects an integer threshold >= {minimum}, got {value!r}."
+        )
+    return result
+
+
+__all__: Sequence[str] = (
+    "Backbone",
+    "BackboneParts",
+    "Calibrator",
+    "Component",
+    "Direction",
+    "ExitCriterion",
+    "ExitHead",
+    "FusedKind",
+    "NoParams",
+    "ParamsModel",
+    "build_params",
+    "integer_threshold",
+)

@@ -1,0 +1,191 @@
+"""The exit decision in pure torch: the specification, the CPU path and the test oracle.
+
+Every other backend must return what `exit_decision_reference` returns: the same predictions and
+masks, and confidences and scores equal up to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adaptix.errors import ValidationError, expect
+from adaptix.kernels.types import ExitDecision, ExitKind
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+EXIT_KINDS: tuple[ExitKind, ...] = ("confidence", "entropy", "table")
+
+
+def check_exit_inputs(
+    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None
+) -> float:
+    """Validate the arguments of an exit decision (see `exit_decision_reference`).
+
+    Returns:
+        The threshold as a Python float.
+
+    Raises:
+        adaptix.errors.ValidationError: an argument breaks its contract.
+    """
+    expect(
+        isinstance(logits, Tensor),
+        "logits as a torch.Tensor",
+        type(logits).__name__,
+        "Pass the exit head's output tensor.",
+    )
+    expect(
+        logits.dim() == 2,
+        "logits of shape [N, C]",
+        f"shape {list(logits.shape)}",
+        "Flatten the leading dimensions, e.g. logits.reshape(-1, logits.shape[-1]).",
+    )
+    expect(
+        logits.dtype in SUPPORTED_DTYPES,
+        "logits of dtype float32, float16 or bfloat16",
+        logits.dtype,
+        "Cast them, e.g. logits.float().",
+    )
+    expect(
+        logits.shape[1] >= 1,
+        "at least one class (C >= 1)",
+        f"shape {list(logits.shape)}",
+        "Check the exit head's output size.",
+    )
+    expect(
+        isinstance(threshold, Real) and not isinstance(threshold, bool),
+        "a real threshold (a Python float)",
+        type(threshold).__name__,
+        "Pass a number, e.g. float(threshold); a tensor would force a device synchronisation.",
+    )
+    value = float(threshold)
+    expect(math.isfinite(value), "a finite threshold", value, "Pass a number in [0, 1].")
+    expect(kind in EXIT_KINDS, f"kind in {EXIT_KINDS}", repr(kind), "Choose one of them.")
+    if kind != "table":
+        expect(
+            table is None,
+            f"no table for kind={kind!r}",
+            "a table",
+            "Pass kind='table' to decide from calibrated bin accuracies, or drop the table.",
+        )
+        return value
+    if table is None:
+        raise ValidationError(
+            "expected a table of bin accuracies for kind='table', got None. "
+            "Pass one exit's row of the calibration table, e.g. accuracy[e]."
+        )
+    expect(
+        isinstance(table, Tensor),
+        "the table as a torch.Tensor",
+        type(table).__name__,
+        "Pass one exit's row of the calibration table, e.g. accuracy[e].",
+    )
+    expect(
+        table.dim() == 1 and table.is_floating_point() and table.numel() >= 1,
+        "a 1-D floating table with at least one bin",
+        f"{table.dtype} of shape {list(table.shape)}",
+        "Pass one exit's bin accuracies (float64, NaN for empty bins).",
+    )
+    return value
+
+
+def float32_bound(threshold: float, *, at_least: bool) -> float:
+    """Round a float64 threshold to the float32 that makes float32 comparisons exact.
+
+    For every float32 s: ``s >= float32_bound(t, at_least=True)`` exactly when
+    ``float64(s) >= t``, and ``s <= float32_bound(t, at_least=False)`` exactly when
+    ``float64(s) <= t``. Rounding to nearest instead would let a score just below the threshold
+    exit.
+
+    Args:
+        threshold: the threshold as given (float64).
+        at_least: True for the smallest float32 >= threshold, False for the largest <= it.
+
+    Returns:
+        The bound, a float32 value held in a Python float (possibly infinite).
+    """
+    # Thresholds beyond the float32 range round to +-inf here and are stepped back below.
+    with np.errstate(over="ignore"):
+        bound = np.float32(threshold)
+    if at_least and float(bound) < threshold:
+        bound = np.nextafter(bound, np.float32(np.inf))
+    elif not at_least and float(bound) > threshold:
+        bound = np.nextafter(bound, np.float32(-np.inf))
+    return float(bound)
+
+
+def table_passes(table: Tensor, threshold: float) -> Tensor:
+    """Which bins let a row exit: defined (not NaN) and at least the threshold, in float64.
+
+    Args:
+        table: one exit's bin accuracies [M], NaN where the bin is empty.
+        threshold: the target accuracy.
+
+    Returns:
+        A bool tensor [M] on the table's device.
+    """
+    # NaN compares False, so an empty bin never lets anything exit.
+    return table.double() >= threshold
+
+
+def exit_decision_reference(
+    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None = None
+) -> ExitDecision:
+    """Decide, for each row of logits, whether it leaves at this exit.
+
+    The softmax is computed in float32. Rows whose softmax is undefined (a NaN or +inf logit,
+    or every logit -inf) get NaN confidence and score and never exit. Comparisons with the
+    threshold are exact in float64: a float32 score s passes ``>= t`` when ``float64(s) >= t``.
+
+    Kinds:
+        - "confidence": score = confidence; exit when score >= threshold.
+        - "entropy": score = -sum p log p / log C (0 log 0 = 0; 0 when C == 1); exit when
+          score <= threshold.
+        - "table": bin = min(floor(confidence * M), M - 1) in float32, score =
+          float32(table[bin]); exit when table[bin] is defined and >= threshold.
+
+    Args:
+        logits: [N, C] float32, float16 or bfloat16.
+        threshold: the threshold (τ or δ).
+        kind: which score decides.
+        table: for kind "table", one exit's calibrated bin accuracies [M] (float64, NaN for
+            empty bins); moved to the logits' device if needed.
+
+    Returns:
+        The decision for every row.
+
+    Raises:
+        adaptix.errors.ValidationError: an argument breaks its contract.
+    """
+    threshold = check_exit_inputs(logits, threshold, kind=kind, table=table)
+    z = logits.float()
+    probs = torch.softmax(z, dim=1)
+    confidence = probs.amax(dim=1)
+    prediction = torch.argmax(z, dim=1)
+    undefined = confidence.isnan()
+    if kind == "confidence":
+        score = confidence.clone()
+        exit_mask = score.double() >= threshold
+    elif kind == "entropy":
+        n_classes = z.shape[1]
+        if n_classes == 1:
+            score = torch.zeros_like(confidence)
+        else:
+            # 0 log 0 = 0: where p underflows to 0, log p is -inf and the product would be NaN.
+            plogp = torch.where(probs > 0, probs * torch.log_softmax(z, dim=1), 0.0)
+            score = -plogp.sum(dim=1) / math.log(n_classes)
+        score = score.masked_fill(undefined, math.nan)
+        exit_mask = score.double() <= threshold
+    else:
+        assert table is not None  # check_exit_inputs requires it for kind "table"
+        table = table.to(logits.device)
+        n_bins = table.shape[0]
+        bins = torch.floor(confidence * n_bins).clamp(max=n_bins - 1)
+        # NaN confidences get bin 0 only to stay indexable; they are masked out below.
+        bins = bins.masked_fill(undefined, 0).long()
+        score = table.float()[bins].masked_fill(undefined, math.nan)
+        exit_mask = table_passes(table, threshold)[bins] & ~undefined
+    return ExitDecision(prediction, confidence, score, exit_mask)

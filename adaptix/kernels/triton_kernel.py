@@ -1,0 +1,200 @@
+"""The exit decision fused into one Triton kernel: one read of the logits, O(N) writes.
+
+Imported only when the triton backend runs (`adaptix.kernels.dispatch` does it lazily), so
+`import adaptix` works without triton. `TRITON_INTERPRET=1` must be set before this module is
+first imported for the kernel to run in Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from adaptix.kernels.reference import float32_bound, table_passes
+from adaptix.kernels.types import ExitDecision, ExitKind
+
+KIND_CODES: dict[ExitKind, int] = {"confidence": 0, "entropy": 1, "table": 2}
+
+TILE_ELEMENTS = 2048
+"""Logits a program holds per step: BLOCK_N rows × BLOCK_C columns."""
+
+NUM_WARPS = 8
+
+_NO_INDEX: tl.constexpr = 2**31 - 1
+
+
+@triton.jit
+def exit_decision_kernel(
+    logits_ptr,
+    stride_row,
+    stride_col,
+    n_rows,
+    n_cols,
+    threshold,
+    inv_log_n_cols,
+    table_ptr,
+    passes_ptr,
+    n_bins,
+    prediction_ptr,
+    confidence_ptr,
+    score_ptr,
+    exit_ptr,
+    KIND: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Decide BLOCK_N rows in one pass over their logits.
+
+    Each lane j of the [BLOCK_N, BLOCK_C] tile keeps an online softmax over the columns it
+    sees (j, j + BLOCK_C, ...): its running max m, s = sum exp(z - m), t = sum exp(z - m)(z - m)
+    (entropy only) and the first column holding m. Lanes are merged once, after the loop, so
+    the loop body has no cross-thread reduction. One exp per element: whichever of z and m is
+    smaller is the one exponentiated relative to the other.
+
+    `threshold` is the float32 bound from `float32_bound`, so comparing in float32 is exact.
+    `table_ptr`, `passes_ptr` and `n_bins` are read only when KIND is the table code (2).
+    """
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    row_start = logits_ptr + rows.to(tl.int64)[:, None] * stride_row
+    lanes = tl.arange(0, BLOCK_C)
+
+    m = tl.full([BLOCK_N, BLOCK_C], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    t = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    # A lane that only ever sees -inf keeps its first column, so an all -inf row predicts 0.
+    first_max = tl.zeros([BLOCK_N, BLOCK_C], tl.int32) + lanes[None, :]
+    for start in tl.range(0, n_cols, BLOCK_C):
+        cols = start + lanes
+        mask = row_ok[:, None] & (cols < n_cols)[None, :]
+        z = tl.load(row_start + cols[None, :] * stride_col, mask=mask, other=float("-inf"))
+        z = z.to(tl.float32)
+        # Strictly greater keeps the first column on ties, as torch.argmax; NaN never grows.
+        grows = z > m
+        d = tl.where(grows, m - z, z - m)
+        e = tl.exp(d)
+        # -inf contributes exp(-inf) = 0 and must not reach 0 * -inf = NaN in t.
+        skip = z == float("-inf")
+        if KIND == 1:
+            # s == 0 exactly while the lane has seen only -inf (then m = -inf and d = -inf).
+            s_d = tl.where(s == 0.0, 0.0, s * d)
+            t = tl.where(grows, e * (t + s_d), tl.where(skip, t, t + e * d))
+        s = tl.where(grows, s * e + 1.0, tl.where(skip, s, s + e))
+        first_max = tl.where(grows, cols[None, :], first_max)
+        m = tl.where(grows, z, m)
+
+    row_max = tl.max(m, axis=1)
+    from_max = m - row_max[:, None]
+    lane_scale = tl.where(m == float("-inf"), 0.0, tl.exp(from_max))
+    total = tl.sum(s * lane_scale, axis=1)
+    # The max element contributes exp(0) = 1, so its probability is 1 / total. div_rn: the
+    # default fp32 division is approximate on NVIDIA GPUs and bin edges (c = 1/2, 1/4, ...)
+    # must come out exactly as in torch.
+    confidence = tl.math.div_rn(tl.full([BLOCK_N], 1.0, tl.float32), total)
+    # Every logit -inf: the softmax is 0/0, NaN as in torch.
+    confidence = tl.where(row_max == float("-inf"), float("nan"), confidence)
+    prediction = tl.min(tl.where(m == row_max[:, None], first_max, _NO_INDEX), axis=1)
+
+    # torch.argmax returns the first NaN. NaN (or +inf) logits make `total` NaN, so the rows
+    # that need it are known here and the second pass only runs for tiles that hold one.
+    if tl.max((total != total).to(tl.int32), axis=0) > 0:
+        first_nan = tl.full([BLOCK_N], _NO_INDEX, tl.int32)
+        for start in tl.range(0, n_cols, BLOCK_C):
+            cols = start + lanes
+            mask = row_ok[:, None] & (cols < n_cols)[None, :]
+            z = tl.load(row_start + cols[None, :] * stride_col, mask=mask, other=0.0)
+            nan_col = tl.min(tl.where(z != z, cols[None, :], _NO_INDEX), axis=1)
+            first_nan = tl.minimum(first_nan, nan_col)
+        prediction = tl.where(first_nan < _NO_INDEX, first_nan, prediction)
+
+    if KIND == 0:
+        score = confidence
+        exits = score >= threshold
+    elif KIND == 1:
+        # H = log S - T / S with T <= 0: a sum of two non-negative terms, no cancellation.
+        shift = tl.where(m == float("-inf"), 0.0, from_max)
+        t_total = tl.sum(lane_scale * (t + s * shift), axis=1)
+        entropy = tl.log(total) - tl.math.div_rn(t_total, total)
+        score = tl.where(confidence == confidence, entropy * inv_log_n_cols, float("nan"))
+        exits = score <= threshold
+    else:
+        defined = confidence == confidence
+        # Same float32 product and floor as the reference, so equal confidences share a bin.
+        scaled = tl.where(defined, tl.floor(confidence * n_bins), 0.0)
+        bins = tl.minimum(scaled.to(tl.int32), n_bins - 1)
+        score = tl.load(table_ptr + bins, mask=row_ok, other=float("nan"))
+        score = tl.where(defined, score, float("nan"))
+        exits = tl.load(passes_ptr + bins, mask=row_ok, other=0) & defined
+
+    tl.store(prediction_ptr + rows, prediction.to(tl.int64), mask=row_ok)
+    tl.store(confidence_ptr + rows, confidence, mask=row_ok)
+    tl.store(score_ptr + rows, score, mask=row_ok)
+    tl.store(exit_ptr + rows, exits, mask=row_ok)
+
+
+def block_shape(n_cols: int) -> tuple[int, int]:
+    """Choose (BLOCK_N, BLOCK_C): whole short rows per tile, long rows walked in chunks."""
+    block_c = min(triton.next_power_of_2(n_cols), TILE_ELEMENTS)
+    return TILE_ELEMENTS // block_c, block_c
+
+
+def exit_decision_triton(
+    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None = None
+) -> ExitDecision:
+    """Run the fused kernel; the arguments must already be validated and runnable.
+
+    See `adaptix.kernels.dispatch.exit_decision`, which checks both.
+    """
+    n_rows, n_cols = logits.shape
+    device = logits.device
+    prediction = torch.empty(n_rows, dtype=torch.int64, device=device)
+    confidence = torch.empty(n_rows, dtype=torch.float32, device=device)
+    score = torch.empty(n_rows, dtype=torch.float32, device=device)
+    exit_mask = torch.empty(n_rows, dtype=torch.bool, device=device)
+    if n_rows == 0:
+        return ExitDecision(prediction, confidence, score, exit_mask)
+
+    if kind == "table":
+        assert table is not None  # dispatch validated: kind "table" comes with a table
+        bin_scores, passes = table.float(), table_passes(table, threshold)
+        bound = 0.0  # unused: `passes` already holds every bin's comparison
+    else:
+        # Unused by the kernel for these kinds; any pointers of the right types will do.
+        bin_scores, passes = confidence, exit_mask
+        bound = float32_bound(threshold, at_least=kind == "confidence")
+    inv_log_n_cols = 1.0 / math.log(n_cols) if n_cols > 1 else 0.0
+    block_n, block_c = block_shape(n_cols)
+
+    def launch() -> None:
+        exit_decision_kernel[(triton.cdiv(n_rows, block_n),)](
+            logits,
+            logits.stride(0),
+            logits.stride(1),
+            n_rows,
+            n_cols,
+            bound,
+            inv_log_n_cols,
+            bin_scores,
+            passes,
+            passes.shape[0],
+            prediction,
+            confidence,
+            score,
+            exit_mask,
+            KIND=KIND_CODES[kind],
+            BLOCK_N=block_n,
+            BLOCK_C=block_c,
+            num_warps=NUM_WARPS,
+        )
+
+    if device.type == "cuda":
+        # Triton launches on the current device; the logits may live on another one.
+        with torch.cuda.device(device):
+            launch()
+    else:
+        launch()
+    return ExitDecision(prediction, confidence, score, exit_mask)

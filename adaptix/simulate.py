@@ -1,0 +1,303 @@
+"""Offline simulation of early exiting over a stored `Trace`, and vectorised threshold sweeps.
+
+`simulate` applies one policy; `sweep` evaluates many thresholds of many criteria at once. Both
+compute the criterion's scores for every exit once, then decide and measure with tensor ops: no
+Python loop over inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from adaptix.errors import ValidationError
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
+from adaptix.policy import ExitPolicy, policy
+from adaptix.scores import confidence_and_prediction
+from adaptix.trace import Trace
+
+if TYPE_CHECKING:
+    from adaptix.calibration import Calibration
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What `simulate` returns.
+
+    Attributes:
+        exit_index: int64 ``[N]``, the exit each input took.
+        predictions: int64 ``[N]``, the prediction at that exit.
+        accuracy: share of inputs predicted right (None without labels).
+        early_accuracy: the same over inputs that left before the last exit (None without labels
+            or when no input left early).
+        relative_cost: mean cost of the exits taken / cost of the last exit.
+        mean_cost: mean cost of the exits taken, in the trace's cost unit (e.g. FLOPs).
+        exit_histogram: float64 ``[E]``, share of inputs leaving at each exit.
+    """
+
+    exit_index: Tensor
+    predictions: Tensor
+    accuracy: float | None
+    early_accuracy: float | None
+    relative_cost: float
+    mean_cost: float
+    exit_histogram: Tensor
+
+    @property
+    def early_exit_rate(self) -> float:
+        """Share of inputs that left before the last exit."""
+        return float(self.exit_histogram[:-1].sum())
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One (criterion, threshold) point of a sweep, with the metrics of `SimulationResult`."""
+
+    criterion: str
+    threshold: float
+    accuracy: float | None
+    early_accuracy: float | None
+    relative_cost: float
+    mean_cost: float
+    exit_histogram: tuple[float, ...]
+
+    @property
+    def early_exit_rate(self) -> float:
+        """Share of inputs that left before the last exit."""
+        return sum(self.exit_histogram[:-1])
+
+
+class Frontier(Sequence[FrontierPoint]):
+    """The compute-accuracy trade-off of a sweep: one `FrontierPoint` per (criterion, threshold)."""
+
+    def __init__(self, points: Sequence[FrontierPoint], costs: Sequence[float]) -> None:
+        self.points = list(points)
+        self.costs = [float(c) for c in costs]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.points[index]
+
+    def __iter__(self) -> Iterator[FrontierPoint]:
+        return iter(self.points)
+
+    def __repr__(self) -> str:
+        return f"Frontier({len(self)} points, criteria={self.criteria()})"
+
+    def criteria(self) -> list[str]:
+        """The criteria in the sweep, in order of first appearance."""
+        return list(dict.fromkeys(p.criterion for p in self.points))
+
+    def of(self, criterion: str) -> list[FrontierPoint]:
+        """The points of one criterion, in threshold order."""
+        return [p for p in self.points if p.criterion == criterion]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Flat dicts (histogram spread into ``exit_share_<e>`` columns), e.g. for pandas."""
+        rows = []
+        for point in self.points:
+            row = asdict(point)
+            histogram = row.pop("exit_histogram")
+            row.update({f"exit_share_{e}": share for e, share in enumerate(histogram)})
+            rows.append(row)
+        return rows
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write `records` as CSV (empty cells for undefined accuracies)."""
+        target = Path(path)
+        rows = self.records()
+        fields = (
+            list(rows[0]) if rows else [f.name for f in FrontierPoint.__dataclass_fields__.values()]
+        )
+        with target.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        return target
+
+
+def simulate(trace: Trace, policy: ExitPolicy) -> SimulationResult:
+    """Apply ``policy`` to every input of ``trace`` as if the model had exited early.
+
+    Raises:
+        CalibrationError: the policy's calibration was made for another number of exits/classes.
+        PluginError: the criterion raised or returned malformed scores.
+    """
+    _check_inputs(trace, policy)
+    num_exits = trace.num_exits
+    scores = policy.scores(trace.logits)
+    fired = policy.fires(scores[:, : num_exits - 1])
+    exit_index = torch.where(
+        fired.any(dim=1), fired.to(torch.int8).argmax(dim=1), num_exits - 1
+    ).long()
+    predictions_all = confidence_and_prediction(trace.logits)[1]
+    predictions = predictions_all.gather(1, exit_index.unsqueeze(1)).squeeze(1)
+    metrics = _metrics(exit_index.unsqueeze(1), trace, predictions_all)
+    return SimulationResult(
+        exit_index=exit_index,
+        predictions=predictions,
+        accuracy=metrics["accuracy"][0],
+        early_accuracy=metrics["early_accuracy"][0],
+        relative_cost=metrics["relative_cost"][0],
+        mean_cost=metrics["mean_cost"][0],
+        exit_histogram=metrics["histogram"][0],
+    )
+
+
+def sweep(
+    trace: Trace,
+    criteria: str | Sequence[str] | Mapping[str, Mapping[str, Any]],
+    thresholds: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+    calibration: Calibration | None = None,
+    *,
+    plugins: AdaptixPluginManager | None = None,
+    progress: bool = False,
+) -> Frontier:
+    """The trade-off frontier: metrics for every (criterion, threshold), vectorised.
+
+    Args:
+        trace: the (usually test) trace to evaluate on.
+        criteria: a name, a list of names, or a mapping name -> criterion parameters.
+        thresholds: one grid for all criteria, a mapping name -> grid, or None for each
+            criterion's `default_thresholds` (also used for names missing from a mapping).
+            Patience takes integers, so give it its own grid in a mapping.
+        calibration: passed to every criterion (needed by ``pcee`` and ``pcee_ws``).
+        plugins: the plugin manager (default: a fresh one).
+        progress: show a progress bar over criteria.
+
+    Returns:
+        A `Frontier`, criteria in the given order, thresholds in the given order.
+    """
+    manager = resolve_manager(plugins)
+    named = _criteria_params(criteria)
+    predictions_all = confidence_and_prediction(trace.logits)[1]
+    points: list[FrontierPoint] = []
+    for name, params in tqdm(named.items(), desc="sweep", disable=not progress, unit="criterion"):
+        grid = _grid(thresholds, name, manager)
+        if not grid:
+            continue
+        base = policy(name, grid[0], calibration, plugins=manager, **params)
+        policies = [base.with_threshold(t) for t in grid]
+        _check_inputs(trace, base)
+        exits = _sweep_exits(trace, base, [p.threshold for p in policies])
+        metrics = _metrics(exits, trace, predictions_all)
+        for i, pol in enumerate(policies):
+            points.append(
+                FrontierPoint(
+                    criterion=name,
+                    threshold=pol.threshold,
+                    accuracy=metrics["accuracy"][i],
+                    early_accuracy=metrics["early_accuracy"][i],
+                    relative_cost=metrics["relative_cost"][i],
+                    mean_cost=metrics["mean_cost"][i],
+                    exit_histogram=tuple(metrics["histogram"][i].tolist()),
+                )
+            )
+    return Frontier(points, trace.costs.tolist())
+
+
+def _check_inputs(trace: Trace, pol: ExitPolicy) -> None:
+    if not isinstance(trace, Trace):
+        raise ValidationError(
+            f"expected an adaptix.Trace, got {type(trace).__name__}. Build one with "
+            "adaptix.Trace(logits, labels, costs) or model.trace(...)."
+        )
+    if not isinstance(pol, ExitPolicy):
+        raise ValidationError(
+            f"expected an adaptix.ExitPolicy, got {type(pol).__name__}. Build one with "
+            "adaptix.policy(name, threshold, ...)."
+        )
+    pol.check_model(trace.num_exits, trace.num_classes)
+
+
+def _sweep_exits(trace: Trace, base: ExitPolicy, grid: list[float]) -> Tensor:
+    """Exit index ``[N, T]`` for every threshold, from one score computation.
+
+    With ``key`` the score oriented so that larger exits (``-score`` for "le" criteria), an input
+    exits at the first e <= E-2 where key >= τ. The running maximum of key over exits is
+    non-decreasing, so that first e is the number of exits whose running maximum is still < τ:
+    a binary search per input, O(N T log E), instead of a T x N x E comparison.
+    """
+    num_exits = trace.num_exits
+    n = trace.num_inputs
+    if num_exits == 1:
+        return torch.zeros(n, len(grid), dtype=torch.long)
+    sign = 1.0 if base.criterion.direction == "ge" else -1.0
+    key = (base.scores(trace.logits)[:, : num_exits - 1] * sign).nan_to_num(
+        nan=-math.inf, posinf=math.inf, neginf=-math.inf
+    )
+    running = key.cummax(dim=1).values.contiguous()  # [N, E-1], sorted along exits
+    taus = torch.tensor(grid, dtype=torch.float64) * sign
+    # side="left" counts running maxima strictly below τ: the index of the first exit that fires.
+    return torch.searchsorted(running, taus.expand(n, len(grid)).contiguous(), side="left")
+
+
+def _metrics(exits: Tensor, trace: Trace, predictions_all: Tensor) -> dict[str, list[Any]]:
+    """Metrics for exit indices ``[N, T]`` (one column per threshold): lists of length T."""
+    n, num_thresholds = exits.shape
+    num_exits = trace.num_exits
+    costs = trace.costs.to(exits.device)
+    mean_cost = costs[exits].mean(dim=0)
+    offsets = torch.arange(num_thresholds, device=exits.device).unsqueeze(0) * num_exits
+    counts = torch.bincount((exits + offsets).flatten(), minlength=num_thresholds * num_exits)
+    histogram = counts.view(num_thresholds, num_exits).double() / n
+    accuracy: list[float | None] = [None] * num_thresholds
+    early_accuracy: list[float | None] = [None] * num_thresholds
+    if trace.labels is not None:
+        correct_all = predictions_all == trace.labels.unsqueeze(1)  # [N, E]
+        correct = correct_all.gather(1, exits)  # [N, T]
+        early = exits < num_exits - 1
+        accuracy = (correct.sum(dim=0).double() / n).tolist()
+        early_count = early.sum(dim=0)
+        early_hits = (correct & early).sum(dim=0)
+        early_accuracy = [
+            float(h) / float(c) if c > 0 else None
+            for h, c in zip(early_hits.tolist(), early_count.tolist(), strict=True)
+        ]
+    return {
+        "accuracy": accuracy,
+        "early_accuracy": early_accuracy,
+        "relative_cost": (mean_cost / costs[-1]).tolist(),
+        "mean_cost": mean_cost.tolist(),
+        "histogram": list(histogram),
+    }
+
+
+def _criteria_params(
+    criteria: str | Sequence[str] | Mapping[str, Mapping[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    if isinstance(criteria, str):
+        return {criteria: {}}
+    if isinstance(criteria, Mapping):
+        return {str(name): dict(params or {}) for name, params in criteria.items()}
+    names = list(criteria)
+    if len(set(names)) != len(names):
+        raise ValidationError(
+            f"expected distinct criterion names, got {names}. To sweep one criterion with "
+            "several parameter sets, call sweep once per set."
+        )
+    return {str(name): {} for name in names}
+
+
+def _grid(
+    thresholds: Sequence[float] | Mapping[str, Sequence[float]] | None,
+    name: str,
+    manager: AdaptixPluginManager,
+) -> list[float]:
+    chosen = thresholds.get(name) if isinstance(thresholds, Mapping) else thresholds
+    if chosen is None:
+        return list(manager.criteria.get(name).default_thresholds())
+    if isinstance(chosen, Tensor):
+        return [float(v) for v in chosen.flatten().tolist()]
+    return list(chosen)

@@ -1,0 +1,230 @@
+"""`Trace`: the logits of every exit for a set of inputs, with labels and cumulative costs.
+
+A trace is what the offline simulator, the calibrators and the sweeps read. It is validated once,
+on construction, so everything downstream can trust its shapes, dtypes and values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from adaptix.errors import ValidationError, expect
+
+_FORMAT = "adaptix.trace"
+_VERSION = 1
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class Trace:
+    """Exit logits ``[N, E, C]``, labels ``[N]`` (or None) and cumulative costs ``[E]``.
+
+    Args:
+        logits: floating tensor ``[N, E, C]``: input n's logits at exit e. Must be finite.
+        labels: int64 tensor ``[N]`` with values in ``[0, C)``, or None for unlabelled data.
+        costs: ``[E]`` cumulative compute (e.g. FLOPs) to decide at each exit; finite,
+            non-negative, non-decreasing, and ``costs[-1] > 0``.
+        meta: free-form string metadata (model name, split, ...) that travels with the trace.
+
+    Raises:
+        ValidationError: if any of the above does not hold.
+    """
+
+    __slots__ = ("costs", "labels", "logits", "meta")
+
+    def __init__(
+        self,
+        logits: Tensor,
+        labels: Tensor | None,
+        costs: Tensor | list[float] | tuple[float, ...],
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        self.logits = _check_logits(logits)
+        n, e, c = self.logits.shape
+        self.labels = None if labels is None else _check_labels(labels, n, c)
+        self.costs = _check_costs(costs, e)
+        self.meta = dict(meta or {})
+
+    @property
+    def num_inputs(self) -> int:
+        """N, the number of inputs."""
+        return int(self.logits.shape[0])
+
+    @property
+    def num_exits(self) -> int:
+        """E, the number of exits (the last one is the final classifier)."""
+        return int(self.logits.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes."""
+        return int(self.logits.shape[2])
+
+    def __len__(self) -> int:
+        return self.num_inputs
+
+    def __repr__(self) -> str:
+        labelled = "labelled" if self.labels is not None else "unlabelled"
+        return (
+            f"Trace(N={self.num_inputs}, E={self.num_exits}, C={self.num_classes}, {labelled}, "
+            f"costs={[round(float(c), 4) for c in self.costs]})"
+        )
+
+    def subset(self, index: Tensor | slice) -> Trace:
+        """The trace of a subset of inputs (a slice, an index tensor or a boolean mask)."""
+        labels = None if self.labels is None else self.labels[index]
+        return Trace(self.logits[index], labels, self.costs, self.meta)
+
+    def scaled(self, factor: float) -> Trace:
+        """The same trace with every logit multiplied by ``factor`` (temperature 1 / factor).
+
+        Scaling by a factor above 1 makes every head more confident without changing a single
+        prediction: the overconfidence stress of ``PCEE.md``.
+        """
+        expect(
+            factor > 0 and factor != float("inf"),
+            "a finite factor > 0",
+            factor,
+            "Pass a positive temperature factor.",
+        )
+        meta = {**self.meta, "logit_scale": str(factor)}
+        return Trace(self.logits * factor, self.labels, self.costs, meta)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save to ``path`` (a torch file of plain tensors, loadable with ``weights_only``).
+
+        The file is written to a temporary name and renamed, so an existing file at ``path`` is
+        never left half-written.
+        """
+        target = Path(path)
+        payload = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "logits": self.logits.detach().cpu(),
+            "labels": None if self.labels is None else self.labels.detach().cpu(),
+            "costs": self.costs.detach().cpu(),
+            "meta": dict(self.meta),
+        }
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Trace:
+        """Load a trace written by `save`; a corrupt or foreign file raises `ValidationError`."""
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError as err:
+            raise ValidationError(f"no trace file at {path}.") from err
+        except Exception as err:
+            raise ValidationError(
+                f"expected an adaptix trace file at {path}, but it could not be read ({err}). "
+                "Re-create it with Trace.save."
+            ) from err
+        expect(
+            isinstance(payload, dict) and payload.get("format") == _FORMAT,
+            "an adaptix trace file",
+            f"a file without the '{_FORMAT}' header at {path}",
+            "Re-create it with Trace.save.",
+        )
+        expect(
+            payload.get("version") == _VERSION,
+            f"trace format version {_VERSION}",
+            payload.get("version"),
+            "Upgrade adaptix or re-create the trace.",
+        )
+        return cls(payload["logits"], payload["labels"], payload["costs"], payload.get("meta"))
+
+
+def _check_logits(logits: object) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise ValidationError(
+            f"expected logits as a torch.Tensor, got {type(logits).__name__}. "
+            "Convert with torch.as_tensor."
+        )
+    expect(
+        logits.dim() == 3,
+        "logits of shape [N, E, C]",
+        f"shape {list(logits.shape)}",
+        "Stack the exits on dimension 1: torch.stack(per_exit_logits, dim=1).",
+    )
+    expect(
+        logits.dtype in _FLOAT_DTYPES,
+        "floating logits (fp16, bf16, fp32 or fp64)",
+        logits.dtype,
+        "Cast with .float().",
+    )
+    n, e, c = logits.shape
+    expect(
+        n >= 1 and e >= 1 and c >= 1,
+        "at least one input, one exit and one class",
+        f"N={n}, E={e}, C={c}",
+        "An empty set cannot be simulated or calibrated.",
+    )
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValidationError(
+            f"expected finite logits, got {int((~finite).sum())} NaN/inf values (first at input "
+            f"{bad[0]}, exit {bad[1]}, class {bad[2]}). Check the model for overflow (try fp32) "
+            "or drop the bad inputs."
+        )
+    return logits.detach()
+
+
+def _check_labels(labels: object, n: int, c: int) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise ValidationError(
+            f"expected labels as a torch.Tensor or None, got {type(labels).__name__}. "
+            "Convert with torch.as_tensor(labels, dtype=torch.int64)."
+        )
+    expect(labels.dtype == torch.int64, "int64 labels", labels.dtype, "Cast with .long().")
+    expect(
+        labels.shape == (n,),
+        f"labels of shape [{n}] (one per input)",
+        f"shape {list(labels.shape)}",
+        "Pass one class index per input.",
+    )
+    if n and not bool(((labels >= 0) & (labels < c)).all()):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValidationError(
+            f"expected labels in [0, {c}), got values from {lo} to {hi}. The logits have {c} "
+            "classes; check the label encoding."
+        )
+    return labels.detach()
+
+
+def _check_costs(costs: object, e: int) -> Tensor:
+    try:
+        tensor = torch.as_tensor(costs, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValidationError(f"expected {e} numeric costs, got {costs!r}.") from err
+    expect(
+        tensor.shape == (e,),
+        f"costs of shape [{e}] (one per exit)",
+        f"shape {list(tensor.shape)}",
+        "Give the cumulative cost of reaching each exit.",
+    )
+    expect(
+        bool(torch.isfinite(tensor).all()) and bool((tensor >= 0).all()),
+        "finite, non-negative costs",
+        tensor.tolist(),
+        "Costs are FLOPs or seconds.",
+    )
+    if e > 1 and not bool((tensor[1:] >= tensor[:-1]).all()):
+        raise ValidationError(
+            f"expected cumulative (non-decreasing) costs, got {tensor.tolist()}. Costs are the "
+            "total compute to reach each exit; use torch.cumsum on per-exit costs."
+        )
+    expect(
+        float(tensor[-1]) > 0,
+        "a positive cost for the last exit",
+        tensor.tolist(),
+        "Relative cost divides by the last exit's cost.",
+    )
+    return tensor
