@@ -7,28 +7,37 @@ from adaptix._version import __version__
 from adaptix.calibration import Calibration, calibrate
 from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
 from adaptix.hookspecs import hookimpl
+from adaptix.model import MultiExitModel, build_model
 from adaptix.plugins import get_plugin_manager
 from adaptix.policy import ExitPolicy, policy
+from adaptix.runtime import EarlyExitRunner, RunnerOutput
 from adaptix.simulate import Frontier, FrontierPoint, SimulationResult, simulate, sweep
 from adaptix.trace import Trace
+from adaptix.training import TrainResult, train_exits
 
 __all__ = [
     "AdaptixError",
     "Calibration",
     "CalibrationError",
     "ConfigError",
+    "EarlyExitRunner",
     "ExitPolicy",
     "Frontier",
     "FrontierPoint",
+    "MultiExitModel",
     "PluginError",
+    "RunnerOutput",
     "SimulationResult",
     "Trace",
+    "TrainResult",
     "ValidationError",
     "__version__",
+    "build_model",
     "calibrate",
     "get_plugin_manager",
     "hookimpl",
     "policy",
     "simulate",
     "sweep",
+    "train_exits",
 ]

@@ -190,17 +190,22 @@ class BackboneParts(BaseModel):
     """A backbone cut into the blocks that exits attach to.
 
     Attributes:
-        blocks: block e maps the hidden state after block e-1 to the hidden state after e.
+        blocks: block e maps the state after block e-1 (the input for e = 0) to the state after
+            block e; a state is a tensor or a dict/tuple of tensors sharing the batch dimension.
         feature: maps a block's output to the ``[n, d]`` features an exit head reads
             (pooling, the CLS token, ...); identity if None.
-        feature_dims: d for the features after each block (what the heads take as input).
+        feature_dims: d after each block, if known; otherwise measured on an example input.
+        input_shape: the shape of one input (no batch dimension), if fixed.
+        example_input: a small batch the backbone accepts (for shape inference and contracts).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     blocks: nn.ModuleList
     feature: nn.Module | None = None
-    feature_dims: tuple[int, ...]
+    feature_dims: tuple[int, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+    example_input: Any = None
 
 
 class Backbone(Component):

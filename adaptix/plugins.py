@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "adaptix.criteria": "adaptix.default_plugins.criteria",
     "adaptix.calibrators": "adaptix.default_plugins.calibrators",
     "adaptix.heads": "adaptix.default_plugins.heads",
+    "adaptix.backbones": "adaptix.default_plugins.backbones",
 }
 
 C = TypeVar("C", bound=Component)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import os
-from types import ModuleType
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -32,12 +31,13 @@ def triton_interpreter_enabled() -> bool:
 
 
 @functools.cache
-def _load_triton_kernel() -> ModuleType | str:
-    """Import the kernel module once: the module, or why it cannot be imported."""
+def _import_triton_kernel() -> Callable[..., ExitDecision] | str:
+    """Import the kernel once: its launcher, or why it cannot be imported."""
     try:
-        return importlib.import_module("adaptix.kernels.triton_kernel")
-    except Exception as error:  # noqa: BLE001 - any import failure is a reason to report
+        from adaptix.kernels.triton_kernel import exit_decision_triton
+    except Exception as error:  # any import failure is a reason to report, not to crash on
         return f"{type(error).__name__}: {error}"
+    return exit_decision_triton
 
 
 def triton_unavailable_reasons(logits: Tensor, *, table: Tensor | None = None) -> list[str]:
@@ -70,9 +70,9 @@ def triton_unavailable_reasons(logits: Tensor, *, table: Tensor | None = None) -
             f"table is on {table.device}, logits on {logits.device}; move it with "
             "table.to(logits.device)"
         )
-    kernel = _load_triton_kernel()
-    if isinstance(kernel, str):
-        reasons.append(f"triton is not importable: {kernel}")
+    run_kernel = _import_triton_kernel()
+    if isinstance(run_kernel, str):
+        reasons.append(f"triton is not importable: {run_kernel}")
     return reasons
 
 
@@ -111,13 +111,12 @@ def exit_decision(
     if backend == "torch" or (backend == "auto" and logits.device.type != "cuda"):
         return exit_decision_reference(logits, threshold, kind=kind, table=table)
     reasons = triton_unavailable_reasons(logits, table=table)
-    if reasons and backend == "auto":
+    run_kernel = _import_triton_kernel()
+    if not reasons and not isinstance(run_kernel, str):
+        return run_kernel(logits, threshold, kind=kind, table=table)
+    if backend == "auto":
         return exit_decision_reference(logits, threshold, kind=kind, table=table)
-    if reasons:
-        raise AdaptixError(
-            f"expected a setting where backend='triton' can run, got: {'; '.join(reasons)}. "
-            "Fix these, or pass backend='auto' to fall back to the torch reference."
-        )
-    kernel = _load_triton_kernel()
-    assert isinstance(kernel, ModuleType)  # no reasons, so the import succeeded
-    return kernel.exit_decision_triton(logits, threshold, kind=kind, table=table)  # type: ignore[no-any-return]  # a module attribute is Any to mypy
+    raise AdaptixError(
+        f"expected a setting where backend='triton' can run, got: {'; '.join(reasons)}. "
+        "Fix these, or pass backend='auto' to fall back to the torch reference."
+    )

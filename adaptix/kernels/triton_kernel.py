@@ -24,7 +24,7 @@ TILE_ELEMENTS = 2048
 
 NUM_WARPS = 8
 
-_NO_INDEX: tl.constexpr = 2**31 - 1
+_NO_INDEX = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
@@ -136,18 +136,32 @@ def exit_decision_kernel(
     tl.store(exit_ptr + rows, exits, mask=row_ok)
 
 
-def block_shape(n_cols: int) -> tuple[int, int]:
+def block_shape(n_cols: int, tile_elements: int = TILE_ELEMENTS) -> tuple[int, int]:
     """Choose (BLOCK_N, BLOCK_C): whole short rows per tile, long rows walked in chunks."""
-    block_c = min(triton.next_power_of_2(n_cols), TILE_ELEMENTS)
-    return TILE_ELEMENTS // block_c, block_c
+    block_c = min(triton.next_power_of_2(n_cols), tile_elements)
+    return tile_elements // block_c, block_c
 
 
 def exit_decision_triton(
-    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None = None
+    logits: Tensor,
+    threshold: float,
+    *,
+    kind: ExitKind,
+    table: Tensor | None = None,
+    tile_elements: int = TILE_ELEMENTS,
 ) -> ExitDecision:
     """Run the fused kernel; the arguments must already be validated and runnable.
 
     See `adaptix.kernels.dispatch.exit_decision`, which checks both.
+
+    Args:
+        logits: [N, C] float32, float16 or bfloat16.
+        threshold: the threshold (τ or δ).
+        kind: which score decides.
+        table: for kind "table", one exit's bin accuracies [M], on the logits' device.
+        tile_elements: logits a program holds per step, a power of two. The default suits
+            GPUs; Triton's CPU interpreter runs programs one by one, so tests pass larger
+            tiles to run fewer of them.
     """
     n_rows, n_cols = logits.shape
     device = logits.device
@@ -167,7 +181,7 @@ def exit_decision_triton(
         bin_scores, passes = confidence, exit_mask
         bound = float32_bound(threshold, at_least=kind == "confidence")
     inv_log_n_cols = 1.0 / math.log(n_cols) if n_cols > 1 else 0.0
-    block_n, block_c = block_shape(n_cols)
+    block_n, block_c = block_shape(n_cols, tile_elements)
 
     def launch() -> None:
         exit_decision_kernel[(triton.cdiv(n_rows, block_n),)](
@@ -189,6 +203,9 @@ def exit_decision_triton(
             BLOCK_N=block_n,
             BLOCK_C=block_c,
             num_warps=NUM_WARPS,
+            # Explicit, since Triton warns about the default; FMA contraction only makes the
+            # running sums more accurate and never touches the exact steps (bins, comparisons).
+            enable_fp_fusion=True,
         )
 
     if device.type == "cuda":

@@ -1,0 +1,323 @@
+"""`MultiExitModel`: a backbone cut into blocks, with an exit head after each block."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from adaptix.components import BackboneParts, build_params
+from adaptix.errors import PluginError, ValidationError
+from adaptix.flops import FlopMeter, FlopProfile
+from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
+from adaptix.rows import batch_device, batch_size, take_rows, to_device
+from adaptix.trace import Trace
+
+
+class _Lambda(nn.Module):
+    """Wraps a plain callable feature function so it can live in the module tree."""
+
+    def __init__(self, fn: Callable[[Any], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, state: Any) -> Tensor:
+        return self.fn(state)
+
+
+class MultiExitModel(nn.Module):
+    """Blocks with an exit head after each; the last head is the model's final classifier.
+
+    Args:
+        blocks: block e maps the state after block e-1 (the input for e = 0) to the state after
+            block e. A state is a tensor or a dict/tuple of tensors sharing the batch dimension
+            (e.g. hidden states and the attention mask), so everything of a row travels with it.
+        heads: head e maps ``feature(state after block e)`` to logits ``[n, C]``.
+        feature: the backbone's feature function (pooling, CLS token, ...); identity if None.
+        input_shape: the shape of one input (without the batch dimension), checked on every
+            call when given.
+
+    Raises:
+        ValidationError: blocks and heads are not ModuleLists of equal, non-zero length.
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        heads: nn.ModuleList,
+        feature: nn.Module | Callable[[Any], Tensor] | None = None,
+        *,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(blocks, nn.ModuleList) or not isinstance(heads, nn.ModuleList):
+            raise ValidationError(
+                f"expected blocks and heads as nn.ModuleList, got {type(blocks).__name__} and "
+                f"{type(heads).__name__}. Wrap them: nn.ModuleList([...])."
+            )
+        if len(blocks) != len(heads) or len(blocks) == 0:
+            raise ValidationError(
+                f"expected as many heads as blocks (at least one), got {len(blocks)} blocks and "
+                f"{len(heads)} heads. Head e reads the output of block e."
+            )
+        self.blocks = blocks
+        self.heads = heads
+        if feature is None or isinstance(feature, nn.Module):
+            self.feature = feature
+        elif callable(feature):
+            self.feature = _Lambda(feature)
+        else:
+            raise ValidationError(f"expected a callable feature function, got {feature!r}.")
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+
+    @property
+    def num_exits(self) -> int:
+        """E, the number of exits (= blocks)."""
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (checked to be the same for blocks and heads)."""
+        return self.check_devices()
+
+    def check_devices(self) -> torch.device:
+        """The one device of all parameters; `ValidationError` if blocks and heads disagree."""
+        devices = {p.device for p in self.parameters()} | {b.device for b in self.buffers()}
+        if len(devices) > 1:
+            placement = {
+                f"{kind}[{i}]": sorted({str(p.device) for p in module.parameters()})
+                for kind, modules in (("block", self.blocks), ("head", self.heads))
+                for i, module in enumerate(modules)
+            }
+            raise ValidationError(
+                f"expected every block and head on one device, got {sorted(map(str, devices))}: "
+                f"{placement}. Move the whole model: model.to(device)."
+            )
+        return devices.pop() if devices else torch.device("cpu")
+
+    def check_input(self, inputs: Any) -> int:
+        """Validate a batch against the backbone; returns its size.
+
+        Raises:
+            ValidationError: empty batch, wrong per-input shape, or another device.
+        """
+        n = batch_size(inputs)
+        if n == 0:
+            raise ValidationError("expected a batch of at least one input, got an empty batch.")
+        shape = self.input_shape
+        if shape is not None and isinstance(inputs, Tensor) and tuple(inputs.shape[1:]) != shape:
+            raise ValidationError(
+                f"expected inputs of shape [N, {', '.join(map(str, shape))}], got "
+                f"{list(inputs.shape)}. Reshape or resize the inputs for this backbone."
+            )
+        device = self.check_devices()
+        if batch_device(inputs) != device:
+            raise ValidationError(
+                f"expected inputs on {device} like the model, got {batch_device(inputs)}. "
+                "Move them with .to(device)."
+            )
+        return n
+
+    def features(self, state: Any) -> Tensor:
+        """What the heads read from a block's output."""
+        return state if self.feature is None else self.feature(state)
+
+    def run_block(self, index: int, state: Any) -> Any:
+        """Block ``index`` on ``state``; a shape error becomes a `ValidationError`."""
+        try:
+            return self.blocks[index](state)
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            raise ValidationError(
+                f"block {index} failed on its input ({type(err).__name__}: {err}). Check that the "
+                "inputs fit the backbone (shape, dtype, keys)."
+            ) from err
+
+    def head_logits(self, index: int, state: Any) -> Tensor:
+        """Logits ``[n, C]`` of head ``index`` on the output of block ``index``."""
+        return self.heads[index](self.features(state))
+
+    def iter_exits(self, inputs: Any) -> Iterator[Tensor]:
+        """Logits of every exit in order, running each block once."""
+        state = inputs
+        for e in range(self.num_exits):
+            state = self.run_block(e, state)
+            yield self.head_logits(e, state)
+
+    def forward(self, inputs: Any) -> list[Tensor]:
+        """Logits of every exit: a list of E tensors ``[n, C]``."""
+        self.check_input(inputs)
+        return list(self.iter_exits(inputs))
+
+    def forward_plain(self, inputs: Any) -> Tensor:
+        """The plain model a user would otherwise deploy: every block, then the final head."""
+        state = inputs
+        for e in range(self.num_exits):
+            state = self.run_block(e, state)
+        return self.head_logits(self.num_exits - 1, state)
+
+    @torch.inference_mode()
+    def trace(
+        self,
+        inputs: Any,
+        labels: Tensor | None = None,
+        batch_size: int = 256,
+        *,
+        progress: bool = False,
+        meta: dict[str, str] | None = None,
+    ) -> Trace:
+        """Evaluate every exit on ``inputs`` and record measured cumulative costs.
+
+        Costs are FLOPs per input counted with `torch.utils.flop_counter` on these very inputs
+        (averaged), for every block and every head: cost[e] includes the heads 0..e.
+
+        Args:
+            inputs: a tensor or a dict/tuple of tensors, ``N`` rows.
+            labels: int64 ``[N]`` or None.
+            batch_size: rows per forward pass.
+            progress: show a progress bar.
+            meta: extra metadata for the trace.
+        """
+        if batch_size < 1:
+            raise ValidationError(f"expected batch_size >= 1, got {batch_size}.")
+        was_training = self.training
+        self.eval()
+        try:
+            n = self.check_input(inputs)
+            logits = []
+            zeros = (0.0,) * self.num_exits
+            profile = FlopProfile(zeros, zeros)
+            starts = range(0, n, batch_size)
+            for start in tqdm(starts, desc="trace", disable=not progress, unit="batch"):
+                rows = take_rows(inputs, slice(start, start + batch_size))
+                batch_logits, batch_profile = self._profiled_exits(rows)
+                logits.append(torch.stack(batch_logits, dim=1).float().cpu())
+                profile = profile + batch_profile
+        finally:
+            self.train(was_training)
+        per_input = profile.scaled(1.0 / n)
+        info = {
+            "block_flops": json.dumps(per_input.blocks),
+            "head_flops": json.dumps(per_input.heads),
+            **(meta or {}),
+        }
+        return Trace(torch.cat(logits), labels, per_input.exit_costs, info)
+
+    def _profiled_exits(self, inputs: Any) -> tuple[list[Tensor], FlopProfile]:
+        state, logits, blocks, heads = inputs, [], [], []
+        for e in range(self.num_exits):
+            with FlopMeter() as meter:
+                state = self.run_block(e, state)
+            blocks.append(float(meter.total))
+            with FlopMeter() as meter:
+                logits.append(self.head_logits(e, state))
+            heads.append(float(meter.total))
+        return logits, FlopProfile(tuple(blocks), tuple(heads))
+
+    @torch.inference_mode()
+    def flop_profile(self, inputs: Any, batch_size: int = 256) -> FlopProfile:
+        """FLOPs per input of every block and head, measured on ``inputs``."""
+        return profile_from_trace(self.trace(inputs, None, batch_size))
+
+    def to_inputs(self, inputs: Any) -> Any:
+        """``inputs`` moved to the model's device."""
+        return to_device(inputs, self.check_devices())
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    source: Any = None,
+    head: str = "linear",
+    backbone_params: dict[str, Any] | None = None,
+    head_params: dict[str, Any] | None = None,
+    example_input: Any = None,
+    plugins: AdaptixPluginManager | None = None,
+) -> MultiExitModel:
+    """Assemble a `MultiExitModel` from a registered backbone and exit head.
+
+    Args:
+        backbone: a registered backbone (``resnet``, ``sequential``, ``transformers``, ...).
+        num_classes: C, the classes every head predicts.
+        source: the network the backbone adapts (None for backbones that build their own).
+        head: a registered exit head (``linear``, ``mlp``, ...), used at every exit.
+        backbone_params: the backbone's parameters.
+        head_params: the head's parameters.
+        example_input: a small batch, to measure feature sizes when the backbone does not
+            declare them.
+        plugins: the plugin manager (default: a fresh one).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValidationError(f"expected num_classes to be an integer >= 1, got {num_classes!r}.")
+    manager = resolve_manager(plugins)
+    backbone_entry = manager.backbones.entry(backbone)
+    maker = backbone_entry.component(
+        build_params(
+            backbone_entry.component.Params, backbone_params or {}, f"backbone '{backbone}'"
+        )
+    )
+    parts = call_plugin(backbone_entry, "build", maker.build, source)
+    if not isinstance(parts, BackboneParts):
+        raise PluginError(
+            f"backbone '{backbone}' from plugin '{backbone_entry.plugin}' returned "
+            f"{type(parts).__name__}, expected adaptix.components.BackboneParts."
+        )
+    dims = parts.feature_dims or _measure_feature_dims(parts, example_input, backbone)
+    if len(dims) != len(parts.blocks):
+        raise PluginError(
+            f"backbone '{backbone}' declared {len(dims)} feature sizes for {len(parts.blocks)} "
+            "blocks."
+        )
+    head_entry = manager.exit_heads.entry(head)
+    head_maker = head_entry.component(
+        build_params(head_entry.component.Params, head_params or {}, f"exit head '{head}'")
+    )
+    heads = nn.ModuleList(
+        call_plugin(head_entry, "build", head_maker.build, dim, num_classes) for dim in dims
+    )
+    return MultiExitModel(parts.blocks, heads, parts.feature, input_shape=parts.input_shape)
+
+
+def _measure_feature_dims(parts: BackboneParts, example: Any, backbone: str) -> tuple[int, ...]:
+    example = parts.example_input if example is None else example
+    if example is None:
+        raise ValidationError(
+            f"backbone '{backbone}' does not declare its feature sizes: pass example_input=... "
+            "(a small batch) so they can be measured."
+        )
+    probe = MultiExitModel(
+        parts.blocks, nn.ModuleList(nn.Identity() for _ in parts.blocks), parts.feature
+    )
+    was_training = probe.training
+    probe.eval()
+    with torch.inference_mode():
+        dims = []
+        for features in probe.iter_exits(example):
+            if features.dim() != 2:
+                raise ValidationError(
+                    f"backbone '{backbone}' produces features of shape {list(features.shape)}; "
+                    "heads read [n, d]. Choose a feature function (e.g. feature='avgpool')."
+                )
+            dims.append(int(features.shape[1]))
+    probe.train(was_training)
+    return tuple(dims)
+
+
+def profile_from_trace(trace: Trace) -> FlopProfile:
+    """The per-block and per-head FLOPs that `MultiExitModel.trace` stored in the trace."""
+    try:
+        blocks = tuple(float(v) for v in json.loads(trace.meta["block_flops"]))
+        heads = tuple(float(v) for v in json.loads(trace.meta["head_flops"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValidationError(
+            "expected a trace made by MultiExitModel.trace (with block_flops and head_flops "
+            "metadata)."
+        ) from err
+    return FlopProfile(blocks, heads)
+
+
+__all__ = ["MultiExitModel", "build_model", "profile_from_trace"]

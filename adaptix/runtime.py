@@ -1,0 +1,154 @@
+"""`EarlyExitRunner`: batched early exiting that really skips the compute of rows that exit.
+
+The runner goes block by block. At each exit it evaluates the head on the rows still active,
+asks the criterion which rows exit, writes those rows' results at their original positions, and
+continues with the remaining rows only: the hidden state, everything that travels with a row
+(attention masks, ...) and the criterion's state are compacted together. There is no Python loop
+over rows and at most one host synchronisation per exit (to learn how many rows remain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from adaptix.errors import ValidationError
+from adaptix.model import MultiExitModel
+from adaptix.policy import ExitPolicy
+from adaptix.rows import take_rows
+from adaptix.scores import confidence_and_prediction, probabilities
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """What `EarlyExitRunner` returns for a batch, in the batch's original row order.
+
+    Attributes:
+        predictions: int64 ``[N]``, the prediction at the exit each row took.
+        exit_index: int64 ``[N]``, the exit each row took.
+        probabilities: float32 ``[N, C]`` softmax at that exit, if asked for.
+    """
+
+    predictions: Tensor
+    exit_index: Tensor
+    probabilities: Tensor | None = None
+
+
+class EarlyExitRunner:
+    """Run a `MultiExitModel` with an `ExitPolicy`, exiting rows early for real.
+
+    Args:
+        model: the multi-exit model (put it in eval mode; the runner does not change modes).
+        policy: when to exit (`adaptix.policy`).
+        return_probabilities: also return the softmax at the exit taken.
+        mode: ``"compact"`` (rows that exit leave the batch) or ``"lockstep"`` (the whole batch
+            goes on until its last row has exited: the baseline that shows what compaction buys;
+            the decisions are the same).
+
+    Raises:
+        ValidationError: blocks and heads on different devices, or an unknown mode.
+        CalibrationError: the policy's calibration was made for another model.
+    """
+
+    def __init__(
+        self,
+        model: MultiExitModel,
+        policy: ExitPolicy,
+        *,
+        return_probabilities: bool = False,
+        mode: Literal["compact", "lockstep"] = "compact",
+    ) -> None:
+        if not isinstance(model, MultiExitModel):
+            raise ValidationError(
+                f"expected an adaptix.MultiExitModel, got {type(model).__name__}."
+            )
+        if mode not in ("compact", "lockstep"):
+            raise ValidationError(f"expected mode 'compact' or 'lockstep', got {mode!r}.")
+        self.model = model
+        self.policy = policy
+        self.return_probabilities = return_probabilities
+        self.mode = mode
+        model.check_devices()
+        self._checked_classes: int | None = None
+
+    def _check_classes(self, logits: Tensor) -> None:
+        num_classes = int(logits.shape[-1])
+        if self._checked_classes != num_classes:
+            self.policy.check_model(self.model.num_exits, num_classes)
+            self._checked_classes = num_classes
+
+    @torch.inference_mode()
+    def __call__(self, inputs: Any) -> RunnerOutput:
+        """Predictions and exit indices for one batch (see the module docstring)."""
+        model = self.model
+        n = model.check_input(inputs)
+        device = model.check_devices()
+        last = model.num_exits - 1
+        criterion = self.policy.criterion
+        predictions = torch.empty(n, dtype=torch.long, device=device)
+        exit_index = torch.full((n,), last, dtype=torch.long, device=device)
+        probs: Tensor | None = None
+        rows = torch.arange(n, device=device)  # original positions of the active rows
+        pending = torch.ones(n, dtype=torch.bool, device=device)  # lockstep: not yet exited
+        state = inputs
+        criterion_state = criterion.start(n, device)
+        for e in range(model.num_exits):
+            state = model.run_block(e, state)
+            logits = model.head_logits(e, state)
+            if e == 0:
+                self._check_classes(logits)
+                if self.return_probabilities:
+                    probs = torch.empty(n, logits.shape[-1], dtype=torch.float32, device=device)
+            if e == last:
+                leave = pending if self.mode == "lockstep" else None
+                self._write(rows, leave, logits, e, predictions, exit_index, probs)
+                break
+            score, criterion_state = self.policy.score(logits, e, criterion_state)
+            fire = self.policy.fires(score)
+            if self.mode == "lockstep":
+                fire = fire & pending
+                self._write(rows, fire, logits, e, predictions, exit_index, probs)
+                pending = pending & ~fire
+                if not bool(pending.any()):  # the one host synchronisation of this exit
+                    break
+                continue
+            self._write(rows, fire, logits, e, predictions, exit_index, probs)
+            keep = (~fire).nonzero().squeeze(1)  # the one host synchronisation of this exit
+            remaining = int(keep.numel())
+            if remaining == 0:
+                break
+            if remaining < int(rows.numel()):
+                rows = rows[keep]
+                state = take_rows(state, keep)
+                criterion_state = criterion.select_state(criterion_state, keep)
+        return RunnerOutput(predictions, exit_index, probs)
+
+    @staticmethod
+    def _write(
+        rows: Tensor,
+        leave: Tensor | None,
+        logits: Tensor,
+        exit_at: int,
+        predictions: Tensor,
+        exit_index: Tensor,
+        probs: Tensor | None,
+    ) -> None:
+        """Write results of the active rows that leave (all when ``leave`` is None).
+
+        Uses masked selects on the active rows rather than boolean indexing, which would need a
+        host synchronisation to size its result.
+        """
+        prediction = confidence_and_prediction(logits)[1]
+        if leave is None:
+            predictions[rows] = prediction
+            exit_index[rows] = exit_at
+            if probs is not None:
+                probs[rows] = probabilities(logits)
+            return
+        predictions[rows] = torch.where(leave, prediction, predictions[rows])
+        exit_index[rows] = torch.where(leave, exit_at, exit_index[rows])
+        if probs is not None:
+            probs[rows] = torch.where(leave.unsqueeze(1), probabilities(logits), probs[rows])

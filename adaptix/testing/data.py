@@ -1,0 +1,44 @@
+"""Seeded synthetic traces that look like a trained multi-exit model's: later exits know more."""
+
+from __future__ import annotations
+
+import torch
+
+from adaptix.trace import Trace
+
+
+def synthetic_trace(
+    num_inputs: int = 256,
+    num_exits: int = 4,
+    num_classes: int = 5,
+    *,
+    seed: int = 0,
+    labelled: bool = True,
+) -> Trace:
+    """A reproducible trace where accuracy and confidence grow with depth.
+
+    Each input has a difficulty; the true class's logit gets a boost that grows with the exit
+    index and shrinks with the difficulty, on top of noise that is partly shared between exits
+    (so predictions tend to persist from one exit to the next, as patience expects). Early exits
+    are therefore less accurate and less confident than late ones, easy inputs more than hard
+    ones. Costs grow linearly with depth.
+
+    Args:
+        num_inputs: N.
+        num_exits: E.
+        num_classes: C.
+        seed: seeds every random draw: the same arguments give the same trace.
+        labelled: attach the labels (False gives an unlabelled trace of the same logits).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (num_inputs,), generator=generator)
+    ease = 1.5 - torch.rand(num_inputs, 1, generator=generator)
+    depth = torch.linspace(0.4, 3.5, num_exits).unsqueeze(0)
+    boost = (ease * depth).unsqueeze(2)  # [N, E, 1]
+    shared = torch.randn(num_inputs, 1, num_classes, generator=generator)
+    own = torch.randn(num_inputs, num_exits, num_classes, generator=generator)
+    truth = torch.nn.functional.one_hot(labels, num_classes).unsqueeze(1).float()
+    logits = 0.7 * shared + 0.7 * own + boost * truth
+    costs = torch.arange(1, num_exits + 1, dtype=torch.float64)
+    meta = {"source": "adaptix.testing.synthetic_trace"}
+    return Trace(logits, labels if labelled else None, costs, meta)
