@@ -31,8 +31,8 @@ data:
 run: $(STAMP) data
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(CONFIG)
 
-## The test suite (what CI runs).
-test: $(STAMP) data
+## The test suite (what CI runs): lint and type checks, then pytest.
+test: $(STAMP) data lint
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 ## The benchmark suite; results are saved under .benchmarks/ for --benchmark-compare.

@@ -12,6 +12,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +31,13 @@ _FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {
-    0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }  # fmt: skip
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray[Any, Any]:
     """Read an IDX file (optionally gzipped) into a numpy array.
 
     Raises:
@@ -53,7 +54,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValidationError(f"could not read IDX file {source}: {err}.") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValidationError(f"expected an IDX file at {source}, got another format.")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    dtype = _IDX_DTYPES[raw[2]]
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
@@ -133,7 +134,9 @@ def load_fashion_mnist(
     if train_size is not None:
         train_idx = train_idx[:train_size]
 
-    def split(images: np.ndarray, labels: np.ndarray, index: Tensor | None) -> Split:
+    def split(
+        images: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], index: Tensor | None
+    ) -> Split:
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(labels.astype(np.int64))
         if index is not None:

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "adaptix.calibrators": "adaptix.default_plugins.calibrators",
     "adaptix.heads": "adaptix.default_plugins.heads",
     "adaptix.backbones": "adaptix.default_plugins.backbones",
+    "adaptix.msdnet": "adaptix.default_plugins.msdnet",
 }
 
 C = TypeVar("C", bound=Component)

@@ -138,9 +138,9 @@ def simulate(trace: Trace, policy: ExitPolicy) -> SimulationResult:
     num_exits = trace.num_exits
     scores = policy.scores(trace.logits)
     fired = policy.fires(scores[:, : num_exits - 1])
-    exit_index = torch.where(
-        fired.any(dim=1), fired.to(torch.int8).argmax(dim=1), num_exits - 1
-    ).long()
+    # The last exit always fires; argmax picks the first exit that does.
+    last = torch.ones(trace.num_inputs, 1, dtype=torch.bool, device=fired.device)
+    exit_index = torch.cat([fired, last], dim=1).to(torch.int8).argmax(dim=1).long()
     predictions_all = confidence_and_prediction(trace.logits)[1]
     predictions = predictions_all.gather(1, exit_index.unsqueeze(1)).squeeze(1)
     metrics = _metrics(exit_index.unsqueeze(1), trace, predictions_all)
@@ -179,6 +179,7 @@ def sweep(
     Returns:
         A `Frontier`, criteria in the given order, thresholds in the given order.
     """
+    _check_trace(trace)
     manager = resolve_manager(plugins)
     named = _criteria_params(criteria)
     predictions_all = confidence_and_prediction(trace.logits)[1]
@@ -207,12 +208,16 @@ def sweep(
     return Frontier(points, trace.costs.tolist())
 
 
-def _check_inputs(trace: Trace, pol: ExitPolicy) -> None:
+def _check_trace(trace: Trace) -> None:
     if not isinstance(trace, Trace):
         raise ValidationError(
             f"expected an adaptix.Trace, got {type(trace).__name__}. Build one with "
             "adaptix.Trace(logits, labels, costs) or model.trace(...)."
         )
+
+
+def _check_inputs(trace: Trace, pol: ExitPolicy) -> None:
+    _check_trace(trace)
     if not isinstance(pol, ExitPolicy):
         raise ValidationError(
             f"expected an adaptix.ExitPolicy, got {type(pol).__name__}. Build one with "

@@ -28,7 +28,7 @@ _NO_INDEX = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
-def exit_decision_kernel(
+def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets annotations
     logits_ptr,
     stride_row,
     stride_col,
@@ -68,7 +68,8 @@ def exit_decision_kernel(
     t = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     # A lane that only ever sees -inf keeps its first column, so an all -inf row predicts 0.
     first_max = tl.zeros([BLOCK_N, BLOCK_C], tl.int32) + lanes[None, :]
-    for start in tl.range(0, n_cols, BLOCK_C):
+    # Three stages: loads for the next two tiles are in flight (cp.async) while one is reduced.
+    for start in tl.range(0, n_cols, BLOCK_C, num_stages=3):
         cols = start + lanes
         mask = row_ok[:, None] & (cols < n_cols)[None, :]
         z = tl.load(row_start + cols[None, :] * stride_col, mask=mask, other=float("-inf"))

@@ -1,0 +1,146 @@
+"""Built-in backbone ``msdnet``: a multi-scale dense-style CNN whose early exits are strong.
+
+After MSDNet (Huang et al., 2018): the first block already computes features at every scale, so
+the first exit reads coarse, semantic features instead of the low-level ones a plain CNN has
+after one block; later blocks refine every scale with information flowing from fine to coarse,
+and drop the finest scales once they no longer feed anything. Differences from the paper, for
+cost on small images: residual sums instead of dense concatenation, three scales, and exit
+features are the global average of the coarsest scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from adaptix.components import Backbone, BackboneParts, ParamsModel
+from adaptix.errors import ValidationError
+from adaptix.hookspecs import hookimpl
+from adaptix.plugins import Registrar
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class Stem(nn.Module):
+    """Block 0's first part: features at every scale from the image."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        layers = [_conv(in_channels, channels[0])]
+        layers += [_conv(channels[s - 1], channels[s], 2) for s in range(1, len(channels))]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        scales = []
+        for layer in self.layers:
+            x = layer(x)
+            scales.append(x)
+        return tuple(scales)
+
+
+class MultiScaleLayer(nn.Module):
+    """Refine scales ``first..S-1``: x_s += conv(x_s) + strided conv(refined x_{s-1}).
+
+    Scales finer than ``first`` are dropped from the state (they no longer feed any exit).
+    """
+
+    def __init__(self, channels: tuple[int, ...], first: int, keep_from: int) -> None:
+        super().__init__()
+        self.first, self.keep_from = first, keep_from
+        self.same = nn.ModuleList(
+            _conv(channels[s], channels[s]) for s in range(first, len(channels))
+        )
+        self.down = nn.ModuleList(
+            _conv(channels[s - 1], channels[s], 2) for s in range(first + 1, len(channels))
+        )
+
+    def forward(self, scales: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        offset = len(scales) - (len(self.same))
+        refined: list[Tensor] = []
+        for i, conv in enumerate(self.same):
+            x = scales[offset + i]
+            update = conv(x)
+            if i > 0:
+                update = update + self.down[i - 1](refined[-1])
+            refined.append(x + update)
+        return tuple(refined[self.keep_from - self.first :])
+
+
+MSDNET_SIZES: dict[str, tuple[int, int]] = {
+    # size: (base channels, blocks = exits); channels double at each coarser scale. The sizes
+    # share their first block, so a larger model's first exit costs less than a smaller model.
+    "small": (8, 3),
+    "medium": (8, 6),
+    "large": (8, 10),
+}
+
+
+class MSDNetParams(ParamsModel):
+    """A named ``size`` or explicit ``base_channels``/``blocks``; ``scales``; input format."""
+
+    size: Literal["small", "medium", "large"] | None = "small"
+    base_channels: int | None = Field(default=None, ge=1)
+    blocks: int | None = Field(default=None, ge=1)
+    scales: int = Field(default=3, ge=1, le=4)
+    in_channels: int = Field(default=1, ge=1)
+    image_size: int = Field(default=28, ge=8)
+
+
+class MSDNet(Backbone):
+    """Multi-scale multi-exit CNN (MSDNet-style); exits read the coarsest scale."""
+
+    name = "msdnet"
+    description = "multi-scale CNN with strong early exits (MSDNet-style), small/medium/large"
+    Params = MSDNetParams
+    params: MSDNetParams
+
+    def build(self, source: Any = None) -> BackboneParts:
+        if source is not None:
+            raise ValidationError("backbone 'msdnet' builds its own network: pass no source.")
+        base, depth = MSDNET_SIZES[self.params.size or "small"]
+        base = self.params.base_channels or base
+        depth = self.params.blocks or depth
+        num_scales = self.params.scales
+        channels = tuple(base * 2**s for s in range(num_scales))
+        # Scale s is refined up to block (s + 1) * depth / S, then dropped (coarse scales last).
+        last_use = [max(1, round((s + 1) * depth / num_scales)) - 1 for s in range(num_scales)]
+        last_use[-1] = depth - 1
+
+        def first_scale(block: int) -> int:
+            return min(s for s in range(num_scales) if last_use[s] >= block)
+
+        blocks: list[nn.Module] = []
+        for b in range(depth):
+            keep = first_scale(b + 1) if b + 1 < depth else num_scales - 1
+            layer = MultiScaleLayer(channels, first_scale(b), keep)
+            blocks.append(
+                nn.Sequential(Stem(self.params.in_channels, channels), layer) if b == 0 else layer
+            )
+        shape = (self.params.in_channels, self.params.image_size, self.params.image_size)
+        return BackboneParts(
+            blocks=nn.ModuleList(blocks),
+            feature=CoarsestPool(),
+            feature_dims=(channels[-1],) * depth,
+            input_shape=shape,
+            example_input=torch.randn(2, *shape),
+        )
+
+
+class CoarsestPool(nn.Module):
+    """Exit features: global average of the coarsest scale."""
+
+    def forward(self, scales: tuple[Tensor, ...]) -> Tensor:
+        return scales[-1].mean(dim=(2, 3))
+
+
+@hookimpl
+def adaptix_register_backbones(registry: Registrar[Backbone]) -> None:
+    """Register the MSDNet-style backbone."""
+    registry.add(MSDNet)

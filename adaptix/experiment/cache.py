@@ -1,0 +1,91 @@
+"""A cache of trained models: keyed by everything that determines the weights, verified on load.
+
+A corrupt or foreign cache entry is detected (unreadable file, wrong key, checksum mismatch),
+reported, and retrained; it is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_FORMAT = "adaptix.model-cache"
+_VERSION = 1
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable digest of JSON-serialisable ``parts`` (configs, versions)."""
+    canonical = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+class ModelCache:
+    """Trained weights under ``directory``, one file per key."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str, key: str) -> Path:
+        """The file of model ``name`` with ``key``."""
+        return self.directory / f"{name}-{key[:16]}.pt"
+
+    def load(self, name: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """(state dict, info) if a valid entry exists; None if absent or corrupt (warns)."""
+        path = self.path(name, key)
+        if not path.exists():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            valid = (
+                isinstance(payload, dict)
+                and payload.get("format") == _FORMAT
+                and payload.get("version") == _VERSION
+                and payload.get("key") == key
+                and _state_digest(payload["state_dict"]) == payload.get("sha256")
+            )
+        except Exception as err:  # any unreadable file is a corrupt entry, retrained below
+            warnings.warn(f"corrupt model cache entry {path} ({err!r}): retraining.", stacklevel=2)
+            return None
+        if not valid:
+            warnings.warn(
+                f"invalid model cache entry {path} (checksum or key): retraining.", stacklevel=2
+            )
+            return None
+        return payload["state_dict"], json.loads(payload.get("info", "{}"))
+
+    def save(
+        self, name: str, key: str, state: dict[str, torch.Tensor], info: dict[str, Any]
+    ) -> Path:
+        """Write an entry atomically (temporary file, then rename)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(name, key)
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        payload = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "key": key,
+            "state_dict": state,
+            "sha256": _state_digest(state),
+            "info": json.dumps(info),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path

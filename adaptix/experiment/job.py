@@ -1,0 +1,458 @@
+"""The steps of the main job, from data to report.
+
+1. Load Fashion-MNIST (train / calibration / test, deterministic).
+2. Train every model of the family, or load it from the cache.
+3. Trace the calibration and test splits (logits of every exit, measured FLOPs).
+4. Calibrate every model; sweep every criterion over the δ grid on the test split, on the
+   natural heads and under the overconfidence stress (logits × 2, × 3).
+5. Run the batched runtime on the largest model at a few δ and measure wall-clock speed-ups.
+6. Record every trade-off in MLflow, write tables and plots, print the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import adaptix
+from adaptix.calibration import Calibration, calibrate
+from adaptix.control import ControlSummary, control_summary, naive_threshold, oracle_costs
+from adaptix.data import FashionMNIST, load_fashion_mnist
+from adaptix.experiment.cache import ModelCache, cache_key
+from adaptix.experiment.config import JobConfig, ModelConfig
+from adaptix.experiment.report import render_report
+from adaptix.flops import FlopProfile
+from adaptix.model import MultiExitModel, build_model, profile_from_trace
+from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
+from adaptix.runtime import EarlyExitRunner
+from adaptix.simulate import Frontier, simulate, sweep
+from adaptix.trace import Trace
+from adaptix.training import train_exits
+
+# Dense confidence grid for the hindsight oracle (the cheapest threshold reaching δ).
+_ORACLE_GRID = [i / 1000 for i in range(1001)]
+
+
+@dataclass
+class ModelOutcome:
+    """Everything the job learned about one model."""
+
+    config: ModelConfig
+    profile: FlopProfile
+    exit_accuracy: list[float]
+    calibration: Calibration
+    calibration_path: Path
+    frontier: Frontier
+    stress: dict[float, Frontier]
+    control: dict[str, dict[str, ControlSummary]]  # panel -> criterion -> summary
+    trained_seconds: float | None
+    cached: bool
+    test_trace: Trace
+
+    @property
+    def full_accuracy(self) -> float:
+        """Accuracy of the last exit (the model at full depth)."""
+        return self.exit_accuracy[-1]
+
+
+@dataclass
+class RuntimePoint:
+    """A wall-clock measurement of the runner on the test split."""
+
+    model: str
+    criterion: str
+    threshold: float
+    batch_size: int
+    plain_seconds: float
+    runner_seconds: float
+    ideal_speedup: float
+    accuracy: float
+    agrees_with_simulation: bool
+
+    @property
+    def realised_speedup(self) -> float:
+        """time(plain model) / time(runner)."""
+        return self.plain_seconds / self.runner_seconds
+
+
+@dataclass
+class JobResult:
+    """What `run_job` produced."""
+
+    config: JobConfig
+    models: dict[str, ModelOutcome]
+    runtime: list[RuntimePoint]
+    report: str
+    output_dir: Path
+    seconds: float
+    tracking_uri: str | None = None
+    tracking_failures: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+
+
+def _train_or_load(
+    spec: ModelConfig,
+    config: JobConfig,
+    data: FashionMNIST,
+    cache: ModelCache,
+    manager: AdaptixPluginManager,
+    log: Callable[[str], None],
+) -> tuple[MultiExitModel, float | None, bool]:
+    torch.manual_seed(config.train.seed)
+    model = build_model(
+        spec.backbone,
+        10,
+        head=spec.head,
+        backbone_params=spec.backbone_params,
+        head_params=spec.head_params,
+        plugins=manager,
+    )
+    key = cache_key(
+        model=spec.model_dump(mode="json"),
+        train=config.train.model_dump(mode="json"),
+        data={k: v for k, v in config.data.model_dump(mode="json").items() if k != "test_size"},
+        torch=torch.__version__.split("+")[0],
+        cache_format=1,
+    )
+    cached = cache.load(spec.name, key)
+    if cached is not None:
+        state, info = cached
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            log(f"cache entry for {spec.name} does not fit the model ({err}); retraining")
+        else:
+            log(f"{spec.name}: loaded from cache {cache.path(spec.name, key)}")
+            return model.eval(), info.get("seconds"), True
+    log(f"{spec.name}: training ({config.train.epochs} epochs, {config.train.mode})")
+    start = time.perf_counter()
+    train_exits(
+        model,
+        data.train.pair(),
+        None,
+        mode=config.train.mode,
+        epochs=config.train.epochs,
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        distillation=config.train.distillation,
+        temperature=config.train.temperature,
+        seed=config.train.seed,
+        progress=True,
+    )
+    seconds = time.perf_counter() - start
+    cache.save(spec.name, key, model.state_dict(), {"seconds": seconds})
+    return model.eval(), seconds, False
+
+
+def _sweep_all(
+    trace: Trace,
+    calibration: Calibration,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+) -> Frontier:
+    deltas = config.sweep.deltas()
+    grids: dict[str, list[float]] = {}
+    for name in config.sweep.criteria:
+        if name == "patience":
+            grids[name] = [float(t) for t in range(1, max(trace.num_exits, 2))]
+        elif name in ("confidence", "pcee", "pcee_ws", "entropy"):
+            grids[name] = sorted({naive_threshold(name, d) for d in deltas})
+        else:
+            grids[name] = list(manager.criteria.get(name).default_thresholds())
+    return sweep(trace, config.sweep.criteria, grids, calibration, plugins=manager)
+
+
+def _control(
+    frontier: Frontier, trace: Trace, config: JobConfig, manager: AdaptixPluginManager
+) -> dict[str, ControlSummary]:
+    deltas = config.sweep.deltas()
+    dense = sweep(trace, "confidence", _ORACLE_GRID, plugins=manager)
+    oracle = oracle_costs(list(dense), deltas)
+    return {
+        name: control_summary(frontier, name, deltas, oracle)
+        for name in config.sweep.criteria
+        if name in ("confidence", "entropy", "pcee", "pcee_ws")
+    }
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall-clock seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _measure_runtime(
+    outcome: ModelOutcome,
+    model: MultiExitModel,
+    images: torch.Tensor,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+) -> list[RuntimePoint]:
+    batch = config.runtime.batch_size
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for x in batches:
+                model.forward_plain(x)
+
+    points = []
+    plain_seconds = _time(plain, config.runtime.repeats)
+    for threshold in tqdm(config.runtime.thresholds, desc="runtime", unit="δ"):
+        pol = adaptix.policy(
+            config.runtime.criterion, threshold, outcome.calibration, plugins=manager
+        )
+        runner = EarlyExitRunner(model, pol)
+
+        def run_all(run: EarlyExitRunner = runner) -> None:
+            for x in batches:
+                run(x)
+
+        runner_seconds = _time(run_all, config.runtime.repeats)
+        exits = torch.cat([runner(x).exit_index for x in batches])
+        simulated = simulate(outcome.test_trace, pol)
+        mean_cost = simulated.mean_cost
+        points.append(
+            RuntimePoint(
+                model=outcome.config.name,
+                criterion=config.runtime.criterion,
+                threshold=pol.threshold,
+                batch_size=batch,
+                plain_seconds=plain_seconds,
+                runner_seconds=runner_seconds,
+                ideal_speedup=outcome.profile.plain_cost / mean_cost,
+                accuracy=simulated.accuracy or 0.0,
+                agrees_with_simulation=bool(torch.equal(exits, simulated.exit_index)),
+            )
+        )
+    return points
+
+
+def run_job(
+    config: JobConfig | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> JobResult:
+    """Run the main job (see the module docstring) and return its results."""
+    config = config or JobConfig()
+    started = time.perf_counter()
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manager = get_plugin_manager()
+    log(f"adaptix {adaptix.__version__}: job '{config.name}' → {out.resolve()}")
+    data = load_fashion_mnist(
+        config.data.directory,
+        calibration_size=config.data.calibration_size,
+        train_size=config.data.train_size,
+        test_size=config.data.test_size,
+        seed=config.data.seed,
+    )
+    log(
+        f"data: train {len(data.train)}, calibration {len(data.calibration)}, test {len(data.test)}"
+    )
+    cache = ModelCache(config.resolved_cache_dir())
+    outcomes: dict[str, ModelOutcome] = {}
+    models: dict[str, MultiExitModel] = {}
+    for spec in config.models:
+        model, seconds, cached = _train_or_load(spec, config, data, cache, manager, log)
+        calib_trace = model.trace(
+            data.calibration.images,
+            data.calibration.labels,
+            500,
+            progress=True,
+            meta={"model": spec.name, "split": "calibration"},
+        )
+        test_trace = model.trace(
+            data.test.images,
+            data.test.labels,
+            500,
+            progress=True,
+            meta={"model": spec.name, "split": "test"},
+        )
+        calibration = calibrate(calib_trace, bins=config.sweep.bins, plugins=manager)
+        calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
+        frontier = _sweep_all(test_trace, calibration, config, manager)
+        frontier.to_csv(out / f"frontier-{spec.name}.csv")
+        control = {"natural": _control(frontier, test_trace, config, manager)}
+        stress: dict[float, Frontier] = {}
+        for scale in config.sweep.stress_scales:
+            stressed_cal = calibrate(
+                calib_trace.scaled(scale), bins=config.sweep.bins, plugins=manager
+            )
+            stressed_test = test_trace.scaled(scale)
+            stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager)
+            stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
+            control[f"logits ×{scale:g}"] = _control(stress[scale], stressed_test, config, manager)
+        accuracy = test_trace.logits.argmax(-1) == test_trace.labels.unsqueeze(1)  # type: ignore[union-attr]  # traced with labels
+        outcomes[spec.name] = ModelOutcome(
+            config=spec,
+            profile=profile_from_trace(test_trace),
+            exit_accuracy=accuracy.double().mean(0).tolist(),
+            calibration=calibration,
+            calibration_path=calibration_path,
+            frontier=frontier,
+            stress=stress,
+            control=control,
+            trained_seconds=seconds,
+            cached=cached,
+            test_trace=test_trace,
+        )
+        models[spec.name] = model
+
+    runtime: list[RuntimePoint] = []
+    if config.runtime.enabled:
+        target = config.runtime.model or config.models[-1].name
+        runtime = _measure_runtime(
+            outcomes[target], models[target], data.test.images, config, manager
+        )
+
+    result = JobResult(
+        config=config,
+        models=outcomes,
+        runtime=runtime,
+        report="",
+        output_dir=out,
+        seconds=0.0,
+    )
+    _write_plots(result)
+    if config.tracking.enabled:
+        _track(result, data)
+    result.seconds = time.perf_counter() - started
+    result.report = render_report(result)
+    (out / "report.md").write_text(result.report)
+    log(result.report)
+    return result
+
+
+def _write_plots(result: JobResult) -> None:
+    from adaptix import plots
+
+    out = result.output_dir
+    for name, outcome in result.models.items():
+        panels: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
+        for panel, summaries in outcome.control.items():
+            panels[panel] = {
+                criterion: [(d, v[0]) for d, v in summary.per_delta.items()]
+                for criterion, summary in summaries.items()
+            }
+        plots.plot_control_panels(
+            panels,
+            out / f"control-{name}.png",
+            title=f"{name}: realised early accuracy against the target δ (test split)",
+        )
+        plots.plot_reliability(
+            outcome.calibration,
+            out / f"reliability-{name}.png",
+            title=f"{name}: reliability per exit (calibration split)",
+        )
+    largest = list(result.models)[-1]
+    big = result.models[largest]
+    full_cost = big.test_trace.costs[-1].item()
+    frontiers = {}
+    for criterion in big.frontier.criteria():
+        points = sorted(
+            (p.mean_cost, p.accuracy) for p in big.frontier.of(criterion) if p.accuracy is not None
+        )
+        frontiers[f"{largest} + {criterion}"] = points
+    truncated = {
+        name: list(zip(o.profile.static_costs(), o.exit_accuracy, strict=True))
+        for name, o in result.models.items()
+    }
+    plots.plot_accuracy_vs_flops(
+        out / "accuracy-vs-flops.png",
+        models={n: (o.profile.plain_cost, o.full_accuracy) for n, o in result.models.items()},
+        truncated={f"{n} truncated at exit e": pts for n, pts in truncated.items()},
+        frontiers=frontiers,
+        title=f"Accuracy against compute (test split; full depth of {largest}: "
+        f"{full_cost / 1e6:.1f} MFLOPs incl. heads)",
+    )
+
+
+def _track(result: JobResult, data: FashionMNIST) -> None:
+    from adaptix.tracking import Tracker, default_tracking_uri, log_frontier
+
+    config = result.config
+    uri = config.tracking.uri or default_tracking_uri()
+    tracker = Tracker(experiment=config.tracking.experiment, tracking_uri=uri)
+    result.tracking_uri = uri
+    splits = {
+        "train_size": len(data.train),
+        "calibration_size": len(data.calibration),
+        "test_size": len(data.test),
+        "seed": config.seed,
+    }
+    parent = tracker.start_run(
+        config.name,
+        params={"config": config.model_dump_json(), **splits},
+        tags={"adaptix.version": adaptix.__version__},
+    )
+    result.parent_run_id = parent
+    speedups = {
+        (p.criterion, p.threshold): {
+            "speedup_measured": p.realised_speedup,
+            "speedup_ideal": p.ideal_speedup,
+        }
+        for p in result.runtime
+    }
+    for name, outcome in tqdm(result.models.items(), desc="mlflow", unit="model"):
+        run = tracker.start_run(
+            name,
+            parent=parent,
+            params={
+                "backbone": outcome.config.backbone,
+                "backbone_params": json.dumps(outcome.config.backbone_params),
+                "head": outcome.config.head,
+                "calibration_sha256": outcome.calibration.checksum,
+                **splits,
+            },
+        )
+        metrics = {f"exit_accuracy_{e}": a for e, a in enumerate(outcome.exit_accuracy)}
+        metrics.update({f"exit_flops_{e}": c for e, c in enumerate(outcome.profile.exit_costs)})
+        metrics["plain_flops"] = outcome.profile.plain_cost
+        for panel, summaries in outcome.control.items():
+            tag = panel.replace("logits ×", "x").replace(" ", "_")
+            for criterion, s in summaries.items():
+                metrics[f"{tag}.{criterion}.violation_rate"] = s.violation_rate
+                metrics[f"{tag}.{criterion}.worst_shortfall"] = s.worst_shortfall
+                metrics[f"{tag}.{criterion}.mean_regret"] = s.mean_regret
+        tracker.log_metrics(run, metrics)
+        extra = speedups if name == (config.runtime.model or config.models[-1].name) else None
+        log_frontier(
+            outcome.frontier,
+            tracker=tracker,
+            parent=run,
+            model=name,
+            params=splits,
+            calibration=outcome.calibration,
+            extra_metrics=extra,
+        )
+        for path in sorted(result.output_dir.glob(f"*-{name}.png")):
+            tracker.log_artifact(run, path, "plots")
+        tracker.end_run(run)
+    for path in [
+        result.output_dir / "accuracy-vs-flops.png",
+        *sorted(result.output_dir.glob("*.csv")),
+    ]:
+        if path.exists():
+            tracker.log_artifact(parent, path)
+    result.tracking_failures = list(tracker.failures)
+    result.report = render_report(result)
+    report_path = result.output_dir / "report.md"
+    report_path.write_text(result.report)
+    tracker.log_artifact(parent, report_path)
+    tracker.end_run(parent)
+    result.tracking_failures = list(tracker.failures)

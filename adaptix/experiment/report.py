@@ -1,0 +1,229 @@
+"""The printed report: the paper's two questions answered in tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adaptix.control import best_accuracy_within, cheapest_reaching
+
+if TYPE_CHECKING:
+    from adaptix.experiment.job import JobResult, ModelOutcome
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _models_table(result: JobResult) -> str:
+    rows = []
+    for name, o in result.models.items():
+        trained = "cache" if o.cached else f"{o.trained_seconds or 0:.0f} s"
+        rows.append(
+            [
+                name,
+                str(len(o.exit_accuracy)),
+                f"{o.profile.plain_cost / 1e6:.2f}",
+                " / ".join(f"{c / 1e6:.1f}" for c in o.profile.exit_costs),
+                " / ".join(_pct(a) for a in o.exit_accuracy),
+                trained,
+            ]
+        )
+    return _table(
+        [
+            "model",
+            "exits",
+            "plain MFLOPs",
+            "cost per exit (MFLOPs, heads incl.)",
+            "accuracy per exit (%)",
+            "trained",
+        ],
+        rows,
+    )
+
+
+def _control_table(outcome: ModelOutcome, deltas: list[float]) -> str:
+    rows = []
+    for panel, summaries in outcome.control.items():
+        for criterion, s in summaries.items():
+            rows.append(
+                [
+                    panel,
+                    criterion,
+                    _pct(s.violation_rate, 0),
+                    _pct(s.worst_shortfall, 2),
+                    f"{s.mean_relative_cost:.3f}",
+                    "n/a"
+                    if s.mean_cost_vs_confidence is None
+                    else f"{s.mean_cost_vs_confidence:.3f}",
+                    f"{s.mean_regret:.3f}",
+                ]
+            )
+    return (
+        f"δ grid: {deltas[0]:g} to {deltas[-1]:g} ({len(deltas)} values); entropy is read at "
+        "τ = 1 − δ, the others at τ = δ.\n\n"
+        + _table(
+            [
+                "logits",
+                "criterion",
+                "violation rate (%)",
+                "worst shortfall (pt)",
+                "mean rel. cost",
+                "cost / confidence(τ=δ)",
+                "regret vs oracle",
+            ],
+            rows,
+        )
+    )
+
+
+def _scale_table(result: JobResult) -> tuple[str, list[str]]:
+    names = list(result.models)
+    large_name = names[-1]
+    large = result.models[large_name]
+    truncated = list(zip(large.profile.static_costs(), large.exit_accuracy, strict=True))
+    criteria = [c for c in ("pcee", "pcee_ws", "confidence") if c in large.frontier.criteria()]
+    curves = {
+        c: [(p.mean_cost, p.accuracy) for p in large.frontier.of(c) if p.accuracy is not None]
+        for c in criteria
+    }
+    rows, verdicts = [], []
+    for name in names[:-1]:
+        small = result.models[name]
+        budget, target = small.profile.plain_cost, small.full_accuracy
+        trunc_acc = best_accuracy_within(truncated, budget)
+        trunc_cost = cheapest_reaching(truncated, target)
+        for c in criteria:
+            acc = best_accuracy_within(curves[c], budget)
+            cost = cheapest_reaching(curves[c], target)
+            rows.append(
+                [
+                    name,
+                    f"{budget / 1e6:.2f}",
+                    _pct(target),
+                    f"{large_name} + {c}",
+                    _pct(acc),
+                    _pct(trunc_acc),
+                    "n/a" if cost is None else f"{cost / budget:.2f}×",
+                    "n/a" if trunc_cost is None else f"{trunc_cost / budget:.2f}×",
+                ]
+            )
+        if "pcee" in curves:
+            acc = best_accuracy_within(curves["pcee"], budget)
+            beats_small = acc is not None and acc > target
+            beats_trunc = acc is not None and (trunc_acc is None or acc > trunc_acc)
+            gain = "n/a" if acc is None else f"{100 * (acc - target):+.1f} pt"
+            verdicts.append(
+                f"- vs {name} at its cost ({budget / 1e6:.2f} MFLOPs): {large_name} + pcee "
+                f"{_pct(acc)} % against {_pct(target)} % ({gain}); truncated {large_name} "
+                f"{_pct(trunc_acc)} %. Claim "
+                + ("**holds**" if beats_small and beats_trunc else "**does not hold**")
+                + (
+                    " (beats the smaller model"
+                    + (" and" if beats_trunc else " but not")
+                    + " the static truncation)"
+                    if beats_small
+                    else ""
+                )
+                + "."
+            )
+    table = _table(
+        [
+            "smaller model",
+            "its MFLOPs",
+            "its accuracy (%)",
+            "large model policy",
+            "accuracy at equal cost (%)",
+            f"{large_name} truncated, same budget (%)",
+            "cost at equal accuracy",
+            "truncated: cost at equal accuracy",
+        ],
+        rows,
+    )
+    return table, verdicts
+
+
+def _runtime_table(result: JobResult) -> str:
+    if not result.runtime:
+        return "(runtime measurement turned off)"
+    rows = [
+        [
+            p.model,
+            p.criterion,
+            f"{p.threshold:g}",
+            str(p.batch_size),
+            f"{p.plain_seconds:.3f}",
+            f"{p.runner_seconds:.3f}",
+            f"{p.realised_speedup:.2f}×",
+            f"{p.ideal_speedup:.2f}×",
+            f"{p.realised_speedup / p.ideal_speedup:.2f}",
+            _pct(p.accuracy),
+            "yes" if p.agrees_with_simulation else "NO",
+        ]
+        for p in result.runtime
+    ]
+    return _table(
+        [
+            "model",
+            "criterion",
+            "δ",
+            "batch",
+            "plain s",
+            "runner s",
+            "realised",
+            "ideal",
+            "realised/ideal",
+            "accuracy (%)",
+            "runner = simulate",
+        ],
+        rows,
+    )
+
+
+def render_report(result: JobResult) -> str:
+    """The report as Markdown (also printed by ``adaptix run``)."""
+    config = result.config
+    deltas = config.sweep.deltas()
+    large_name = list(result.models)[-1]
+    parts = [
+        f"# adaptix report: {config.name}",
+        "",
+        "## Models (test split)",
+        _models_table(result),
+        "",
+        f"## (a) Control: does δ deliver early accuracy ≥ δ? ({large_name}, test split)",
+        _control_table(result.models[large_name], deltas),
+        "",
+    ]
+    for name in list(result.models)[:-1]:
+        parts += [f"### Control on {name}", _control_table(result.models[name], deltas), ""]
+    table, verdicts = _scale_table(result)
+    parts += [
+        f"## (b) Scale: {large_name} with early exits against smaller models and static "
+        "truncation (test split)",
+        table,
+        "",
+        *verdicts,
+        "",
+        "## Batched runtime: real wall-clock speed-ups (test split)",
+        _runtime_table(result),
+        "",
+        f"Outputs in {result.output_dir}: report.md, frontier-*.csv, calibration-*.json, "
+        "control-*.png, reliability-*.png, accuracy-vs-flops.png.",
+    ]
+    if result.tracking_uri:
+        parts.append(
+            f"MLflow: {result.tracking_uri} (run `mlflow ui --backend-store-uri "
+            f"{result.tracking_uri}`)"
+        )
+    if result.tracking_failures:
+        parts.append("MLflow could not record everything:")
+        parts += [f"- {failure}" for failure in result.tracking_failures]
+    if result.seconds:
+        parts.append(f"Job time: {result.seconds:.0f} s.")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,42 @@
+"""adaptix-transformers: Hugging Face encoders (BERT, MiniLM, RoBERTa) as an adaptix backbone.
+
+Installed, it registers the backbone ``transformers`` through the ``adaptix`` entry-point group::
+
+    import adaptix
+    from adaptix_transformers import load_minilm
+
+    encoder, tokenizer = load_minilm()
+    model = adaptix.build_model("transformers", num_classes=5, source=encoder)
+    batch = dict(tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
+
+Importing this package does not import transformers; building a backbone from a path or
+calling `load_minilm` does.
+"""
+
+from __future__ import annotations
+
+from adaptix.components import Backbone
+from adaptix.hookspecs import hookimpl
+from adaptix.plugins import Registrar
+from adaptix_transformers.backbone import TransformersBackbone, TransformersParams
+from adaptix_transformers.data import bbc_news_dir, load_bbc_news, load_minilm, minilm_path
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def adaptix_register_backbones(registry: Registrar[Backbone]) -> None:
+    """Register the ``transformers`` backbone."""
+    registry.add(TransformersBackbone)
+
+
+__all__ = [
+    "TransformersBackbone",
+    "TransformersParams",
+    "__version__",
+    "adaptix_register_backbones",
+    "bbc_news_dir",
+    "load_bbc_news",
+    "load_minilm",
+    "minilm_path",
+]

@@ -1,0 +1,689 @@
+"""Tests of adaptix.kernels: the reference (the spec), the dispatch and the fused Triton kernel.
+
+Where the kernel runs:
+- On a CUDA machine, the `TestKernel` cases with the "cuda" id run the compiled kernel.
+- On CPU, Triton can only run the kernel in its interpreter, which it picks when the kernel is
+  decorated, so TRITON_INTERPRET=1 must be set before `adaptix.kernels.triton_kernel` is first
+  imported. Setting it here would leak into every test module collected after this one (and
+  make this module's compile-only test see an interpreted kernel), so
+  `test_kernel_in_triton_interpreter` reruns `TestKernel` in ONE subprocess with
+  TRITON_INTERPRET=1; in this process the "interpreter" cases skip.
+- `test_compile_for_cuda_targets` compiles the kernel down to a cubin for sm_80 and sm_90 with
+  the ptxas that ships with triton: no GPU needed.
+
+Tolerances: see `allowed_error`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaptix.errors import AdaptixError, ValidationError
+from adaptix.kernels import (
+    ExitDecision,
+    ExitKind,
+    dispatch,
+    exit_decision,
+    exit_decision_reference,
+    triton_unavailable_reasons,
+)
+from adaptix.kernels.reference import float32_bound
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_TRITON = find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+IN_INTERPRETER = dispatch.triton_interpreter_enabled()
+
+SHAPES = [(1, 1), (7, 1023), (1823, 781), (4, 32000), (2, 128256)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KINDS: list[ExitKind] = ["confidence", "entropy", "table"]
+FLOAT32_EPS = 2.0**-23
+NEG_INF = float("-inf")
+
+# The interpreter runs programs one after another (~20 ms each), so inputs with many rows use
+# tiles of this many logits there: 29 programs instead of 912 for 1823 rows of 781.
+INTERPRETER_TILE = 65536
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def make_logits(n_rows: int, n_cols: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random logits whose rows cycle through the cases the kernel must get right.
+
+    Row r % 5: 0 plain; 1 about 30 % of entries -inf; 2 all equal; 3 the maximum repeated at
+    columns 0, 2048 (same lane, a later chunk) and C - 1 (first index must win); 4 spread
+    ×50 so most exp() underflow. The last row is all -inf when there are at least 7 rows.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_rows, n_cols, generator=generator) * 4
+    for row in range(1, n_rows, 5):
+        z[row, torch.rand(n_cols, generator=generator) < 0.3] = NEG_INF
+    z[2::5] = 1.5
+    ties = z[3::5]
+    top = ties.amax(dim=1, keepdim=True) + 1
+    for col in {0, min(2048, n_cols - 1), n_cols - 1}:
+        ties[:, col : col + 1] = top
+    z[4::5] *= 50
+    if n_rows >= 7:
+        z[-1] = NEG_INF
+    return z.to(dtype)
+
+
+def make_table(n_bins: int, seed: int) -> torch.Tensor:
+    """Bin accuracies in [0, 1] with two undefined (NaN) bins."""
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.rand(n_bins, generator=generator, dtype=torch.float64)
+    table[[1, n_bins // 2]] = math.nan
+    return table
+
+
+def float64_truth(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence and normalised entropy from a float64 softmax of the same logits."""
+    probs = torch.softmax(logits.double(), dim=1)
+    n_cols = logits.shape[1]
+    entropy = -torch.special.xlogy(probs, probs).sum(dim=1)
+    entropy = entropy / math.log(n_cols) if n_cols > 1 else entropy * 0
+    return probs.amax(dim=1), entropy
+
+
+def max_abs_error(value: torch.Tensor, truth: torch.Tensor) -> float:
+    """Largest |value - truth| over rows where both are defined (0 if there are none)."""
+    error = (value.double() - truth).abs().nan_to_num(nan=0.0)
+    return float(error.max()) if error.numel() else 0.0
+
+
+def allowed_error(reference: torch.Tensor, truth: torch.Tensor) -> float:
+    """How far from the float64 truth a kernel result may be: 4 × torch's own error, + 4 ulp.
+
+    Low-precision logits are upcast exactly, so kernel and reference see the same float32
+    numbers and differ only by float32 rounding: exp (ex2.approx on GPUs), summation order
+    (per lane then a tree, against torch's vectorised sum) and the final division. Measuring
+    torch's float32 error against a float64 softmax of the same inputs gives the scale of that
+    rounding for this very input; a kernel up to 4× worse is still float32-accurate, one that
+    is wrong (a missed rescale, a lost term) is off by orders of magnitude more. The 4 ulp of
+    1.0 floor covers inputs where torch happens to be exact (e.g. C = 1).
+    """
+    return 4 * max_abs_error(reference, truth) + 4 * FLOAT32_EPS
+
+
+def naive_decision(
+    decision: ExitDecision, threshold: float, kind: ExitKind, table: torch.Tensor | None
+) -> tuple[list[bool], list[float]]:
+    """The contract, row by row in Python float64: exits and expected scores."""
+    exits, scores = [], []
+    for confidence, score in zip(
+        decision.confidence.tolist(), decision.score.tolist(), strict=True
+    ):
+        if kind == "confidence":
+            exits.append(score >= threshold)
+            scores.append(confidence)
+        elif kind == "entropy":
+            exits.append(score <= threshold)
+            scores.append(score)
+        elif math.isnan(confidence):
+            exits.append(False)
+            scores.append(math.nan)
+        else:
+            assert table is not None
+            values = table.tolist()
+            n_bins = len(values)
+            # The bin is computed in float32, as the contract says.
+            product = np.float32(confidence) * np.float32(n_bins)
+            accuracy = values[min(math.floor(product), n_bins - 1)]
+            exits.append(not math.isnan(accuracy) and accuracy >= threshold)
+            scores.append(float(np.float32(accuracy)))
+    return exits, scores
+
+
+def assert_matches_reference(
+    got: ExitDecision,
+    logits: torch.Tensor,
+    threshold: float,
+    *,
+    kind: ExitKind,
+    table: torch.Tensor | None = None,
+) -> None:
+    """The kernel's decision equals the reference's, up to float32 rounding of the numbers."""
+    logits = logits.cpu()
+    table = None if table is None else table.cpu()
+    want = exit_decision_reference(logits, threshold, kind=kind, table=table)
+    got = ExitDecision(*(field.cpu() for field in got))
+    for name, got_field, want_field in zip(ExitDecision._fields, got, want, strict=True):
+        assert got_field.dtype == want_field.dtype, name
+        assert got_field.shape == want_field.shape, name
+
+    assert torch.equal(got.prediction, want.prediction)
+    assert torch.equal(got.confidence.isnan(), want.confidence.isnan())
+    assert torch.equal(got.score.isnan(), want.score.isnan())
+    true_confidence, true_entropy = float64_truth(logits)
+    tolerance = allowed_error(want.confidence, true_confidence)
+    assert max_abs_error(got.confidence, true_confidence) <= tolerance
+    if kind == "entropy":
+        tolerance = allowed_error(want.score, true_entropy)
+        assert max_abs_error(got.score, true_entropy) <= tolerance
+
+    # Exact: the kernel's own numbers go through the contract's comparison and bins.
+    exits, scores = naive_decision(got, threshold, kind, table)
+    assert got.exit_mask.tolist() == exits
+    np.testing.assert_array_equal(got.score.numpy(), np.array(scores, dtype=np.float32))
+
+    # And the same masks as the reference wherever float32 rounding cannot flip a decision.
+    if kind == "table":
+        assert table is not None
+        scaled = want.confidence.double() * table.shape[0]
+        near = (scaled - scaled.round()).abs() <= tolerance * table.shape[0]
+    else:
+        near = (want.score.double() - threshold).abs() <= tolerance
+    assert torch.equal(got.exit_mask[~near], want.exit_mask[~near])
+
+
+def threshold_inside(scores: torch.Tensor, quantile: float) -> float:
+    """A threshold that splits the defined scores, so masks hold both values."""
+    defined = scores[~scores.isnan()].double().numpy()
+    return float(np.quantile(defined, quantile)) if defined.size else 0.5
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("cpu", id="interpreter"),
+        pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+    ],
+)
+def kernel_device(request: pytest.FixtureRequest) -> str:
+    """Where `TestKernel` runs the kernel; see the module docstring."""
+    device: str = request.param
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    if device == "cpu" and not IN_INTERPRETER:
+        pytest.skip(
+            "runs in the TRITON_INTERPRET=1 subprocess of test_kernel_in_triton_interpreter"
+        )
+    if device == "cuda" and (IN_INTERPRETER or not HAS_CUDA):
+        pytest.skip("needs a CUDA device (and TRITON_INTERPRET unset)")
+    return device
+
+
+def run_kernel(
+    logits: torch.Tensor, threshold: float, *, kind: ExitKind, table: torch.Tensor | None = None
+) -> ExitDecision:
+    """The kernel through the public dispatch; in the interpreter, many rows use big tiles."""
+    if logits.device.type == "cpu" and logits.shape[0] > 64:
+        from adaptix.kernels.triton_kernel import exit_decision_triton
+
+        return exit_decision_triton(
+            logits, threshold, kind=kind, table=table, tile_elements=INTERPRETER_TILE
+        )
+    return exit_decision(logits, threshold, kind=kind, table=table, backend="triton")
+
+
+# --- the kernel against the reference ------------------------------------------------------
+
+
+class TestKernel:
+    """The fused kernel equals the reference: in the interpreter on CPU, compiled on CUDA."""
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: f"{shape[0]}x{shape[1]}")
+    def test_random_logits(
+        self, kernel_device: str, shape: tuple[int, int], dtype: torch.dtype, kind: ExitKind
+    ) -> None:
+        logits = make_logits(*shape, dtype, seed=shape[0] + shape[1]).to(kernel_device)
+        table = make_table(10, seed=shape[1]) if kind == "table" else None
+        reference = exit_decision_reference(logits.cpu(), 0.5, kind=kind, table=table)
+        threshold = 0.5 if kind == "table" else threshold_inside(reference.score, 0.4)
+        table = None if table is None else table.to(kernel_device)
+        got = run_kernel(logits, threshold, kind=kind, table=table)
+        assert_matches_reference(got, logits, threshold, kind=kind, table=table)
+
+    @pytest.mark.parametrize("n_bins", [4, 10])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+    def test_confidences_on_bin_edges(
+        self, kernel_device: str, dtype: torch.dtype, n_bins: int
+    ) -> None:
+        # k equal maxima and -inf elsewhere: S = k exactly, so c = 1/k exactly in float32.
+        # 1, 1/2, 1/4, 1/5, 1/8, 1/10 sit on the edges of 4 or 10 bins (or round onto them:
+        # float32(0.1) * 10 == 1.0). Maxima sit in different lanes and chunks of a long row.
+        counts = [1, 2, 4, 5, 8, 10]
+        logits = torch.full((len(counts), 5000), NEG_INF)
+        for row, count in enumerate(counts):
+            logits[row, torch.linspace(0, 4999, count).long()] = 3.0
+        table = torch.arange(n_bins, dtype=torch.float64) / n_bins + 0.01
+        got = run_kernel(logits.to(kernel_device, dtype), 0.3, kind="table", table=table)
+
+        expected_confidence = [float(np.float32(1) / np.float32(count)) for count in counts]
+        assert got.confidence.tolist() == expected_confidence
+        expected_bins = {4: [3, 2, 1, 0, 0, 0], 10: [9, 5, 2, 2, 1, 1]}[n_bins]
+        expected_scores = [float(np.float32(table[b].item())) for b in expected_bins]
+        assert got.score.tolist() == expected_scores
+        assert got.exit_mask.tolist() == [table[b].item() >= 0.3 for b in expected_bins]
+        assert_matches_reference(got, logits.to(dtype), 0.3, kind="table", table=table)
+
+    @pytest.mark.parametrize(
+        ("kind", "threshold", "expected"),
+        [
+            # Rows have c = 1, 1/2, 1/4 exactly (confidence) or h = 0, 0, NaN (entropy).
+            ("confidence", 0.5, [True, True, False]),
+            ("confidence", float(np.nextafter(0.5, 1.0)), [True, False, False]),
+            ("confidence", float(np.nextafter(0.5, 0.0)), [True, True, False]),
+            ("confidence", 0.25, [True, True, True]),
+            ("entropy", 0.0, [True, True, False]),
+            ("entropy", float(np.nextafter(0.0, -1.0)), [False, False, False]),
+            # float32(0.6) > 0.6: the table must be compared in float64, not in float32.
+            ("table", 0.6, [True, False, False]),
+            ("table", float(np.nextafter(0.6, 1.0)), [False, False, False]),
+        ],
+    )
+    def test_threshold_is_compared_exactly(
+        self, kernel_device: str, kind: ExitKind, threshold: float, expected: list[bool]
+    ) -> None:
+        logits = torch.full((3, 3000), NEG_INF)
+        logits[0, 2500] = 1.0
+        if kind == "entropy":
+            logits[1, 7] = 2.0  # one-hot: entropy exactly 0; row 2 stays all -inf (NaN)
+        else:
+            logits[1, [3, 2051]] = 2.0
+            logits[2, [0, 1000, 2000, 2999]] = 2.0
+        table = torch.tensor([0.0, 0.1, 0.2, 0.6], dtype=torch.float64) if kind == "table" else None
+        device_table = None if table is None else table.to(kernel_device)
+        got = run_kernel(logits.to(kernel_device), threshold, kind=kind, table=device_table)
+        assert got.exit_mask.tolist() == expected
+        assert_matches_reference(got, logits, threshold, kind=kind, table=table)
+
+    @pytest.mark.parametrize("n_cols", [7, 5000])
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_non_finite_rows(self, kernel_device: str, n_cols: int, kind: ExitKind) -> None:
+        # Undefined softmax rows: NaN confidence and score, no exit, prediction as torch.argmax.
+        nan, inf = math.nan, math.inf
+        far = n_cols - 2
+        logits = torch.randn(8, n_cols, generator=torch.Generator().manual_seed(n_cols))
+        logits[0, far] = nan
+        logits[1, [3, far]] = nan
+        logits[2, [1, far]] = inf
+        logits[3, 1] = inf
+        logits[3, 2] = nan  # NaN beats +inf in torch.argmax
+        logits[4] = NEG_INF
+        logits[5] = NEG_INF
+        logits[5, far] = -3.0  # only one finite logit: c = 1
+        table = make_table(10, seed=3) if kind == "table" else None
+        device_table = None if table is None else table.to(kernel_device)
+        got = run_kernel(logits.to(kernel_device), 0.5, kind=kind, table=device_table)
+        assert got.confidence.isnan().tolist() == [True] * 5 + [False] * 3
+        assert not got.exit_mask[:5].any()
+        assert_matches_reference(got, logits, 0.5, kind=kind, table=table)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_strided_logits(self, kernel_device: str, kind: ExitKind) -> None:
+        base = make_logits(40, 3000, torch.float32, seed=11).to(kernel_device)
+        table = make_table(6, seed=4) if kind == "table" else None
+        device_table = None if table is None else table.to(kernel_device)
+        for logits in (base[:, ::3], base[::2, 1:], base.t()[:25]):
+            got = run_kernel(logits, 0.05, kind=kind, table=device_table)
+            assert_matches_reference(got, logits, 0.05, kind=kind, table=table)
+
+    def test_empty_batch(self, kernel_device: str) -> None:
+        got = run_kernel(torch.empty(0, 10, device=kernel_device), 0.5, kind="entropy")
+        want = exit_decision_reference(torch.empty(0, 10), 0.5, kind="entropy")
+        for got_field, want_field in zip(got, want, strict=True):
+            assert got_field.shape == want_field.shape == (0,)
+            assert got_field.dtype == want_field.dtype
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def test_property_kernel_equals_reference(
+        self, kernel_device: str, data: st.DataObject
+    ) -> None:
+        n_rows = data.draw(st.integers(1, 4), label="n_rows")
+        n_cols = data.draw(st.integers(1, 300), label="n_cols")
+        # A few distinct values make ties, -inf and equal rows common.
+        values = st.sampled_from([NEG_INF, -30.0, -1.0, 0.0, 0.5, 2.0, 9.0])
+        rows = st.lists(values, min_size=n_cols, max_size=n_cols)
+        logits = torch.tensor(data.draw(st.lists(rows, min_size=n_rows, max_size=n_rows)))
+        logits = logits.to(data.draw(st.sampled_from(DTYPES), label="dtype"))
+        kind = data.draw(st.sampled_from(KINDS), label="kind")
+        threshold = data.draw(st.floats(0.0, 1.0), label="threshold")
+        table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
+        device_table = None if table is None else table.to(kernel_device)
+        got = run_kernel(logits.to(kernel_device), threshold, kind=kind, table=device_table)
+        assert_matches_reference(got, logits, threshold, kind=kind, table=table)
+
+
+def test_kernel_in_triton_interpreter() -> None:
+    """Run `TestKernel` in Triton's CPU interpreter, in one subprocess (module docstring)."""
+    if IN_INTERPRETER:
+        pytest.skip("already inside the interpreter run")
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        f"{Path(__file__).resolve()}::TestKernel",
+        "-k",
+        "interpreter",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        # The interpreter evaluates masked-out lanes too (log(0), 0/0): numpy warns, harmlessly.
+        "-W",
+        "ignore::RuntimeWarning",
+    ]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"interpreter run failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
+    assert " passed" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or IN_INTERPRETER, reason="needs a CUDA device")
+def test_auto_picks_the_kernel_on_cuda() -> None:
+    logits = make_logits(300, 5000, torch.bfloat16, seed=5).cuda()
+    assert triton_unavailable_reasons(logits) == []
+    auto = exit_decision(logits, 0.2, kind="entropy")
+    fused = exit_decision(logits, 0.2, kind="entropy", backend="triton")
+    for auto_field, fused_field in zip(auto, fused, strict=True):
+        assert torch.equal(auto_field.nan_to_num(), fused_field.nan_to_num())
+
+
+# --- compile-only: CUDA targets without a GPU ----------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(IN_INTERPRETER, reason="TRITON_INTERPRET=1 replaces the kernel")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch", [80, 90], ids=lambda arch: f"sm_{arch}")
+def test_compile_for_cuda_targets(
+    arch: int, kind: ExitKind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from adaptix.kernels.triton_kernel import (
+        KIND_CODES,
+        NUM_WARPS,
+        block_shape,
+        exit_decision_kernel,
+    )
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # really compile, no cache hit
+    signature = {
+        "logits_ptr": "*bf16",
+        "stride_row": "i32",
+        "stride_col": "constexpr",
+        "n_rows": "i32",
+        "n_cols": "i32",
+        "threshold": "fp32",
+        "inv_log_n_cols": "fp32",
+        "table_ptr": "*fp32",
+        "passes_ptr": "*i1",
+        "n_bins": "i32",
+        "prediction_ptr": "*i64",
+        "confidence_ptr": "*fp32",
+        "score_ptr": "*fp32",
+        "exit_ptr": "*i1",
+        "KIND": "constexpr",
+        "BLOCK_N": "constexpr",
+        "BLOCK_C": "constexpr",
+    }
+    # What the launcher specialises for a vocabulary-sized row (C = 128256): contiguous
+    # columns, 16-byte aligned pointers, row stride and C divisible by 16.
+    aligned = [name for name in signature if name.endswith("_ptr")] + ["stride_row", "n_cols"]
+    names = list(signature)
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    block_n, block_c = block_shape(128256)
+    source = triton.compiler.ASTSource(
+        fn=exit_decision_kernel,
+        signature=signature,
+        constexprs={
+            "stride_col": 1,
+            "KIND": KIND_CODES[kind],
+            "BLOCK_N": block_n,
+            "BLOCK_C": block_c,
+        },
+        attrs=attrs,
+    )
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": NUM_WARPS, "enable_fp_fusion": True},
+    )
+    assert compiled.asm["cubin"], "no cubin: ptxas did not run"
+    ptx = compiled.asm["ptx"]
+    assert f".target sm_{arch}" in ptx
+    # IEEE division (div.rn), not the approximate default: bin edges must be exact.
+    assert "div.rn.f32" in ptx
+    assert "div.full.f32" not in ptx
+    # 16-byte loads (direct or cp.async): what a memory-bound kernel needs.
+    assert re.search(r"ld\.global[\w.]*\.v4\.b32|cp\.async\.c[ag]\.shared\.global.*0x10", ptx)
+
+
+# --- the reference: the specification ------------------------------------------------------
+
+
+def test_reference_known_values() -> None:
+    logits = torch.tensor([[0.0, 0.0], [NEG_INF, 3.0], [1.0, 1.0]], dtype=torch.float16)
+    decision = exit_decision_reference(logits, 0.5, kind="entropy")
+    assert decision.prediction.tolist() == [0, 1, 0]
+    assert decision.confidence.tolist() == [0.5, 1.0, 0.5]
+    assert decision.score.tolist() == [1.0, 0.0, 1.0]
+    assert decision.exit_mask.tolist() == [False, True, False]
+    single = exit_decision_reference(torch.tensor([[4.0]]), 0.0, kind="entropy")
+    assert single.score.tolist() == [0.0]
+    assert single.exit_mask.tolist() == [True]
+
+
+def test_reference_outputs_are_separate_tensors() -> None:
+    decision = exit_decision_reference(torch.randn(3, 4), 0.5, kind="confidence")
+    assert decision.score.data_ptr() != decision.confidence.data_ptr()
+    assert [field.dtype for field in decision] == [
+        torch.int64,
+        torch.float32,
+        torch.float32,
+        torch.bool,
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_property_reference_mask_is_the_float64_definition(data: st.DataObject) -> None:
+    n_rows = data.draw(st.integers(1, 6), label="n_rows")
+    n_cols = data.draw(st.integers(1, 40), label="n_cols")
+    finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
+    entries = st.one_of(finite, st.just(NEG_INF), st.sampled_from([0.0, 1.0, 2.0]))
+    rows = st.lists(entries, min_size=n_cols, max_size=n_cols)
+    raw = data.draw(st.lists(rows, min_size=n_rows, max_size=n_rows), label="logits")
+    logits = torch.tensor(raw).to(data.draw(st.sampled_from(DTYPES), label="dtype"))
+    kind = data.draw(st.sampled_from(KINDS), label="kind")
+    table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
+    first = exit_decision_reference(logits, 0.5, kind=kind, table=table)
+    # Thresholds on and next to the scores themselves are where float32 shortcuts go wrong.
+    candidates = [s for s in first.score.tolist() if not math.isnan(s)] or [0.5]
+    on_score = data.draw(st.sampled_from(candidates), label="score")
+    threshold = data.draw(
+        st.sampled_from(
+            [on_score, float(np.nextafter(on_score, 2.0)), float(np.nextafter(on_score, -1.0))]
+        )
+        | st.floats(-0.1, 1.1),
+        label="threshold",
+    )
+    decision = exit_decision_reference(logits, threshold, kind=kind, table=table)
+
+    exits, scores = naive_decision(decision, threshold, kind, table)
+    assert decision.exit_mask.tolist() == exits
+    np.testing.assert_array_equal(decision.score.numpy(), np.array(scores, dtype=np.float32))
+    as_float64 = logits.double().numpy()
+    defined = ~decision.confidence.isnan().numpy()
+    assert (decision.prediction.numpy() == as_float64.argmax(axis=1))[defined].all()
+    true_confidence, true_entropy = float64_truth(logits)
+    # A float32 softmax of at most 40 classes: within a few ulp of 1.0 (worst case ~20).
+    assert max_abs_error(decision.confidence, true_confidence) <= 32 * FLOAT32_EPS
+    if kind == "entropy":
+        assert max_abs_error(decision.score, true_entropy) <= 32 * FLOAT32_EPS
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    threshold=st.floats(allow_nan=False, allow_infinity=False),
+    score=st.floats(width=32, allow_nan=False, allow_infinity=False),
+)
+def test_property_float32_bound_makes_comparisons_exact(threshold: float, score: float) -> None:
+    above = np.float32(float32_bound(threshold, at_least=True))
+    below = np.float32(float32_bound(threshold, at_least=False))
+    assert bool(np.float32(score) >= above) == (score >= threshold)
+    assert bool(np.float32(score) <= below) == (score <= threshold)
+
+
+# --- validation and dispatch ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("logits", "threshold", "kind", "table", "message"),
+    [
+        (torch.randn(5), 0.5, "confidence", None, "shape [N, C]"),
+        (torch.randn(2, 5).double(), 0.5, "confidence", None, "float32, float16 or bfloat16"),
+        (torch.ones(2, 5, dtype=torch.int64), 0.5, "confidence", None, "float32, float16"),
+        (torch.randn(2, 0), 0.5, "confidence", None, "C >= 1"),
+        ([[0.1, 0.9]], 0.5, "confidence", None, "torch.Tensor"),
+        (torch.randn(2, 5), math.nan, "confidence", None, "finite threshold"),
+        (torch.randn(2, 5), math.inf, "entropy", None, "finite threshold"),
+        (torch.randn(2, 5), True, "confidence", None, "real threshold"),
+        (torch.randn(2, 5), torch.tensor(0.5), "confidence", None, "real threshold"),
+        (torch.randn(2, 5), 0.5, "margin", None, "kind in"),
+        (torch.randn(2, 5), 0.5, "table", None, "table of bin accuracies"),
+        (torch.randn(2, 5), 0.5, "confidence", torch.rand(10), "no table"),
+        (torch.randn(2, 5), 0.5, "table", torch.rand(2, 5), "1-D floating table"),
+        (torch.randn(2, 5), 0.5, "table", torch.arange(10), "1-D floating table"),
+        (torch.randn(2, 5), 0.5, "table", torch.empty(0), "1-D floating table"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["torch", "auto", "triton"])
+def test_invalid_inputs_are_rejected(
+    logits: object, threshold: object, kind: str, table: object, message: str, backend: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)) as error:
+        exit_decision(logits, threshold, kind=kind, table=table, backend=backend)  # type: ignore[arg-type]  # deliberately wrong types
+    assert str(error.value).startswith("expected ")
+
+
+def test_unknown_backend_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="backend in"):
+        exit_decision(torch.randn(2, 3), 0.5, kind="confidence", backend="cuda")  # type: ignore[arg-type]  # deliberately wrong
+
+
+def _fail_if_imported() -> str:
+    pytest.fail("the triton kernel was imported on the reference path")
+
+
+def test_auto_on_cpu_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    for interpret in ("0", "1"):  # not even the interpreter: it is far slower than torch
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        monkeypatch.setattr(dispatch, "_import_triton_kernel", _fail_if_imported)
+        logits = make_logits(12, 30, torch.float16, seed=1)
+        table = make_table(10, seed=2)
+        got = exit_decision(logits, 0.4, kind="table", table=table)
+        want = exit_decision_reference(logits, 0.4, kind="table", table=table)
+        for got_field, want_field in zip(got, want, strict=True):
+            assert torch.equal(got_field.nan_to_num(), want_field.nan_to_num())
+
+
+def test_explicit_triton_on_cpu_raises_with_its_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(AdaptixError, match="logits are on cpu, not cuda") as error:
+        exit_decision(torch.randn(3, 4), 0.5, kind="confidence", backend="triton")
+    assert "backend='auto'" in str(error.value)
+
+
+def test_every_reason_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(
+        dispatch, "_import_triton_kernel", lambda: "ModuleNotFoundError: No module named 'triton'"
+    )
+    huge = torch.zeros(2, 1).expand(2, 2**31)  # no memory behind it: stride 0
+    table = torch.empty(10, dtype=torch.float64, device="meta")
+    with pytest.raises(AdaptixError) as error:
+        exit_decision(huge, 0.5, kind="table", table=table, backend="triton")
+    message = str(error.value)
+    for reason in (
+        "logits are on cpu, not cuda",
+        "exceeds 1073741824",
+        "table is on meta, logits on cpu",
+        "triton is not importable: ModuleNotFoundError",
+    ):
+        assert reason in message
+    reasons = triton_unavailable_reasons(torch.zeros(2, 3, dtype=torch.float64))
+    assert any("dtype torch.float64" in reason for reason in reasons)
+
+
+def test_interpreter_makes_cpu_tensors_runnable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # A stand-in launcher: importing the real module here would decorate the kernel for the
+    # interpreter in this process.
+    monkeypatch.setattr(dispatch, "_import_triton_kernel", lambda: exit_decision_reference)
+    assert triton_unavailable_reasons(torch.randn(3, 4)) == []
+
+
+def test_importing_adaptix_kernels_does_not_import_triton() -> None:
+    # torch itself may import triton (torch.utils.flop_counter does when it is installed), so
+    # check who asks for it: no module of adaptix.kernels may, on import or on the CPU path.
+    script = textwrap.dedent(
+        """
+        import sys, traceback
+
+        culprits = []
+
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "triton":
+                    culprits.extend(
+                        frame.filename for frame in traceback.extract_stack()
+                        if "adaptix/kernels" in frame.filename.replace("\\\\", "/")
+                    )
+                return None
+
+        sys.meta_path.insert(0, Watch())
+        import torch
+        import adaptix
+        import adaptix.kernels
+        adaptix.kernels.exit_decision(torch.randn(4, 6), 0.5, kind="entropy")
+        assert not culprits, culprits
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Two cores are shared with other test runs: keep torch to one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
