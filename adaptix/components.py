@@ -150,6 +150,11 @@ class ExitCriterion(Component):
         """The state of the rows in ``keep`` (an index tensor): rows that exit leave the batch."""
         return state
 
+    def fused_table(self, exit_index: int) -> Tensor | None:
+        """For ``fused_kind == "table"``: exit e's bin accuracies (float64 ``[M]``, NaN where
+        undefined), which the fused kernel looks up; None for other kinds."""
+        return None
+
     def scores(self, logits: Tensor) -> Tensor:
         """Scores of every exit for stored logits ``[N, E, C]``: float64 ``[N, E]``."""
         n, num_exits, _ = logits.shape

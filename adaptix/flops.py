@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,11 @@ class FlopMeter:
     """Counts the FLOPs of successive calls; ``with meter: ...`` then read `total`."""
 
     def __init__(self) -> None:
-        self._mode = FlopCounterMode(display=False)
+        # Imported here: torch.utils.flop_counter imports triton when it is installed, and
+        # `import adaptix` must stay light.
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self._mode: Any = FlopCounterMode(display=False)
         self.total = 0
 
     def __enter__(self) -> FlopMeter:

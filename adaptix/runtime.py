@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from adaptix.errors import ValidationError
+from adaptix.kernels import Backend, exit_decision
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
 from adaptix.rows import take_rows
-from adaptix.scores import confidence_and_prediction, probabilities
+from adaptix.scores import prediction, probabilities
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class EarlyExitRunner:
         mode: ``"compact"`` (rows that exit leave the batch) or ``"lockstep"`` (the whole batch
             goes on until its last row has exited: the baseline that shows what compaction buys;
             the decisions are the same).
+        backend: for criteria that declare a ``fused_kind`` (confidence, entropy, pcee,
+            pcee_ws): ``"auto"`` runs the fused Triton exit-decision kernel on CUDA and its torch
+            reference elsewhere, ``"torch"`` always the reference, ``"triton"`` always the
+            kernel (an error listing the reasons where it cannot run). The decisions are the
+            same as the criterion's own `score`; other criteria always use `score`.
+        fused: set False to use the criterion's `score` even where a fused op exists.
 
     Raises:
         ValidationError: blocks and heads on different devices, or an unknown mode.
@@ -60,6 +67,8 @@ class EarlyExitRunner:
         *,
         return_probabilities: bool = False,
         mode: Literal["compact", "lockstep"] = "compact",
+        backend: Backend = "auto",
+        fused: bool = True,
     ) -> None:
         if not isinstance(model, MultiExitModel):
             raise ValidationError(
@@ -71,8 +80,16 @@ class EarlyExitRunner:
         self.policy = policy
         self.return_probabilities = return_probabilities
         self.mode = mode
-        model.check_devices()
+        self.backend = backend
+        device = model.check_devices()
         self._checked_classes: int | None = None
+        criterion = policy.criterion
+        self.fused_kind = criterion.fused_kind if fused else None
+        self._tables: list[Tensor | None] = []
+        if self.fused_kind is not None:
+            for e in range(model.num_exits):
+                table = criterion.fused_table(e)
+                self._tables.append(None if table is None else table.to(device))
 
     def _check_classes(self, logits: Tensor) -> None:
         num_classes = int(logits.shape[-1])
@@ -104,18 +121,30 @@ class EarlyExitRunner:
                     probs = torch.empty(n, logits.shape[-1], dtype=torch.float32, device=device)
             if e == last:
                 leave = pending if self.mode == "lockstep" else None
-                self._write(rows, leave, logits, e, predictions, exit_index, probs)
+                self._write(
+                    rows, leave, logits, prediction(logits), e, predictions, exit_index, probs
+                )
                 break
-            score, criterion_state = self.policy.score(logits, e, criterion_state)
-            fire = self.policy.fires(score)
+            if self.fused_kind is not None:
+                decision = exit_decision(
+                    logits,
+                    self.policy.threshold,
+                    kind=self.fused_kind,
+                    table=self._tables[e],
+                    backend=self.backend,
+                )
+                fire, predicted = decision.exit_mask, decision.prediction
+            else:
+                score, criterion_state = self.policy.score(logits, e, criterion_state)
+                fire, predicted = self.policy.fires(score), prediction(logits)
             if self.mode == "lockstep":
                 fire = fire & pending
-                self._write(rows, fire, logits, e, predictions, exit_index, probs)
+                self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
                 pending = pending & ~fire
                 if not bool(pending.any()):  # the one host synchronisation of this exit
                     break
                 continue
-            self._write(rows, fire, logits, e, predictions, exit_index, probs)
+            self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
             keep = (~fire).nonzero().squeeze(1)  # the one host synchronisation of this exit
             remaining = int(keep.numel())
             if remaining == 0:
@@ -131,6 +160,7 @@ class EarlyExitRunner:
         rows: Tensor,
         leave: Tensor | None,
         logits: Tensor,
+        predicted: Tensor,
         exit_at: int,
         predictions: Tensor,
         exit_index: Tensor,
@@ -141,14 +171,13 @@ class EarlyExitRunner:
         Uses masked selects on the active rows rather than boolean indexing, which would need a
         host synchronisation to size its result.
         """
-        prediction = confidence_and_prediction(logits)[1]
         if leave is None:
-            predictions[rows] = prediction
+            predictions[rows] = predicted
             exit_index[rows] = exit_at
             if probs is not None:
                 probs[rows] = probabilities(logits)
             return
-        predictions[rows] = torch.where(leave, prediction, predictions[rows])
+        predictions[rows] = torch.where(leave, predicted, predictions[rows])
         exit_index[rows] = torch.where(leave, exit_at, exit_index[rows])
         if probs is not None:
             probs[rows] = torch.where(leave.unsqueeze(1), probabilities(logits), probs[rows])

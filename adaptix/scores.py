@@ -18,20 +18,30 @@ def probabilities(logits: Tensor) -> Tensor:
 
 
 def confidence_and_prediction(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Max softmax probability (float32) and argmax (int64, first index on ties)."""
-    p = probabilities(logits)
-    # torch.max's index is not documented to pick the first of tied maxima; argmax is.
-    return p.amax(dim=-1), torch.argmax(p, dim=-1)
+    """Max softmax probability (float32) and prediction (int64).
+
+    The prediction is the argmax of the float32 logits, first index on ties: the argmax of p
+    without the ties that rounding the probabilities to float32 can create between different
+    logits (the fused kernel decides the same way).
+    """
+    return torch.softmax(logits.float(), dim=-1).amax(dim=-1), prediction(logits)
+
+
+def prediction(logits: Tensor) -> Tensor:
+    """The prediction alone (see `confidence_and_prediction`), without computing the softmax."""
+    return torch.argmax(logits.float(), dim=-1)
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
-    """Entropy of the softmax divided by log C, in [0, 1] (0 log 0 = 0; 0 when C = 1)."""
+    """Softmax entropy over log C, in [0, 1] up to rounding (0 log 0 = 0; 0 when C = 1)."""
     num_classes = logits.shape[-1]
-    p = probabilities(logits)
+    z = logits.float()
     if num_classes == 1:
-        return torch.zeros(p.shape[:-1], dtype=torch.float32, device=p.device)
-    entropy = -torch.special.xlogy(p, p).sum(dim=-1)
-    return (entropy / math.log(num_classes)).clamp_(0.0, 1.0)
+        return torch.zeros(z.shape[:-1], dtype=torch.float32, device=z.device)
+    p = torch.softmax(z, dim=-1)
+    # 0 log 0 = 0: where p underflows to 0, log p is -inf and the product would be NaN.
+    plogp = torch.where(p > 0, p * torch.log_softmax(z, dim=-1), 0.0)
+    return -plogp.sum(dim=-1) / math.log(num_classes)
 
 
 def bin_index(confidence: Tensor, bins: int) -> Tensor:

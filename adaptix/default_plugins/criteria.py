@@ -97,8 +97,9 @@ class PCEE(ExitCriterion):
     def __init__(self, params: ParamsModel, calibration: Any = None) -> None:
         super().__init__(params, calibration)
         self.calibration: Calibration = calibration  # not None: checked by super().__init__
+        self.accuracy = calibration.accuracy(self._window())
         # Undefined bins (no calibration input) score -inf so that they never fire, even at δ = 0.
-        self.table = calibration.accuracy(self._window()).nan_to_num(nan=float("-inf"))
+        self.table = self.accuracy.nan_to_num(nan=float("-inf"))
 
     def _window(self) -> int:
         return self.window
@@ -107,6 +108,9 @@ class PCEE(ExitCriterion):
         confidence = confidence_and_prediction(logits)[0]
         row = self.table[exit_index].to(logits.device)
         return row[bin_index(confidence, row.shape[0])], state
+
+    def fused_table(self, exit_index: int) -> Tensor | None:
+        return self.accuracy[exit_index]
 
 
 class PCEEWSParams(ParamsModel):

@@ -46,30 +46,41 @@ class Stem(nn.Module):
 
 
 class MultiScaleLayer(nn.Module):
-    """Refine scales ``first..S-1``: x_s += conv(x_s) + strided conv(refined x_{s-1}).
+    """Refine scales ``first..S-1`` with information flowing from fine to coarse.
 
-    Scales finer than ``first`` are dropped from the state (they no longer feed any exit).
+    Residual (``growth`` None): x_s + conv(x_s) + strided conv(refined x_{s-1}). Dense (MSDNet's
+    connectivity): concatenate x_s with g_s new channels, conv(x_s) + strided conv(refined
+    x_{s-1}), so the width grows with depth while early blocks stay cheap. Scales finer than
+    ``keep_from`` are dropped from the output (they no longer feed any exit).
     """
 
-    def __init__(self, channels: tuple[int, ...], first: int, keep_from: int) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        first: int,
+        keep_from: int,
+        growth: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
-        self.first, self.keep_from = first, keep_from
-        self.same = nn.ModuleList(
-            _conv(channels[s], channels[s]) for s in range(first, len(channels))
-        )
-        self.down = nn.ModuleList(
-            _conv(channels[s - 1], channels[s], 2) for s in range(first + 1, len(channels))
+        self.first, self.keep_from, self.dense = first, keep_from, growth is not None
+        scales = range(first, len(channels))
+        out = [growth[s] if growth else channels[s] for s in scales]
+        refined = [channels[s] + (growth[s] if growth else 0) for s in scales]
+        self.same = nn.ModuleList(_conv(channels[s], o) for s, o in zip(scales, out, strict=True))
+        self.down = nn.ModuleList(_conv(refined[i - 1], out[i], 2) for i in range(1, len(out)))
+        self.out_channels = tuple(
+            (channels[s] + growth[s]) if growth else channels[s] for s in range(len(channels))
         )
 
     def forward(self, scales: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        offset = len(scales) - (len(self.same))
+        offset = len(scales) - len(self.same)
         refined: list[Tensor] = []
         for i, conv in enumerate(self.same):
             x = scales[offset + i]
             update = conv(x)
             if i > 0:
                 update = update + self.down[i - 1](refined[-1])
-            refined.append(x + update)
+            refined.append(torch.cat([x, update], dim=1) if self.dense else x + update)
         return tuple(refined[self.keep_from - self.first :])
 
 
@@ -89,6 +100,11 @@ class MSDNetParams(ParamsModel):
     base_channels: int | None = Field(default=None, ge=1)
     blocks: int | None = Field(default=None, ge=1)
     scales: int = Field(default=3, ge=1, le=4)
+    growth: int | None = Field(
+        default=None,
+        ge=1,
+        description="dense growth per layer at the finest scale (None: residual)",
+    )
     in_channels: int = Field(default=1, ge=1)
     image_size: int = Field(default=28, ge=8)
 
@@ -116,10 +132,19 @@ class MSDNet(Backbone):
         def first_scale(block: int) -> int:
             return min(s for s in range(num_scales) if last_use[s] >= block)
 
+        growth = (
+            None
+            if self.params.growth is None
+            else tuple(self.params.growth * 2**s for s in range(num_scales))
+        )
         blocks: list[nn.Module] = []
+        dims = []
+        width = channels
         for b in range(depth):
             keep = first_scale(b + 1) if b + 1 < depth else num_scales - 1
-            layer = MultiScaleLayer(channels, first_scale(b), keep)
+            layer = MultiScaleLayer(width, first_scale(b), keep, growth)
+            width = layer.out_channels
+            dims.append(width[-1])
             blocks.append(
                 nn.Sequential(Stem(self.params.in_channels, channels), layer) if b == 0 else layer
             )
@@ -127,7 +152,7 @@ class MSDNet(Backbone):
         return BackboneParts(
             blocks=nn.ModuleList(blocks),
             feature=CoarsestPool(),
-            feature_dims=(channels[-1],) * depth,
+            feature_dims=tuple(dims),
             input_shape=shape,
             example_input=torch.randn(2, *shape),
         )

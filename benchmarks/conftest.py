@@ -1,0 +1,54 @@
+"""Shared data of the benchmarks: a large synthetic trace, its calibration, and a record of the
+timings measured in this session (for ratios between benchmarks of the same run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adaptix
+from adaptix.plugins import AdaptixPluginManager
+from adaptix.settings import Settings
+from adaptix.testing import synthetic_trace
+
+# One intra-op thread for both sides of every comparison: on a shared two-core machine a second
+# thread mostly measures how busy the neighbours are.
+torch.set_num_threads(1)
+
+#: Mean seconds per benchmark, filled as benchmarks run; read by `pytest_terminal_summary`.
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def timings() -> dict[str, float]:
+    """Where a benchmark records its mean time, for ratios against another benchmark."""
+    return TIMINGS
+
+
+@pytest.fixture(scope="session")
+def plugins() -> AdaptixPluginManager:
+    """A default plugin manager, independent of the caller's ``ADAPTIX_*`` variables."""
+    return adaptix.get_plugin_manager(settings=Settings())
+
+
+@pytest.fixture(scope="session")
+def trace() -> adaptix.Trace:
+    """10,000 inputs, 8 exits, 10 classes; later exits more accurate (seeded)."""
+    return synthetic_trace(10_000, 8, 10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def calibration(plugins: AdaptixPluginManager) -> adaptix.Calibration:
+    """The reliability tables of a held-out trace from the same synthetic model."""
+    return adaptix.calibrate(synthetic_trace(10_000, 8, 10, seed=1), plugins=plugins)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the sweep's speed-up over the per-threshold loop when both ran in this session."""
+    if {"simulate_loop", "sweep"} <= TIMINGS.keys():
+        ratio = TIMINGS["simulate_loop"] / TIMINGS["sweep"]
+        terminalreporter.write_sep("-", "sweep against the per-threshold simulate loop")
+        terminalreporter.write_line(
+            f"loop {TIMINGS['simulate_loop']:.3f} s, sweep {TIMINGS['sweep']:.4f} s: "
+            f"speed-up {ratio:.1f}x"
+        )

@@ -1,0 +1,693 @@
+"""The batched runtime and what it stands on: `EarlyExitRunner` against `adaptix.simulate`, its
+input checks, measured FLOPs in `MultiExitModel.trace`, `train_exits` and the Fashion-MNIST
+loader.
+
+The agreement tests use two small models trained briefly on real Fashion-MNIST (a ResNet-style
+CNN and an MLP adapted by the ``sequential`` backbone) and only inputs whose decisions are not
+within float32 noise of a boundary: the runner computes later exits on compacted batches, and a
+batch of another composition may move a logit by about 1e-6.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import adaptix
+from adaptix import (
+    CalibrationError,
+    EarlyExitRunner,
+    ExitPolicy,
+    MultiExitModel,
+    RunnerOutput,
+    ValidationError,
+)
+from adaptix.data import FashionMNIST, load_fashion_mnist, read_idx
+from adaptix.model import profile_from_trace
+from adaptix.rows import batch_size
+from adaptix.training import exit_accuracy
+
+CRITERIA = ("confidence", "entropy", "patience", "pcee", "pcee_ws")
+MODES = ("compact", "lockstep")
+FAMILIES = ("resnet_family", "mlp_family")
+BATCH_SIZES = (1, 7, 64, 200)
+EVAL_ROWS = 200  # rows of the agreement tests (the largest batch takes them all at once)
+SINGLE_ROWS = 16  # batch size 1 costs a call per row: fewer rows suffice
+BINS = 10  # the calibration's M
+# Decisions of the agreement inputs stay at least this far from every boundary (score against
+# threshold, confidence against bin edge, top-1 against top-2 probability).
+MARGIN = 1e-4
+# Where the thresholds of continuous criteria are sought: quantiles of the early-exit scores.
+QUANTILES = (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A trained model, inputs far from decision boundaries, their trace and chosen policies."""
+
+    model: MultiExitModel
+    inputs: Tensor
+    trace: adaptix.Trace
+    calibration: adaptix.Calibration
+    policies: dict[str, ExitPolicy]
+
+
+@pytest.fixture(scope="module")
+def fashion() -> FashionMNIST:
+    """Small deterministic Fashion-MNIST splits."""
+    return load_fashion_mnist(calibration_size=1000, train_size=2000, test_size=1000, seed=0)
+
+
+def unambiguous_rows(trace: adaptix.Trace, count: int) -> Tensor:
+    """Indices of the first ``count`` inputs whose predictions and bins are clear at every exit."""
+    probs = torch.softmax(trace.logits.float(), dim=-1)
+    top2 = probs.topk(2, dim=-1).values
+    scaled = top2[..., 0] * BINS
+    clear = (top2[..., 0] - top2[..., 1] > MARGIN) & ((scaled - scaled.round()).abs() > MARGIN)
+    rows = clear.all(dim=1).nonzero().squeeze(1)
+    assert rows.numel() >= count, f"only {rows.numel()} unambiguous rows"
+    return rows[:count]
+
+
+def thresholds_in_gaps(scores: Tensor) -> list[float]:
+    """Thresholds near `QUANTILES` of ``scores``, each in a gap at least 2·MARGIN wide."""
+    values = scores[torch.isfinite(scores)].flatten().double()
+    distinct = values.unique()
+    wide = distinct[1:] - distinct[:-1] > 2 * MARGIN
+    middles = ((distinct[1:] + distinct[:-1]) / 2)[wide]
+    targets = torch.quantile(values, torch.tensor(QUANTILES, dtype=torch.float64))
+    return [float(middles[(middles - target).abs().argmin()]) for target in targets]
+
+
+def spread_policy(base: ExitPolicy, trace: adaptix.Trace) -> ExitPolicy:
+    """``base`` at a threshold under which inputs leave at two or more distinct early exits."""
+    last = trace.num_exits - 1
+    if base.name == "patience":
+        candidates = [1.0, 2.0]
+    else:
+        candidates = thresholds_in_gaps(base.scores(trace.logits)[:, :last])
+    for threshold in candidates:
+        policy = base.with_threshold(threshold)
+        exits = adaptix.simulate(trace, policy).exit_index
+        if len(set(exits.tolist()) - {last}) >= 2:
+            return policy
+    raise AssertionError(f"no threshold of {base.name} spreads inputs over two early exits")
+
+
+def make_family(model: MultiExitModel, fashion: FashionMNIST) -> Family:
+    """Trace and calibrate a trained model; keep clear test inputs; pick a policy per criterion."""
+    calibration = adaptix.calibrate(model.trace(*fashion.calibration.pair()), bins=BINS)
+    full = model.trace(*fashion.test.pair())
+    rows = unambiguous_rows(full, EVAL_ROWS)
+    trace = full.subset(rows)
+    bases = {
+        name: adaptix.policy(name, 1.0, calibration if name.startswith("pcee") else None)
+        for name in CRITERIA
+    }
+    policies = {name: spread_policy(base, trace) for name, base in bases.items()}
+    return Family(model, fashion.test.images[rows], trace, calibration, policies)
+
+
+@pytest.fixture(scope="module")
+def resnet_family(fashion: FashionMNIST) -> Family:
+    """A small ResNet-style CNN with four exits, trained jointly for one epoch."""
+    torch.manual_seed(0)
+    # Size "small" with a second block in the middle stage: four exits, so that patience (which
+    # cannot fire at exit 0) still has two early exits to choose from.
+    model = adaptix.build_model(
+        "resnet", 10, backbone_params={"widths": (16, 32, 64), "depths": (1, 2, 1)}
+    )
+    adaptix.train_exits(
+        model, fashion.train.pair(), mode="joint", epochs=1, batch_size=64, lr=1e-2, progress=False
+    )
+    return make_family(model, fashion)
+
+
+@pytest.fixture(scope="module")
+def mlp_family(fashion: FashionMNIST) -> Family:
+    """An nn.Sequential MLP with five exits (one per layer), trained jointly."""
+    torch.manual_seed(0)
+    width = 64
+    stack = nn.Sequential(
+        nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, width), nn.ReLU()),
+        *(nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(4)),
+    )
+    model = adaptix.build_model(
+        "sequential", 10, source=stack, example_input=torch.zeros(2, 1, 28, 28)
+    )
+    adaptix.train_exits(
+        model, fashion.train.pair(), mode="joint", epochs=3, batch_size=64, lr=3e-3, progress=False
+    )
+    return make_family(model, fashion)
+
+
+def run_batches(runner: EarlyExitRunner, inputs: Tensor, size: int) -> RunnerOutput:
+    """The runner on consecutive batches of ``size`` rows, outputs concatenated."""
+    outputs = [runner(inputs[start : start + size]) for start in range(0, len(inputs), size)]
+    probabilities = [out.probabilities for out in outputs]
+    return RunnerOutput(
+        torch.cat([out.predictions for out in outputs]),
+        torch.cat([out.exit_index for out in outputs]),
+        None if probabilities[0] is None else torch.cat(probabilities),
+    )
+
+
+# ------------------------------------------------------------------- agreement with simulate
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_runner_exits_where_simulate_says(
+    request: pytest.FixtureRequest, family_name: str, criterion: str, mode: str
+) -> None:
+    family: Family = request.getfixturevalue(family_name)
+    policy = family.policies[criterion]
+    expected = adaptix.simulate(family.trace, policy)
+    last = family.model.num_exits - 1
+    assert len(set(expected.exit_index.tolist()) - {last}) >= 2
+    runner = EarlyExitRunner(family.model, policy, mode=mode)
+    for size in BATCH_SIZES:
+        rows = SINGLE_ROWS if size == 1 else EVAL_ROWS
+        out = run_batches(runner, family.inputs[:rows], size)
+        assert torch.equal(out.exit_index, expected.exit_index[:rows]), f"batch size {size}"
+        assert torch.equal(out.predictions, expected.predictions[:rows]), f"batch size {size}"
+        assert out.probabilities is None
+        assert out.exit_index.dtype == out.predictions.dtype == torch.int64
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_probabilities_are_the_softmax_at_the_exit_taken(
+    request: pytest.FixtureRequest, family_name: str, mode: str
+) -> None:
+    family: Family = request.getfixturevalue(family_name)
+    policy = family.policies["pcee"]
+    expected = adaptix.simulate(family.trace, policy)
+    taken = family.trace.logits[torch.arange(EVAL_ROWS), expected.exit_index]
+    runner = EarlyExitRunner(
+        family.model,
+        policy,
+        return_probabilities=True,
+        mode=mode,
+    )
+    for size in (1, 64, EVAL_ROWS):
+        rows = SINGLE_ROWS if size == 1 else EVAL_ROWS
+        out = run_batches(runner, family.inputs[:rows], size)
+        assert out.probabilities is not None
+        assert out.probabilities.dtype == torch.float32
+        torch.testing.assert_close(
+            out.probabilities, torch.softmax(taken[:rows].float(), dim=-1), rtol=0, atol=1e-5
+        )
+        assert torch.equal(out.probabilities.argmax(dim=-1), out.predictions)
+        assert torch.equal(out.exit_index, expected.exit_index[:rows])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_blocks_only_see_rows_still_running(resnet_family: Family, mode: str) -> None:
+    model = resnet_family.model
+    seen: list[list[int]] = [[] for _ in model.blocks]
+    hooks = [
+        block.register_forward_pre_hook(lambda _, args, e=e: seen[e].append(batch_size(args[0])))
+        for e, block in enumerate(model.blocks)
+    ]
+    try:
+        out = EarlyExitRunner(model, resnet_family.policies["pcee"], mode=mode)(
+            resnet_family.inputs
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    exits = out.exit_index
+    for e in range(model.num_exits):
+        reached = int((exits >= e).sum())
+        if mode == "compact":  # block e runs on exactly the rows that did not leave before it
+            assert seen[e] == ([reached] if reached else [])
+        else:  # the whole batch runs until its last row has left
+            assert seen[e] == ([EVAL_ROWS] if reached else [])
+    assert bool((exits < model.num_exits - 1).any())  # some rows did leave early
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    threshold=st.floats(0.0, 1.0),
+    mode=st.sampled_from(MODES),
+    size=st.sampled_from([13, 64, EVAL_ROWS]),
+)
+def test_any_confidence_threshold_agrees(
+    resnet_family: Family, threshold: float, mode: str, size: int
+) -> None:
+    early = resnet_family.trace.logits[:, :-1].float()
+    confidence = torch.softmax(early, dim=-1).amax(dim=-1)
+    assume(bool(((confidence.double() - threshold).abs() > MARGIN).all()))
+    policy = adaptix.policy("confidence", threshold)
+    expected = adaptix.simulate(resnet_family.trace, policy)
+    runner = EarlyExitRunner(resnet_family.model, policy, mode=mode)
+    out = run_batches(runner, resnet_family.inputs, size)
+    assert torch.equal(out.exit_index, expected.exit_index)
+    assert torch.equal(out.predictions, expected.predictions)
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def resnet_runner(resnet_family: Family) -> EarlyExitRunner:
+    return EarlyExitRunner(resnet_family.model, resnet_family.policies["confidence"])
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [torch.zeros(3, 1, 32, 32), torch.zeros(3, 28, 28), torch.zeros(3, 3, 28, 28)],
+    ids=["larger-images", "no-channel-dim", "three-channels"],
+)
+def test_wrong_input_shape_is_refused(resnet_runner: EarlyExitRunner, inputs: Tensor) -> None:
+    with pytest.raises(ValidationError, match=r"shape \[N, 1, 28, 28\]"):
+        resnet_runner(inputs)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"images": torch.zeros(3, 1, 28, 28), "mask": torch.ones(4)},
+        [0.5, 1.5],
+        torch.tensor(1.0),
+        {"images": torch.zeros(3, 1, 28, 28)},
+    ],
+    ids=["batch-sizes-disagree", "no-tensor", "scalar", "dict-for-a-tensor-backbone"],
+)
+def test_wrong_batch_structure_is_refused(resnet_runner: EarlyExitRunner, inputs: object) -> None:
+    with pytest.raises(ValidationError):
+        resnet_runner(inputs)
+
+
+def test_empty_batch_is_refused(resnet_runner: EarlyExitRunner) -> None:
+    with pytest.raises(ValidationError, match="empty batch"):
+        resnet_runner(torch.zeros(0, 1, 28, 28))
+
+
+def test_inputs_on_another_device_are_refused(resnet_runner: EarlyExitRunner) -> None:
+    with pytest.raises(ValidationError, match="expected inputs on cpu"):
+        resnet_runner(torch.zeros(2, 1, 28, 28, device="meta"))
+
+
+def test_policy_calibrated_for_more_exits_is_refused(
+    resnet_family: Family, mlp_family: Family
+) -> None:
+    assert mlp_family.model.num_exits != resnet_family.model.num_exits
+    policy = adaptix.policy("pcee", 0.5, mlp_family.calibration)
+    with pytest.raises(CalibrationError, match="exits"):
+        EarlyExitRunner(resnet_family.model, policy)(resnet_family.inputs[:4])
+
+
+def test_policy_calibrated_for_other_classes_is_refused(resnet_family: Family) -> None:
+    num_exits = resnet_family.model.num_exits
+    counts = torch.ones(num_exits, BINS, dtype=torch.long)
+    calibration = adaptix.Calibration(counts, counts, num_classes=3)
+    for name in ("pcee", "pcee_ws"):
+        runner = EarlyExitRunner(resnet_family.model, adaptix.policy(name, 0.5, calibration))
+        with pytest.raises(CalibrationError, match="3 classes"):
+            runner(resnet_family.inputs[:4])
+
+
+def test_heads_on_another_device_than_blocks_are_refused(resnet_family: Family) -> None:
+    model = copy.deepcopy(resnet_family.model)
+    model.heads[0].to("meta")
+    with pytest.raises(ValidationError, match="one device"):
+        EarlyExitRunner(model, resnet_family.policies["confidence"])
+
+
+def test_unknown_mode_is_refused(resnet_family: Family) -> None:
+    with pytest.raises(ValidationError, match="'compact' or 'lockstep'"):
+        EarlyExitRunner(resnet_family.model, resnet_family.policies["confidence"], mode="eager")
+
+
+def test_a_plain_module_is_refused(resnet_family: Family) -> None:
+    with pytest.raises(ValidationError, match="MultiExitModel"):
+        EarlyExitRunner(nn.Linear(4, 2), resnet_family.policies["confidence"])
+
+
+class Failing(nn.Module):
+    """A block that raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, state: Tensor) -> Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("mat1 and mat2 shapes"), ValueError("bad"), TypeError("bad"), IndexError("bad")],
+    ids=lambda err: type(err).__name__,
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_block_that_raises_becomes_a_validation_error(mode: str, error: Exception) -> None:
+    torch.manual_seed(0)
+    model = MultiExitModel(
+        nn.ModuleList([nn.Linear(4, 4), Failing(error)]),
+        nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 3)]),
+    ).eval()
+    # Nothing leaves at exit 0 (three classes: confidence < 1), so every row reaches block 1.
+    runner = EarlyExitRunner(model, adaptix.policy("confidence", 1.0), mode=mode)
+    with pytest.raises(ValidationError, match="block 1 failed") as caught:
+        runner(torch.randn(5, 4))
+    assert caught.value.__cause__ is error
+
+
+def test_a_shape_mismatch_inside_a_block_is_a_validation_error(mlp_family: Family) -> None:
+    runner = EarlyExitRunner(mlp_family.model, mlp_family.policies["confidence"])
+    with pytest.raises(ValidationError, match="block 0 failed"):
+        runner(torch.zeros(2, 1, 20, 20))
+
+
+# ------------------------------------------------------------------------ traces and FLOPs
+
+
+def linear_model(a: int, b: int, d: int, c: int) -> MultiExitModel:
+    """Blocks Linear(a, b) and Linear(b, d); heads Linear(b, c) and Linear(d, c)."""
+    return MultiExitModel(
+        nn.ModuleList([nn.Linear(a, b), nn.Linear(b, d)]),
+        nn.ModuleList([nn.Linear(b, c), nn.Linear(d, c)]),
+    )
+
+
+def test_trace_costs_are_measured_cumulative_flops_with_heads() -> None:
+    a, b, d, c = 12, 20, 8, 3
+    torch.manual_seed(0)
+    model = linear_model(a, b, d, c)
+    # 8 rows in batches of 3, 3 and 2: costs are per input whatever the batches (and dividing
+    # by a power of two keeps the per-input FLOPs exact integers).
+    inputs = torch.randn(8, a)
+    trace = model.trace(inputs, batch_size=3)
+    profile = profile_from_trace(trace)
+    # A Linear(p, q) layer costs one p x q matrix product per input: 2·p·q FLOPs (bias free).
+    assert profile.blocks == (2 * a * b, 2 * b * d)
+    assert profile.heads == (2 * b * c, 2 * d * c)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.blocks[0](inputs)
+    assert counter.get_total_flops() == len(inputs) * profile.blocks[0]
+    first = 2 * a * b + 2 * b * c
+    assert trace.costs.tolist() == [first, first + 2 * b * d + 2 * d * c]
+    assert profile.exit_costs == trace.costs.tolist()
+    assert profile.plain_cost == 2 * a * b + 2 * b * d + 2 * d * c  # no intermediate head
+    assert profile.static_costs() == [first, profile.plain_cost]
+    assert model.flop_profile(inputs[:2]) == profile
+    with torch.inference_mode():
+        expected = torch.stack(model(inputs), dim=1)
+    torch.testing.assert_close(trace.logits, expected)
+
+
+def test_single_linear_block_costs_two_a_b_per_input() -> None:
+    a, b = 7, 5
+    model = MultiExitModel(nn.ModuleList([nn.Linear(a, b)]), nn.ModuleList([nn.Identity()]))
+    trace = model.trace(torch.randn(4, a))
+    assert profile_from_trace(trace).blocks == (2 * a * b,)
+    assert trace.costs.tolist() == [2 * a * b]
+
+
+def test_cnn_trace_costs_are_cumulative(resnet_family: Family) -> None:
+    trace = resnet_family.trace
+    profile = profile_from_trace(trace)
+    assert all(flops > 0 for flops in (*profile.blocks, *profile.heads))
+    steps = [block + head for block, head in zip(profile.blocks, profile.heads, strict=True)]
+    torch.testing.assert_close(trace.costs, torch.tensor(steps, dtype=torch.float64).cumsum(0))
+    assert profile.plain_cost == pytest.approx(
+        float(trace.costs[-1]) - sum(profile.heads[:-1]), rel=1e-12
+    )
+    assert profile.plain_cost < float(trace.costs[-1])
+    # Every image has the same shape: the FLOPs per input do not depend on the batch.
+    small = resnet_family.model.flop_profile(resnet_family.inputs[:4])
+    assert small.blocks == pytest.approx(profile.blocks, rel=1e-12)
+    assert small.heads == pytest.approx(profile.heads, rel=1e-12)
+
+
+def test_trace_keeps_the_training_mode() -> None:
+    model = linear_model(3, 4, 4, 2).train()
+    model.trace(torch.randn(2, 3))
+    assert model.training
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def quadrants(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A learnable problem: the class is the quadrant of the first two of eight features."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 8, generator=generator)
+    return inputs, (inputs[:, 0] > 0).long() + 2 * (inputs[:, 1] > 0).long()
+
+
+def tiny_model(seed: int = 0, width: int = 64) -> MultiExitModel:
+    """Two ReLU layers with an exit after each."""
+    torch.manual_seed(seed)
+    blocks = [nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()]
+    return MultiExitModel(
+        nn.ModuleList([nn.Sequential(*blocks[:2]), nn.Sequential(*blocks[2:])]),
+        nn.ModuleList([nn.Linear(width, 4), nn.Linear(width, 4)]),
+    )
+
+
+def snapshot(module: nn.Module) -> dict[str, Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+def same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_frozen_training_keeps_blocks_and_learns_heads() -> None:
+    model = tiny_model()
+    blocks, heads = snapshot(model.blocks), snapshot(model.heads)
+    val = quadrants(256, seed=1)
+    before = exit_accuracy(model, val)
+    result = adaptix.train_exits(
+        model, quadrants(512, seed=0), val, mode="frozen", epochs=30, lr=0.1, progress=False
+    )
+    assert same_weights(snapshot(model.blocks), blocks)
+    assert not same_weights(snapshot(model.heads), heads)
+    assert result.val_accuracy is not None
+    assert len(result.val_accuracy) == model.num_exits
+    assert max(before) < 0.4  # chance is 0.25
+    assert min(result.val_accuracy) > 0.6
+    assert result.val_accuracy == exit_accuracy(model, val)  # the kept weights' accuracy
+    assert len(result.history) == 30
+    assert all(len(record["val_accuracy"]) == model.num_exits for record in result.history)
+    assert not model.training
+
+
+def test_joint_training_changes_blocks() -> None:
+    model = tiny_model()
+    blocks = snapshot(model.blocks)
+    result = adaptix.train_exits(
+        model,
+        quadrants(512, seed=0),
+        quadrants(256, seed=1),
+        mode="joint",
+        epochs=10,
+        lr=3e-2,
+        progress=False,
+    )
+    assert not same_weights(snapshot(model.blocks), blocks)
+    assert result.val_accuracy is not None
+    assert min(result.val_accuracy) > 0.8
+
+
+def test_without_validation_data_no_accuracy_is_returned() -> None:
+    result = adaptix.train_exits(tiny_model(), quadrants(64, seed=0), epochs=2, progress=False)
+    assert result.val_accuracy is None
+    assert result.best_epoch == 1
+    assert [set(record) for record in result.history] == [{"epoch", "loss"}] * 2
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint"])
+def test_same_seed_same_weights(mode: str) -> None:
+    def train(seed: int) -> tuple[dict[str, Tensor], list[dict[str, object]]]:
+        model = tiny_model()
+        result = adaptix.train_exits(
+            model,
+            quadrants(256, seed=0),
+            quadrants(64, seed=1),
+            mode=mode,
+            epochs=3,
+            batch_size=32,
+            seed=seed,
+            progress=False,
+        )
+        return snapshot(model), result.history
+
+    first, again, other = train(seed=5), train(seed=5), train(seed=6)
+    assert same_weights(first[0], again[0])
+    assert first[1] == again[1]
+    assert not same_weights(first[0], other[0])  # the seed really drives the shuffling
+
+
+def test_patience_returns_early() -> None:
+    # A learning rate this small leaves every prediction, hence the accuracy, unchanged.
+    result = adaptix.train_exits(
+        tiny_model(),
+        quadrants(128, seed=0),
+        quadrants(64, seed=1),
+        epochs=20,
+        lr=1e-12,
+        patience=2,
+        progress=False,
+    )
+    assert len(result.history) == 3
+    assert result.best_epoch == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "partial"},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"distillation": 1.0},
+        {"loss_weights": [1.0]},
+        {"loss_weights": [1.0, -1.0]},
+        {"train": (torch.randn(4, 8), torch.zeros(4))},
+        {"train": (torch.randn(4, 8), torch.zeros(3, dtype=torch.long))},
+        {"train": torch.randn(4, 8)},
+        {"train": (torch.randn(0, 8), torch.zeros(0, dtype=torch.long))},
+        {"val": (torch.randn(4, 8), torch.zeros(4, 1, dtype=torch.long))},
+    ],
+    ids=[
+        "mode",
+        "epochs",
+        "batch-size",
+        "lr",
+        "distillation",
+        "weights-length",
+        "negative-weight",
+        "float-labels",
+        "label-count",
+        "not-a-pair",
+        "empty",
+        "val-labels",
+    ],
+)
+def test_bad_training_arguments_are_refused(kwargs: dict[str, object]) -> None:
+    arguments: dict[str, object] = {"train": quadrants(16, seed=0), "progress": False, **kwargs}
+    with pytest.raises(ValidationError):
+        adaptix.train_exits(tiny_model(), **arguments)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def idx_bytes(array: np.ndarray, code: int) -> bytes:
+    """``array`` as an IDX file: zero, zero, type code, rank, big-endian sizes, big-endian data."""
+    dims = b"".join(int(size).to_bytes(4, "big") for size in array.shape)
+    return (
+        bytes([0, 0, code, array.ndim])
+        + dims
+        + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    )
+
+
+def write(path: Path, payload: bytes) -> Path:
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize(
+    ("array", "code"),
+    [
+        (np.arange(60, dtype=np.uint8).reshape(3, 4, 5), 0x08),
+        (np.array([[-7, 0, 2**31 - 1], [5, -(2**31), 1]], dtype=np.int32), 0x0C),
+        (np.array([0.5, -1.25, 3e10], dtype=np.float32), 0x0D),
+    ],
+    ids=["uint8", "int32", "float32"],
+)
+def test_read_idx(tmp_path: Path, suffix: str, array: np.ndarray, code: int) -> None:
+    path = write(tmp_path / f"data{suffix}", idx_bytes(array, code))
+    np.testing.assert_array_equal(read_idx(path), array)
+    assert read_idx(path).shape == array.shape
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_truncated_idx_is_refused(tmp_path: Path, suffix: str) -> None:
+    payload = idx_bytes(np.zeros((2, 3, 3), dtype=np.uint8), 0x08)
+    path = write(tmp_path / f"short{suffix}", payload[:-1])
+    with pytest.raises(ValidationError, match="truncated"):
+        read_idx(path)
+
+
+def test_cut_gzip_stream_is_refused(tmp_path: Path) -> None:
+    compressed = gzip.compress(idx_bytes(np.zeros((50, 9), dtype=np.uint8), 0x08))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(ValidationError):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00\x00", b"PK\x03\x04 not idx", b"\x00\x00\x42\x01"])
+def test_not_idx_is_refused(tmp_path: Path, payload: bytes) -> None:
+    with pytest.raises(ValidationError, match="IDX"):
+        read_idx(write(tmp_path / "other", payload))
+
+
+def test_missing_idx_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no IDX file"):
+        read_idx(tmp_path / "absent")
+
+
+def test_missing_directory_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "absent")
+    monkeypatch.setenv("ADAPTIX_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValidationError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist()
+
+
+def image_hashes(images: Tensor) -> set[str]:
+    return {hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images}
+
+
+def test_fashion_mnist_splits_are_deterministic_and_disjoint(fashion: FashionMNIST) -> None:
+    again = load_fashion_mnist(calibration_size=1000, test_size=10, seed=0)
+    assert torch.equal(again.calibration.images, fashion.calibration.images)
+    assert torch.equal(again.calibration.labels, fashion.calibration.labels)
+    # train_size and test_size keep prefixes of the same order.
+    assert torch.equal(again.train.images[:2000], fashion.train.images)
+    assert torch.equal(again.test.images, fashion.test.images[:10])
+    assert (len(fashion.train), len(fashion.calibration), len(fashion.test)) == (2000, 1000, 1000)
+    assert (len(again.train), len(again.test)) == (59_000, 10)
+    assert image_hashes(again.train.images).isdisjoint(image_hashes(again.calibration.images))
+    other = load_fashion_mnist(calibration_size=1000, train_size=10, test_size=10, seed=1)
+    assert not torch.equal(other.calibration.images, fashion.calibration.images)
+
+
+def test_fashion_mnist_tensors(fashion: FashionMNIST) -> None:
+    for split in (fashion.train, fashion.calibration, fashion.test):
+        images, labels = split.pair()
+        assert images.dtype == torch.float32
+        assert images.shape[1:] == (1, 28, 28)
+        assert labels.dtype == torch.int64
+        assert labels.shape == (len(split),)
+        assert set(labels.unique().tolist()) == set(range(10))
+    assert abs(float(fashion.train.images.mean())) < 0.1  # normalised
+    assert 0.9 < float(fashion.train.images.std()) < 1.1
+
+
+def test_calibration_size_out_of_range_is_refused() -> None:
+    with pytest.raises(ValidationError, match="calibration_size"):
+        load_fashion_mnist(calibration_size=60_000)

@@ -1,0 +1,327 @@
+"""`adaptix.tracking`: runs read back from a real sqlite store, failure tolerance, lazy import."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import adaptix
+from adaptix import AdaptixError, ValidationError
+from adaptix.testing import synthetic_trace
+from adaptix.tracking import (
+    INSTALL_HINT,
+    PARENT_TAG,
+    UNDEFINED_METRICS_TAG,
+    Tracker,
+    TrackingWarning,
+    default_tracking_uri,
+    log_frontier,
+)
+
+mlflow = pytest.importorskip("mlflow")
+
+#: A URI no process can write to (root included): its directory cannot be created under /proc.
+UNREACHABLE = "sqlite:////proc/adaptix-nonexistent/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One sqlite store for the module (creating its tables takes seconds); artifacts beside it.
+
+    Each test uses an experiment of its own.
+    """
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
+
+
+def _tracker(store: tuple[str, Path], experiment: str, **kwargs: Any) -> Tracker:
+    uri, artifacts = store
+    return Tracker(experiment, uri, artifact_location=str(artifacts / experiment), **kwargs)
+
+
+def _runs(tracker: Tracker) -> list[Any]:
+    client = mlflow.MlflowClient(tracker.tracking_uri)
+    return list(client.search_runs([tracker.experiment_id], max_results=1000))
+
+
+@pytest.fixture(scope="module")
+def swept() -> tuple[adaptix.Frontier, adaptix.Calibration]:
+    calibration = adaptix.calibrate(synthetic_trace(300, seed=1))
+    frontier = adaptix.sweep(
+        synthetic_trace(300, seed=2),
+        ["confidence", "pcee", "pcee_ws", "entropy"],
+        {"confidence": [0.6, 0.9, 1.0], "pcee": [0.6, 0.9], "pcee_ws": [0.8], "entropy": [0.5]},
+        calibration=calibration,
+    )
+    return frontier, calibration
+
+
+def test_log_frontier_logs_every_point_as_a_child_run(store, swept) -> None:
+    frontier, calibration = swept
+    tracker = _tracker(store, "frontier")
+    parent = tracker.start_run("sweep", params={"seed": 7})
+    run_ids = log_frontier(
+        frontier,
+        tracker=tracker,
+        parent=parent,
+        model="synthetic",
+        params={"seed": 7, "test_size": 300},
+        calibration=calibration,
+        extra_metrics={("pcee", 0.9): {"speedup": 1.5}},
+    )
+    tracker.end_run(parent)
+    assert tracker.failures == []
+    assert len(run_ids) == len(frontier) == 7
+
+    runs = {run.info.run_id: run for run in _runs(tracker)}
+    assert set(runs) == {parent, *run_ids}
+    assert runs[parent].info.status == "FINISHED"
+    children = [runs[run_id] for run_id in run_ids]
+    for point, run in zip(frontier, children, strict=True):
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags[PARENT_TAG] == parent
+        assert run.info.run_name == f"{point.criterion}@{point.threshold:.6g}"
+        assert params == {
+            "criterion": point.criterion,
+            "threshold": f"{point.threshold:.6g}",
+            "num_exits": "4",
+            "adaptix_version": adaptix.__version__,
+            "model": "synthetic",
+            "bins": "10",
+            "calibration_method": "reliability",
+            "calibration_checksum": calibration.checksum,
+            "seed": "7",
+            "test_size": "300",
+        }
+        assert metrics["accuracy"] == pytest.approx(point.accuracy)
+        assert metrics["relative_cost"] == pytest.approx(point.relative_cost)
+        assert metrics["flops"] == pytest.approx(point.mean_cost)
+        assert metrics["early_exit_rate"] == pytest.approx(point.early_exit_rate)
+        assert metrics["threshold"] == pytest.approx(point.threshold)
+        for e, share in enumerate(point.exit_histogram):
+            assert metrics[f"exit_share_{e}"] == pytest.approx(share)
+        if point.early_accuracy is None:
+            assert "early_accuracy" not in metrics
+            assert "shortfall" not in metrics
+            assert tags[UNDEFINED_METRICS_TAG] == "early_accuracy,shortfall"
+        else:
+            assert metrics["early_accuracy"] == pytest.approx(point.early_accuracy)
+            assert UNDEFINED_METRICS_TAG not in tags
+            if point.criterion == "entropy":  # its threshold is not a target accuracy
+                assert "shortfall" not in metrics
+            else:
+                shortfall = point.threshold - point.early_accuracy
+                assert metrics["shortfall"] == pytest.approx(shortfall)
+        assert ("speedup" in metrics) == ((point.criterion, point.threshold) == ("pcee", 0.9))
+    # Nobody is that sure at τ = 1.0: the undefined case above was exercised.
+    assert frontier.of("confidence")[-1].early_accuracy is None
+
+    client = mlflow.MlflowClient(tracker.tracking_uri)
+    files = {f.path for f in client.list_artifacts(parent)}
+    assert files == {"frontier.csv", "calibration.json"}
+    saved = Path(client.download_artifacts(parent, "calibration.json", str(store[1] / "dl")))
+    assert adaptix.Calibration.load(saved) == calibration
+
+
+def test_target_criteria_and_artifact_path_are_parameters(store, swept) -> None:
+    frontier, _ = swept
+    tracker = _tracker(store, "targets")
+    with tracker.run("sweep") as parent:
+        log_frontier(
+            frontier,
+            tracker=tracker,
+            parent=parent,
+            target_criteria={"entropy"},
+            artifact_path="natural",
+        )
+    by_criterion = {run.data.params["criterion"]: run for run in _runs(tracker) if run.data.params}
+    assert "shortfall" in by_criterion["entropy"].data.metrics
+    assert "shortfall" not in by_criterion["pcee"].data.metrics
+    files = {f.path for f in mlflow.MlflowClient(tracker.tracking_uri).list_artifacts(parent)}
+    assert files == {"natural"}
+
+
+def test_tracker_runs_params_metrics_and_statuses(store) -> None:
+    tracker = _tracker(store, "tracker")
+    parent = tracker.start_run("job", params={"lr": 0.1}, tags={"stage": "test"})
+    child = tracker.start_run("step", parent=parent)
+    tracker.log_metrics(child, {"loss": 0.5, "undefined": None}, step=3)
+    tracker.log_params(child, {"width": 64})
+    tracker.end_run(child, "KILLED")
+    with pytest.raises(RuntimeError, match="boom"), tracker.run("broken", parent=parent):
+        raise RuntimeError("boom")
+    tracker.end_run(parent)
+
+    client = mlflow.MlflowClient(tracker.tracking_uri)
+    runs = {run.info.run_name: run for run in _runs(tracker)}
+    assert runs["job"].data.params == {"lr": "0.1"}
+    assert runs["job"].data.tags["stage"] == "test"
+    assert PARENT_TAG not in runs["job"].data.tags
+    assert runs["step"].data.tags[PARENT_TAG] == parent
+    assert runs["step"].data.metrics == {"loss": 0.5}  # None skipped, never NaN
+    assert [m.step for m in client.get_metric_history(child, "loss")] == [3]
+    assert runs["step"].data.params == {"width": "64"}
+    assert runs["step"].info.status == "KILLED"
+    assert runs["broken"].info.status == "FAILED"
+    assert runs["job"].info.status == "FINISHED"
+
+
+def test_long_params_are_truncated_with_a_note(store) -> None:
+    tracker = _tracker(store, "truncation")
+    limit = mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+    with pytest.warns(TrackingWarning, match="'config' is 7000 characters long"):
+        run_id = tracker.log_point(None, "long", {"config": "x" * 7000}, {"m": 1.0})
+    value = _runs(tracker)[0].data.params["config"]
+    assert run_id is not None
+    assert len(value) == limit
+    assert value.endswith("[truncated by adaptix from 7000 characters]")
+
+
+def test_mistakes_in_the_call_raise_whatever_strict_says(store, swept) -> None:
+    frontier, _ = swept
+    tracker = _tracker(store, "mistakes")
+    with pytest.raises(ValidationError, match="'loss' to be a number"):
+        tracker.log_point(None, "bad", {}, {"loss": "low"})
+    with pytest.raises(ValidationError, match="run status"):
+        tracker.end_run("anything", "DONE")
+    with pytest.raises(ValidationError, match="does not exist"):
+        tracker.log_artifact("anything", store[1] / "missing.txt")
+    with pytest.raises(ValidationError, match=r"'pcee' at thresholds \['0.6', '0.9'\]"):
+        log_frontier(frontier, tracker=tracker, extra_metrics={("pcee", 0.75): {"speedup": 2.0}})
+    with pytest.raises(ValidationError, match=r"\['accuracy'\]"):
+        log_frontier(frontier, tracker=tracker, extra_metrics={("pcee", 0.9): {"accuracy": 1.0}})
+    with pytest.raises(ValidationError, match=r"\['threshold'\]"):
+        log_frontier(frontier, tracker=tracker, params={"threshold": 3})
+    with pytest.raises(ValidationError, match=r"adaptix\.Frontier"):
+        log_frontier(list(frontier), tracker=tracker)  # type: ignore[arg-type]
+    assert tracker.failures == []
+    assert _runs(tracker) == []  # validated before anything was logged
+
+
+def test_an_unreachable_store_switches_tracking_off_once(swept) -> None:
+    frontier, calibration = swept
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # count every warning, repeated or not
+        tracker = Tracker("adaptix", UNREACHABLE)
+        parent = tracker.start_run("job")
+        run_ids = log_frontier(frontier, tracker=tracker, parent=parent, calibration=calibration)
+        tracker.log_metrics(parent, {"x": 1.0})
+        tracker.end_run(parent)
+    assert [str(w.message) for w in caught if w.category is TrackingWarning] == [
+        f"{tracker.failures[0]}. Tracking is off for this Tracker: later calls are skipped (see "
+        "tracker.failures)."
+    ]
+    assert not tracker.enabled
+    assert parent is None
+    assert run_ids == []
+    assert len(tracker.failures) == 1
+    assert "could not connect" in tracker.failures[0]
+    assert UNREACHABLE in tracker.failures[0]
+    assert tracker.skipped == 1  # start_run; log_frontier stops at once, None ids are no-ops
+
+
+def test_strict_raises_an_adaptix_error(swept) -> None:
+    with pytest.raises(AdaptixError, match="could not connect") as raised:
+        Tracker("adaptix", UNREACHABLE, strict=True)
+    assert raised.value.__cause__ is not None
+
+
+def test_a_store_failing_mid_job_is_recorded_and_later_calls_are_skipped(store) -> None:
+    tracker = _tracker(store, "mid-job")
+    first = tracker.log_point(None, "ok", {"a": 1}, {"m": 1.0})
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise mlflow.exceptions.MlflowException("attempt to write a readonly database")
+
+    tracker._client.log_batch = broken
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = tracker.log_point(None, "fails", {"a": 2}, {"m": 2.0})
+        third = tracker.log_point(None, "skipped", {"a": 3}, {"m": 3.0})
+    assert first is not None
+    assert (second, third) == (None, None)
+    assert [w.category for w in caught] == [TrackingWarning]
+    assert tracker.failures == [
+        f"could not log run 'fails' (MLflow experiment 'mid-job' at {tracker.tracking_uri}): "
+        "MlflowException: attempt to write a readonly database"
+    ]
+    assert tracker.skipped == 1
+    statuses = {run.info.run_name: run.info.status for run in _runs(tracker)}
+    assert statuses == {"ok": "FINISHED", "fails": "FAILED"}  # not left RUNNING
+
+
+def test_strict_raises_on_a_failure_mid_job_and_stays_usable(store) -> None:
+    tracker = _tracker(store, "mid-job-strict", strict=True)
+    working = tracker._client.log_batch
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise mlflow.exceptions.MlflowException("disk I/O error")
+
+    tracker._client.log_batch = broken
+    with pytest.raises(AdaptixError, match="disk I/O error") as raised:
+        tracker.log_point(None, "fails", {}, {"m": 1.0})
+    assert isinstance(raised.value.__cause__, mlflow.exceptions.MlflowException)
+    tracker._client.log_batch = working
+    assert tracker.log_point(None, "works", {}, {"m": 1.0}) is not None
+    assert tracker.failures == []
+
+
+def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert default_tracking_uri() == "http://tracking.example:5000"
+
+
+def test_adaptix_works_without_mlflow() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["mlflow"] = None  # as if mlflow were not installed
+        import adaptix
+        import adaptix.plots
+        import adaptix.tracking
+        from adaptix.testing import synthetic_trace
+        assert "matplotlib" not in sys.modules, "adaptix.plots imported matplotlib eagerly"
+        frontier = adaptix.sweep(synthetic_trace(50), "confidence", [0.5, 0.9])
+        assert len(frontier) == 2
+        for attempt in (
+            lambda: adaptix.tracking.Tracker(),
+            lambda: adaptix.tracking.log_frontier(frontier),
+        ):
+            try:
+                attempt()
+            except adaptix.AdaptixError as err:
+                print(err)
+            else:
+                raise SystemExit("expected an AdaptixError")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert all(INSTALL_HINT in line for line in lines)
+
+
+def test_explicit_nan_is_logged_as_given(store) -> None:
+    tracker = _tracker(store, "nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either
+        tracker.log_point(None, "nan", {}, {"gap": math.nan})
+    assert math.isnan(_runs(tracker)[0].data.metrics["gap"])
