@@ -37,6 +37,11 @@ from adaptix.trace import Trace
 CASES = contract_cases()
 
 
+def _named(cases: list[tuple[type, str]]) -> list[Any]:
+    """Parameters (component class, expected message), each named after its class."""
+    return [pytest.param(component, message, id=component.__name__) for component, message in cases]
+
+
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}:{n}" for k, n in CASES])
 def test_every_registered_component_honours_its_contract(kind: str, name: str, plugins) -> None:
     check_component(kind, name, plugins=plugins)
@@ -165,21 +170,22 @@ class Undescribed(Confidence):
 
 @pytest.mark.parametrize(
     ("criterion", "message"),
-    [
-        (Jittery, "scores differ between two calls"),
-        (WideScores, r"must return a tensor of shape \[64, 4\]"),
-        (IntegerScores, "must be floating point"),
-        (Backwards, "not monotone: input .* stricter threshold"),
-        (BatchRelative, "alone differ from its scores in the batch"),
-        (ForgetfulPatience, "select_state must keep exactly the state of the kept rows"),
-        (Scribbler, "must not modify the logits"),
-        (CarelessPCEE, "check_model must refuse"),
-        (AcceptsNaN, "NaN threshold must raise"),
-        (LooseConfidence, "extra='forbid'"),
-        (Sideways, "`direction` must be 'ge' or 'le'"),
-        (Undescribed, "`description` must be a non-empty str"),
-    ],
-    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+    _named(
+        [
+            (Jittery, "scores differ between two calls"),
+            (WideScores, r"must return a tensor of shape \[64, 4\]"),
+            (IntegerScores, "must be floating point"),
+            (Backwards, "not monotone: input .* stricter threshold"),
+            (BatchRelative, "alone differ from its scores in the batch"),
+            (ForgetfulPatience, "select_state must keep exactly the state of the kept rows"),
+            (Scribbler, "must not modify the logits"),
+            (CarelessPCEE, "check_model must refuse"),
+            (AcceptsNaN, "NaN threshold must raise"),
+            (LooseConfidence, "extra='forbid'"),
+            (Sideways, "`direction` must be 'ge' or 'le'"),
+            (Undescribed, "`description` must be a non-empty str"),
+        ]
+    ),
 )
 def test_a_broken_criterion_fails_the_check(manager_with, criterion, message: str) -> None:
     manager = manager_with(criterion)
@@ -255,13 +261,14 @@ class Unfit(Calibrator):
 
 @pytest.mark.parametrize(
     ("calibrator", "message"),
-    [
-        (HalfCounting, "every input must be counted once at every exit"),
-        (LabelBlind, "unlabelled trace must raise"),
-        (Normalising, "every input must be counted once"),
-        (Unfit, "every input must be counted once"),
-    ],
-    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+    _named(
+        [
+            (HalfCounting, "every input must be counted once at every exit"),
+            (LabelBlind, "unlabelled trace must raise"),
+            (Normalising, "every input must be counted once"),
+            (Unfit, "every input must be counted once"),
+        ]
+    ),
 )
 def test_a_broken_calibrator_fails_the_check(manager_with, calibrator, message: str) -> None:
     manager = manager_with(calibrator)
@@ -338,13 +345,14 @@ class NoisyHead(Linear):
 
 @pytest.mark.parametrize(
     ("head", "message"),
-    [
-        (OffByOne, r"must give logits \[4, 5\]"),
-        (SharedHead, "two builds share 2 parameter tensors"),
-        (DetachingHead, "no gradient reaches the features"),
-        (NoisyHead, "not deterministic in eval mode"),
-    ],
-    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+    _named(
+        [
+            (OffByOne, r"must give logits \[4, 5\]"),
+            (SharedHead, "two builds share 2 parameter tensors"),
+            (DetachingHead, "no gradient reaches the features"),
+            (NoisyHead, "not deterministic in eval mode"),
+        ]
+    ),
 )
 def test_a_broken_exit_head_fails_the_check(manager_with, head, message: str) -> None:
     manager = manager_with(head)
@@ -413,14 +421,15 @@ def test_a_backbone_with_an_example_input_runs_a_forward_pass(manager_with) -> N
 
 @pytest.mark.parametrize(
     ("backbone", "message"),
-    [
-        (Miscounted, "one positive size per block: 3 blocks, feature_dims \\[8, 8\\]"),
-        (Mismeasured, "after block 2 have size 4, feature_dims says 5"),
-        (Hollow, "build returned no blocks"),
-        (NotParts, "must return adaptix.components.BackboneParts"),
-        (Unpooled, r"after block 0 must be a \[n, d\] tensor"),
-    ],
-    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+    _named(
+        [
+            (Miscounted, "one positive size per block: 3 blocks, feature_dims \\[8, 8\\]"),
+            (Mismeasured, "after block 2 have size 4, feature_dims says 5"),
+            (Hollow, "build returned no blocks"),
+            (NotParts, "must return adaptix.components.BackboneParts"),
+            (Unpooled, r"after block 0 must be a \[n, d\] tensor"),
+        ]
+    ),
 )
 def test_a_broken_backbone_fails_the_check(manager_with, backbone, message: str) -> None:
     manager = manager_with(backbone)

@@ -63,7 +63,7 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
-    distillation: float = Field(default=0.5, ge=0, lt=1)
+    distillation: float = Field(default=0.0, ge=0, lt=1)
     temperature: float = Field(default=2.0, gt=0)
     seed: int = 0
 

@@ -1,0 +1,289 @@
+"""Trained models for the runtime benchmarks, cached on disk, and the session's summary table.
+
+Training a CNN on CPU takes minutes, so the weights, the test trace and the calibration are
+saved under ``.benchmarks/models/`` in files named by a hash of the configuration; a rerun with
+the same configuration loads them instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import adaptix
+from adaptix.data import load_fashion_mnist
+from adaptix.rows import take_rows
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / ".benchmarks" / "models"
+BINS = 10
+#: Benchmark inputs keep their decisions at least this far from every boundary (confidence
+#: against a bin edge, top-1 against top-2 probability): the runner computes later exits on
+#: compacted batches, and another batch composition may move a float32 logit by about 1e-6.
+MARGIN = 1e-4
+
+
+@dataclass(frozen=True)
+class CnnConfig:
+    """A ``resnet`` model trained jointly on a Fashion-MNIST subset."""
+
+    size: str = "medium"
+    train_size: int = 4000
+    calibration_size: int = 2000
+    test_size: int = 2000
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 5e-3
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """The cache name: backbone, size and a hash of every field."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"resnet-{self.size}-{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class MiniLMConfig:
+    """MiniLM (frozen) with linear exit heads trained on a seeded BBC News subset."""
+
+    articles: int = 400
+    max_length: int = 128
+    epochs: int = 30
+    lr: float = 1e-2
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """The cache name: a hash of every field."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"minilm-bbc-{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model, its test inputs, their trace and the calibration of held-out data."""
+
+    family: str
+    model: adaptix.MultiExitModel
+    inputs: Any
+    trace: adaptix.Trace
+    calibration: adaptix.Calibration
+
+
+def _cached(key: str) -> tuple[Path, Path, Path]:
+    return (
+        MODEL_DIR / f"{key}.pt",
+        MODEL_DIR / f"{key}-test.trace",
+        MODEL_DIR / f"{key}-calibration.json",
+    )
+
+
+def load_cnn(config: CnnConfig) -> Trained:
+    """The trained CNN of ``config``, from the cache or trained now (and cached)."""
+    data = load_fashion_mnist(
+        calibration_size=config.calibration_size,
+        train_size=config.train_size,
+        test_size=config.test_size,
+        seed=config.seed,
+    )
+    torch.manual_seed(config.seed)
+    model = adaptix.build_model("resnet", 10, backbone_params={"size": config.size})
+    weights, test_trace, calibration_file = _cached(config.key)
+    if weights.is_file() and test_trace.is_file() and calibration_file.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        trace = adaptix.Trace.load(test_trace)
+        calibration = adaptix.Calibration.load(calibration_file)
+    else:
+        adaptix.train_exits(
+            model,
+            data.train.pair(),
+            mode="joint",
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            progress=False,
+        )
+        calibration = adaptix.calibrate(model.trace(*data.calibration.pair()), bins=BINS)
+        trace = model.trace(*data.test.pair())
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+        trace.save(test_trace)
+        calibration.save(calibration_file)
+    return Trained("resnet-" + config.size, model, data.test.images, trace, calibration)
+
+
+def load_minilm(config: MiniLMConfig) -> Trained:
+    """MiniLM with exit heads trained on BBC News (heads cached; the encoder is the package's)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach for the hub
+    from adaptix_transformers import load_bbc_news
+    from adaptix_transformers import load_minilm as load_encoder
+
+    encoder, tokenizer = load_encoder()
+    texts, labels, class_names = load_bbc_news()
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed))
+    order = order[: config.articles]
+    n_train, n_calibration = len(order) // 2, len(order) // 4
+    index = {
+        "train": order[:n_train],
+        "calibration": order[n_train : n_train + n_calibration],
+        "test": order[n_train + n_calibration :],
+    }
+    splits = {}
+    for split, rows in index.items():
+        encoded = tokenizer(
+            [texts[i] for i in rows.tolist()],
+            padding=True,
+            truncation=True,
+            max_length=config.max_length,
+            return_tensors="pt",
+        )
+        splits[split] = (dict(encoded), labels[rows])
+    model = adaptix.build_model("transformers", len(class_names), source=encoder)
+    heads, test_trace, calibration_file = _cached(config.key)
+    if heads.is_file() and test_trace.is_file() and calibration_file.is_file():
+        model.heads.load_state_dict(torch.load(heads, weights_only=True))
+        model.eval()
+        trace = adaptix.Trace.load(test_trace)
+        calibration = adaptix.Calibration.load(calibration_file)
+    else:
+        adaptix.train_exits(
+            model,
+            splits["train"],
+            mode="frozen",
+            epochs=config.epochs,
+            lr=config.lr,
+            seed=config.seed,
+            progress=False,
+        )
+        calibration = adaptix.calibrate(model.trace(*splits["calibration"], batch_size=64))
+        trace = model.trace(*splits["test"], batch_size=64)
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        torch.save(model.heads.state_dict(), heads)
+        trace.save(test_trace)
+        calibration.save(calibration_file)
+    return Trained("minilm", model, splits["test"][0], trace, calibration)
+
+
+def unambiguous_rows(trace: adaptix.Trace, count: int) -> Tensor:
+    """The first ``count`` inputs whose predictions and confidence bins are clear at every exit.
+
+    Raises:
+        AssertionError: fewer such inputs than ``count``.
+    """
+    probs = torch.softmax(trace.logits.float(), dim=-1)
+    top2 = probs.topk(2, dim=-1).values
+    scaled = top2[..., 0] * BINS
+    clear = (top2[..., 0] - top2[..., 1] > MARGIN) & ((scaled - scaled.round()).abs() > MARGIN)
+    rows = clear.all(dim=1).nonzero().squeeze(1)
+    assert rows.numel() >= count, f"only {rows.numel()} unambiguous inputs, need {count}"
+    return rows[:count]
+
+
+def pcee_deltas(
+    trace: adaptix.Trace, calibration: adaptix.Calibration, targets: tuple[float, ...]
+) -> dict[float, float]:
+    """For each target early-exit rate, the δ of ``pcee`` whose rate on ``trace`` is closest.
+
+    The rate only changes where δ crosses a calibrated bin accuracy, so those are the candidates.
+    """
+    table = calibration.accuracy()
+    candidates = sorted(set(table[torch.isfinite(table)].tolist()))
+    frontier = adaptix.sweep(trace, "pcee", candidates, calibration)
+    rates = [point.early_exit_rate for point in frontier]
+    return {
+        target: candidates[min(range(len(rates)), key=lambda i: abs(rates[i] - target))]
+        for target in targets
+    }
+
+
+def batches(inputs: Any, rows: Tensor, size: int) -> list[Any]:
+    """The inputs ``rows`` in consecutive batches of ``size``."""
+    chosen = take_rows(inputs, rows)
+    return [take_rows(chosen, slice(start, start + size)) for start in range(0, len(rows), size)]
+
+
+def lockstep_mean_cost(costs: Tensor, exit_index: Tensor, batch: int) -> float:
+    """Mean cost per input in lockstep mode, where a batch of ``batch`` consecutive inputs runs
+    every block and head up to its deepest exit for all its rows."""
+    deepest = torch.cat([chunk.max().expand(len(chunk)) for chunk in exit_index.split(batch)])
+    return float(costs[deepest].mean())
+
+
+@dataclass
+class Row:
+    """One measured runner configuration."""
+
+    family: str
+    mode: str
+    policy: str
+    batch: int
+    early: float
+    ideal: float
+    ideal_mode: float
+    seconds: float
+    calls: int
+
+
+@dataclass
+class Summary:
+    """Collects the session's medians and prints the speed-up table at the end of the session.
+
+    Registered as a pytest plugin by the benchmarks' session fixture, so its
+    `pytest_terminal_summary` runs after every benchmark (when the output is no longer captured).
+    """
+
+    baselines: dict[tuple[str, int, str], float] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+
+    def realised(self, row: Row, baseline: str = "plain") -> float | None:
+        """time(baseline) / time(runner) at the row's family and batch size, if measured."""
+        reference = self.baselines.get((row.family, row.batch, baseline))
+        return None if reference is None else reference / row.seconds
+
+    def table(self) -> list[str]:
+        """The summary, one line a row."""
+        lines = [
+            f"{'family':<14} {'mode':<9} {'policy':<22} {'batch':>5} {'early':>6} {'ideal':>6} "
+            f"{'ideal(mode)':>11} {'realised':>8} {'real/ideal':>10} {'ms/batch':>9} "
+            f"{'vs all-heads':>12}"
+        ]
+        for row in sorted(self.rows, key=lambda r: (r.family, r.batch, r.mode, r.policy)):
+            realised = self.realised(row)
+            all_heads = self.realised(row, "all heads")
+            lines.append(
+                f"{row.family:<14} {row.mode:<9} {row.policy:<22} {row.batch:>5} "
+                f"{row.early:>6.1%} {row.ideal:>6.2f} {row.ideal_mode:>11.2f} "
+                f"{_format(realised, '8.2f')} "
+                f"{_format(None if realised is None else realised / row.ideal, '10.2f')} "
+                f"{1000 * row.seconds / row.calls:>9.2f} "
+                f"{_format(None if all_heads is None else 1 / all_heads - 1, '+12.1%')}"
+            )
+        return lines
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Print the table (pytest hook)."""
+        if not self.rows:
+            return
+        terminalreporter.write_sep("-", "early-exit runtime: speed-ups against the plain model")
+        terminalreporter.write_line(
+            "ideal = plain FLOPs / mean FLOPs of the exits taken; realised = time(plain) / "
+            "time(runner), medians of this run; vs all-heads = time(runner) / time(all blocks "
+            "and heads, no decisions) - 1"
+        )
+        for line in self.table():
+            terminalreporter.write_line(line)
+
+
+def _format(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``, or n/a right-aligned to the same width."""
+    return format(value, spec) if value is not None else "n/a".rjust(len(format(0.0, spec)))
