@@ -37,6 +37,10 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
 C = TypeVar("C", bound=Component)
 
 
+class DuplicateComponentError(PluginError):
+    """Two plugins register a component of the same kind under the same name."""
+
+
 class AdaptixPluginWarning(UserWarning):
     """A third-party plugin failed to load or register; nothing has asked for it yet."""
 
@@ -118,7 +122,7 @@ class Registry(Generic[C]):
     def _add(self, entry: Entry[C]) -> None:
         previous = self._entries.get(entry.name)
         if previous is not None:
-            raise PluginError(
+            raise DuplicateComponentError(
                 f"duplicate {self.kind} '{entry.name}': provided by plugin '{previous.plugin}' "
                 f"({previous.distribution} {previous.version}) and by plugin '{entry.plugin}' "
                 f"({entry.distribution} {entry.version}). Uninstall or block one of them "
@@ -249,15 +253,19 @@ class AdaptixPluginManager(pluggy.PluginManager):
             for impl in reversed(hook.get_hookimpls()):
                 info = self._infos[impl.plugin_name]
                 if info.error is not None:
+                    if self.settings.strict_plugins:
+                        raise PluginError(
+                            f"adaptix plugin '{info.name}' is broken: {info.error!r}"
+                        ) from info.error
                     continue
                 others = [p for p in every if p is not impl.plugin]
                 caller = self.subset_hook_caller(hook_name, remove_plugins=others)
                 try:
                     caller(registry=Registrar(registry, info))
-                except PluginError:
+                except DuplicateComponentError:
                     raise
                 except Exception as err:
-                    self._broken(info, err, f"raised in {hook_name}")
+                    self._broken(info, err, f"failed in {hook_name}")
         return registries
 
     def _registry(self, kind: str) -> Registry[Any]:
@@ -345,6 +353,7 @@ def resolve_manager(plugins: AdaptixPluginManager | None) -> AdaptixPluginManage
 __all__ = [
     "AdaptixPluginManager",
     "AdaptixPluginWarning",
+    "DuplicateComponentError",
     "Entry",
     "PluginInfo",
     "Registrar",

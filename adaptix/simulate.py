@@ -182,6 +182,13 @@ def sweep(
     _check_trace(trace)
     manager = resolve_manager(plugins)
     named = _criteria_params(criteria)
+    if isinstance(thresholds, Mapping):
+        unknown = sorted(set(thresholds) - set(named))
+        if unknown:
+            raise ValidationError(
+                f"thresholds given for {unknown}, which are not among the swept criteria "
+                f"{list(named)}. Check the names."
+            )
     predictions_all = confidence_and_prediction(trace.logits)[1]
     points: list[FrontierPoint] = []
     for name, params in tqdm(named.items(), desc="sweep", disable=not progress, unit="criterion"):
@@ -285,7 +292,13 @@ def _criteria_params(
     if isinstance(criteria, str):
         return {criteria: {}}
     if isinstance(criteria, Mapping):
-        return {str(name): dict(params or {}) for name, params in criteria.items()}
+        bad = [name for name, params in criteria.items() if not isinstance(params, Mapping)]
+        if bad:
+            raise ValidationError(
+                f"expected criterion parameters as mappings (name -> {{param: value}}), got "
+                f"{[type(criteria[name]).__name__ for name in bad]} for {bad}."
+            )
+        return {str(name): dict(params) for name, params in criteria.items()}
     names = list(criteria)
     if len(set(names)) != len(names):
         raise ValidationError(

@@ -85,12 +85,11 @@ class Trace:
         Scaling by a factor above 1 makes every head more confident without changing a single
         prediction: the overconfidence stress of ``PCEE.md``.
         """
-        expect(
-            factor > 0 and factor != float("inf"),
-            "a finite factor > 0",
-            factor,
-            "Pass a positive temperature factor.",
-        )
+        valid = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+        if not valid or not 0 < float(factor) < float("inf"):
+            raise ValidationError(
+                f"expected a finite factor > 0 to scale the logits by, got {factor!r}."
+            )
         meta = {**self.meta, "logit_scale": str(factor)}
         return Trace(self.logits * factor, self.labels, self.costs, meta)
 

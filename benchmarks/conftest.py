@@ -4,16 +4,11 @@ timings measured in this session (for ratios between benchmarks of the same run)
 from __future__ import annotations
 
 import pytest
-import torch
 
 import adaptix
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
-
-# One intra-op thread for both sides of every comparison: on a shared two-core machine a second
-# thread mostly measures how busy the neighbours are.
-torch.set_num_threads(1)
 
 #: Mean seconds per benchmark, filled as benchmarks run; read by `pytest_terminal_summary`.
 TIMINGS: dict[str, float] = {}

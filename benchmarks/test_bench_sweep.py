@@ -8,6 +8,8 @@ Each benchmark checks what its timed call returned against the other method.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -30,9 +32,18 @@ GRIDS["patience"] = [float(t) for t in range(1, POINTS + 1)]
 #: Every 20th threshold of each grid: 10 points a criterion checked against `simulate`.
 SAMPLE = range(0, POINTS, 20)
 
-Point = tuple[
-    float | None, float | None, float, tuple[float, ...]
-]  # accuracy, early accuracy, relative cost, exit histogram
+#: accuracy, early accuracy, relative cost, exit histogram.
+Point = tuple[float | None, float | None, float, tuple[float, ...]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread for both sides: on a shared two-core machine a second thread mostly
+    measures how busy the neighbours are."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _simulate(trace, calibration, plugins, name: str, threshold: float) -> Point:

@@ -84,7 +84,7 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
         for point in outcome.frontier:
             run = logged[(point.criterion, point.threshold)]
             assert run.data.params["model"] == name
-            assert run.data.params["calibration_sha256"] == outcome.calibration.checksum
+            assert run.data.params["calibration_checksum"] == outcome.calibration.checksum
             assert run.data.params["bins"] == "10"
             assert run.data.params["seed"] == "0"
             assert run.data.params["adaptix_version"] == adaptix.__version__

@@ -45,12 +45,12 @@ class ModelConfig(_Frozen):
     backbone: str = "msdnet"
     backbone_params: dict[str, Any] = Field(default_factory=dict)
     head: str = "mlp"
-    head_params: dict[str, Any] = Field(default_factory=lambda: {"hidden": 128})
+    head_params: dict[str, Any] = Field(default_factory=dict)
 
 
 def _default_models() -> tuple[ModelConfig, ...]:
     return tuple(
-        ModelConfig(name=size, backbone_params={"size": size})
+        ModelConfig(name=size, backbone_params={"size": size}, head_params={"hidden": 128})
         for size in ("small", "medium", "large")
     )
 
@@ -169,6 +169,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> JobConfig:
     if path is None:
         return JobConfig()
     source = Path(path)
+    if source.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"expected a .toml, .yaml or .yml configuration, got {source.name}.")
     try:
         text = source.read_text()
     except OSError as err:
@@ -176,10 +178,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> JobConfig:
     try:
         if source.suffix == ".toml":
             data: Any = tomllib.loads(text)
-        elif source.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
         else:
-            raise ConfigError(f"expected a .toml, .yaml or .yml configuration, got {source.name}.")
+            data = yaml.safe_load(text) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot parse configuration {source}: {err}") from err
     if not isinstance(data, dict):

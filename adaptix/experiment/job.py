@@ -387,7 +387,11 @@ def _track(result: JobResult, data: FashionMNIST) -> None:
 
     config = result.config
     uri = config.tracking.uri or default_tracking_uri()
-    tracker = Tracker(experiment=config.tracking.experiment, tracking_uri=uri)
+    tracker = Tracker(
+        experiment=config.tracking.experiment,
+        tracking_uri=uri,
+        artifact_location=str((result.output_dir / "mlartifacts").resolve()),
+    )
     result.tracking_uri = uri
     splits = {
         "train_size": len(data.train),
@@ -416,7 +420,7 @@ def _track(result: JobResult, data: FashionMNIST) -> None:
                 "backbone": outcome.config.backbone,
                 "backbone_params": json.dumps(outcome.config.backbone_params),
                 "head": outcome.config.head,
-                "calibration_sha256": outcome.calibration.checksum,
+                "calibration_checksum": outcome.calibration.checksum,
                 **splits,
             },
         )
