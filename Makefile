@@ -10,10 +10,11 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
 .PHONY: install run test bench lint data clean
 
+# torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
+# pip >= 25.1 understands --group (PEP 735 dependency groups).
 $(STAMP): $(DEPS)
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=25.1"
-	# torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[all]" --group dev
 	$(PIP) install -q $(addprefix -e ,$(PLUGINS))
@@ -35,7 +36,8 @@ run: $(STAMP) data
 test: $(STAMP) data lint
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-## The benchmark suite; results are saved under .benchmarks/ for --benchmark-compare.
+## The benchmark suite; results are saved under .benchmarks/ so that a later run can compare:
+## make bench BENCH_ARGS=--benchmark-compare
 bench: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest benchmarks -q --benchmark-autosave $(BENCH_ARGS)
 

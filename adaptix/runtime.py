@@ -19,7 +19,7 @@ from adaptix.errors import ValidationError
 from adaptix.kernels import Backend, exit_decision
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
-from adaptix.rows import take_rows
+from adaptix.rows import batch_device, take_rows
 from adaptix.scores import prediction, probabilities
 
 
@@ -102,7 +102,7 @@ class EarlyExitRunner:
         """Predictions and exit indices for one batch (see the module docstring)."""
         model = self.model
         n = model.check_input(inputs)
-        device = model.check_devices()
+        device = batch_device(inputs)  # the model's device: check_input verified it
         last = model.num_exits - 1
         criterion = self.policy.criterion
         predictions = torch.empty(n, dtype=torch.long, device=device)
@@ -139,20 +139,25 @@ class EarlyExitRunner:
                 fire, predicted = self.policy.fires(score), prediction(logits)
             if self.mode == "lockstep":
                 fire = fire & pending
-                self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
                 pending = pending & ~fire
-                if not bool(pending.any()):  # the one host synchronisation of this exit
+                # The one host synchronisation of this exit: did any row leave, does any remain.
+                left, remain = torch.stack((fire.any(), pending.any())).tolist()
+                if left:
+                    self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
+                if not remain:
                     break
                 continue
-            self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
             keep = (~fire).nonzero().squeeze(1)  # the one host synchronisation of this exit
             remaining = int(keep.numel())
+            if remaining == int(rows.numel()):  # no row leaves: nothing to write or compact
+                continue
+            leave = None if remaining == 0 else fire
+            self._write(rows, leave, logits, predicted, e, predictions, exit_index, probs)
             if remaining == 0:
                 break
-            if remaining < int(rows.numel()):
-                rows = rows[keep]
-                state = take_rows(state, keep)
-                criterion_state = criterion.select_state(criterion_state, keep)
+            rows = rows[keep]
+            state = take_rows(state, keep)
+            criterion_state = criterion.select_state(criterion_state, keep)
         return RunnerOutput(predictions, exit_index, probs)
 
     @staticmethod

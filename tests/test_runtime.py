@@ -177,14 +177,18 @@ def test_runner_exits_where_simulate_says(
     expected = adaptix.simulate(family.trace, policy)
     last = family.model.num_exits - 1
     assert len(set(expected.exit_index.tolist()) - {last}) >= 2
-    runner = EarlyExitRunner(family.model, policy, mode=mode)
-    for size in BATCH_SIZES:
-        rows = SINGLE_ROWS if size == 1 else EVAL_ROWS
-        out = run_batches(runner, family.inputs[:rows], size)
-        assert torch.equal(out.exit_index, expected.exit_index[:rows]), f"batch size {size}"
-        assert torch.equal(out.predictions, expected.predictions[:rows]), f"batch size {size}"
-        assert out.probabilities is None
-        assert out.exit_index.dtype == out.predictions.dtype == torch.int64
+    # Criteria with a fused exit decision take it by default; fused=False takes their score.
+    paths = (True, False) if policy.criterion.fused_kind is not None else (True,)
+    for fused in paths:
+        runner = EarlyExitRunner(family.model, policy, mode=mode, fused=fused)
+        for size in BATCH_SIZES:
+            rows = SINGLE_ROWS if size == 1 else EVAL_ROWS
+            out = run_batches(runner, family.inputs[:rows], size)
+            where = f"batch size {size}, fused={fused}"
+            assert torch.equal(out.exit_index, expected.exit_index[:rows]), where
+            assert torch.equal(out.predictions, expected.predictions[:rows]), where
+            assert out.probabilities is None
+            assert out.exit_index.dtype == out.predictions.dtype == torch.int64
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -361,7 +361,6 @@ def _write_plots(result: JobResult) -> None:
         )
     largest = list(result.models)[-1]
     big = result.models[largest]
-    full_cost = big.test_trace.costs[-1].item()
     frontiers = {}
     for criterion in big.frontier.criteria():
         points = sorted(
@@ -377,8 +376,7 @@ def _write_plots(result: JobResult) -> None:
         models={n: (o.profile.plain_cost, o.full_accuracy) for n, o in result.models.items()},
         truncated={f"{n} truncated at exit e": pts for n, pts in truncated.items()},
         frontiers=frontiers,
-        title=f"Accuracy against compute (test split; full depth of {largest}: "
-        f"{full_cost / 1e6:.1f} MFLOPs incl. heads)",
+        title="Accuracy against compute per input (test split)",
     )
 
 
