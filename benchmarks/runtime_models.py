@@ -220,16 +220,23 @@ def lockstep_mean_cost(costs: Tensor, exit_index: Tensor, batch: int) -> float:
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Median and minimum seconds of a benchmark's rounds."""
-
-    median: float
-    best: float
-
-
-@dataclass
 class Row:
-    """One measured runner configuration."""
+    """One measured runner configuration.
+
+    Attributes:
+        family: the model family.
+        mode: the runner's mode.
+        policy: the policy, in words.
+        batch: rows per runner call.
+        early: share of rows that left before the last exit.
+        ideal: plain FLOPs / mean FLOPs of the exits taken.
+        ideal_mode: the same with lockstep's cost (every row up to its batch's deepest exit).
+        seconds: the runner's median seconds per round.
+        calls: runner calls per round.
+        realised: median over rounds of time(plain) / time(runner), each pair measured together.
+        overhead: median of time(runner) / time(every block and head, no decisions) - 1, where
+            measured (the no-exit case).
+    """
 
     family: str
     mode: str
@@ -238,55 +245,36 @@ class Row:
     early: float
     ideal: float
     ideal_mode: float
-    timing: Timing
+    seconds: float
     calls: int
+    realised: float | None
+    overhead: float | None = None
 
 
 @dataclass
 class Summary:
-    """Collects the session's timings and prints the speed-up table at the end of the session.
+    """Collects the session's rows and prints the speed-up table at the end of the session.
 
     Registered as a pytest plugin by the benchmarks' session fixture, so its
     `pytest_terminal_summary` runs after every benchmark (when the output is no longer captured).
     """
 
-    baselines: dict[tuple[str, int, str], Timing] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
-
-    def realised(self, row: Row, baseline: str = "plain", best: bool = False) -> float | None:
-        """time(baseline) / time(runner) at the row's family and batch size, if measured.
-
-        Args:
-            row: the runner's row.
-            baseline: ``"plain"`` or ``"all heads"``.
-            best: compare the fastest rounds instead of the medians.
-        """
-        reference = self.baselines.get((row.family, row.batch, baseline))
-        if reference is None:
-            return None
-        if best:
-            return reference.best / row.timing.best
-        return reference.median / row.timing.median
 
     def table(self) -> list[str]:
         """The summary, one line a row."""
         lines = [
             f"{'family':<14} {'mode':<9} {'policy':<18} {'batch':>5} {'early':>6} {'ideal':>6} "
-            f"{'ideal(mode)':>11} {'realised':>8} {'real/ideal':>10} {'(min)':>6} "
-            f"{'ms/batch':>9} {'vs all-heads':>12}"
+            f"{'ideal(mode)':>11} {'realised':>8} {'real/ideal':>10} {'ms/batch':>9} "
+            f"{'vs all-heads':>12}"
         ]
         for row in sorted(self.rows, key=lambda r: (r.family, r.batch, r.mode, r.policy)):
-            realised = self.realised(row)
-            fastest = self.realised(row, best=True)
-            all_heads = self.realised(row, "all heads")
+            ratio = None if row.realised is None else row.realised / row.ideal
             lines.append(
                 f"{row.family:<14} {row.mode:<9} {row.policy:<18} {row.batch:>5} "
                 f"{row.early:>6.1%} {row.ideal:>6.2f} {row.ideal_mode:>11.2f} "
-                f"{_format(realised, '8.2f')} "
-                f"{_format(None if realised is None else realised / row.ideal, '10.2f')} "
-                f"{_format(None if fastest is None else fastest / row.ideal, '6.2f')} "
-                f"{1000 * row.timing.median / row.calls:>9.2f} "
-                f"{_format(None if all_heads is None else 1 / all_heads - 1, '+12.1%')}"
+                f"{_format(row.realised, '8.2f')} {_format(ratio, '10.2f')} "
+                f"{1000 * row.seconds / row.calls:>9.2f} {_format(row.overhead, '+12.1%')}"
             )
         return lines
 
@@ -297,13 +285,13 @@ class Summary:
         terminalreporter.write_sep("-", "early-exit runtime: speed-ups against the plain model")
         terminalreporter.write_line(
             "ideal = plain FLOPs / mean FLOPs of the exits taken; realised = time(plain) / "
-            "time(runner), medians of this run; (min) = realised / ideal from the fastest "
-            "rounds; vs all-heads = time(runner) / time(every block and head, no decisions) - 1"
+            "time(runner), median over rounds, the plain model timed right before each round; "
+            "vs all-heads = time(runner) / time(every block and head, no decisions) - 1"
         )
         for line in self.table():
             terminalreporter.write_line(line)
 
 
 def _format(value: float | None, spec: str) -> str:
-    """``value`` formatted by ``spec``, or n/a right-aligned to the same width."""
-    return format(value, spec) if value is not None else "n/a".rjust(len(format(0.0, spec)))
+    """``value`` formatted by ``spec``, or blanks of the same width."""
+    return format(value, spec) if value is not None else "".rjust(len(format(0.0, spec)))

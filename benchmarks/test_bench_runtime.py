@@ -8,9 +8,12 @@ the models and caches them under ``.benchmarks/models/``).
 - Ideal speed-up at a threshold: plain FLOPs / mean FLOPs of the exits taken, intermediate heads
   included (``plain_cost / (relative_cost · costs[-1])`` from the trace and `adaptix.simulate`).
   For lockstep mode, ``ideal(mode)`` charges every row of a batch up to the batch's deepest exit.
-- Realised speed-up: time(plain) / time(runner) on the same inputs in the same run (medians).
+- Realised speed-up: time(plain) / time(runner) on the same inputs in the same run. On a shared
+  machine the load drifts within minutes, so every round of a runner benchmark is paired with a
+  run of the plain model in the round's untimed setup, right before it; the realised speed-up is
+  the median of the per-round ratios. The plain model also has benchmarks of its own.
 - No-exit case: a policy under which nothing exits, against every block and every head run
-  without any decision (the runtime's overhead; the target is 5 % or less).
+  without any decision (the runtime's overhead; the target is 5 % or less), paired the same way.
 
 The CNN is ``resnet`` size medium trained briefly on Fashion-MNIST, at batch sizes 1, 64 and
 512 and three δ of ``pcee`` (about 30, 60 and 85 % early exits on the test data), in both modes.
@@ -22,6 +25,8 @@ exits and predictions against `adaptix.simulate` on the same inputs. Speed targe
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +39,6 @@ from runtime_models import (
     MiniLMConfig,
     Row,
     Summary,
-    Timing,
     Trained,
     batches,
     load_cnn,
@@ -55,7 +59,10 @@ MODES = ("compact", "lockstep")
 #: Rows timed per round at each batch size (batch size 1 costs a call per row: fewer rows).
 CNN_ROWS = {1: 128, 64: 256, 512: 512}
 MINILM_ROWS = {1: 16, 64: 64}
-ROUNDS = {"resnet": 5, "minilm": 3}
+#: Timed rounds at each batch size (after one warm-up round); a round at batch size 512 already
+#: averages over 512 inputs.
+ROUNDS = {1: 5, 64: 5, 512: 3}
+WARMUP_ROUNDS = 1
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,37 @@ class Case:
 
     @property
     def rounds(self) -> int:
-        return ROUNDS[self.family.split("-")[0]]
+        return ROUNDS[self.batch]
+
+    def plain(self) -> torch.Tensor:
+        """Predictions of the plain model (every block, the final head only)."""
+        with torch.inference_mode():
+            return torch.cat([self.model.forward_plain(b).argmax(dim=-1) for b in self.batches])
+
+    def all_exits(self) -> torch.Tensor:
+        """Every block and every head, no decisions: logits ``[N, E, C]``."""
+        with torch.inference_mode():
+            return torch.cat([torch.stack(list(self.model.iter_exits(b)), 1) for b in self.batches])
+
+
+class Paired:
+    """Times reference functions in a benchmark's untimed setup, right before every round, so
+    that each round of the benchmarked function has references measured under the same load."""
+
+    def __init__(self, **references: Callable[[], object]) -> None:
+        self.references = references
+        self.seconds: dict[str, list[float]] = {name: [] for name in references}
+
+    def __call__(self) -> None:
+        for name, reference in self.references.items():
+            start = time.perf_counter()
+            reference()
+            self.seconds[name].append(time.perf_counter() - start)
+
+    def ratio(self, name: str, rounds: list[float]) -> float:
+        """Median over rounds of time(reference) / time(round)."""
+        paired = self.seconds[name][WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
+        return statistics.median(r / t for r, t in zip(paired, rounds, strict=True))
 
 
 @pytest.fixture(scope="session")
@@ -119,13 +156,15 @@ def minilm() -> dict[int, Case]:
     return make_cases(load_minilm(MINILM), MINILM_ROWS)
 
 
-def measure(benchmark: BenchmarkFixture, fn: Callable[[], object], rounds: int) -> Timing | None:
-    """Median and fastest seconds of ``fn`` (None when benchmarking is disabled)."""
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-    if benchmark.disabled:
-        return None
-    stats = benchmark.stats.stats
-    return Timing(float(stats.median), float(stats.min))
+def measure(
+    benchmark: BenchmarkFixture,
+    fn: Callable[[], object],
+    rounds: int,
+    setup: Callable[[], None] | None = None,
+) -> list[float] | None:
+    """Seconds of each timed round of ``fn`` (None when benchmarking is disabled)."""
+    benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
+    return None if benchmark.disabled else list(benchmark.stats.stats.data)
 
 
 def skip_repeated_delta(case: Case, target: float) -> float:
@@ -137,34 +176,17 @@ def skip_repeated_delta(case: Case, target: float) -> float:
     return delta
 
 
-def plain_predictions(case: Case) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([case.model.forward_plain(b).argmax(dim=-1) for b in case.batches])
-
-
-def bench_plain(benchmark: BenchmarkFixture, summary: Summary, case: Case) -> None:
-    expected = case.trace.logits[:, -1].argmax(dim=-1)
-    assert torch.equal(plain_predictions(case), expected)
-    timing = measure(benchmark, lambda: plain_predictions(case), case.rounds)
+def bench_plain(benchmark: BenchmarkFixture, case: Case) -> None:
+    assert torch.equal(case.plain(), case.trace.logits[:, -1].argmax(dim=-1))
+    measure(benchmark, case.plain, case.rounds)
     plain_cost = profile_from_trace(case.trace).plain_cost
     benchmark.extra_info.update(family=case.family, batch=case.batch, plain_flops=plain_cost)
-    if timing is not None:
-        summary.baselines[(case.family, case.batch, "plain")] = timing
 
 
-def all_exit_logits(case: Case) -> torch.Tensor:
-    """Every block and every head, no decisions: logits ``[N, E, C]``."""
-    with torch.inference_mode():
-        return torch.cat([torch.stack(list(case.model.iter_exits(b)), 1) for b in case.batches])
-
-
-def bench_all_heads(benchmark: BenchmarkFixture, summary: Summary, case: Case) -> None:
-    first = all_exit_logits(case)
-    assert torch.equal(first.argmax(dim=-1), case.trace.logits.argmax(dim=-1))
-    timing = measure(benchmark, lambda: all_exit_logits(case), case.rounds)
+def bench_all_heads(benchmark: BenchmarkFixture, case: Case) -> None:
+    assert torch.equal(case.all_exits().argmax(dim=-1), case.trace.logits.argmax(dim=-1))
+    measure(benchmark, case.all_exits, case.rounds)
     benchmark.extra_info.update(family=case.family, batch=case.batch)
-    if timing is not None:
-        summary.baselines[(case.family, case.batch, "all heads")] = timing
 
 
 def bench_runner(
@@ -174,8 +196,12 @@ def bench_runner(
     policy: adaptix.ExitPolicy,
     label: str,
     mode: str,
-) -> adaptix.SimulationResult:
-    """Check the runner's first call against simulate, time it, record its speed-ups."""
+) -> None:
+    """Check the runner's first call against simulate, time it, record its speed-ups.
+
+    Nothing leaving early, the round is also paired with every block and head run without
+    decisions, for the runtime's overhead.
+    """
     runner = adaptix.EarlyExitRunner(case.model, policy, mode=mode)
 
     def run() -> list[adaptix.RunnerOutput]:
@@ -185,7 +211,9 @@ def bench_runner(
     outputs = run()
     assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
     assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
-    timing = measure(benchmark, run, case.rounds)
+    nothing_exits = expected.early_exit_rate == 0.0
+    paired = Paired(plain=case.plain, **({"all heads": case.all_exits} if nothing_exits else {}))
+    rounds = measure(benchmark, run, case.rounds, setup=paired)
 
     costs = case.trace.costs
     plain_cost = profile_from_trace(case.trace).plain_cost
@@ -193,50 +221,49 @@ def bench_runner(
     ideal_mode = ideal
     if mode == "lockstep":
         ideal_mode = plain_cost / lockstep_mean_cost(costs, expected.exit_index, case.batch)
-    info: dict[str, Any] = {
-        "family": case.family,
-        "mode": mode,
-        "policy": label,
-        "batch": case.batch,
-        "early_exit_rate": expected.early_exit_rate,
-        "ideal": ideal,
-        "ideal_mode": ideal_mode,
-    }
-    if timing is not None:
-        row = Row(
-            case.family,
-            mode,
-            label,
-            case.batch,
-            expected.early_exit_rate,
-            ideal,
-            ideal_mode,
-            timing,
-            len(case.batches),
+    benchmark.extra_info.update(
+        family=case.family,
+        mode=mode,
+        policy=label,
+        batch=case.batch,
+        early_exit_rate=expected.early_exit_rate,
+        ideal=ideal,
+        ideal_mode=ideal_mode,
+    )
+    if rounds is not None:
+        realised = paired.ratio("plain", rounds)
+        overhead = 1 / paired.ratio("all heads", rounds) - 1 if nothing_exits else None
+        benchmark.extra_info.update(realised=realised, realised_over_ideal=realised / ideal)
+        if overhead is not None:
+            benchmark.extra_info.update(overhead_vs_all_heads=overhead)
+        summary.rows.append(
+            Row(
+                case.family,
+                mode,
+                label,
+                case.batch,
+                expected.early_exit_rate,
+                ideal,
+                ideal_mode,
+                statistics.median(rounds),
+                len(case.batches),
+                realised,
+                overhead,
+            )
         )
-        summary.rows.append(row)
-        realised = summary.realised(row)
-        if realised is not None:
-            info.update(realised=realised, realised_over_ideal=realised / ideal)
-    benchmark.extra_info.update(info)
-    return expected
 
 
 # ------------------------------------------------------------------------------------- CNN
 
 
 @pytest.mark.parametrize("batch", CNN_ROWS)
-def test_cnn_plain(
-    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int
-) -> None:
-    bench_plain(benchmark, summary, cnn[batch])
+def test_cnn_plain(benchmark: BenchmarkFixture, cnn: dict[int, Case], batch: int) -> None:
+    bench_plain(benchmark, cnn[batch])
 
 
 @pytest.mark.parametrize("batch", CNN_ROWS)
-def test_cnn_all_heads(
-    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int
-) -> None:
-    bench_all_heads(benchmark, summary, cnn[batch])
+def test_cnn_all_heads(benchmark: BenchmarkFixture, cnn: dict[int, Case], batch: int) -> None:
+    bench_all_heads(benchmark, cnn[batch])
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"early{round(100 * t)}")
@@ -265,18 +292,16 @@ def test_cnn_nothing_exits(
     num_exits = case.model.num_exits
     # PABEE's streak k_e is at most e <= E - 2 at the early exits: t = E never fires.
     policy = adaptix.policy("patience", num_exits)
-    expected = bench_runner(benchmark, summary, case, policy, f"patience t={num_exits}", mode)
-    assert expected.early_exit_rate == 0.0
+    assert adaptix.simulate(case.trace, policy).early_exit_rate == 0.0
+    bench_runner(benchmark, summary, case, policy, f"patience t={num_exits}", mode)
 
 
 # ----------------------------------------------------------------------------------- MiniLM
 
 
 @pytest.mark.parametrize("batch", MINILM_ROWS)
-def test_minilm_plain(
-    benchmark: BenchmarkFixture, summary: Summary, minilm: dict[int, Case], batch: int
-) -> None:
-    bench_plain(benchmark, summary, minilm[batch])
+def test_minilm_plain(benchmark: BenchmarkFixture, minilm: dict[int, Case], batch: int) -> None:
+    bench_plain(benchmark, minilm[batch])
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"early{round(100 * t)}")

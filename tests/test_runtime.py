@@ -200,12 +200,7 @@ def test_probabilities_are_the_softmax_at_the_exit_taken(
     policy = family.policies["pcee"]
     expected = adaptix.simulate(family.trace, policy)
     taken = family.trace.logits[torch.arange(EVAL_ROWS), expected.exit_index]
-    runner = EarlyExitRunner(
-        family.model,
-        policy,
-        return_probabilities=True,
-        mode=mode,
-    )
+    runner = EarlyExitRunner(family.model, policy, return_probabilities=True, mode=mode)
     for size in (1, 64, EVAL_ROWS):
         rows = SINGLE_ROWS if size == 1 else EVAL_ROWS
         out = run_batches(runner, family.inputs[:rows], size)

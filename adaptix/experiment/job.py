@@ -249,6 +249,16 @@ def run_job(
 ) -> JobResult:
     """Run the main job (see the module docstring) and return its results."""
     config = config or JobConfig()
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     started = time.perf_counter()
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
