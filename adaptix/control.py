@@ -33,6 +33,8 @@ class ControlSummary:
         criterion: the criterion.
         violation_rate: share of δ where early accuracy < δ (δ with no early exit never violate).
         worst_shortfall: the largest δ - early accuracy (0 when never violated).
+        worst_shortfall_early_share: share of inputs that left early at that worst δ (a large
+            shortfall on a handful of inputs is a small-sample effect, not a calibration bias).
         mean_relative_cost: mean relative cost over the grid.
         mean_cost_vs_confidence: mean over δ of cost(criterion at δ) / cost(confidence at τ=δ).
         mean_regret: mean over δ of cost / hindsight-oracle cost.
@@ -42,6 +44,7 @@ class ControlSummary:
     criterion: str
     violation_rate: float
     worst_shortfall: float
+    worst_shortfall_early_share: float
     mean_relative_cost: float
     mean_cost_vs_confidence: float | None
     mean_regret: float
@@ -77,7 +80,7 @@ def control_summary(
     by_threshold = {round(p.threshold, 9): p for p in frontier.of(criterion)}
     confidence = {round(p.threshold, 9): p for p in frontier.of("confidence")}
     per_delta: dict[float, tuple[float | None, float, float]] = {}
-    violations, shortfalls, versus = 0, [0.0], []
+    violations, worst, worst_share, versus = 0, 0.0, 0.0, []
     for delta in deltas:
         point = by_threshold.get(round(naive_threshold(criterion, delta), 9))
         if point is None:
@@ -88,7 +91,8 @@ def control_summary(
         early = point.early_accuracy
         if early is not None and early < delta:
             violations += 1
-            shortfalls.append(delta - early)
+            if delta - early > worst:
+                worst, worst_share = delta - early, point.early_exit_rate
         naive = confidence.get(round(delta, 9))
         if naive is not None and naive.relative_cost > 0:
             versus.append(point.relative_cost / naive.relative_cost)
@@ -98,7 +102,8 @@ def control_summary(
     return ControlSummary(
         criterion=criterion,
         violation_rate=violations / len(deltas),
-        worst_shortfall=max(shortfalls),
+        worst_shortfall=worst,
+        worst_shortfall_early_share=worst_share,
         mean_relative_cost=sum(costs) / len(costs),
         mean_cost_vs_confidence=sum(versus) / len(versus) if versus else None,
         mean_regret=sum(v[2] for v in per_delta.values()) / len(per_delta),

@@ -57,6 +57,7 @@ def _control_table(outcome: ModelOutcome, deltas: list[float]) -> str:
                     criterion,
                     _pct(s.violation_rate, 0),
                     _pct(s.worst_shortfall, 2),
+                    "" if s.worst_shortfall == 0 else _pct(s.worst_shortfall_early_share, 2),
                     f"{s.mean_relative_cost:.3f}",
                     "n/a"
                     if s.mean_cost_vs_confidence is None
