@@ -130,7 +130,7 @@ class MultiExitModel(nn.Module):
         """Block ``index`` on ``state``; a shape error becomes a `ValidationError`."""
         try:
             return self.blocks[index](state)
-        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as err:
             raise ValidationError(
                 f"block {index} failed on its input ({type(err).__name__}: {err}). Check that the "
                 "inputs fit the backbone (shape, dtype, keys)."
