@@ -7,8 +7,6 @@ the same configuration loads them instead of training again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from torch import Tensor
 
 import adaptix
 from adaptix.data import load_fashion_mnist
+from adaptix.experiment.cache import cache_key
 from adaptix.rows import take_rows
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".benchmarks" / "models"
@@ -46,8 +45,7 @@ class CnnConfig:
     @property
     def key(self) -> str:
         """The cache name: backbone, size and a hash of every field."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"resnet-{self.size}-{digest[:12]}"
+        return f"resnet-{self.size}-{cache_key(**asdict(self))[:12]}"
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,7 @@ class MiniLMConfig:
     @property
     def key(self) -> str:
         """The cache name: a hash of every field."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"minilm-bbc-{digest[:12]}"
+        return f"minilm-bbc-{cache_key(**asdict(self))[:12]}"
 
 
 @dataclass(frozen=True)
