@@ -4,6 +4,7 @@ The public API; everything else is reachable through its submodules.
 """
 
 from adaptix._version import __version__
+from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
 from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
 from adaptix.hookspecs import hookimpl
@@ -40,4 +41,5 @@ __all__ = [
     "simulate",
     "sweep",
     "train_exits",
+    "tune_cpu_allocator",
 ]

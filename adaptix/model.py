@@ -29,6 +29,16 @@ class _Lambda(nn.Module):
         return self.fn(state)
 
 
+def _first_tensor_slot(module: nn.Module) -> tuple[dict[str, Any], str] | None:
+    """The dict and name of ``module``'s first parameter or buffer (None if it has none)."""
+    for sub in module.modules():
+        for store in (sub._parameters, sub._buffers):
+            for name, tensor in store.items():
+                if tensor is not None:
+                    return store, name
+    return None
+
+
 class MultiExitModel(nn.Module):
     """Blocks with an exit head after each; the last head is the model's final classifier.
 
@@ -85,8 +95,10 @@ class MultiExitModel(nn.Module):
         return self.check_devices()
 
     def check_devices(self) -> torch.device:
-        """The one device of all parameters; `ValidationError` if blocks and heads disagree."""
-        devices = {p.device for p in self.parameters()} | {b.device for b in self.buffers()}
+        """The one device of all parameters and buffers; `ValidationError` if they disagree."""
+        return self._one_device({t.device for t in (*self.parameters(), *self.buffers())})
+
+    def _one_device(self, devices: set[torch.device]) -> torch.device:
         if len(devices) > 1:
             placement = {
                 f"{kind}[{i}]": sorted({str(p.device) for p in module.parameters()})
@@ -98,6 +110,34 @@ class MultiExitModel(nn.Module):
                 f"{placement}. Move the whole model: model.to(device)."
             )
         return devices.pop() if devices else torch.device("cpu")
+
+    def _representatives(self) -> tuple[tuple[dict[str, Any], str], ...]:
+        """Where one parameter or buffer of each block, head and feature module lives, cached.
+
+        Walking every parameter costs about as much as a small batch's forward pass, so the
+        per-batch check (`check_input`) reads one tensor per module, by its slot (the owning
+        module's parameter or buffer dict and its name): ``model.to(...)`` and ``head.to(...)``
+        update those slots in place, even where they replace the tensor. The cache is keyed on
+        the identity of the blocks, heads and feature module, so replacing one is noticed; a
+        layer replaced deeper inside on another device fails in its block or head, which
+        `run_block` and `head_logits` turn into a `ValidationError`.
+        """
+        modules = (*self.blocks, *self.heads, *([self.feature] if self.feature is not None else []))
+        key = tuple(map(id, modules))
+        cached = self.__dict__.get("_adaptix_representatives")
+        if cached is None or cached[0] != key:
+            slots = (_first_tensor_slot(module) for module in modules)
+            cached = (key, tuple(slot for slot in slots if slot is not None))
+            self.__dict__["_adaptix_representatives"] = cached
+        return cached[1]
+
+    def _quick_device(self) -> torch.device:
+        devices = set()
+        for store, name in self._representatives():
+            tensor = store.get(name)
+            if tensor is not None:
+                devices.add(tensor.device)
+        return self._one_device(devices)
 
     def check_input(self, inputs: Any) -> int:
         """Validate a batch against the backbone; returns its size.
@@ -114,7 +154,7 @@ class MultiExitModel(nn.Module):
                 f"expected inputs of shape [N, {', '.join(map(str, shape))}], got "
                 f"{list(inputs.shape)}. Reshape or resize the inputs for this backbone."
             )
-        device = self.check_devices()
+        device = self._quick_device()
         if batch_device(inputs) != device:
             raise ValidationError(
                 f"expected inputs on {device} like the model, got {batch_device(inputs)}. "
@@ -138,7 +178,14 @@ class MultiExitModel(nn.Module):
 
     def head_logits(self, index: int, state: Any) -> Tensor:
         """Logits ``[n, C]`` of head ``index`` on the output of block ``index``."""
-        return self.heads[index](self.features(state))
+        try:
+            return self.heads[index](self.features(state))
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as err:
+            raise ValidationError(
+                f"head {index} failed on the output of block {index} ({type(err).__name__}: "
+                f"{err}). Check that the head fits the block's features and sits on the same "
+                "device (model.to(device))."
+            ) from err
 
     def iter_exits(self, inputs: Any) -> Iterator[Tensor]:
         """Logits of every exit in order, running each block once."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from adaptix.errors import ValidationError
-from adaptix.kernels import Backend, exit_decision
+from adaptix.kernels import Backend, ExitDecider
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
 from adaptix.rows import batch_device, take_rows
@@ -85,11 +85,19 @@ class EarlyExitRunner:
         self._checked_classes: int | None = None
         criterion = policy.criterion
         self.fused_kind = criterion.fused_kind if fused else None
-        self._tables: list[Tensor | None] = []
+        # One prepared decision per early exit: validated once, not on every batch.
+        self._deciders: list[ExitDecider] = []
         if self.fused_kind is not None:
-            for e in range(model.num_exits):
+            for e in range(model.num_exits - 1):
                 table = criterion.fused_table(e)
-                self._tables.append(None if table is None else table.to(device))
+                self._deciders.append(
+                    ExitDecider(
+                        policy.threshold,
+                        kind=self.fused_kind,
+                        table=None if table is None else table.to(device),
+                        backend=backend,
+                    )
+                )
 
     def _check_classes(self, logits: Tensor) -> None:
         num_classes = int(logits.shape[-1])
@@ -126,14 +134,7 @@ class EarlyExitRunner:
                 )
                 break
             if self.fused_kind is not None:
-                decision = exit_decision(
-                    logits,
-                    self.policy.threshold,
-                    kind=self.fused_kind,
-                    table=self._tables[e],
-                    backend=self.backend,
-                )
-                fire, predicted = decision.exit_mask, decision.prediction
+                fire, predicted = self._deciders[e](logits)
             else:
                 score, criterion_state = self.policy.score(logits, e, criterion_state)
                 fire, predicted = self.policy.fires(score), prediction(logits)

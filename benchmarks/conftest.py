@@ -6,9 +6,26 @@ from __future__ import annotations
 import pytest
 
 import adaptix
+from adaptix.allocator import cpu_allocator_tuned
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (by default the benchmarks call "
+        "adaptix.tune_cpu_allocator() first, as a CPU deployment would)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tune the CPU allocator before anything allocates, for every benchmark alike."""
+    if not config.getoption("--default-allocator", default=False):
+        adaptix.tune_cpu_allocator()
+
 
 #: Mean seconds per benchmark, filled as benchmarks run; read by `pytest_terminal_summary`.
 TIMINGS: dict[str, float] = {}
@@ -39,7 +56,13 @@ def calibration(plugins: AdaptixPluginManager) -> adaptix.Calibration:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the sweep's speed-up over the per-threshold loop when both ran in this session."""
+    """Print the allocator setting, and the sweep's speed-up over the per-threshold loop when
+    both ran in this session."""
+    tuned = cpu_allocator_tuned()
+    terminalreporter.write_line(
+        "CPU allocator: "
+        + (f"tuned (tune_cpu_allocator, {tuned >> 20} MiB)" if tuned else "glibc default")
+    )
     if {"simulate_loop", "sweep"} <= TIMINGS.keys():
         ratio = TIMINGS["simulate_loop"] / TIMINGS["sweep"]
         terminalreporter.write_sep("-", "sweep against the per-threshold simulate loop")

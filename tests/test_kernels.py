@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.kernels import (
+    ExitDecider,
     ExitDecision,
     ExitKind,
     dispatch,
@@ -575,6 +576,92 @@ def test_property_float32_bound_makes_comparisons_exact(threshold: float, score:
     below = np.float32(float32_bound(threshold, at_least=False))
     assert bool(np.float32(score) >= above) == (score >= threshold)
     assert bool(np.float32(score) <= below) == (score <= threshold)
+
+
+# --- the prepared decision of the runtime ---------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_property_decider_decides_as_the_reference(data: st.DataObject) -> None:
+    """`ExitDecider` (the runtime's path) returns the reference's exit mask and prediction,
+    thresholds on and next to the scores, NaN, infinite and tied logits included."""
+    n_rows = data.draw(st.integers(1, 8), label="n_rows")
+    n_cols = data.draw(st.integers(1, 30), label="n_cols")
+    finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
+    entries = st.one_of(
+        finite,
+        st.sampled_from([NEG_INF, math.inf, math.nan]),
+        st.sampled_from([0.0, 1.0, 2.0]),
+    )
+    rows = st.lists(entries, min_size=n_cols, max_size=n_cols)
+    raw = data.draw(st.lists(rows, min_size=n_rows, max_size=n_rows), label="logits")
+    logits = torch.tensor(raw).to(data.draw(st.sampled_from(DTYPES), label="dtype"))
+    kind = data.draw(st.sampled_from(KINDS), label="kind")
+    table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
+    first = exit_decision_reference(logits, 0.5, kind=kind, table=table)
+    candidates = [s for s in first.score.tolist() if not math.isnan(s)] or [0.5]
+    on_score = data.draw(st.sampled_from(candidates), label="score")
+    threshold = data.draw(
+        st.sampled_from(
+            [on_score, float(np.nextafter(on_score, 2.0)), float(np.nextafter(on_score, -1.0))]
+        )
+        | st.floats(-0.1, 1.1),
+        label="threshold",
+    )
+    expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
+    exits, prediction = ExitDecider(threshold, kind=kind, table=table, backend="torch")(logits)
+    assert torch.equal(exits, expected.exit_mask)
+    assert torch.equal(prediction, expected.prediction)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decider_on_bin_edges_and_undefined_rows(kind: ExitKind) -> None:
+    """Confidences exactly on bin edges (1/C for C = 2, 4, 5, 10), all -inf rows and NaN."""
+    rows = [torch.zeros(1, c) for c in (2, 4, 5, 10)]
+    logits = torch.cat(
+        [torch.nn.functional.pad(r, (0, 10 - r.shape[1]), value=NEG_INF) for r in rows]
+    )
+    logits = torch.cat([logits, torch.full((1, 10), NEG_INF), torch.full((1, 10), math.nan)])
+    table = make_table(10, seed=3) if kind == "table" else None
+    for threshold in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
+        expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
+        exits, prediction = ExitDecider(threshold, kind=kind, table=table)(logits)
+        assert torch.equal(exits, expected.exit_mask), threshold
+        assert torch.equal(prediction, expected.prediction)
+        assert not exits[-2:].any()  # undefined softmax: never exits
+
+
+@pytest.mark.parametrize(
+    ("threshold", "kind", "table", "backend", "message"),
+    [
+        (math.nan, "confidence", None, "auto", "finite threshold"),
+        (0.5, "margin", None, "auto", "kind in"),
+        (0.5, "table", None, "auto", "table of bin accuracies"),
+        (0.5, "confidence", torch.rand(10), "auto", "no table"),
+        (0.5, "table", torch.arange(10), "auto", "1-D floating table"),
+        (0.5, "confidence", None, "cuda", "backend in"),
+    ],
+)
+def test_decider_refuses_a_bad_rule_when_built(
+    threshold: float, kind: str, table: object, backend: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ExitDecider(threshold, kind=kind, table=table, backend=backend)  # type: ignore[arg-type]  # deliberately wrong
+
+
+@pytest.mark.parametrize(
+    ("logits", "message"),
+    [
+        (torch.randn(5), "shape [N, C]"),
+        (torch.randn(2, 5).double(), "float32, float16 or bfloat16"),
+        (torch.randn(2, 0), "C >= 1"),
+        ([[0.1, 0.9]], "torch.Tensor"),
+    ],
+)
+def test_decider_refuses_bad_logits(logits: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ExitDecider(0.5, kind="confidence")(logits)  # type: ignore[arg-type]  # deliberately wrong
 
 
 # --- validation and dispatch ---------------------------------------------------------------

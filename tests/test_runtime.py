@@ -327,6 +327,45 @@ def test_heads_on_another_device_than_blocks_are_refused(resnet_family: Family) 
         EarlyExitRunner(model, resnet_family.policies["confidence"])
 
 
+def test_a_head_moved_after_the_runner_was_built_is_refused() -> None:
+    """The device check caches the model's tensors: moving one in place must still be seen."""
+    model = tiny_model().eval()
+    runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
+    inputs = torch.randn(3, 8)
+    runner(inputs)
+    model.heads[0].to("meta")
+    with pytest.raises(ValidationError, match="one device"):
+        runner(inputs)
+
+
+def test_a_head_replaced_after_the_runner_was_built_is_refused() -> None:
+    model = tiny_model().eval()
+    runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
+    inputs = torch.randn(3, 8)
+    runner(inputs)
+    model.heads[1] = nn.Linear(64, 4, device="meta")
+    with pytest.raises(ValidationError, match="one device"):
+        runner(inputs)
+
+
+@pytest.mark.parametrize("where", ["block", "head"])
+def test_a_layer_replaced_deep_inside_is_a_validation_error(where: str) -> None:
+    """A replacement below the blocks and heads escapes the cached device check; the failing
+    call still becomes a `ValidationError` naming the block or head."""
+    model = tiny_model().eval()
+    runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
+    inputs = torch.randn(3, 8)
+    runner(inputs)
+    if where == "block":
+        model.blocks[1][0] = nn.Linear(64, 64, device="meta")
+    else:
+        model.heads[0] = nn.Sequential(nn.Linear(64, 4))
+        runner(inputs)  # the new head is cached
+        model.heads[0][0] = nn.Linear(64, 4, device="meta")
+    with pytest.raises(ValidationError, match=f"{where} [01] failed"):
+        runner(inputs)
+
+
 def test_unknown_mode_is_refused(resnet_family: Family) -> None:
     with pytest.raises(ValidationError, match="'compact' or 'lockstep'"):
         EarlyExitRunner(resnet_family.model, resnet_family.policies["confidence"], mode="eager")

@@ -22,7 +22,7 @@ from adaptix.components import (
 )
 from adaptix.hookspecs import hookimpl
 from adaptix.plugins import Registrar
-from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy
+from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy, prediction
 
 
 class Confidence(ExitCriterion):
@@ -70,13 +70,13 @@ class Patience(ExitCriterion):
         return None
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
-        prediction = confidence_and_prediction(logits)[1]
+        predicted = prediction(logits)
         if state is None:
-            streak = torch.zeros_like(prediction)
+            streak = torch.zeros_like(predicted)
         else:
             previous, previous_streak = state
-            streak = torch.where(prediction == previous, previous_streak + 1, 0)
-        return streak.float(), (prediction, streak)
+            streak = torch.where(predicted == previous, previous_streak + 1, 0)
+        return streak.float(), (predicted, streak)
 
     def select_state(self, state: Any, keep: Tensor) -> Any:
         if state is None:

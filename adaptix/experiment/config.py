@@ -140,6 +140,11 @@ class JobConfig(_Frozen):
         "default: these small convolutions ran 3x faster per step on one thread than on two "
         "on the 2-core reference machine",
     )
+    tune_cpu_allocator: bool = Field(
+        default=True,
+        description="keep large freed CPU buffers for reuse (adaptix.tune_cpu_allocator): "
+        "activations of big batches then stop page-faulting on every forward pass",
+    )
     cache_dir: Path | None = Field(
         default=None, description="trained models (default: ADAPTIX_CACHE_DIR or .adaptix-cache)"
     )

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import adaptix
+from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
 from adaptix.control import ControlSummary, control_summary, naive_threshold, oracle_costs
 from adaptix.data import FashionMNIST, load_fashion_mnist
@@ -249,6 +250,8 @@ def run_job(
 ) -> JobResult:
     """Run the main job (see the module docstring) and return its results."""
     config = config or JobConfig()
+    if config.tune_cpu_allocator:
+        tune_cpu_allocator()
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)

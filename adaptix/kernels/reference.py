@@ -32,6 +32,16 @@ def check_exit_inputs(
     Raises:
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
+    check_exit_logits(logits)
+    return check_exit_rule(threshold, kind=kind, table=table)
+
+
+def check_exit_logits(logits: Tensor) -> None:
+    """Validate the logits of an exit decision: a float32/16 or bfloat16 tensor ``[N, C]``.
+
+    Raises:
+        adaptix.errors.ValidationError: they break that contract.
+    """
     expect(
         isinstance(logits, Tensor),
         "logits as a torch.Tensor",
@@ -56,6 +66,17 @@ def check_exit_inputs(
         f"shape {list(logits.shape)}",
         "Check the exit head's output size.",
     )
+
+
+def check_exit_rule(threshold: float, *, kind: ExitKind, table: Tensor | None) -> float:
+    """Validate the threshold, kind and table of an exit decision.
+
+    Returns:
+        The threshold as a Python float.
+
+    Raises:
+        adaptix.errors.ValidationError: an argument breaks its contract.
+    """
     expect(
         isinstance(threshold, Real) and not isinstance(threshold, bool),
         "a real threshold (a Python float)",
