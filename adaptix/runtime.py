@@ -108,69 +108,115 @@ class EarlyExitRunner:
     @torch.inference_mode()
     def __call__(self, inputs: Any) -> RunnerOutput:
         """Predictions and exit indices for one batch (see the module docstring)."""
-        model = self.model
-        n = model.check_input(inputs)
+        n = self.model.check_input(inputs)
         device = batch_device(inputs)  # the model's device: check_input verified it
+        if self.mode == "lockstep":
+            return self._lockstep(inputs, n, device)
+        return self._compact(inputs, n, device)
+
+    def _stays(self, e: int, logits: Tensor, criterion_state: Any) -> tuple[Tensor, Any]:
+        """Which active rows go on after exit ``e``, and the criterion's next state."""
+        if self.fused_kind is not None:
+            return self._deciders[e].stays(logits), criterion_state
+        score, criterion_state = self.policy.score(logits, e, criterion_state)
+        return ~self.policy.fires(score), criterion_state
+
+    def _compact(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
+        """Rows that exit leave the batch. Until the first row leaves, nothing is indexed or
+        written: a batch where no row exits early costs its blocks, its heads and, per exit,
+        the decision and one host synchronisation."""
+        model = self.model
         last = model.num_exits - 1
         criterion = self.policy.criterion
-        predictions = torch.empty(n, dtype=torch.long, device=device)
-        exit_index = torch.full((n,), last, dtype=torch.long, device=device)
-        probs: Tensor | None = None
-        rows = torch.arange(n, device=device)  # original positions of the active rows
-        pending = torch.ones(n, dtype=torch.bool, device=device)  # lockstep: not yet exited
-        state = inputs
-        criterion_state = criterion.start(n, device)
+        out: _Results | None = None  # allocated when the first row leaves
+        rows: Tensor | None = None  # original positions of the active rows; None: all of them
+        state, criterion_state = inputs, criterion.start(n, device)
         for e in range(model.num_exits):
             state = model.run_block(e, state)
             logits = model.head_logits(e, state)
             if e == 0:
                 self._check_classes(logits)
-                if self.return_probabilities:
-                    probs = torch.empty(n, logits.shape[-1], dtype=torch.float32, device=device)
             if e == last:
-                leave = pending if self.mode == "lockstep" else None
-                self._write(
-                    rows, leave, logits, prediction(logits), e, predictions, exit_index, probs
-                )
+                if out is None or rows is None:  # no row left early
+                    return RunnerOutput(
+                        prediction(logits),
+                        torch.full((n,), last, dtype=torch.long, device=device),
+                        probabilities(logits) if self.return_probabilities else None,
+                    )
+                out.write(rows, None, logits, prediction(logits), e)
                 break
-            if self.fused_kind is not None:
-                fire, predicted = self._deciders[e](logits)
-            else:
-                score, criterion_state = self.policy.score(logits, e, criterion_state)
-                fire, predicted = self.policy.fires(score), prediction(logits)
-            if self.mode == "lockstep":
-                fire = fire & pending
-                pending = pending & ~fire
-                # The one host synchronisation of this exit: did any row leave, does any remain.
-                left, remain = torch.stack((fire.any(), pending.any())).tolist()
-                if left:
-                    self._write(rows, fire, logits, predicted, e, predictions, exit_index, probs)
-                if not remain:
-                    break
-                continue
-            keep = (~fire).nonzero().squeeze(1)  # the one host synchronisation of this exit
+            stays, criterion_state = self._stays(e, logits, criterion_state)
+            keep = stays.nonzero(as_tuple=True)[0]  # the one host synchronisation of this exit
             remaining = int(keep.numel())
-            if remaining == int(rows.numel()):  # no row leaves: nothing to write or compact
-                continue
-            leave = None if remaining == 0 else fire
-            self._write(rows, leave, logits, predicted, e, predictions, exit_index, probs)
+            if remaining == (n if rows is None else int(rows.numel())):
+                continue  # no row leaves: nothing to write or compact
+            if out is None or rows is None:
+                out = _Results.empty(n, logits, last, self.return_probabilities)
+                rows = torch.arange(n, device=device)
+            out.write(rows, None if remaining == 0 else ~stays, logits, prediction(logits), e)
             if remaining == 0:
                 break
             rows = rows[keep]
             state = take_rows(state, keep)
             criterion_state = criterion.select_state(criterion_state, keep)
-        return RunnerOutput(predictions, exit_index, probs)
+        assert out is not None  # the loop returns or writes every row before it ends
+        return out.output()
 
-    @staticmethod
-    def _write(
-        rows: Tensor,
-        leave: Tensor | None,
-        logits: Tensor,
-        predicted: Tensor,
-        exit_at: int,
-        predictions: Tensor,
-        exit_index: Tensor,
-        probs: Tensor | None,
+    def _lockstep(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
+        """The whole batch goes on until its last row has exited (the baseline)."""
+        model = self.model
+        last = model.num_exits - 1
+        out: _Results | None = None
+        rows = torch.arange(n, device=device)
+        pending = torch.ones(n, dtype=torch.bool, device=device)  # not yet exited
+        state, criterion_state = inputs, self.policy.criterion.start(n, device)
+        for e in range(model.num_exits):
+            state = model.run_block(e, state)
+            logits = model.head_logits(e, state)
+            if e == 0:
+                self._check_classes(logits)
+                out = _Results.empty(n, logits, last, self.return_probabilities)
+            assert out is not None
+            if e == last:
+                out.write(rows, pending, logits, prediction(logits), e)
+                break
+            stays, criterion_state = self._stays(e, logits, criterion_state)
+            fire = pending & ~stays
+            pending = pending & stays
+            # The one host synchronisation of this exit: did any row leave, does any remain.
+            left, remain = torch.stack((fire.any(), pending.any())).tolist()
+            if left:
+                out.write(rows, fire, logits, prediction(logits), e)
+            if not remain:
+                break
+        assert out is not None
+        return out.output()
+
+
+@dataclass
+class _Results:
+    """The batch's results in original row order, filled as rows leave."""
+
+    predictions: Tensor
+    exit_index: Tensor
+    probs: Tensor | None
+
+    @classmethod
+    def empty(cls, n: int, logits: Tensor, last: int, with_probabilities: bool) -> _Results:
+        device = logits.device
+        return cls(
+            torch.empty(n, dtype=torch.long, device=device),
+            torch.full((n,), last, dtype=torch.long, device=device),
+            torch.empty(n, logits.shape[-1], dtype=torch.float32, device=device)
+            if with_probabilities
+            else None,
+        )
+
+    def output(self) -> RunnerOutput:
+        return RunnerOutput(self.predictions, self.exit_index, self.probs)
+
+    def write(
+        self, rows: Tensor, leave: Tensor | None, logits: Tensor, predicted: Tensor, exit_at: int
     ) -> None:
         """Write results of the active rows that leave (all when ``leave`` is None).
 
@@ -178,12 +224,13 @@ class EarlyExitRunner:
         host synchronisation to size its result.
         """
         if leave is None:
-            predictions[rows] = predicted
-            exit_index[rows] = exit_at
-            if probs is not None:
-                probs[rows] = probabilities(logits)
+            self.predictions[rows] = predicted
+            self.exit_index[rows] = exit_at
+            if self.probs is not None:
+                self.probs[rows] = probabilities(logits)
             return
-        predictions[rows] = torch.where(leave, predicted, predictions[rows])
-        exit_index[rows] = torch.where(leave, exit_at, exit_index[rows])
-        if probs is not None:
-            probs[rows] = torch.where(leave.unsqueeze(1), probabilities(logits), probs[rows])
+        self.predictions[rows] = torch.where(leave, predicted, self.predictions[rows])
+        self.exit_index[rows] = torch.where(leave, exit_at, self.exit_index[rows])
+        if self.probs is not None:
+            kept = self.probs[rows]
+            self.probs[rows] = torch.where(leave.unsqueeze(1), probabilities(logits), kept)

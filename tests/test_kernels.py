@@ -42,7 +42,9 @@ from adaptix.kernels import (
     exit_decision_reference,
     triton_unavailable_reasons,
 )
+from adaptix.kernels.decider import bin_edges
 from adaptix.kernels.reference import float32_bound
+from adaptix.scores import bin_index
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRITON = find_spec("triton") is not None
@@ -610,9 +612,11 @@ def test_property_decider_decides_as_the_reference(data: st.DataObject) -> None:
         label="threshold",
     )
     expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
-    exits, prediction = ExitDecider(threshold, kind=kind, table=table, backend="torch")(logits)
+    decider = ExitDecider(threshold, kind=kind, table=table, backend="torch")
+    exits, prediction = decider(logits)
     assert torch.equal(exits, expected.exit_mask)
     assert torch.equal(prediction, expected.prediction)
+    assert torch.equal(decider.stays(logits), ~expected.exit_mask)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -626,10 +630,41 @@ def test_decider_on_bin_edges_and_undefined_rows(kind: ExitKind) -> None:
     table = make_table(10, seed=3) if kind == "table" else None
     for threshold in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
         expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
-        exits, prediction = ExitDecider(threshold, kind=kind, table=table)(logits)
+        decider = ExitDecider(threshold, kind=kind, table=table)
+        exits, prediction = decider(logits)
         assert torch.equal(exits, expected.exit_mask), threshold
+        assert torch.equal(decider.stays(logits), ~expected.exit_mask), threshold
         assert torch.equal(prediction, expected.prediction)
         assert not exits[-2:].any()  # undefined softmax: never exits
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 7, 10, 15, 64, 100, 1000])
+def test_bin_edges_bucketize_exactly_as_bin_index(bins: int) -> None:
+    """Every float32 within 64 ulp of every edge, and a dense grid: the same bin both ways."""
+    edges = bin_edges(bins)
+    assert edges.dtype == torch.float32
+    assert edges.shape == (bins,)
+    assert edges[-1] == math.inf
+    near = [
+        np.nextafter(np.float32(k / bins), np.float32(direction), dtype=np.float32)
+        for k in range(1, bins)
+        for direction in (-1.0, 2.0)
+    ]
+    probes = [np.float32(0.0), np.float32(1.0)]
+    for start in near:
+        value = start
+        for _ in range(64):
+            probes += [value]
+            value = np.nextafter(value, np.float32(2.0), dtype=np.float32)
+        value = start
+        for _ in range(64):
+            probes += [value]
+            value = np.nextafter(value, np.float32(-1.0), dtype=np.float32)
+    confidence = torch.cat(
+        [torch.tensor(np.array(probes, dtype=np.float32)), torch.rand(100_000), torch.ones(1)]
+    ).clamp_(0.0, 1.0)
+    assert torch.equal(torch.bucketize(confidence, edges, right=True), bin_index(confidence, bins))
+    assert int(torch.bucketize(torch.tensor([math.nan]), edges, right=True)) == bins
 
 
 @pytest.mark.parametrize(
