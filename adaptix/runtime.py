@@ -156,7 +156,7 @@ class EarlyExitRunner:
             out.write(rows, None if remaining == 0 else ~stays, logits, prediction(logits), e)
             if remaining == 0:
                 break
-            rows = rows[keep]
+            rows = rows.index_select(0, keep)
             state = take_rows(state, keep)
             criterion_state = criterion.select_state(criterion_state, keep)
         assert out is not None  # the loop returns or writes every row before it ends

@@ -195,18 +195,26 @@ def unambiguous_rows(trace: adaptix.Trace, count: int) -> Tensor:
 def pcee_deltas(
     trace: adaptix.Trace, calibration: adaptix.Calibration, targets: tuple[float, ...]
 ) -> dict[float, float]:
-    """For each target early-exit rate, the δ of ``pcee`` whose rate on ``trace`` is closest.
+    """For each target early-exit rate, the δ of ``pcee`` whose rate on ``trace`` is closest,
+    among those whose rate no earlier target took (three targets: three different δ and rates,
+    wherever the calibration allows three).
 
     The rate only changes where δ crosses a calibrated bin accuracy, so those are the candidates.
+    A very accurate model (MiniLM on BBC News) already lets most inputs leave at δ = 1, so its
+    lowest target gets δ = 1 and the others the next distinct rates.
     """
     table = calibration.accuracy()
     candidates = sorted(set(table[torch.isfinite(table)].tolist()))
     frontier = adaptix.sweep(trace, "pcee", candidates, calibration)
     rates = [point.early_exit_rate for point in frontier]
-    return {
-        target: candidates[min(range(len(rates)), key=lambda i: abs(rates[i] - target))]
-        for target in targets
-    }
+    chosen: dict[float, float] = {}
+    taken: set[float] = set()
+    for target in targets:
+        free = [i for i in range(len(rates)) if rates[i] not in taken] or list(range(len(rates)))
+        best = min(free, key=lambda i: abs(rates[i] - target))
+        chosen[target] = candidates[best]
+        taken.add(rates[best])
+    return chosen
 
 
 def batches(inputs: Any, rows: Tensor, size: int) -> list[Any]:
