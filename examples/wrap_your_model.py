@@ -1,12 +1,14 @@
 """Wrap your own PyTorch model with exits, train the heads, calibrate, and exit early for real.
 
-Run: .venv/bin/python examples/wrap_your_model.py   (about a minute on two CPU cores)
+Run: .venv/bin/python examples/wrap_your_model.py   (about a minute on two CPU cores;
+--train-size and --epochs make it quicker or better)
 
 Uses Fashion-MNIST from Debian's dataset-fashion-mnist package (`make data` installs it).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +29,17 @@ def my_network() -> nn.Sequential:
     return nn.Sequential(conv(1, 16, 1), conv(16, 32, 2), conv(32, 32, 1), conv(32, 64, 2))
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--train-size", type=int, default=8000, help="training images")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of joint training")
+    return parser.parse_args()
+
+
 def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
-    data = load_fashion_mnist(train_size=8000, calibration_size=3000, test_size=3000)
+    data = load_fashion_mnist(train_size=args.train_size, calibration_size=3000, test_size=3000)
 
     # 1. Cut the network into blocks (every module here) and put a head after each block.
     model = adaptix.build_model(
@@ -42,7 +52,7 @@ def main() -> None:
     )
     # 2. Train backbone and heads together (or mode="frozen" for a pretrained backbone).
     result = adaptix.train_exits(
-        model, data.train.pair(), data.calibration.pair(), mode="joint", epochs=2, lr=3e-3
+        model, data.train.pair(), data.calibration.pair(), mode="joint", epochs=args.epochs, lr=3e-3
     )
     print("validation accuracy per exit:", [f"{a:.3f}" for a in result.val_accuracy or []])
 
