@@ -138,18 +138,20 @@ class EarlyExitRunner:
                 self._check_classes(logits)
             if e == last:
                 if out is None or rows is None:  # no row left early
-                    return RunnerOutput(
-                        prediction(logits),
-                        torch.full((n,), last, dtype=torch.long, device=device),
-                        probabilities(logits) if self.return_probabilities else None,
-                    )
+                    return self._all_leave(logits, e)
                 out.write(rows, None, logits, prediction(logits), e)
                 break
             stays, criterion_state = self._stays(e, logits, criterion_state)
+            if n == 1:  # a single row stays or leaves: no index to build
+                if bool(stays):  # the one host synchronisation of this exit
+                    continue
+                return self._all_leave(logits, e)
             keep = stays.nonzero(as_tuple=True)[0]  # the one host synchronisation of this exit
             remaining = int(keep.numel())
             if remaining == (n if rows is None else int(rows.numel())):
                 continue  # no row leaves: nothing to write or compact
+            if remaining == 0 and (out is None or rows is None):
+                return self._all_leave(logits, e)  # the whole batch leaves together
             if out is None or rows is None:
                 out = _Results.empty(n, logits, last, self.return_probabilities)
                 rows = torch.arange(n, device=device)
@@ -161,6 +163,14 @@ class EarlyExitRunner:
             criterion_state = criterion.select_state(criterion_state, keep)
         assert out is not None  # the loop returns or writes every row before it ends
         return out.output()
+
+    def _all_leave(self, logits: Tensor, exit_at: int) -> RunnerOutput:
+        """Every row of the batch leaves at ``exit_at``, none having left before."""
+        return RunnerOutput(
+            prediction(logits),
+            torch.full((logits.shape[0],), exit_at, dtype=torch.long, device=logits.device),
+            probabilities(logits) if self.return_probabilities else None,
+        )
 
     def _lockstep(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
         """The whole batch goes on until its last row has exited (the baseline)."""
