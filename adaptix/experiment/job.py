@@ -185,15 +185,21 @@ def _control(
     }
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
+def _time_pair(
+    reference: Callable[[], Any], fn: Callable[[], Any], repeats: int
+) -> tuple[float, float]:
+    """Median wall-clock seconds of ``reference`` and ``fn`` over ``repeats`` rounds (after one
+    warm-up of each); every round times both back to back, so that the load of a shared machine
+    weighs on both alike."""
+    reference()
     fn()
-    samples = []
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for target, samples_of in ((reference, samples[0]), (fn, samples[1])):
+            start = time.perf_counter()
+            target()
+            samples_of.append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def _measure_runtime(
@@ -212,7 +218,6 @@ def _measure_runtime(
                 model.forward_plain(x)
 
     points = []
-    plain_seconds = _time(plain, config.runtime.repeats)
     for threshold in tqdm(config.runtime.thresholds, desc="runtime", unit="δ"):
         pol = adaptix.policy(
             config.runtime.criterion, threshold, outcome.calibration, plugins=manager
@@ -223,7 +228,7 @@ def _measure_runtime(
             for x in batches:
                 run(x)
 
-        runner_seconds = _time(run_all, config.runtime.repeats)
+        plain_seconds, runner_seconds = _time_pair(plain, run_all, config.runtime.repeats)
         exits = torch.cat([runner(x).exit_index for x in batches])
         simulated = simulate(outcome.test_trace, pol)
         mean_cost = simulated.mean_cost
