@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from adaptix.errors import ValidationError
+from adaptix.errors import CalibrationError, ValidationError
 from adaptix.kernels import Backend, ExitDecider
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
@@ -82,6 +82,14 @@ class EarlyExitRunner:
         self.mode = mode
         self.backend = backend
         device = model.check_devices()
+        calibration = policy.calibration
+        if calibration is not None and calibration.num_exits != model.num_exits:
+            # The classes are checked on the first batch, when the heads have said how many.
+            raise CalibrationError(
+                f"expected a calibration for the model's {model.num_exits} exits, got one for "
+                f"{calibration.num_exits} exits. Calibrate on a trace of this very model "
+                "(adaptix.calibrate(model.trace(inputs, labels)))."
+            )
         self._checked_classes: int | None = None
         criterion = policy.criterion
         self.fused_kind = criterion.fused_kind if fused else None

@@ -36,6 +36,7 @@ from adaptix import (
 from adaptix.data import FashionMNIST, load_fashion_mnist, read_idx
 from adaptix.model import profile_from_trace
 from adaptix.rows import batch_size
+from adaptix.testing import synthetic_trace
 from adaptix.training import exit_accuracy
 
 CRITERIA = ("confidence", "entropy", "patience", "pcee", "pcee_ws")
@@ -308,6 +309,15 @@ def test_policy_calibrated_for_more_exits_is_refused(
     policy = adaptix.policy("pcee", 0.5, mlp_family.calibration)
     with pytest.raises(CalibrationError, match="exits"):
         EarlyExitRunner(resnet_family.model, policy)(resnet_family.inputs[:4])
+
+
+@pytest.mark.parametrize("name", ["pcee", "pcee_ws"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_policy_calibrated_for_fewer_exits_is_refused_when_built(name: str, fused: bool) -> None:
+    model = tiny_model().eval()  # two exits
+    calibration = adaptix.calibrate(synthetic_trace(200, 1, 4, seed=0))
+    with pytest.raises(CalibrationError, match="model's 2 exits, got one for 1 exits"):
+        EarlyExitRunner(model, adaptix.policy(name, 0.5, calibration), fused=fused)
 
 
 def test_policy_calibrated_for_other_classes_is_refused(resnet_family: Family) -> None:
