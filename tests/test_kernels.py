@@ -530,20 +530,22 @@ def test_reference_outputs_are_separate_tensors() -> None:
     ]
 
 
-@settings(max_examples=60, deadline=None)
-@given(data=st.data())
-def test_property_reference_mask_is_the_float64_definition(data: st.DataObject) -> None:
-    n_rows = data.draw(st.integers(1, 6), label="n_rows")
-    n_cols = data.draw(st.integers(1, 40), label="n_cols")
+def draw_decision_case(
+    data: st.DataObject, *, max_rows: int, max_cols: int, nan_and_inf: bool
+) -> tuple[torch.Tensor, ExitKind, torch.Tensor | None, float]:
+    """Logits (ties, -inf and, if asked, NaN and +inf entries), a kind, its table, and a
+    threshold on, just above or just below one of the scores: where float32 shortcuts go wrong."""
+    n_rows = data.draw(st.integers(1, max_rows), label="n_rows")
+    n_cols = data.draw(st.integers(1, max_cols), label="n_cols")
     finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
-    entries = st.one_of(finite, st.just(NEG_INF), st.sampled_from([0.0, 1.0, 2.0]))
+    special = [NEG_INF, math.inf, math.nan] if nan_and_inf else [NEG_INF]
+    entries = st.one_of(finite, st.sampled_from(special), st.sampled_from([0.0, 1.0, 2.0]))
     rows = st.lists(entries, min_size=n_cols, max_size=n_cols)
     raw = data.draw(st.lists(rows, min_size=n_rows, max_size=n_rows), label="logits")
     logits = torch.tensor(raw).to(data.draw(st.sampled_from(DTYPES), label="dtype"))
     kind = data.draw(st.sampled_from(KINDS), label="kind")
     table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
     first = exit_decision_reference(logits, 0.5, kind=kind, table=table)
-    # Thresholds on and next to the scores themselves are where float32 shortcuts go wrong.
     candidates = [s for s in first.score.tolist() if not math.isnan(s)] or [0.5]
     on_score = data.draw(st.sampled_from(candidates), label="score")
     threshold = data.draw(
@@ -552,6 +554,15 @@ def test_property_reference_mask_is_the_float64_definition(data: st.DataObject) 
         )
         | st.floats(-0.1, 1.1),
         label="threshold",
+    )
+    return logits, kind, table, threshold
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_property_reference_mask_is_the_float64_definition(data: st.DataObject) -> None:
+    logits, kind, table, threshold = draw_decision_case(
+        data, max_rows=6, max_cols=40, nan_and_inf=False
     )
     decision = exit_decision_reference(logits, threshold, kind=kind, table=table)
 
@@ -588,28 +599,8 @@ def test_property_float32_bound_makes_comparisons_exact(threshold: float, score:
 def test_property_decider_decides_as_the_reference(data: st.DataObject) -> None:
     """`ExitDecider` (the runtime's path) returns the reference's exit mask and prediction,
     thresholds on and next to the scores, NaN, infinite and tied logits included."""
-    n_rows = data.draw(st.integers(1, 8), label="n_rows")
-    n_cols = data.draw(st.integers(1, 30), label="n_cols")
-    finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
-    entries = st.one_of(
-        finite,
-        st.sampled_from([NEG_INF, math.inf, math.nan]),
-        st.sampled_from([0.0, 1.0, 2.0]),
-    )
-    rows = st.lists(entries, min_size=n_cols, max_size=n_cols)
-    raw = data.draw(st.lists(rows, min_size=n_rows, max_size=n_rows), label="logits")
-    logits = torch.tensor(raw).to(data.draw(st.sampled_from(DTYPES), label="dtype"))
-    kind = data.draw(st.sampled_from(KINDS), label="kind")
-    table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
-    first = exit_decision_reference(logits, 0.5, kind=kind, table=table)
-    candidates = [s for s in first.score.tolist() if not math.isnan(s)] or [0.5]
-    on_score = data.draw(st.sampled_from(candidates), label="score")
-    threshold = data.draw(
-        st.sampled_from(
-            [on_score, float(np.nextafter(on_score, 2.0)), float(np.nextafter(on_score, -1.0))]
-        )
-        | st.floats(-0.1, 1.1),
-        label="threshold",
+    logits, kind, table, threshold = draw_decision_case(
+        data, max_rows=8, max_cols=30, nan_and_inf=True
     )
     expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
     decider = ExitDecider(threshold, kind=kind, table=table, backend="torch")
