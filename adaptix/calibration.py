@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from adaptix.components import build_params
 from adaptix.errors import CalibrationError, PluginError
+from adaptix.files import atomic_write, check_meta
 
 if TYPE_CHECKING:
     from adaptix.plugins import AdaptixPluginManager
@@ -25,22 +28,34 @@ if TYPE_CHECKING:
 
 _FORMAT = "adaptix.calibration"
 _VERSION = 1
+# Float64 sums of float32 confidences in [0, 1] may exceed n[e, m] by rounding: allow this much
+# per counted input (far above the rounding of any realistic sum, far below one confidence).
+_SUM_TOLERANCE = 1e-6
+# Whole numbers that float64 holds exactly: a larger "count" in a float table is not a count.
+_EXACT_FLOAT_INTEGERS = 2.0**53
+# bin(c) = floor(c * M) in float32 (PCEE.md): beyond 2**24 bins, float32 cannot tell them apart.
+_MAX_BINS = 2**24
 
 
 class Calibration:
     """Reliability statistics of every exit, binned by confidence.
 
     Args:
-        counts: int64 ``[E, M]``: n[e, m], inputs whose exit-e confidence falls in bin m.
-        correct: int64 ``[E, M]``: k[e, m], how many of those exit-e predictions are right.
-        confidence_sum: float64 ``[E, M]``: sum of those confidences (for reliability diagrams and
-            calibration error; additive like n and k). Zeros if not given.
+        counts: ``[E, M]``: n[e, m], inputs whose exit-e confidence falls in bin m. Stored as
+            int64. An integer tensor (or nested list), or a floating one whose values are all
+            whole numbers (counts often come out of float accumulators such as a weighted
+            ``bincount``; the conversion is exact); fractional, NaN/inf and bool tables are
+            refused rather than truncated.
+        correct: ``[E, M]``: k[e, m], how many of those exit-e predictions are right; the same
+            rules as ``counts``.
         num_classes: C, the number of classes of the model that was calibrated.
+        confidence_sum: ``[E, M]``: sum of those confidences, stored as float64 (for reliability
+            diagrams and calibration error; additive like n and k). Zeros if not given.
         method: the calibrator that produced the tables.
-        meta: free-form string metadata (model, split, ...).
+        meta: string metadata (model, split, ...): keys and values must be strings.
 
     Raises:
-        CalibrationError: if the tables are inconsistent (shapes, negative counts, k > n).
+        CalibrationError: if the tables are inconsistent (see `_validate`).
     """
 
     __slots__ = ("confidence_sum", "correct", "counts", "meta", "method", "num_classes")
@@ -55,19 +70,44 @@ class Calibration:
         method: str = "reliability",
         meta: Mapping[str, str] | None = None,
     ) -> None:
-        self.counts = torch.as_tensor(counts, dtype=torch.int64).detach().cpu()
-        self.correct = torch.as_tensor(correct, dtype=torch.int64).detach().cpu()
+        self.counts = _as_table(counts, "counts")
+        self.correct = _as_table(correct, "correct")
         self.confidence_sum = (
             torch.zeros(self.counts.shape, dtype=torch.float64)
             if confidence_sum is None
-            else torch.as_tensor(confidence_sum, dtype=torch.float64).detach().cpu()
+            else _as_table(confidence_sum, "confidence_sum")
         )
-        self.num_classes = int(num_classes)
-        self.method = str(method)
-        self.meta = dict(meta or {})
+        self.num_classes = num_classes
+        self.method = method
+        self.meta = check_meta(meta, "Calibration", CalibrationError)
         self._validate()
+        self.num_classes = operator.index(num_classes)
+        self.counts = self.counts.to(torch.int64)
+        self.correct = self.correct.to(torch.int64)
+        self.confidence_sum = self.confidence_sum.to(torch.float64)
 
     def _validate(self) -> None:
+        """Check every field and every relation between the tables, as given to the constructor.
+
+        The tables may still have the caller's dtype here; the constructor casts them after.
+
+        Raises:
+            CalibrationError: the first rule that does not hold: num_classes an integer >= 1;
+                method a non-empty string; tables of shape [E, M] (E, M >= 1), all alike;
+                counts and correct whole numbers, confidence sums finite reals; 0 <= k <= n;
+                0 <= confidence sum <= n (confidences lie in [0, 1]; float rounding allowed);
+                at least one input; and every exit counting the same inputs.
+        """
+        if not _is_integer(self.num_classes) or operator.index(self.num_classes) < 1:
+            raise CalibrationError(
+                f"expected num_classes to be an integer >= 1, got {self.num_classes!r}. Pass "
+                "the number of classes of the calibrated model."
+            )
+        if not isinstance(self.method, str) or not self.method:
+            raise CalibrationError(
+                f"expected method to be the calibrator's name (a non-empty string), got "
+                f"{self.method!r}."
+            )
         if self.counts.dim() != 2 or self.counts.shape[0] < 1 or self.counts.shape[1] < 1:
             raise CalibrationError(
                 f"expected count tables of shape [E, M] with E, M >= 1, got "
@@ -79,19 +119,32 @@ class Calibration:
                     f"expected '{name}' of shape {list(self.counts.shape)} like 'counts', got "
                     f"{list(table.shape)}."
                 )
-        if bool((self.counts < 0).any()) or bool((self.correct < 0).any()):
-            raise CalibrationError("expected non-negative counts, got negative entries.")
-        if bool((self.correct > self.counts).any()):
+        _check_whole_numbers(self.counts, "counts")
+        _check_whole_numbers(self.correct, "correct")
+        _check_real(self.confidence_sum, "confidence_sum")
+        counts, correct = self.counts.double(), self.correct.double()
+        if bool((counts < 0).any()) or bool((correct < 0).any()):
+            raise CalibrationError(
+                "expected non-negative counts, got negative entries. Counts are numbers of "
+                "inputs: build them with adaptix.calibrate."
+            )
+        if bool((correct > counts).any()):
             raise CalibrationError(
                 "expected correct[e, m] <= counts[e, m] in every bin, got more correct "
                 "predictions than inputs: the tables are corrupt."
             )
-        if self.num_classes < 1:
-            raise CalibrationError(f"expected num_classes >= 1, got {self.num_classes}.")
-        if int(self.counts.sum()) == 0:
+        _check_confidence_sum(self.confidence_sum.double(), counts)
+        per_exit = counts.sum(dim=1)
+        if float(per_exit.sum()) == 0:
             raise CalibrationError(
                 "expected a calibration built from at least one input, got empty tables. "
                 "Calibrate on a non-empty, labelled held-out set."
+            )
+        if bool((per_exit != per_exit[0]).any()):
+            raise CalibrationError(
+                "expected every exit to count every calibration input (the same total at each "
+                f"exit), got totals {[int(v) for v in per_exit.tolist()]} per exit. Count each "
+                "input once at every exit; calibrations of shards merge by addition."
             )
 
     @property
@@ -116,8 +169,12 @@ class Calibration:
             window: pool each bin with its ``window`` neighbours on each side (``pcee_ws``'s w).
                 0 gives the plain bin accuracy a[e, m] = k / n (``pcee``).
         """
-        if window < 0:
-            raise CalibrationError(f"expected a window >= 0, got {window}.")
+        if not _is_integer(window) or operator.index(window) < 0:
+            raise CalibrationError(
+                f"expected a window that is an integer >= 0 (bins pooled on each side), got "
+                f"{window!r}."
+            )
+        window = operator.index(window)
         n = _pool(self.counts.double(), window)
         k = _pool(self.correct.double(), window)
         return torch.where(n >= 1, k / n.clamp(min=1), torch.full_like(n, float("nan")))
@@ -142,6 +199,14 @@ class Calibration:
             )
 
     def __add__(self, other: object) -> Calibration:
+        """The calibration of both sets of inputs: tables added, meta the entries both share.
+
+        A meta entry that the two calibrations do not share with the same value describes only
+        one of them, so it is left out of the sum (which makes addition commutative).
+
+        Raises:
+            CalibrationError: the two differ in method, exits, classes or bins.
+        """
         if not isinstance(other, Calibration):
             return NotImplemented
         if (self.method, self.bins, self.num_classes, self.num_exits) != (
@@ -162,7 +227,7 @@ class Calibration:
             self.num_classes,
             confidence_sum=self.confidence_sum + other.confidence_sum,
             method=self.method,
-            meta={**self.meta, **other.meta},
+            meta={key: value for key, value in self.meta.items() if other.meta.get(key) == value},
         )
 
     def __eq__(self, other: object) -> bool:
@@ -188,7 +253,8 @@ class Calibration:
             "correct": self.correct.tolist(),
             # repr of a float round-trips exactly through JSON.
             "confidence_sum": self.confidence_sum.tolist(),
-            "meta": self.meta,
+            # Checked again: the dict can have been edited since the constructor checked it.
+            "meta": check_meta(self.meta, "Calibration", CalibrationError),
         }
 
     @property
@@ -197,14 +263,18 @@ class Calibration:
         return _digest(self._payload())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the versioned JSON file with its checksum; atomically replaces ``path``."""
-        target = Path(path)
+        """Write the versioned JSON file with its checksum, atomically (see `atomic_write`).
+
+        A missing parent directory is created.
+
+        Raises:
+            ValidationError: ``path`` is a directory or cannot be written; a file already at
+                ``path`` is then left as it was.
+        """
         payload = self._payload()
         document = {"format": _FORMAT, "version": _VERSION, **payload, "sha256": _digest(payload)}
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
-        os.replace(tmp, target)
-        return target
+        data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
+        return atomic_write(path, lambda handle: handle.write(data), "calibration")
 
     @classmethod
     def load(
@@ -225,15 +295,7 @@ class Calibration:
             CalibrationError: the file is missing, corrupt, of another version, or mismatched.
         """
         source = Path(path)
-        try:
-            document = json.loads(source.read_text())
-        except FileNotFoundError as err:
-            raise CalibrationError(f"no calibration file at {source}.") from err
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CalibrationError(
-                f"expected a JSON calibration file at {source}, but it could not be parsed "
-                f"({err}). The file is corrupt: re-create it with Calibration.save."
-            ) from err
+        document = _read_json(source)
         if not isinstance(document, dict) or document.get("format") != _FORMAT:
             raise CalibrationError(
                 f"expected an '{_FORMAT}' file at {source}, got something else. Pass the file "
@@ -263,23 +325,26 @@ class Calibration:
                 f"checksum mismatch in {source}: the file was modified or truncated after it "
                 "was saved. Re-create it with Calibration.save."
             )
-        try:
-            calibration = cls(
-                torch.tensor(payload["counts"], dtype=torch.int64),
-                torch.tensor(payload["correct"], dtype=torch.int64),
-                payload["num_classes"],
-                confidence_sum=torch.tensor(payload["confidence_sum"], dtype=torch.float64),
-                method=payload["method"],
-                meta=payload["meta"],
-            )
-        except (TypeError, ValueError, RuntimeError) as err:
+        calibration = cls(
+            _json_table(payload["counts"], "counts", source, whole=True),
+            _json_table(payload["correct"], "correct", source, whole=True),
+            payload["num_classes"],
+            confidence_sum=_json_table(
+                payload["confidence_sum"], "confidence_sum", source, whole=False
+            ),
+            method=payload["method"],
+            meta=payload["meta"],
+        )
+        declared = (payload["num_exits"], payload["bins"])
+        # JSON true is a Python bool, which equals 1: only a JSON integer declares a size.
+        if not all(type(size) is int for size in declared) or declared != (
+            calibration.num_exits,
+            calibration.bins,
+        ):
             raise CalibrationError(
-                f"calibration file {source} has malformed tables: {err}"
-            ) from err
-        if (calibration.num_exits, calibration.bins) != (payload["num_exits"], payload["bins"]):
-            raise CalibrationError(
-                f"calibration file {source} declares E={payload['num_exits']}, "
-                f"M={payload['bins']} but its tables are {list(calibration.counts.shape)}."
+                f"calibration file {source} declares E={declared[0]!r}, M={declared[1]!r} but "
+                f"its tables are {list(calibration.counts.shape)}: expected the integers E and "
+                "M of its tables. The file is corrupt: re-create it with Calibration.save."
             )
         if num_exits is not None or num_classes is not None:
             calibration.check_compatible(
@@ -288,6 +353,137 @@ class Calibration:
                 what="the model it is loaded for",
             )
         return calibration
+
+
+def _read_json(source: Path) -> Any:
+    """The parsed JSON document at ``source``; `CalibrationError` if it cannot be read."""
+    if source.is_dir():
+        raise CalibrationError(
+            f"expected a calibration file at {source}, got a directory. Pass the path of the "
+            "file that Calibration.save wrote."
+        )
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError as err:
+        raise CalibrationError(
+            f"no calibration file at {source}. Check the path, or create it with "
+            "adaptix.calibrate(...).save(path)."
+        ) from err
+    except OSError as err:
+        raise CalibrationError(
+            f"expected a readable calibration file at {source}, but it could not be read "
+            f"({err.strerror or err}). Check its permissions."
+        ) from err
+    try:
+        # Strictly UTF-8, as save writes it (RFC 8259); json.loads(bytes) would also take UTF-16.
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # ValueError covers JSON and UTF-8 errors
+        raise CalibrationError(
+            f"expected a JSON calibration file at {source}, but it could not be parsed "
+            f"({type(err).__name__}: {str(err)[:200]}). The file is corrupt: re-create it with "
+            "Calibration.save."
+        ) from err
+
+
+def _json_table(value: object, name: str, source: Path, *, whole: bool) -> Tensor:
+    """Table ``name`` of a calibration file as a tensor; `CalibrationError` for anything else.
+
+    The file holds each ``[E, M]`` table as equal-length lists of JSON integers (``whole``) or
+    numbers: a bool, a string or a fraction among the counts is corruption, never converted.
+    """
+    kinds = "integers" if whole else "numbers"
+    rows = value if isinstance(value, list) else None
+    if rows is None or not all(isinstance(row, list) for row in rows):
+        raise CalibrationError(
+            f"expected '{name}' in {source} as a list of lists of {kinds}, got "
+            f"{type(value).__name__} {str(value)[:80]}. The file is corrupt: re-create it with "
+            "Calibration.save."
+        )
+    cells = [cell for row in rows for cell in row]
+    allowed = (int,) if whole else (int, float)
+    bad = [cell for cell in cells if isinstance(cell, bool) or not isinstance(cell, allowed)]
+    if bad or len({len(row) for row in rows}) > 1:
+        got = f"the entry {bad[0]!r}" if bad else f"rows of lengths {[len(r) for r in rows]}"
+        raise CalibrationError(
+            f"expected '{name}' in {source} as equal-length rows of {kinds}, got {got}. The "
+            "file is corrupt: re-create it with Calibration.save."
+        )
+    try:
+        return torch.tensor(rows, dtype=torch.int64 if whole else torch.float64)
+    except (OverflowError, RuntimeError, ValueError) as err:
+        raise CalibrationError(
+            f"expected '{name}' in {source} with {kinds} that fit in 64 bits, got {err}. The "
+            "file is corrupt: re-create it with Calibration.save."
+        ) from err
+
+
+def _as_table(value: object, name: str) -> Tensor:
+    """``value`` as a CPU tensor of its own dtype; `CalibrationError` if it is not numeric."""
+    try:
+        return torch.as_tensor(value).detach().cpu()
+    except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+        raise CalibrationError(
+            f"expected '{name}' as a tensor (or nested list) of numbers, got "
+            f"{type(value).__name__} ({err}). Build the tables with adaptix.calibrate."
+        ) from err
+
+
+def _is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python, numpy or 0-d tensor), bool excluded."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)  # type: ignore[arg-type]  # probing: TypeError says no
+    except TypeError:
+        return False
+    return True
+
+
+def _check_whole_numbers(table: Tensor, name: str) -> None:
+    """`CalibrationError` unless every entry of ``table`` is a whole number int64 holds."""
+    if table.dtype == torch.bool or table.dtype.is_complex:
+        raise CalibrationError(
+            f"expected '{name}' as whole numbers (int64), got a {table.dtype} table. Pass the "
+            "counts as integers."
+        )
+    if not table.dtype.is_floating_point:
+        return
+    values = table.double()
+    whole = torch.isfinite(values) & (values == values.round())
+    whole &= values.abs() <= _EXACT_FLOAT_INTEGERS
+    if not bool(whole.all()):
+        first = values[~whole][0].item()
+        raise CalibrationError(
+            f"expected '{name}' as whole numbers, got {int((~whole).sum())} entries that are "
+            f"not (first: {first!r}) in a {table.dtype} table. Counts are numbers of inputs: pass "
+            "integers (or whole-valued floats); they are not rounded for you."
+        )
+
+
+def _check_real(table: Tensor, name: str) -> None:
+    """`CalibrationError` unless ``table`` holds finite real numbers."""
+    if table.dtype == torch.bool or table.dtype.is_complex:
+        raise CalibrationError(
+            f"expected '{name}' as real numbers (float64), got a {table.dtype} table."
+        )
+    if table.dtype.is_floating_point and not bool(torch.isfinite(table).all()):
+        raise CalibrationError(
+            f"expected finite '{name}', got {int((~torch.isfinite(table)).sum())} NaN/inf "
+            "entries. Rebuild the tables with adaptix.calibrate."
+        )
+
+
+def _check_confidence_sum(confidence_sum: Tensor, counts: Tensor) -> None:
+    """`CalibrationError` unless 0 <= confidence_sum <= counts (up to float rounding)."""
+    slack = _SUM_TOLERANCE * counts
+    impossible = (confidence_sum < -slack) | (confidence_sum > counts + slack)
+    if bool(impossible.any()):
+        e, m = impossible.nonzero()[0].tolist()
+        raise CalibrationError(
+            "expected 0 <= confidence_sum[e, m] <= counts[e, m] (each confidence lies in "
+            f"[0, 1]), got {float(confidence_sum[e, m])!r} for {int(counts[e, m])} inputs at "
+            f"exit {e}, bin {m}. Sum the confidences of the inputs counted in each bin."
+        )
 
 
 def _digest(payload: Mapping[str, Any]) -> str:
@@ -320,31 +516,38 @@ def calibrate(
     Args:
         trace: a labelled trace of data that was not used for training.
         method: a registered calibrator name (default ``"reliability"``).
-        bins: M, the number of equal-width confidence bins (default 10).
-        plugins: the plugin manager to resolve ``method`` with (default: a fresh one).
+        bins: M, the number of equal-width confidence bins, 1 to 2**24 (default 10).
+        plugins: the plugin manager to resolve ``method`` with (default: the shared one).
         **params: the calibrator's own parameters.
 
     Raises:
         CalibrationError: the trace is unlabelled, or ``bins`` is not a positive integer.
-        PluginError: unknown method, or the calibrator raised.
+        PluginError: unknown method, or the calibrator raised or returned something other than
+            a `Calibration` of the trace's exits and classes with ``bins`` bins.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise CalibrationError(f"expected bins to be an integer >= 1, got {bins!r}.")
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= _MAX_BINS:
+        raise CalibrationError(
+            f"expected bins to be an integer from 1 to 2**24, got {reprlib.repr(bins)}. bin(c) "
+            "is computed in float32, which cannot tell more bins apart; PCEE uses 10."
+        )
     from adaptix.plugins import call_plugin, resolve_manager  # the host imports this module
 
     manager = resolve_manager(plugins)
     entry = manager.calibrators.entry(method)
     calibrator = entry.component(build_params(entry.component.Params, params, method))
     result = call_plugin(entry, "fit", calibrator.fit, trace, bins)
+    fit = f"{entry.component.__qualname__}.fit ({entry.distribution} {entry.version})"
     if not isinstance(result, Calibration):
         raise PluginError(
             f"calibrator '{method}' from plugin '{entry.plugin}' returned "
-            f"{type(result).__name__}, expected an adaptix.Calibration."
+            f"{type(result).__name__} from {fit}, expected an adaptix.Calibration."
         )
-    result.check_compatible(trace.num_exits, trace.num_classes)
-    if result.bins != bins:
+    shape = (result.num_exits, result.num_classes, result.bins)
+    if shape != (trace.num_exits, trace.num_classes, bins):
         raise PluginError(
-            f"calibrator '{method}' from plugin '{entry.plugin}' returned {result.bins} bins, "
-            f"asked for {bins}."
+            f"calibrator '{method}' from plugin '{entry.plugin}' returned a calibration for "
+            f"E={shape[0]} exits, C={shape[1]} classes and M={shape[2]} bins from {fit}, "
+            f"expected E={trace.num_exits}, C={trace.num_classes} (the trace's) and M={bins} "
+            "(the bins asked for). Fix the calibrator's fit."
         )
     return result

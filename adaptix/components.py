@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -18,25 +20,41 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 from torch import Tensor, nn
 
+from adaptix._frozen import FrozenModel
 from adaptix.errors import CalibrationError, ValidationError
+from adaptix.kernels.types import ExitKind
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
     from adaptix.trace import Trace
 
 
-class ParamsModel(BaseModel):
+class ParamsModel(FrozenModel):
     """Base of every component's parameter model: frozen, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class NoParams(ParamsModel):
     """For components without parameters."""
 
 
-def build_params(model: type[ParamsModel], params: dict[str, Any], owner: str) -> ParamsModel:
-    """Validate ``params`` against ``model``; errors name the component and the dotted path."""
+def build_params(model: type[ParamsModel], params: Mapping[str, Any], owner: str) -> ParamsModel:
+    """Validate ``params`` against ``model``; errors name the component and the dotted path.
+
+    Raises:
+        ValidationError: ``params`` is not a mapping with string keys, or does not validate.
+    """
+    accepted = sorted(model.model_fields) or "none"
+    if not isinstance(params, Mapping) or not all(isinstance(key, str) for key in params):
+        got = (
+            f"the keys {reprlib.repr([key for key in params if not isinstance(key, str)])}"
+            if isinstance(params, Mapping)
+            else f"{type(params).__name__} {reprlib.repr(params)}"
+        )
+        raise ValidationError(
+            f"expected the parameters of {owner} as a mapping of parameter names (str) to "
+            f"values, got {got}. Pass a dict such as {{'name': value}}; accepted parameters: "
+            f"{accepted}."
+        )
     try:
         return model(**params)
     except PydanticValidationError as err:
@@ -45,8 +63,7 @@ def build_params(model: type[ParamsModel], params: dict[str, Any], owner: str) -
             for e in err.errors()
         )
         raise ValidationError(
-            f"invalid parameters for {owner}: {problems}. Accepted parameters: "
-            f"{sorted(model.model_fields) or 'none'}."
+            f"invalid parameters for {owner}: {problems}. Accepted parameters: {accepted}."
         ) from err
 
 
@@ -71,7 +88,44 @@ class Component(ABC):
 
 
 Direction = Literal["ge", "le"]
-FusedKind = Literal["confidence", "entropy", "table"]
+
+
+@dataclass(frozen=True)
+class AccuracyReading:
+    """What a criterion's threshold means for an accuracy target δ (``PCEE.md``: control).
+
+    A criterion declares one as `ExitCriterion.accuracy_reading`. The main job's threshold grids
+    and control tables, `adaptix.control.control_summary`, the ``shortfall`` that
+    `adaptix.tracking.log_frontier` logs and the report all read it there, never a list of
+    names, so a third-party criterion joins them by declaring its reading.
+
+    Attributes:
+        is_target: True when the threshold *is* the accuracy target, which the rule is built to
+            deliver (``pcee``: calibrated bin accuracy ≥ δ); False when setting it from δ is only
+            the literal reading a user would try (``confidence`` at τ = δ), the naive baseline
+            that calibrated rules are judged against.
+        complement: the threshold for δ is 1 − δ instead of δ, for scores where lower means
+            surer (``entropy``).
+
+    For another mapping, subclass and override `threshold` and `target`, keeping them inverse.
+    """
+
+    is_target: bool = False
+    complement: bool = False
+
+    def threshold(self, delta: float) -> float:
+        """The threshold that reads as target δ (1 − δ rounded to 12 places: 1 − 0.9 is 0.1).
+
+        Raises:
+            ValidationError: δ is not a number in [0, 1].
+        """
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 <= delta <= 1:
+            raise ValidationError(f"expected an accuracy target δ in [0, 1], got {delta!r}.")
+        return round(1.0 - float(delta), 12) if self.complement else float(delta)
+
+    def target(self, threshold: float) -> float:
+        """The target δ that ``threshold`` reads as: the inverse of `threshold`."""
+        return round(1.0 - threshold, 12) if self.complement else threshold
 
 
 class ExitCriterion(Component):
@@ -91,11 +145,15 @@ class ExitCriterion(Component):
             exit, e.g. entropy).
         needs_calibration: whether the criterion reads a `Calibration`.
         fused_kind: the fused exit-decision kernel this criterion can use on GPU (None: none).
+        accuracy_reading: how a threshold reads as an accuracy target δ (`AccuracyReading`);
+            None when it has no such reading (patience counts exits): the criterion is then
+            swept and compared on cost, but has no control metrics.
     """
 
     direction: ClassVar[Direction] = "ge"
     needs_calibration: ClassVar[bool] = False
-    fused_kind: ClassVar[FusedKind | None] = None
+    fused_kind: ClassVar[ExitKind | None] = None
+    accuracy_reading: ClassVar[AccuracyReading | None] = None
 
     def __init__(self, params: ParamsModel, calibration: Calibration | None = None) -> None:
         if self.needs_calibration and calibration is None:
@@ -156,13 +214,15 @@ class ExitCriterion(Component):
         return None
 
     def scores(self, logits: Tensor) -> Tensor:
-        """Scores of every exit for stored logits ``[N, E, C]``: float64 ``[N, E]``."""
+        """Scores of every exit for stored logits ``[N, E, C]``: ``[N, E]``, stacked as `score`
+        returns them, not cast (`adaptix.ExitPolicy.scores` refuses a complex or bool score,
+        which a cast would hide, and compares the others in float64)."""
         n, num_exits, _ = logits.shape
         state = self.start(n, logits.device)
         columns = []
         for e in range(num_exits):
             value, state = self.score(logits[:, e], e, state)
-            columns.append(value.double())
+            columns.append(value)
         return torch.stack(columns, dim=1)
 
 
@@ -204,7 +264,7 @@ class BackboneParts(BaseModel):
         example_input: a small batch the backbone accepts (for shape inference and contracts).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
 
     blocks: nn.ModuleList
     feature: nn.Module | None = None
@@ -241,6 +301,7 @@ def integer_threshold(value: object, owner: str, minimum: int = 1) -> float:
 
 
 __all__: Sequence[str] = (
+    "AccuracyReading",
     "Backbone",
     "BackboneParts",
     "Calibrator",
@@ -248,7 +309,6 @@ __all__: Sequence[str] = (
     "Direction",
     "ExitCriterion",
     "ExitHead",
-    "FusedKind",
     "NoParams",
     "ParamsModel",
     "build_params",

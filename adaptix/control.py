@@ -3,26 +3,20 @@
 Control is judged on held-out test data over a grid of targets δ: violation rate, worst
 shortfall, cost against the naive confidence reading (τ = δ), and regret against the hindsight
 oracle (the cheapest confidence threshold whose early accuracy reaches δ on the test data).
+Each criterion is read at the threshold that its declared `AccuracyReading` gives for δ.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from adaptix.components import AccuracyReading
+from adaptix.errors import ValidationError
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.simulate import Frontier, FrontierPoint
-
-
-def naive_threshold(criterion: str, delta: float) -> float:
-    """The threshold a user would set for target δ when reading the criterion literally.
-
-    ``confidence``, ``pcee`` and ``pcee_ws`` take δ itself; ``entropy`` takes 1 - δ (low
-    entropy is high certainty). Other criteria have no accuracy reading.
-    """
-    if criterion == "entropy":
-        return round(1.0 - delta, 12)
-    return delta
 
 
 @dataclass(frozen=True)
@@ -58,13 +52,23 @@ def oracle_costs(
 
     ``confidence_points`` should be a dense sweep of ``confidence`` on the test trace itself.
     Where no threshold reaches δ, the oracle exits nothing early: relative cost 1.
+
+    Raises:
+        ValidationError: no points, an entry that is not a `FrontierPoint`, or a δ that is not
+            a number in [0, 1].
     """
+    _check_deltas(deltas, allow_empty=True)
+    points = list(confidence_points)
+    if not points or not all(isinstance(p, FrontierPoint) for p in points):
+        raise ValidationError(
+            "expected the FrontierPoints of a sweep of 'confidence' on the test trace, got "
+            f"{'none' if not points else [type(p).__name__ for p in points][:5]}. Pass "
+            "list(adaptix.sweep(test_trace, 'confidence', grid))."
+        )
     result = {}
     for delta in deltas:
         feasible = [
-            p.relative_cost
-            for p in confidence_points
-            if p.early_accuracy is None or p.early_accuracy >= delta
+            p.relative_cost for p in points if p.early_accuracy is None or p.early_accuracy >= delta
         ]
         result[delta] = min(feasible) if feasible else 1.0
     return result
@@ -75,18 +79,48 @@ def control_summary(
     criterion: str,
     deltas: Sequence[float],
     oracle: Mapping[float, float],
+    *,
+    plugins: AdaptixPluginManager | None = None,
 ) -> ControlSummary:
-    """Control metrics of ``criterion`` in ``frontier``, read at the naive threshold for each δ."""
+    """Control metrics of ``criterion`` in ``frontier`` over the δ grid ``deltas``.
+
+    Each δ is read at the threshold that the criterion's declared `AccuracyReading` gives for
+    it (``entropy``: τ = 1 − δ; ``confidence``, ``pcee``, ``pcee_ws``: τ = δ), so the sweep must
+    hold those thresholds; ``oracle`` is what `oracle_costs` returned for the same grid.
+
+    Args:
+        frontier: a sweep holding ``criterion`` (and ``confidence``, for the naive comparison).
+        criterion: a criterion with an accuracy reading.
+        deltas: the δ grid, each in [0, 1].
+        oracle: δ -> hindsight cost, for every δ of the grid.
+        plugins: the plugin manager whose registry declares the reading (default: the shared one).
+
+    Raises:
+        ValidationError: an empty or out-of-range grid, a δ the oracle or the sweep lacks, or a
+            criterion without an accuracy reading.
+        PluginError: ``criterion`` is not registered.
+    """
+    _check_deltas(deltas, allow_empty=False)
+    reading = _reading(criterion, plugins)
+    missing = [d for d in deltas if d not in oracle]
+    if missing:
+        raise ValidationError(
+            f"expected a hindsight cost for every δ of the grid, got none for {missing}. Build "
+            "the oracle with oracle_costs(confidence_points, deltas) on the same grid."
+        )
     by_threshold = {round(p.threshold, 9): p for p in frontier.of(criterion)}
     confidence = {round(p.threshold, 9): p for p in frontier.of("confidence")}
     per_delta: dict[float, tuple[float | None, float, float]] = {}
     violations, worst, worst_share, versus = 0, 0.0, 0.0, []
     for delta in deltas:
-        point = by_threshold.get(round(naive_threshold(criterion, delta), 9))
+        threshold = reading.threshold(delta)
+        point = by_threshold.get(round(threshold, 9))
         if point is None:
-            raise KeyError(
-                f"sweep of '{criterion}' lacks threshold {naive_threshold(criterion, delta)} "
-                f"for δ = {delta}"
+            swept = [p.threshold for p in frontier.of(criterion)]
+            raise ValidationError(
+                f"expected the sweep of '{criterion}' to hold threshold {threshold:g} (what "
+                f"δ = {delta:g} reads as), got thresholds {swept or 'none'}. Sweep it at "
+                "accuracy_reading.threshold(δ) for every δ of the grid."
             )
         early = point.early_accuracy
         if early is not None and early < delta:
@@ -112,12 +146,62 @@ def control_summary(
 
 
 def best_accuracy_within(points: Sequence[tuple[float, float]], budget: float) -> float | None:
-    """Highest accuracy among (cost, accuracy) points whose cost ≤ ``budget`` (None if none)."""
+    """Highest accuracy among (cost, accuracy) points whose cost ≤ ``budget`` (None if none).
+
+    Raises:
+        ValidationError: ``budget`` or a point holds NaN or something that is not a number.
+    """
+    _check_curve(points, budget, "budget")
     feasible = [acc for cost, acc in points if cost <= budget * (1 + 1e-9)]
     return max(feasible) if feasible else None
 
 
 def cheapest_reaching(points: Sequence[tuple[float, float]], accuracy: float) -> float | None:
-    """Lowest cost among (cost, accuracy) points whose accuracy ≥ ``accuracy`` (None if none)."""
+    """Lowest cost among (cost, accuracy) points whose accuracy ≥ ``accuracy`` (None if none).
+
+    Raises:
+        ValidationError: ``accuracy`` or a point holds NaN or something that is not a number.
+    """
+    _check_curve(points, accuracy, "accuracy")
     feasible = [cost for cost, acc in points if acc >= accuracy]
     return min(feasible) if feasible else None
+
+
+def _reading(criterion: str, plugins: AdaptixPluginManager | None) -> AccuracyReading:
+    """The criterion's declared accuracy reading, or a ValidationError saying it has none."""
+    reading = resolve_manager(plugins).criteria.get(criterion).accuracy_reading
+    if reading is None:
+        raise ValidationError(
+            f"expected a criterion whose threshold reads as an accuracy target, got "
+            f"'{criterion}', which declares no accuracy_reading: control against δ is undefined "
+            "for it. Compare it on cost instead, or declare an AccuracyReading on its class."
+        )
+    return reading
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
+def _check_deltas(deltas: Sequence[float], *, allow_empty: bool) -> None:
+    bad = [d for d in deltas if not (_is_number(d) and 0.0 <= d <= 1.0)]
+    if bad or not (len(deltas) or allow_empty):
+        raise ValidationError(
+            f"expected a grid of targets δ, numbers in [0, 1], got {list(deltas)!r}. Pass e.g. "
+            "[0.8, 0.85, 0.9]."
+        )
+
+
+def _check_curve(points: Sequence[tuple[float, float]], bound: float, name: str) -> None:
+    if not _is_number(bound):
+        raise ValidationError(f"expected {name} to be a number, got {bound!r}.")
+    bad = [
+        p
+        for p in points
+        if not (isinstance(p, Sequence) and len(p) == 2 and all(_is_number(v) for v in p))
+    ]
+    if bad:
+        raise ValidationError(
+            f"expected (cost, accuracy) pairs of numbers, got {bad[:3]!r}. Leave out points "
+            "whose accuracy is undefined (None)."
+        )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from adaptix.errors import ValidationError
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,28 @@ class FlopProfile:
     Attributes:
         blocks: FLOPs per input of block e.
         heads: FLOPs per input of head e (feature function included).
+
+    Raises:
+        ValidationError: unless there is one block and one head per exit (at least one exit),
+            every entry a finite, non-negative number.
     """
 
     blocks: tuple[float, ...]
     heads: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.blocks or len(self.blocks) != len(self.heads):
+            raise ValidationError(
+                f"expected one block and one head FLOP count per exit (at least one exit), got "
+                f"{len(self.blocks)} blocks and {len(self.heads)} heads. Measure them with "
+                "MultiExitModel.flop_profile."
+            )
+        bad = [v for v in (*self.blocks, *self.heads) if not _is_flop_count(v)]
+        if bad:
+            raise ValidationError(
+                f"expected finite, non-negative FLOP counts, got {bad[0]!r}. Measure them with "
+                "MultiExitModel.flop_profile."
+            )
 
     @property
     def exit_costs(self) -> list[float]:
@@ -43,6 +62,11 @@ class FlopProfile:
         return costs
 
     def __add__(self, other: FlopProfile) -> FlopProfile:
+        if len(self.blocks) != len(other.blocks):
+            raise ValidationError(
+                f"expected FLOP profiles of the same number of exits to add, got "
+                f"{len(self.blocks)} and {len(other.blocks)}."
+            )
         return FlopProfile(
             tuple(a + b for a, b in zip(self.blocks, other.blocks, strict=True)),
             tuple(a + b for a, b in zip(self.heads, other.heads, strict=True)),
@@ -75,8 +99,7 @@ class FlopMeter:
         self.total = int(self._mode.get_total_flops())
 
 
-def count_flops(fn: object, *args: object) -> tuple[object, int]:
-    """Call ``fn(*args)`` under a FLOP counter; returns (result, FLOPs)."""
-    with torch.inference_mode(), FlopMeter() as meter:
-        result = fn(*args)  # type: ignore[operator]  # any callable
-    return result, meter.total
+def _is_flop_count(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0

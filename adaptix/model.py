@@ -14,7 +14,7 @@ from adaptix.components import BackboneParts, build_params
 from adaptix.errors import PluginError, ValidationError
 from adaptix.flops import FlopMeter, FlopProfile
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
-from adaptix.rows import batch_device, batch_size, take_rows, to_device
+from adaptix.rows import batch_device, batch_size, take_rows
 from adaptix.trace import Trace
 
 
@@ -82,7 +82,7 @@ class MultiExitModel(nn.Module):
             self.feature = _Lambda(feature)
         else:
             raise ValidationError(f"expected a callable feature function, got {feature!r}.")
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self.input_shape = _check_input_shape(input_shape)
 
     @property
     def num_exits(self) -> int:
@@ -143,12 +143,21 @@ class MultiExitModel(nn.Module):
         """Validate a batch against the backbone; returns its size.
 
         Raises:
-            ValidationError: empty batch, wrong per-input shape, or another device.
+            ValidationError: a single input without its batch dimension, empty batch, wrong
+                per-input shape, or another device.
         """
+        shape = self.input_shape
+        if isinstance(inputs, Tensor) and (
+            inputs.dim() == 0 or (shape is not None and tuple(inputs.shape) == shape)
+        ):
+            raise ValidationError(
+                f"expected a batch of inputs [N, ...], got a single input of shape "
+                f"{list(inputs.shape)} without its batch dimension. The model and the runner "
+                "take batches: add the batch dimension with inputs.unsqueeze(0)."
+            )
         n = batch_size(inputs)
         if n == 0:
             raise ValidationError("expected a batch of at least one input, got an empty batch.")
-        shape = self.input_shape
         if shape is not None and isinstance(inputs, Tensor) and tuple(inputs.shape[1:]) != shape:
             raise ValidationError(
                 f"expected inputs of shape [N, {', '.join(map(str, shape))}], got "
@@ -186,6 +195,32 @@ class MultiExitModel(nn.Module):
                 f"{err}). Check that the head fits the block's features and sits on the same "
                 "device (model.to(device))."
             ) from err
+
+    def check_logits(self, index: int, logits: Tensor, rows: int) -> None:
+        """Raise a `ValidationError` unless head ``index`` returned floating logits
+        ``[rows, C]``. Reads the shape and dtype only: no host synchronisation."""
+        if (
+            isinstance(logits, Tensor)
+            and logits.dim() == 2
+            and logits.shape[0] == rows
+            and logits.is_floating_point()
+        ):
+            return
+        if not isinstance(logits, Tensor):
+            got, fix = type(logits).__name__, "Make the head return a tensor of logits."
+        elif logits.dim() < 2:
+            got = f"shape {list(logits.shape)}"
+            fix = (
+                "The model expects a batch: a single input without its batch dimension gives "
+                "this, so add one (inputs.unsqueeze(0)); otherwise make the head return [n, C]."
+            )
+        else:
+            got = f"{logits.dtype} of shape {list(logits.shape)}"
+            fix = "Make the head return one row of floating logits per input."
+        raise ValidationError(
+            f"expected head {index} to return floating logits of shape [n, C] for the n = "
+            f"{rows} rows it was given, got {got}. {fix}"
+        )
 
     def iter_exits(self, inputs: Any) -> Iterator[Tensor]:
         """Logits of every exit in order, running each block once."""
@@ -228,8 +263,8 @@ class MultiExitModel(nn.Module):
             progress: show a progress bar.
             meta: extra metadata for the trace.
         """
-        if batch_size < 1:
-            raise ValidationError(f"expected batch_size >= 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationError(f"expected an integer batch_size >= 1, got {batch_size!r}.")
         was_training = self.training
         self.eval()
         try:
@@ -254,6 +289,7 @@ class MultiExitModel(nn.Module):
         return Trace(torch.cat(logits), labels, per_input.exit_costs, info)
 
     def _profiled_exits(self, inputs: Any) -> tuple[list[Tensor], FlopProfile]:
+        n = batch_size(inputs)
         state, logits, blocks, heads = inputs, [], [], []
         for e in range(self.num_exits):
             with FlopMeter() as meter:
@@ -262,6 +298,7 @@ class MultiExitModel(nn.Module):
             with FlopMeter() as meter:
                 logits.append(self.head_logits(e, state))
             heads.append(float(meter.total))
+            self.check_logits(e, logits[-1], n)
         return logits, FlopProfile(tuple(blocks), tuple(heads))
 
     @torch.inference_mode()
@@ -269,9 +306,19 @@ class MultiExitModel(nn.Module):
         """FLOPs per input of every block and head, measured on ``inputs``."""
         return profile_from_trace(self.trace(inputs, None, batch_size))
 
-    def to_inputs(self, inputs: Any) -> Any:
-        """``inputs`` moved to the model's device."""
-        return to_device(inputs, self.check_devices())
+
+def _check_input_shape(shape: object) -> tuple[int, ...] | None:
+    """``input_shape`` as a tuple of positive ints (None: not declared)."""
+    if shape is None:
+        return None
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
+        raise ValidationError(
+            f"expected input_shape as a tuple of positive integers (one input, no batch "
+            f"dimension), got {shape!r}. For 28 × 28 grey images: input_shape=(1, 28, 28)."
+        )
+    return tuple(shape)
 
 
 def build_model(
@@ -296,7 +343,7 @@ def build_model(
         head_params: the head's parameters.
         example_input: a small batch, to measure feature sizes when the backbone does not
             declare them.
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: the shared one).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValidationError(f"expected num_classes to be an integer >= 1, got {num_classes!r}.")

@@ -10,6 +10,7 @@ threads or on machines without a display.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,12 +62,18 @@ def plot_control_panels(
 
     Returns:
         ``path``.
+
+    Raises:
+        ValidationError: no panel, or a point that is not (δ, early accuracy or None) in finite
+            numbers.
     """
     if not panels:
         raise ValidationError(
             "expected at least one panel of curves, got none. Pass {panel title: {criterion: "
             "[(δ, early accuracy), ...]}}."
         )
+    for curves in panels.values():
+        _check_curves(curves, "(δ, early accuracy or None)", x_positive=False, y_optional=True)
     figure_cls, canvas_cls = _matplotlib()
     columns = min(len(panels), _COLUMNS)
     rows = math.ceil(len(panels) / columns)
@@ -133,12 +140,18 @@ def plot_accuracy_vs_flops(
 
     Returns:
         ``path``.
+
+    Raises:
+        ValidationError: nothing to plot, or a point that is not (FLOPs > 0, accuracy) in finite
+            numbers (the FLOP axis is logarithmic).
     """
     models, truncated, frontiers = models or {}, truncated or {}, frontiers or {}
     if not (models or truncated or frontiers):
         raise ValidationError(
             "expected something to plot, got no models, truncated curves or frontiers."
         )
+    for curves in ({name: [point] for name, point in models.items()}, truncated, frontiers):
+        _check_curves(curves, "(FLOPs > 0, accuracy)", x_positive=True, y_optional=False)
     figure_cls, canvas_cls = _matplotlib()
     from matplotlib import ticker  # importable: _matplotlib checked
 
@@ -218,7 +231,17 @@ def plot_reliability(
 
     Returns:
         ``path``.
+
+    Raises:
+        ValidationError: ``calibration`` is not a `Calibration`.
     """
+    from adaptix.calibration import Calibration
+
+    if not isinstance(calibration, Calibration):
+        raise ValidationError(
+            f"expected an adaptix.Calibration, got {type(calibration).__name__}. Pass what "
+            "adaptix.calibrate returned."
+        )
     figure_cls, canvas_cls = _matplotlib()
     exits, bins = calibration.num_exits, calibration.bins
     columns = min(exits, _COLUMNS + 1)
@@ -309,10 +332,40 @@ def _label_grid(axes: Any, used: int, columns: int, xlabel: str, ylabel: str) ->
 
 def _save(figure: Any, canvas_cls: Any, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     canvas_cls(figure)  # attaches itself to the figure: savefig renders with Agg
-    figure.savefig(target, format="png", dpi=DPI)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, format="png", dpi=DPI)
+    except OSError as err:
+        raise ValidationError(
+            f"expected a PNG path in a writable folder, got {target}, which cannot be written "
+            f"({err.strerror or err}). Choose another path."
+        ) from err
     return target
+
+
+def _check_curves(
+    curves: Mapping[str, Sequence[Any]], shape: str, *, x_positive: bool, y_optional: bool
+) -> None:
+    """Raise unless every point of every curve is an (x, y) pair of finite numbers."""
+    for name, curve in curves.items():
+        for point in curve:
+            pair = isinstance(point, Sequence) and len(point) == 2
+            x_ok = pair and _finite(point[0]) and (point[0] > 0 or not x_positive)
+            y_ok = pair and (_finite(point[1]) or (y_optional and point[1] is None))
+            if not (x_ok and y_ok):
+                raise ValidationError(
+                    f"expected the points of {name!r} as {shape} pairs of finite numbers, got "
+                    f"{point!r}."
+                )
+
+
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
 
 
 def _xy(curve: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -2,15 +2,19 @@
 
 Built-in components are registered by import, third-party ones through the ``adaptix``
 entry-point group, and both go through the same hooks and registries, so they are listed and
-blocked the same way. Every call returns a fresh manager: there is no global state to reset.
+blocked the same way. `get_plugin_manager` returns a fresh manager on every call. Calls made
+without ``plugins=`` (`adaptix.policy`, `adaptix.sweep`, ...) share `default_plugin_manager`,
+built once per set of ``ADAPTIX_*`` settings: `refresh_default_plugin_manager` forgets it, e.g.
+after installing a plugin while the process runs.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -20,7 +24,7 @@ import pluggy
 from adaptix import hookspecs
 from adaptix._version import __version__
 from adaptix.components import Backbone, Calibrator, Component, ExitCriterion, ExitHead
-from adaptix.errors import AdaptixError, PluginError
+from adaptix.errors import AdaptixError, PluginError, ValidationError
 from adaptix.settings import Settings
 
 ENTRY_POINT_GROUP = "adaptix"
@@ -42,7 +46,8 @@ class DuplicateComponentError(PluginError):
 
 
 class AdaptixPluginWarning(UserWarning):
-    """A third-party plugin failed to load or register; nothing has asked for it yet."""
+    """Something is off with the plugins, but nothing has asked for what it affects yet: a
+    third-party plugin failed to load or register, or a blocked name matches no plugin."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class Registry(Generic[C]):
         self._manager = manager
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))
@@ -98,9 +103,15 @@ class Registry(Generic[C]):
         """The entry registered as ``name``.
 
         Raises:
+            ValidationError: ``name`` is not a string.
             PluginError: no such name; the message lists what is available, and which plugins
                 failed to load (the error chains the first failure).
         """
+        if not isinstance(name, str):
+            raise ValidationError(
+                f"expected a {self.kind} name (str), got {name!r} ({type(name).__name__}). "
+                f"Available: {', '.join(self.names()) or 'none'}."
+            )
         if name in self._entries:
             return self._entries[name]
         available = ", ".join(self.names()) or "none"
@@ -150,7 +161,8 @@ class Registrar(Generic[C]):
         if not isinstance(key, str) or not key:
             raise PluginError(
                 f"plugin '{self._info.name}' registered {component.__qualname__} without a "
-                "name: set the class attribute `name` or pass name=..."
+                f"name (got {key!r}, expected a non-empty str): set the class attribute `name` "
+                "or pass name=..."
             )
         self._registry._add(
             Entry(key, component, self._info.name, self._info.distribution, self._info.version)
@@ -174,6 +186,7 @@ class AdaptixPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.settings = settings
         self._infos: dict[str, PluginInfo] = {}
+        self._entry_point_names: set[str] = set()
         self._registries: dict[str, Registry[Any]] | None = None
         for name in settings.disable_plugins:
             self.set_blocked(name)
@@ -214,6 +227,7 @@ class AdaptixPluginManager(pluggy.PluginManager):
         ``strict_plugins`` is set); asking for a component it might provide fails loudly.
         """
         for ep in entry_points(group=ENTRY_POINT_GROUP):
+            self._entry_point_names.add(ep.name)
             if self.is_blocked(ep.name) or self.has_plugin(ep.name):
                 continue
             dist = ep.dist
@@ -230,6 +244,24 @@ class AdaptixPluginManager(pluggy.PluginManager):
                 self._broken(info, err, f"could not be imported ({ep.value})")
                 continue
             self.register(plugin, ep.name)
+
+    def warn_unknown_blocked(self) -> None:
+        """Warn (`AdaptixPluginWarning`) about blocked names that match no plugin.
+
+        Call it once the built-ins and the entry points are loaded: only then are the names
+        known. A misspelt name in ``ADAPTIX_DISABLE_PLUGINS`` would otherwise block nothing and
+        say nothing.
+        """
+        known = set(BUILTIN_PLUGINS) | self._entry_point_names | set(self._infos)
+        unknown = [name for name in self.blocked_names() if name not in known]
+        if unknown:
+            warnings.warn(
+                f"ADAPTIX_DISABLE_PLUGINS / disable= names {unknown}, which match no plugin, so "
+                f"they block nothing. Known plugins: {', '.join(sorted(known))}. Check the "
+                "spelling against `adaptix plugins`.",
+                AdaptixPluginWarning,
+                stacklevel=3,
+            )
 
     def _broken(self, info: PluginInfo, err: Exception, what: str) -> None:
         info.error = err
@@ -312,42 +344,114 @@ class AdaptixPluginManager(pluggy.PluginManager):
 def get_plugin_manager(
     *,
     autoload: bool | None = None,
-    disable: tuple[str, ...] | list[str] | None = None,
+    disable: str | Iterable[str] | None = None,
     trace: bool | None = None,
     strict: bool | None = None,
     settings: Settings | None = None,
 ) -> AdaptixPluginManager:
     """A fresh plugin manager with the built-ins and (unless turned off) installed plugins.
 
-    Arguments left as None come from `adaptix.settings.Settings.from_env` (``ADAPTIX_*``).
+    Arguments left as None come from `adaptix.settings.Settings.from_env` (``ADAPTIX_*``). A
+    blocked name that matches no built-in or installed plugin warns (`AdaptixPluginWarning`);
+    with autoload off, installed plugins are not scanned, so only the built-in names are known
+    and nothing is warned.
 
     Args:
         autoload: load third-party plugins from the ``adaptix`` entry-point group.
-        disable: plugin names to block (built-in names too, e.g. ``"adaptix.criteria"``).
+        disable: plugin names to block (built-in names too, e.g. ``"adaptix.criteria"``): a
+            list, or one string, comma separated like ``ADAPTIX_DISABLE_PLUGINS``.
         trace: print every hook call to stderr, for debugging plugins.
         strict: raise, instead of warning, when a third-party plugin fails to load.
         settings: base settings (default: from the environment).
+
+    Raises:
+        ValidationError: an argument of the wrong type.
+        ConfigError: an ``ADAPTIX_*`` variable holds a value it cannot mean.
     """
+    if settings is not None and not isinstance(settings, Settings):
+        raise ValidationError(
+            f"expected settings= an adaptix.settings.Settings, got {type(settings).__name__}."
+        )
     base = settings if settings is not None else Settings.from_env()
     overrides: dict[str, Any] = {}
-    if autoload is not None:
-        overrides["autoload_plugins"] = autoload
+    for field_name, argument, value in (
+        ("autoload_plugins", "autoload", autoload),
+        ("trace_plugins", "trace", trace),
+        ("strict_plugins", "strict", strict),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise ValidationError(
+                f"expected {argument}= True, False or None, got {value!r} ({type(value).__name__})."
+            )
+        overrides[field_name] = value
     if disable is not None:
-        overrides["disable_plugins"] = tuple(disable)
-    if trace is not None:
-        overrides["trace_plugins"] = trace
-    if strict is not None:
-        overrides["strict_plugins"] = strict
+        overrides["disable_plugins"] = _plugin_names(disable)
     manager = AdaptixPluginManager(base.model_copy(update=overrides))
     manager.load_builtins()
     if manager.settings.autoload_plugins:
         manager.load_entrypoint_plugins()
+        manager.warn_unknown_blocked()
     return manager
 
 
+def _plugin_names(disable: object) -> tuple[str, ...]:
+    """``disable=`` as a tuple of names: one string is split at commas, as in the environment."""
+    if isinstance(disable, str):
+        return Settings(disable_plugins=disable).disable_plugins
+    if not isinstance(disable, (list, tuple, set, frozenset)):
+        raise ValidationError(
+            f"expected disable= a list of plugin names (or one name), got "
+            f"{type(disable).__name__} {disable!r}."
+        )
+    bad = [name for name in disable if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ValidationError(
+            f"expected disable= to hold plugin names (non-empty strings), got {bad!r}. The "
+            "names are the ones `adaptix plugins` lists, e.g. 'adaptix.criteria'."
+        )
+    return tuple(name.strip() for name in disable)
+
+
+@functools.lru_cache(maxsize=8)
+def _default_manager(settings: Settings) -> AdaptixPluginManager:
+    return get_plugin_manager(settings=settings)
+
+
+def default_plugin_manager() -> AdaptixPluginManager:
+    """The manager that calls without ``plugins=`` use: built once per set of ``ADAPTIX_*``
+    settings, then shared.
+
+    Building a manager scans the installed entry points (about 20 ms), which every
+    `adaptix.policy` call would otherwise pay. Changing an ``ADAPTIX_*`` variable gives another
+    manager; a plugin installed while the process runs is seen after
+    `refresh_default_plugin_manager`. Do not register plugins on this shared manager: build
+    your own with `get_plugin_manager` and pass it as ``plugins=``.
+    """
+    return _default_manager(Settings.from_env())
+
+
+def refresh_default_plugin_manager() -> None:
+    """Forget the shared default managers: the next call builds a fresh one (rescanning the
+    installed plugins)."""
+    _default_manager.cache_clear()
+
+
 def resolve_manager(plugins: AdaptixPluginManager | None) -> AdaptixPluginManager:
-    """``plugins`` or, when None, a fresh default manager."""
-    return plugins if plugins is not None else get_plugin_manager()
+    """``plugins`` or, when None, `default_plugin_manager`.
+
+    Raises:
+        ValidationError: ``plugins`` is neither None nor a plugin manager.
+    """
+    if plugins is None:
+        return default_plugin_manager()
+    if not isinstance(plugins, AdaptixPluginManager):
+        raise ValidationError(
+            f"expected plugins= an adaptix plugin manager (adaptix.get_plugin_manager()) or "
+            f"None, got {type(plugins).__name__}."
+        )
+    return plugins
 
 
 __all__ = [
@@ -359,7 +463,9 @@ __all__ = [
     "Registrar",
     "Registry",
     "call_plugin",
+    "default_plugin_manager",
     "get_plugin_manager",
+    "refresh_default_plugin_manager",
 ]
 
 

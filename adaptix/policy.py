@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+import reprlib
+from numbers import Real
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import torch
 from torch import Tensor
 
+from adaptix.calibration import Calibration
 from adaptix.components import ExitCriterion, build_params
-from adaptix.errors import AdaptixError, ValidationError
+from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
+    from adaptix.guarantee import Certificate
 
 
 class ExitPolicy:
     """When to exit: ``criterion`` fires at a threshold.
 
-    Build it with `adaptix.policy`. Policies are immutable; `with_threshold` gives a sibling.
+    Build it with `adaptix.policy`, or with `adaptix.guarantee` / `adaptix.budget` for a
+    certified one. Policies are immutable; `with_threshold` gives a sibling.
 
     Attributes:
         criterion: the criterion instance (parameters and calibration bound).
         threshold: the validated threshold.
         entry: the registry entry (name, provider) the criterion came from.
+        certificate: what `adaptix.guarantee` or `adaptix.budget` certified (None otherwise).
+        exits_early: False for a policy that sends every input to the last exit (a guarantee
+            that could certify nothing); `simulate` and `EarlyExitRunner` honour it.
     """
 
-    __slots__ = ("criterion", "entry", "threshold")
+    __slots__ = ("certificate", "criterion", "entry", "exits_early", "threshold")
 
     def __init__(self, criterion: ExitCriterion, threshold: float, entry: Entry[Any]) -> None:
         self.criterion = criterion
         self.entry = entry
-        self.threshold = call_plugin(
+        self.certificate: Certificate | None = None
+        self.exits_early = True
+        value = call_plugin(
             entry, "validate_threshold", type(criterion).validate_threshold, threshold
         )
+        threshold_value = _finite_float(value)
+        if threshold_value is None:
+            self._malformed(
+                "validate_threshold", f"the threshold {reprlib.repr(value)}", "a finite real number"
+            )
+        self.threshold: float = threshold_value
 
     @property
     def name(self) -> str:
@@ -45,38 +62,116 @@ class ExitPolicy:
         return self.criterion.calibration
 
     def with_threshold(self, threshold: float) -> ExitPolicy:
-        """The same criterion at another threshold (validated)."""
+        """The same criterion at another threshold (validated), without any certificate."""
         return ExitPolicy(self.criterion, threshold, self.entry)
 
+    def certified(self, certificate: Certificate, *, exits_early: bool = True) -> ExitPolicy:
+        """A copy of this policy that carries ``certificate`` (what `adaptix.guarantee` returns).
+
+        Args:
+            certificate: the statement and its evidence.
+            exits_early: False to send every input to the last exit (nothing was certified).
+        """
+        copy = ExitPolicy(self.criterion, self.threshold, self.entry)
+        copy.certificate = certificate
+        copy.exits_early = bool(exits_early)
+        return copy
+
     def fires(self, score: Tensor) -> Tensor:
-        """Boolean mask: where ``score`` (compared exactly, in float64) triggers an exit."""
+        """Boolean mask: where ``score`` (compared exactly, in float64) triggers an exit.
+
+        All False for a policy that does not exit early (`exits_early`).
+        """
+        if not self.exits_early:
+            return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
         return fires(score, self.threshold, self.criterion.direction)
 
     def check_model(self, num_exits: int, num_classes: int) -> None:
         """Raise `AdaptixError` unless this policy fits a model with that many exits/classes."""
         call_plugin(self.entry, "check_model", self.criterion.check_model, num_exits, num_classes)
 
+    def start(self, batch_size: int, device: torch.device) -> Any:
+        """The criterion's state before exit 0 (plugin errors are chained)."""
+        return call_plugin(self.entry, "start", self.criterion.start, batch_size, device)
+
+    def select_state(self, state: Any, keep: Tensor) -> Any:
+        """The criterion's state of the rows in ``keep`` (plugin errors are chained)."""
+        return call_plugin(self.entry, "select_state", self.criterion.select_state, state, keep)
+
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
-        """The criterion's score for the rows at one exit (plugin errors are chained)."""
-        return call_plugin(self.entry, "score", self.criterion.score, logits, exit_index, state)
+        """The criterion's score for the rows at one exit, checked: ``[n]`` on the logits'
+        device (plugin errors are chained)."""
+        result = call_plugin(self.entry, "score", self.criterion.score, logits, exit_index, state)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            self._malformed("score", f"a {type(result).__name__}", "a pair (scores, state)")
+        self._check_scores("score", result[0], logits.shape[:1], logits.device)
+        return result
 
     def scores(self, logits: Tensor) -> Tensor:
         """Scores of every exit for stored logits ``[N, E, C]``, checked: float64 ``[N, E]``."""
         values = call_plugin(self.entry, "scores", self.criterion.scores, logits)
-        expected = tuple(logits.shape[:2])
-        if not isinstance(values, Tensor) or tuple(values.shape) != expected:
-            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise AdaptixError(
-                f"criterion '{self.name}' from plugin '{self.entry.plugin}' returned scores "
-                f"{got}, expected a tensor of shape {expected}."
-            )
+        self._check_scores("scores", values, logits.shape[:2], logits.device)
         return values.double()
+
+    def _check_scores(
+        self, method: str, values: object, shape: tuple[int, ...], device: torch.device
+    ) -> None:
+        """Raise a `PluginError` naming the criterion unless ``values`` is a tensor of
+        ``shape`` on ``device`` holding real numbers (an integer or floating dtype: a complex
+        score has no order, and a bool one is a decision, not a score to compare with a
+        threshold). Reads metadata only: no host synchronisation."""
+        if (
+            isinstance(values, Tensor)
+            and values.shape == shape
+            and values.device == device
+            and not values.is_complex()
+            and values.dtype != torch.bool
+        ):
+            return
+        got = (
+            f"{tuple(values.shape)} ({values.dtype} on {values.device})"
+            if isinstance(values, Tensor)
+            else f"a {type(values).__name__}"
+        )
+        expected = (
+            f"a real tensor of shape {tuple(shape)} on {device} (an integer or floating dtype): "
+            "one score per row"
+        )
+        self._malformed(method, f"scores {got}", expected)
+
+    def _malformed(self, method: str, got: str, expected: str) -> NoReturn:
+        """Raise the `PluginError` for a criterion method that returned ``got``, naming the
+        criterion, its plugin and the method, as `call_plugin` does for one that raises."""
+        entry = self.entry
+        raise PluginError(
+            f"criterion '{self.name}' from plugin '{entry.plugin}' returned {got} from "
+            f"{entry.component.__qualname__}.{method} ({entry.distribution} {entry.version}), "
+            f"expected {expected}. Fix the criterion's {method}."
+        )
 
     def __repr__(self) -> str:
         params = self.criterion.params.model_dump()
         extra = f", {params}" if params else ""
         calibrated = ", calibrated" if self.calibration is not None else ""
-        return f"ExitPolicy({self.name!r}, threshold={self.threshold}{extra}{calibrated})"
+        certified = ""
+        if self.certificate is not None:
+            certified = ", certified" if self.certificate.certified else ", uncertified"
+        never = ", never exits early" if not self.exits_early else ""
+        return (
+            f"ExitPolicy({self.name!r}, threshold={self.threshold}{extra}{calibrated}"
+            f"{certified}{never})"
+        )
+
+
+def _finite_float(value: object) -> float | None:
+    """``value`` as a float if it is a finite real number (bool excluded), else None."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the float range
+        return None
+    return result if math.isfinite(result) else None
 
 
 def fires(score: Tensor, threshold: float, direction: str) -> Tensor:
@@ -100,16 +195,23 @@ def policy(
             ``pcee``, ``pcee_ws``) or from a plugin.
         threshold: validated by the criterion itself (built-ins: [0, 1]; patience: integer >= 1).
         calibration: required by criteria that read one (``pcee``, ``pcee_ws``).
-        plugins: the plugin manager to resolve ``name`` with (default: a fresh one).
+        plugins: the plugin manager to resolve ``name`` with (default: the shared one).
         **params: the criterion's own parameters (e.g. ``window=2`` for ``pcee_ws``).
 
     Raises:
         PluginError: unknown criterion (the message lists the available ones).
         ValidationError: threshold or parameters out of range.
-        CalibrationError: a calibration is needed and missing.
+        CalibrationError: a calibration is needed and missing, or ``calibration`` is not a
+            `Calibration`.
     """
     if not isinstance(name, str):
         raise ValidationError(f"expected a criterion name (str), got {name!r}.")
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise CalibrationError(
+            "expected calibration to be an adaptix.Calibration or None, got a "
+            f"{type(calibration).__name__}. Build one with "
+            "adaptix.calibrate(calibration_trace), or read one with adaptix.Calibration.load."
+        )
     manager = resolve_manager(plugins)
     entry = manager.criteria.entry(name)
     built = build_params(entry.component.Params, params, f"criterion '{name}'")

@@ -2,12 +2,12 @@
 
 A backbone's hidden state may be a tensor or a nest (dict, tuple, list) of tensors whose first
 dimension is the batch, e.g. ``{"hidden": h, "attention_mask": m}``. These helpers count, index
-and concatenate such nests, so that compaction moves everything that belongs to a row.
+and move such nests, so that compaction moves everything that belongs to a row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -74,18 +74,6 @@ def take_rows(batch: Any, index: Tensor | slice) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(take_rows(value, index) for value in batch)
     return batch
-
-
-def concat_rows(parts: Sequence[Any]) -> Any:
-    """Concatenate nests of identical structure along the batch dimension."""
-    first = parts[0]
-    if isinstance(first, Tensor):
-        return torch.cat(list(parts))
-    if isinstance(first, Mapping):
-        return type(first)({key: concat_rows([p[key] for p in parts]) for key in first})  # type: ignore[call-arg]  # Mapping subclasses take a dict
-    if isinstance(first, (tuple, list)):
-        return type(first)(concat_rows([p[i] for p in parts]) for i in range(len(first)))
-    return first
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:

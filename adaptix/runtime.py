@@ -4,7 +4,8 @@ The runner goes block by block. At each exit it evaluates the head on the rows s
 asks the criterion which rows exit, writes those rows' results at their original positions, and
 continues with the remaining rows only: the hidden state, everything that travels with a row
 (attention masks, ...) and the criterion's state are compacted together. There is no Python loop
-over rows and at most one host synchronisation per exit (to learn how many rows remain).
+over rows and at most one host synchronisation per exit (to learn how many rows remain and, with
+``check_finite``, whether any logits are NaN or infinite: both in the same transfer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.kernels import Backend, ExitDecider
+from adaptix.kernels.dispatch import BACKENDS
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
 from adaptix.rows import batch_device, take_rows
@@ -41,6 +43,14 @@ class RunnerOutput:
 class EarlyExitRunner:
     """Run a `MultiExitModel` with an `ExitPolicy`, exiting rows early for real.
 
+    Everything the runner is handed is checked without a host synchronisation of its own: the
+    batch against the model (`MultiExitModel.check_input`: a single input without its batch
+    dimension is refused), every head's logits (``[n, C]`` for the n rows it was given), and
+    every score a criterion plugin returns (``[n]`` on the logits' device); a plugin that raises
+    is reported as a `PluginError` naming it. With ``check_finite`` (the default) the runner
+    also refuses NaN or infinite logits at every exit, folding the test into the exit's one
+    synchronisation; the last exit, which otherwise needs none, then has one too.
+
     Args:
         model: the multi-exit model (put it in eval mode; the runner does not change modes).
         policy: when to exit (`adaptix.policy`).
@@ -54,9 +64,15 @@ class EarlyExitRunner:
             kernel (an error listing the reasons where it cannot run). The decisions are the
             same as the criterion's own `score`; other criteria always use `score`.
         fused: set False to use the criterion's `score` even where a fused op exists.
+        check_finite: refuse a batch as soon as an exit gives NaN or infinite logits for a row
+            still running (a `ValidationError` naming the exit and the rows' batch positions),
+            as `MultiExitModel.trace` does. Set False to skip the test (about one elementwise
+            pass over the logits per exit, and one synchronisation at the last exit); such rows
+            then never exit early and get an arbitrary prediction.
 
     Raises:
-        ValidationError: blocks and heads on different devices, or an unknown mode.
+        ValidationError: not a `MultiExitModel` or not an `ExitPolicy`, blocks and heads on
+            different devices, or an unknown mode or backend.
         CalibrationError: the policy's calibration was made for another model.
     """
 
@@ -69,18 +85,27 @@ class EarlyExitRunner:
         mode: Literal["compact", "lockstep"] = "compact",
         backend: Backend = "auto",
         fused: bool = True,
+        check_finite: bool = True,
     ) -> None:
         if not isinstance(model, MultiExitModel):
             raise ValidationError(
                 f"expected an adaptix.MultiExitModel, got {type(model).__name__}."
             )
+        if not isinstance(policy, ExitPolicy):
+            raise ValidationError(
+                f"expected an adaptix.ExitPolicy, got {type(policy).__name__}. Build one with "
+                "adaptix.policy(name, threshold, calibration)."
+            )
         if mode not in ("compact", "lockstep"):
             raise ValidationError(f"expected mode 'compact' or 'lockstep', got {mode!r}.")
+        if backend not in BACKENDS:
+            raise ValidationError(f"expected backend in {BACKENDS}, got {backend!r}.")
         self.model = model
         self.policy = policy
         self.return_probabilities = return_probabilities
         self.mode = mode
         self.backend = backend
+        self.check_finite = check_finite
         device = model.check_devices()
         calibration = policy.calibration
         if calibration is not None and calibration.num_exits != model.num_exits:
@@ -92,7 +117,8 @@ class EarlyExitRunner:
             )
         self._checked_classes: int | None = None
         criterion = policy.criterion
-        self.fused_kind = criterion.fused_kind if fused else None
+        # A policy that never exits early (an uncertified guarantee) needs no decision at all.
+        self.fused_kind = criterion.fused_kind if fused and policy.exits_early else None
         # One prepared decision per early exit: validated once, not on every batch.
         self._deciders: list[ExitDecider] = []
         if self.fused_kind is not None:
@@ -115,19 +141,46 @@ class EarlyExitRunner:
 
     @torch.inference_mode()
     def __call__(self, inputs: Any) -> RunnerOutput:
-        """Predictions and exit indices for one batch (see the module docstring)."""
+        """Predictions and exit indices for one batch (see the module docstring).
+
+        Raises:
+            ValidationError: the batch does not fit the model (shape, device, a single input
+                without its batch dimension), a head returns logits that are not ``[n, C]``,
+                or (``check_finite``) an exit gives NaN or infinite logits.
+            PluginError: the criterion raised, or returned malformed scores.
+        """
         n = self.model.check_input(inputs)
         device = batch_device(inputs)  # the model's device: check_input verified it
         if self.mode == "lockstep":
             return self._lockstep(inputs, n, device)
         return self._compact(inputs, n, device)
 
-    def _stays(self, e: int, logits: Tensor, criterion_state: Any) -> tuple[Tensor, Any]:
-        """Which active rows go on after exit ``e``, and the criterion's next state."""
+    def _logits(self, e: int, state: Any, active: int) -> Tensor:
+        """Head ``e``'s logits of the ``active`` rows in ``state``, their shape checked."""
+        logits = self.model.head_logits(e, state)
+        self.model.check_logits(e, logits, active)
+        if e == 0:
+            self._check_classes(logits)
+        return logits
+
+    def _stays(
+        self, e: int, logits: Tensor, criterion_state: Any
+    ) -> tuple[Tensor, Tensor | None, Any]:
+        """Which active rows go on after exit ``e``, their prediction if the decision made it
+        anyway (the fused kernel), and the criterion's next state."""
         if self.fused_kind is not None:
-            return self._deciders[e].stays(logits), criterion_state
+            stays, predicted = self._deciders[e].decide(logits)
+            return stays, predicted, criterion_state
+        if not self.policy.exits_early:
+            stays = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+            return stays, None, criterion_state
         score, criterion_state = self.policy.score(logits, e, criterion_state)
-        return ~self.policy.fires(score), criterion_state
+        return ~self.policy.fires(score), None, criterion_state
+
+    def _non_finite_flag(self, logits: Tensor) -> Tensor | None:
+        """A 0-d flag on the logits' device: whether any value is NaN or infinite (None when
+        the check is off). Computing it does not synchronise; reading it does."""
+        return _non_finite(logits) if self.check_finite else None
 
     def _compact(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
         """Rows that exit leave the batch. Until the first row leaves, nothing is indexed or
@@ -135,47 +188,56 @@ class EarlyExitRunner:
         the decision and one host synchronisation."""
         model = self.model
         last = model.num_exits - 1
-        criterion = self.policy.criterion
         out: _Results | None = None  # allocated when the first row leaves
         rows: Tensor | None = None  # original positions of the active rows; None: all of them
-        state, criterion_state = inputs, criterion.start(n, device)
+        active = n
+        state, criterion_state = inputs, self.policy.start(n, device)
         for e in range(model.num_exits):
             state = model.run_block(e, state)
-            logits = model.head_logits(e, state)
-            if e == 0:
-                self._check_classes(logits)
+            logits = self._logits(e, state, active)
+            non_finite = self._non_finite_flag(logits)
             if e == last:
+                if non_finite is not None and bool(non_finite):  # this exit's one sync
+                    raise _non_finite_error(logits, rows, e)
                 if out is None or rows is None:  # no row left early
-                    return self._all_leave(logits, e)
+                    return self._all_leave(logits, e, None)
                 out.write(rows, None, logits, prediction(logits), e)
                 break
-            stays, criterion_state = self._stays(e, logits, criterion_state)
+            stays, predicted, criterion_state = self._stays(e, logits, criterion_state)
             if n == 1:  # a single row stays or leaves: no index to build
-                if bool(stays):  # the one host synchronisation of this exit
+                go_on, bad = _single_row(stays, non_finite)  # this exit's one sync
+                if bad:
+                    raise _non_finite_error(logits, None, e)
+                if go_on:
                     continue
-                return self._all_leave(logits, e)
-            keep = stays.nonzero(as_tuple=True)[0]  # the one host synchronisation of this exit
+                return self._all_leave(logits, e, predicted)
+            keep = _staying_rows(stays, non_finite, active)  # this exit's one sync
+            if keep is None:
+                raise _non_finite_error(logits, rows, e)
             remaining = int(keep.numel())
-            if remaining == (n if rows is None else int(rows.numel())):
+            if remaining == active:
                 continue  # no row leaves: nothing to write or compact
             if remaining == 0 and (out is None or rows is None):
-                return self._all_leave(logits, e)  # the whole batch leaves together
+                return self._all_leave(logits, e, predicted)  # the whole batch leaves together
             if out is None or rows is None:
                 out = _Results.empty(n, logits, last, self.return_probabilities)
                 rows = torch.arange(n, device=device)
-            out.write(rows, None if remaining == 0 else ~stays, logits, prediction(logits), e)
+            if predicted is None:
+                predicted = prediction(logits)
+            out.write(rows, None if remaining == 0 else ~stays, logits, predicted, e)
             if remaining == 0:
                 break
             rows = rows.index_select(0, keep)
             state = take_rows(state, keep)
-            criterion_state = criterion.select_state(criterion_state, keep)
+            criterion_state = self.policy.select_state(criterion_state, keep)
+            active = remaining
         assert out is not None  # the loop returns or writes every row before it ends
         return out.output()
 
-    def _all_leave(self, logits: Tensor, exit_at: int) -> RunnerOutput:
+    def _all_leave(self, logits: Tensor, exit_at: int, predicted: Tensor | None) -> RunnerOutput:
         """Every row of the batch leaves at ``exit_at``, none having left before."""
         return RunnerOutput(
-            prediction(logits),
+            prediction(logits) if predicted is None else predicted,
             torch.full((logits.shape[0],), exit_at, dtype=torch.long, device=logits.device),
             probabilities(logits) if self.return_probabilities else None,
         )
@@ -187,28 +249,95 @@ class EarlyExitRunner:
         out: _Results | None = None
         rows = torch.arange(n, device=device)
         pending = torch.ones(n, dtype=torch.bool, device=device)  # not yet exited
-        state, criterion_state = inputs, self.policy.criterion.start(n, device)
+        state, criterion_state = inputs, self.policy.start(n, device)
         for e in range(model.num_exits):
             state = model.run_block(e, state)
-            logits = model.head_logits(e, state)
+            logits = self._logits(e, state, n)
             if e == 0:
-                self._check_classes(logits)
                 out = _Results.empty(n, logits, last, self.return_probabilities)
             assert out is not None
+            # Rows that have left no longer read their logits: only pending rows must be finite.
+            bad = (_non_finite(logits, dim=1) & pending).any() if self.check_finite else None
             if e == last:
+                if bad is not None and bool(bad):  # this exit's one sync
+                    raise _non_finite_error(logits, None, e, pending)
                 out.write(rows, pending, logits, prediction(logits), e)
                 break
-            stays, criterion_state = self._stays(e, logits, criterion_state)
+            stays, predicted, criterion_state = self._stays(e, logits, criterion_state)
             fire = pending & ~stays
-            pending = pending & stays
-            # The one host synchronisation of this exit: did any row leave, does any remain.
-            left, remain = torch.stack((fire.any(), pending.any())).tolist()
+            still = pending & stays
+            # The one host synchronisation of this exit: did any row leave, does any remain,
+            # and (check_finite) does any pending row have non-finite logits.
+            flags = [fire.any(), still.any(), *([] if bad is None else [bad])]
+            left, remain, *non_finite = torch.stack(flags).tolist()
+            if any(non_finite):
+                raise _non_finite_error(logits, None, e, pending)
+            pending = still
             if left:
-                out.write(rows, fire, logits, prediction(logits), e)
+                predicted = prediction(logits) if predicted is None else predicted
+                out.write(rows, fire, logits, predicted, e)
             if not remain:
                 break
         assert out is not None
         return out.output()
+
+
+_NON_FINITE = (
+    "expected finite logits, got NaN or infinite logits at exit {exit} for the input rows at "
+    "batch positions {rows}. Check those inputs (MultiExitModel.trace refuses them too), or "
+    "pass check_finite=False to the runner to skip this check (such rows then get an arbitrary "
+    "prediction)."
+)
+_LISTED_ROWS = 10  # rows named in the message; more are counted
+
+
+def _non_finite(logits: Tensor, dim: int | None = None) -> Tensor:
+    """Whether the logits (with ``dim``: each row along it) hold a NaN or an infinity, as a bool
+    tensor on their device. Their float64 sum is then NaN or infinite, and only then (float32
+    values cannot overflow it), so the sum times zero is NaN exactly there: three small
+    operations, about half the cost of ``isfinite(...).all()`` on a CPU."""
+    total = logits.sum(dtype=torch.float64) if dim is None else logits.sum(dim, dtype=torch.float64)
+    return total.mul_(0.0).isnan()
+
+
+def _single_row(stays: Tensor, non_finite: Tensor | None) -> tuple[bool, bool]:
+    """For a batch of one row: whether it goes on, and whether its logits are non-finite, in one
+    host synchronisation."""
+    if non_finite is None:
+        return bool(stays), False
+    go_on, bad = torch.cat((stays, non_finite.view(1))).tolist()
+    return bool(go_on), bool(bad)
+
+
+def _staying_rows(stays: Tensor, non_finite: Tensor | None, active: int) -> Tensor | None:
+    """The indices of the rows that go on, in one host synchronisation; None when
+    ``non_finite`` (a 0-d flag) is set.
+
+    The flag rides on the same ``nonzero`` as the decision: it is repeated ``active + 1`` times
+    after the ``active`` decisions, so more than ``active`` indices come back exactly when it
+    is set, and otherwise they are the staying rows' indices.
+    """
+    if non_finite is None:
+        return stays.nonzero(as_tuple=True)[0]
+    found = torch.cat((stays, non_finite.expand(active + 1))).nonzero(as_tuple=True)[0]
+    return None if found.numel() > active else found
+
+
+def _non_finite_error(
+    logits: Tensor, rows: Tensor | None, exit_at: int, among: Tensor | None = None
+) -> ValidationError:
+    """The error for non-finite logits at ``exit_at``, naming the rows by batch position
+    (``rows``: original positions of the active rows, None when they are all of them; ``among``:
+    only these rows count). The error path: it synchronises as it needs."""
+    bad = _non_finite(logits, dim=1)
+    if among is not None:
+        bad &= among
+    local = bad.nonzero(as_tuple=True)[0]
+    positions = (local if rows is None else rows.index_select(0, local)).tolist()
+    listed = ", ".join(map(str, positions[:_LISTED_ROWS]))
+    if len(positions) > _LISTED_ROWS:
+        listed += f", ... ({len(positions)} rows)"
+    return ValidationError(_NON_FINITE.format(exit=exit_at, rows=f"[{listed}]"))
 
 
 @dataclass

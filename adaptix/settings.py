@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic import field_validator
+
+from adaptix._frozen import FrozenModel
+from adaptix.errors import ConfigError
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+def _flag(env: Mapping[str, str], variable: str, default: bool) -> bool:
+    """The boolean in ``env[variable]``; unset or empty gives ``default``.
+
+    Raises:
+        ConfigError: the value is not one of 1/true/yes/on or 0/false/no/off.
+    """
+    value = env.get(variable, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE | _FALSE:
+        return value in _TRUE
+    raise ConfigError(
+        f"{variable} expects one of {sorted(_TRUE)} or {sorted(_FALSE)}, got "
+        f"{env[variable]!r}. Set it to 1 or 0, or unset it (default: {int(default)})."
+    )
 
 
-class Settings(BaseModel):
+class Settings(FrozenModel):
     """Settings that apply to a whole process.
 
     Attributes:
@@ -23,14 +44,25 @@ class Settings(BaseModel):
         trace_plugins: print every plugin hook call to stderr (``ADAPTIX_TRACE_PLUGINS``).
         strict_plugins: a plugin that fails to load raises instead of warning
             (``ADAPTIX_STRICT_PLUGINS``).
-    """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Raises:
+        ConfigError: a value of the wrong type (the message names the field).
+    """
 
     disable_plugins: tuple[str, ...] = ()
     autoload_plugins: bool = True
     trace_plugins: bool = False
     strict_plugins: bool = False
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except PydanticValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                for e in err.errors()
+            )
+            raise ConfigError(f"invalid adaptix settings: {problems}.") from err
 
     @field_validator("disable_plugins", mode="before")
     @classmethod
@@ -41,11 +73,15 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: ``os.environ``)."""
+        """Read the settings from ``environ`` (default: ``os.environ``).
+
+        Raises:
+            ConfigError: a variable holds a value it cannot mean (the message names it).
+        """
         env = os.environ if environ is None else environ
         return cls(
             disable_plugins=env.get("ADAPTIX_DISABLE_PLUGINS", ""),
-            autoload_plugins=_flag(env.get("ADAPTIX_AUTOLOAD_PLUGINS", "1")),
-            trace_plugins=_flag(env.get("ADAPTIX_TRACE_PLUGINS", "0")),
-            strict_plugins=_flag(env.get("ADAPTIX_STRICT_PLUGINS", "0")),
+            autoload_plugins=_flag(env, "ADAPTIX_AUTOLOAD_PLUGINS", True),
+            trace_plugins=_flag(env, "ADAPTIX_TRACE_PLUGINS", False),
+            strict_plugins=_flag(env, "ADAPTIX_STRICT_PLUGINS", False),
         )

@@ -8,19 +8,21 @@ Python loop over inputs.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from adaptix.errors import ValidationError
-from adaptix.plugins import AdaptixPluginManager, resolve_manager
+from adaptix.errors import PluginError, ValidationError
+from adaptix.files import atomic_write
+from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 from adaptix.policy import ExitPolicy, policy
 from adaptix.scores import confidence_and_prediction
 from adaptix.trace import Trace
@@ -114,17 +116,26 @@ class Frontier(Sequence[FrontierPoint]):
         return rows
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write `records` as CSV (empty cells for undefined accuracies)."""
-        target = Path(path)
+        """Write `records` as CSV (empty cells for undefined accuracies), atomically.
+
+        Raises:
+            ValidationError: ``path`` is a directory or cannot be written (see
+                `adaptix.files.atomic_write`); an existing file is then left as it was.
+        """
         rows = self.records()
         fields = (
             list(rows[0]) if rows else [f.name for f in FrontierPoint.__dataclass_fields__.values()]
         )
-        with target.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
+
+        def write(handle: BinaryIO) -> None:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        return target
+            text.flush()
+            text.detach()  # atomic_write closes the file itself
+
+        return atomic_write(path, write, "frontier")
 
 
 def simulate(trace: Trace, policy: ExitPolicy) -> SimulationResult:
@@ -171,34 +182,43 @@ def sweep(
         criteria: a name, a list of names, or a mapping name -> criterion parameters.
         thresholds: one grid for all criteria, a mapping name -> grid, or None for each
             criterion's `default_thresholds` (also used for names missing from a mapping).
-            Patience takes integers, so give it its own grid in a mapping.
+            Patience takes integers, so give it its own grid in a mapping. A grid is a
+            non-empty list (or 1-D tensor) of thresholds; repeats give repeated points.
         calibration: passed to every criterion (needed by ``pcee`` and ``pcee_ws``).
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: `adaptix.plugins.default_plugin_manager`).
         progress: show a progress bar over criteria.
 
     Returns:
         A `Frontier`, criteria in the given order, thresholds in the given order.
+
+    Raises:
+        ValidationError: no criteria, an empty grid, a threshold the criterion refuses (NaN,
+            out of range, not a number), thresholds for a criterion not swept.
+        PluginError: an unknown criterion, or one that raised or returned malformed scores.
     """
     _check_trace(trace)
     manager = resolve_manager(plugins)
     named = _criteria_params(criteria)
     if isinstance(thresholds, Mapping):
-        unknown = sorted(set(thresholds) - set(named))
+        unknown = [name for name in thresholds if name not in named]
         if unknown:
             raise ValidationError(
                 f"thresholds given for {unknown}, which are not among the swept criteria "
                 f"{list(named)}. Check the names."
             )
+        grids = {name: _grid(thresholds.get(name), f"thresholds[{name!r}]") for name in named}
+    else:
+        shared = _grid(thresholds, "thresholds")
+        grids = {name: shared for name in named}
     predictions_all = confidence_and_prediction(trace.logits)[1]
     points: list[FrontierPoint] = []
     for name, params in tqdm(named.items(), desc="sweep", disable=not progress, unit="criterion"):
-        grid = _grid(thresholds, name, manager)
-        if not grid:
-            continue
+        grid = grids[name]
+        if grid is None:
+            grid = _default_grid(name, manager)
         base = policy(name, grid[0], calibration, plugins=manager, **params)
         policies = [base.with_threshold(t) for t in grid]
-        _check_inputs(trace, base)
-        exits = _sweep_exits(trace, base, [p.threshold for p in policies])
+        exits = exit_indices(trace, base, [p.threshold for p in policies])
         metrics = _metrics(exits, trace, predictions_all)
         for i, pol in enumerate(policies):
             points.append(
@@ -233,24 +253,34 @@ def _check_inputs(trace: Trace, pol: ExitPolicy) -> None:
     pol.check_model(trace.num_exits, trace.num_classes)
 
 
-def _sweep_exits(trace: Trace, base: ExitPolicy, grid: list[float]) -> Tensor:
-    """Exit index ``[N, T]`` for every threshold, from one score computation.
+def exit_indices(trace: Trace, base: ExitPolicy, grid: Sequence[float]) -> Tensor:
+    """The exit every input takes under ``base``'s criterion at each threshold of ``grid``.
+
+    The vectorised core of `sweep` and `adaptix.guarantee`: int64 ``[N, T]``, column t for
+    threshold ``grid[t]`` (validated by the criterion), from one computation of the scores.
+
+    Raises:
+        ValidationError: not a trace and a policy, or a threshold the criterion refuses.
+        CalibrationError: the policy's calibration was made for another model.
+        PluginError: the criterion raised or returned malformed scores.
 
     With ``key`` the score oriented so that larger exits (``-score`` for "le" criteria), an input
     exits at the first e <= E-2 where key >= τ. The running maximum of key over exits is
     non-decreasing, so that first e is the number of exits whose running maximum is still < τ:
     a binary search per input, O(N T log E), instead of a T x N x E comparison.
     """
+    _check_inputs(trace, base)
+    grid = [base.with_threshold(t).threshold for t in grid]
     num_exits = trace.num_exits
     n = trace.num_inputs
     if num_exits == 1:
-        return torch.zeros(n, len(grid), dtype=torch.long)
+        return torch.zeros(n, len(grid), dtype=torch.long, device=trace.logits.device)
     sign = 1.0 if base.criterion.direction == "ge" else -1.0
     key = (base.scores(trace.logits)[:, : num_exits - 1] * sign).nan_to_num(
         nan=-math.inf, posinf=math.inf, neginf=-math.inf
     )
     running = key.cummax(dim=1).values.contiguous()  # [N, E-1], sorted along exits
-    taus = torch.tensor(grid, dtype=torch.float64) * sign
+    taus = torch.tensor(grid, dtype=torch.float64, device=running.device) * sign
     # side="left" counts running maxima strictly below τ: the index of the first exit that fires.
     return torch.searchsorted(running, taus.expand(n, len(grid)).contiguous(), side="left")
 
@@ -289,33 +319,78 @@ def _metrics(exits: Tensor, trace: Trace, predictions_all: Tensor) -> dict[str, 
 def _criteria_params(
     criteria: str | Sequence[str] | Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, Any]]:
+    """Criterion name -> parameters, from any of the forms `sweep` accepts."""
     if isinstance(criteria, str):
         return {criteria: {}}
-    if isinstance(criteria, Mapping):
-        bad = [name for name, params in criteria.items() if not isinstance(params, Mapping)]
-        if bad:
-            raise ValidationError(
-                f"expected criterion parameters as mappings (name -> {{param: value}}), got "
-                f"{[type(criteria[name]).__name__ for name in bad]} for {bad}."
-            )
-        return {str(name): dict(params) for name, params in criteria.items()}
-    names = list(criteria)
-    if len(set(names)) != len(names):
+    if not isinstance(criteria, (Mapping, Sequence)):
         raise ValidationError(
-            f"expected distinct criterion names, got {names}. To sweep one criterion with "
-            "several parameter sets, call sweep once per set."
+            f"expected criteria as a name, a list of names or a mapping name -> parameters, got "
+            f"{type(criteria).__name__}."
         )
-    return {str(name): {} for name in names}
+    names = list(criteria)
+    if not names:
+        raise ValidationError(
+            "expected at least one criterion to sweep, got none. Pass a name such as "
+            "'confidence', a list of names, or a mapping name -> parameters."
+        )
+    bad_names = [name for name in names if not isinstance(name, str)]
+    if bad_names:
+        raise ValidationError(f"expected criterion names (str), got {bad_names!r}.")
+    if not isinstance(criteria, Mapping):
+        if len(set(names)) != len(names):
+            raise ValidationError(
+                f"expected distinct criterion names, got {names}. To sweep one criterion with "
+                "several parameter sets, call sweep once per set."
+            )
+        return {name: {} for name in names}
+    bad = [name for name, params in criteria.items() if not isinstance(params, Mapping)]
+    if bad:
+        raise ValidationError(
+            f"expected criterion parameters as mappings (name -> {{param: value}}), got "
+            f"{[type(criteria[name]).__name__ for name in bad]} for {bad}."
+        )
+    return {name: dict(params) for name, params in criteria.items()}
 
 
-def _grid(
-    thresholds: Sequence[float] | Mapping[str, Sequence[float]] | None,
-    name: str,
-    manager: AdaptixPluginManager,
-) -> list[float]:
-    chosen = thresholds.get(name) if isinstance(thresholds, Mapping) else thresholds
+def _grid(chosen: object, what: str) -> list[Any] | None:
+    """The thresholds in ``chosen`` as a non-empty list (None: the criterion's default grid).
+
+    The values themselves are validated by the criterion, when the policies are built.
+    """
     if chosen is None:
-        return list(manager.criteria.get(name).default_thresholds())
+        return None
     if isinstance(chosen, Tensor):
-        return [float(v) for v in chosen.flatten().tolist()]
-    return list(chosen)
+        values: list[Any] = chosen.flatten().tolist()
+    elif isinstance(chosen, (str, bytes)) or not isinstance(chosen, Iterable):
+        raise ValidationError(
+            f"expected {what} as a list of thresholds, got {type(chosen).__name__} {chosen!r}. "
+            "For a single threshold, pass a list of one."
+        )
+    else:
+        try:
+            values = list(chosen)
+        except TypeError as err:  # e.g. a 0-d numpy array: iterable by type, not by value
+            raise ValidationError(
+                f"expected {what} as a list of thresholds, got {type(chosen).__name__} "
+                f"{chosen!r}. For a single threshold, pass a list of one."
+            ) from err
+    if not values:
+        raise ValidationError(
+            f"expected {what} to hold at least one threshold, got an empty "
+            f"{type(chosen).__name__}. Give thresholds, or None for the criteria's default grid."
+        )
+    return values
+
+
+def _default_grid(name: str, manager: AdaptixPluginManager) -> list[Any]:
+    """The criterion's own grid, for a sweep that gives none."""
+    entry = manager.criteria.entry(name)
+    grid = call_plugin(entry, "default_thresholds", entry.component.default_thresholds)
+    fix = f"criterion '{name}' from plugin '{entry.plugin}' gives no usable default thresholds"
+    try:
+        values = _grid(grid, f"{entry.component.__qualname__}.default_thresholds()")
+    except ValidationError as err:
+        raise PluginError(f"{fix}: {err} Pass thresholds for it.") from err
+    if values is None:
+        raise PluginError(f"{fix} (got None). Pass thresholds for it.")
+    return values

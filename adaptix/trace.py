@@ -6,7 +6,9 @@ on construction, so everything downstream can trust its shapes, dtypes and value
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,10 +16,12 @@ import torch
 from torch import Tensor
 
 from adaptix.errors import ValidationError, expect
+from adaptix.files import atomic_write, check_meta
 
 _FORMAT = "adaptix.trace"
 _VERSION = 1
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FIELDS = ("logits", "labels", "costs")  # and "meta", optional
 
 
 class Trace:
@@ -25,10 +29,12 @@ class Trace:
 
     Args:
         logits: floating tensor ``[N, E, C]``: input n's logits at exit e. Must be finite.
-        labels: int64 tensor ``[N]`` with values in ``[0, C)``, or None for unlabelled data.
+        labels: int64 tensor ``[N]`` with values in ``[0, C)`` on the logits' device, or None
+            for unlabelled data.
         costs: ``[E]`` cumulative compute (e.g. FLOPs) to decide at each exit; finite,
             non-negative, non-decreasing, and ``costs[-1] > 0``.
-        meta: free-form string metadata (model name, split, ...) that travels with the trace.
+        meta: string metadata (model name, split, ...) that travels with the trace: keys and
+            values must be strings.
 
     Raises:
         ValidationError: if any of the above does not hold.
@@ -45,9 +51,9 @@ class Trace:
     ) -> None:
         self.logits = _check_logits(logits)
         n, e, c = self.logits.shape
-        self.labels = None if labels is None else _check_labels(labels, n, c)
+        self.labels = None if labels is None else _check_labels(labels, n, c, self.logits.device)
         self.costs = _check_costs(costs, e)
-        self.meta = dict(meta or {})
+        self.meta = check_meta(meta, "Trace")
 
     @property
     def num_inputs(self) -> int:
@@ -75,9 +81,18 @@ class Trace:
         )
 
     def subset(self, index: Tensor | slice) -> Trace:
-        """The trace of a subset of inputs (a slice, an index tensor or a boolean mask)."""
-        labels = None if self.labels is None else self.labels[index]
-        return Trace(self.logits[index], labels, self.costs, self.meta)
+        """The trace of a subset of inputs.
+
+        Args:
+            index: a slice, a 1-D integer tensor of input indices in ``[-N, N)`` (repeats
+                allowed, e.g. for a bootstrap), or a boolean mask of shape ``[N]``.
+
+        Raises:
+            ValidationError: any other index, an index out of range, or an empty selection.
+        """
+        rows = _check_index(index, self.num_inputs, self.logits.device)
+        labels = None if self.labels is None else self.labels[rows]
+        return Trace(self.logits[rows], labels, self.costs, self.meta)
 
     def scaled(self, factor: float) -> Trace:
         """The same trace with every logit multiplied by ``factor`` (temperature 1 / factor).
@@ -86,40 +101,61 @@ class Trace:
         prediction: the overconfidence stress of ``PCEE.md``.
         """
         valid = isinstance(factor, (int, float)) and not isinstance(factor, bool)
-        if not valid or not 0 < float(factor) < float("inf"):
+        if not valid or not 0 < _as_float(factor) < math.inf:
             raise ValidationError(
-                f"expected a finite factor > 0 to scale the logits by, got {factor!r}."
+                f"expected a finite factor > 0 to scale the logits by, got "
+                f"{reprlib.repr(factor)}. Pass a number such as 2.0."
+            )
+        logits = self.logits * float(factor)
+        if not bool(torch.isfinite(logits).all()):
+            raise ValidationError(
+                f"expected a factor that keeps the {self.logits.dtype} logits finite, got "
+                f"{reprlib.repr(factor)}, which overflows them. Use a smaller factor, or convert "
+                "the logits to float64 first."
             )
         meta = {**self.meta, "logit_scale": str(factor)}
-        return Trace(self.logits * factor, self.labels, self.costs, meta)
+        return Trace(logits, self.labels, self.costs, meta)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save to ``path`` (a torch file of plain tensors, loadable with ``weights_only``).
 
-        The file is written to a temporary name and renamed, so an existing file at ``path`` is
-        never left half-written.
+        The write is atomic (see `atomic_write`): an existing file at ``path`` is never left
+        half-written. A missing parent directory is created.
+
+        Raises:
+            ValidationError: ``path`` is a directory or cannot be written; a file already at
+                ``path`` is then left as it was.
         """
-        target = Path(path)
         payload = {
             "format": _FORMAT,
             "version": _VERSION,
             "logits": self.logits.detach().cpu(),
             "labels": None if self.labels is None else self.labels.detach().cpu(),
             "costs": self.costs.detach().cpu(),
-            "meta": dict(self.meta),
+            # Checked again: the dict can have been edited since the constructor checked it.
+            "meta": check_meta(self.meta, "Trace"),
         }
-        tmp = target.with_name(target.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-        return target
+        return atomic_write(path, lambda handle: torch.save(payload, handle), "trace")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
-        """Load a trace written by `save`; a corrupt or foreign file raises `ValidationError`."""
+        """Load a trace written by `save`; a corrupt or foreign file raises `ValidationError`.
+
+        The file is read with ``weights_only=True``: it can hold only tensors and plain data,
+        never code.
+        """
+        source = Path(path)
+        if source.is_dir():
+            raise ValidationError(
+                f"expected a trace file at {source}, got a directory. Pass the path of the file "
+                "that Trace.save wrote."
+            )
         try:
-            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+            payload = torch.load(source, map_location="cpu", weights_only=True)
         except FileNotFoundError as err:
-            raise ValidationError(f"no trace file at {path}.") from err
+            raise ValidationError(
+                f"no trace file at {path}. Check the path, or create it with Trace.save."
+            ) from err
         except Exception as err:
             raise ValidationError(
                 f"expected an adaptix trace file at {path}, but it could not be read ({err}). "
@@ -136,6 +172,13 @@ class Trace:
             f"trace format version {_VERSION}",
             payload.get("version"),
             "Upgrade adaptix or re-create the trace.",
+        )
+        missing = [field for field in _FIELDS if field not in payload]
+        expect(
+            not missing,
+            f"a trace file with the fields {list(_FIELDS)}",
+            f"one without {missing} at {path}",
+            "The file is corrupt: re-create it with Trace.save.",
         )
         return cls(payload["logits"], payload["labels"], payload["costs"], payload.get("meta"))
 
@@ -158,6 +201,12 @@ def _check_logits(logits: object) -> Tensor:
         logits.dtype,
         "Cast with .float().",
     )
+    expect(
+        logits.device.type != "meta",
+        "logits that hold data",
+        "a tensor on the 'meta' device (shapes only)",
+        "Trace real outputs of the model.",
+    )
     n, e, c = logits.shape
     expect(
         n >= 1 and e >= 1 and c >= 1,
@@ -176,13 +225,19 @@ def _check_logits(logits: object) -> Tensor:
     return logits.detach()
 
 
-def _check_labels(labels: object, n: int, c: int) -> Tensor:
+def _check_labels(labels: object, n: int, c: int, device: torch.device) -> Tensor:
     if not isinstance(labels, Tensor):
         raise ValidationError(
             f"expected labels as a torch.Tensor or None, got {type(labels).__name__}. "
             "Convert with torch.as_tensor(labels, dtype=torch.int64)."
         )
     expect(labels.dtype == torch.int64, "int64 labels", labels.dtype, "Cast with .long().")
+    expect(
+        labels.device == device,
+        f"labels on the logits' device ({device})",
+        f"labels on {labels.device}",
+        f"Move them with labels.to('{device}').",
+    )
     expect(
         labels.shape == (n,),
         f"labels of shape [{n}] (one per input)",
@@ -201,8 +256,11 @@ def _check_labels(labels: object, n: int, c: int) -> Tensor:
 def _check_costs(costs: object, e: int) -> Tensor:
     try:
         tensor = torch.as_tensor(costs, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValidationError(f"expected {e} numeric costs, got {costs!r}.") from err
+    except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+        raise ValidationError(
+            f"expected {e} numeric costs, got {reprlib.repr(costs)}. Give one cumulative cost "
+            "per exit."
+        ) from err
     expect(
         tensor.shape == (e,),
         f"costs of shape [{e}] (one per exit)",
@@ -227,3 +285,50 @@ def _check_costs(costs: object, e: int) -> Tensor:
         "Relative cost divides by the last exit's cost.",
     )
     return tensor
+
+
+def _as_float(number: float) -> float:
+    """``float(number)``, or inf for an integer too large for a float."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf
+
+
+def _check_index(index: object, n: int, device: torch.device) -> Tensor | slice:
+    """``index`` (a slice, an integer index tensor or a boolean mask) checked against N = n."""
+    if isinstance(index, slice):
+        try:
+            rows = range(n)[index]
+        except (TypeError, ValueError) as err:
+            raise ValidationError(
+                f"expected a slice of integers with a non-zero step, got {index!r} ({err})."
+            ) from err
+        if rows.step > 0:
+            return slice(rows.start, rows.stop, rows.step)
+        return torch.arange(rows.start, rows.stop, rows.step, device=device)
+    if not isinstance(index, Tensor):
+        raise ValidationError(
+            f"expected a slice, an integer index tensor or a boolean mask, got "
+            f"{type(index).__name__}. Convert a list with torch.tensor(indices)."
+        )
+    if index.dtype == torch.bool:
+        expect(
+            index.shape == (n,),
+            f"a boolean mask of shape [{n}] (one entry per input)",
+            f"shape {list(index.shape)}",
+            "Build the mask from the trace's own tensors, e.g. trace.labels == 3.",
+        )
+        return index.to(device)
+    expect(
+        not index.dtype.is_floating_point and not index.dtype.is_complex and index.dim() == 1,
+        "a 1-D integer index tensor",
+        f"a {index.dim()}-D {index.dtype} tensor",
+        "Pass input indices as torch.tensor([...]) or a boolean mask.",
+    )
+    if index.numel() and not (-n <= int(index.min()) and int(index.max()) < n):
+        raise ValidationError(
+            f"expected indices in [-{n}, {n}) (the trace has {n} inputs), got values from "
+            f"{int(index.min())} to {int(index.max())}."
+        )
+    return index.to(device=device, dtype=torch.int64)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import functools
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adaptix.errors import ValidationError
 from adaptix.model import MultiExitModel
+from adaptix.rows import _leaves, take_rows, to_device
 from adaptix.rows import batch_size as rows_in
-from adaptix.rows import take_rows, to_device
+from adaptix.scores import prediction
 
 Data = tuple[Any, Tensor]
 
@@ -36,7 +40,13 @@ class TrainResult:
     best_epoch: int = 0
 
 
-def _check_data(data: object, what: str) -> Data:
+def _check_data(data: object, what: str) -> tuple[Any, Tensor, int]:
+    """``(inputs, labels)`` checked, and the largest label (one host synchronisation).
+
+    Raises:
+        ValidationError: not a pair of inputs and one int64 label per input, no input, a
+            negative label, or NaN/inf in a floating input tensor.
+    """
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)):
         raise ValidationError(
             f"expected {what} as a pair (inputs, labels) with int64 labels, got "
@@ -51,7 +61,47 @@ def _check_data(data: object, what: str) -> Data:
         )
     if n == 0:
         raise ValidationError(f"expected {what} with at least one example, got none.")
-    return inputs, labels
+    low, high = (int(bound) for bound in torch.aminmax(labels))
+    if low < 0:
+        raise ValidationError(
+            f"expected {what} labels that are class indices 0..C-1, got {low} at input "
+            f"{int(labels.argmin())}. Remap the labels to 0..C-1."
+        )
+    _check_finite_inputs(inputs, what)
+    return inputs, labels, high
+
+
+def _check_finite_inputs(inputs: Any, what: str) -> None:
+    """`ValidationError` naming the rows of a floating input tensor that hold NaN or inf.
+
+    A float64 sum is NaN or infinite exactly when a summand is (float32 or float16 inputs
+    cannot overflow it): one pass over the inputs, without a boolean copy of them.
+    """
+    for leaf in _leaves(inputs):
+        if not leaf.is_floating_point() or math.isfinite(float(leaf.sum(dtype=torch.float64))):
+            continue
+        finite = torch.isfinite(leaf.flatten(1) if leaf.dim() > 1 else leaf.unsqueeze(1))
+        rows = (~finite.all(dim=1)).nonzero().flatten().tolist()
+        raise ValidationError(
+            f"expected finite inputs in the {what}, got NaN or infinite values in {len(rows)} "
+            f"inputs (rows {rows[:10]}{', ...' if len(rows) > 10 else ''}). Drop or repair them: "
+            "one such input makes every loss NaN."
+        )
+
+
+def _check_classes(exit_index: int, logits: Tensor, top_label: int, what: str) -> None:
+    """`ValidationError` unless the exit's logits ``[n, C]`` have a class for ``top_label``.
+
+    Cross-entropy indexes the logits with the labels: a label >= C is an IndexError on a CPU and
+    a device-side assertion on a GPU. Reads the shape only: no host synchronisation.
+    """
+    classes = logits.shape[-1]
+    if top_label >= classes:
+        raise ValidationError(
+            f"expected {what} labels that are class indices 0..{classes - 1} for the {classes} "
+            f"classes of exit {exit_index}'s head, got the label {top_label}. Remap the labels, "
+            "or build the model with as many classes as the data has."
+        )
 
 
 def _loss(
@@ -60,11 +110,14 @@ def _loss(
     weights: Sequence[float],
     distillation: float,
     temperature: float,
+    top_label: int,
 ) -> Tensor:
-    """Weighted sum of per-exit cross-entropies, optionally distilled from the last exit."""
+    """Weighted sum of per-exit cross-entropies, optionally distilled from the last exit
+    (``top_label``: the largest label of the training data, checked against each exit's C)."""
     teacher = logits[-1].detach() / temperature
     total = logits[0].new_zeros(())
     for e, (out, weight) in enumerate(zip(logits, weights, strict=True)):
+        _check_classes(e, out, top_label, "training data")
         loss = F.cross_entropy(out, labels)
         if distillation > 0 and e < len(logits) - 1:
             soft = F.kl_div(
@@ -93,7 +146,9 @@ def _cached_features(model: MultiExitModel, inputs: Any, batch: int) -> list[Ten
 @torch.no_grad()
 def exit_accuracy(model: MultiExitModel, data: Data, batch_size: int = 256) -> list[float]:
     """Accuracy of every exit on ``(inputs, labels)``."""
-    inputs, labels = _check_data(data, "data")
+    inputs, labels, top_label = _check_data(data, "data")
+    if not (_is_int(batch_size) and batch_size >= 1):
+        raise ValidationError(f"expected batch_size to be an integer >= 1, got {batch_size!r}.")
     was_training = model.training
     model.eval()
     device = model.check_devices()
@@ -103,7 +158,8 @@ def exit_accuracy(model: MultiExitModel, data: Data, batch_size: int = 256) -> l
         batch = to_device(take_rows(inputs, rows), device)
         target = labels[rows].to(device)
         for e, logits in enumerate(model.iter_exits(batch)):
-            correct[e] += int((logits.argmax(dim=-1) == target).sum())
+            _check_classes(e, logits, top_label, "data")
+            correct[e] += int((prediction(logits) == target).sum())
     model.train(was_training)
     return (correct.double() / labels.numel()).tolist()
 
@@ -149,79 +205,203 @@ def train_exits(
         patience: epochs without improvement before returning early (None: never).
         seed: seeds initial shuffling and dropout.
         progress: show a progress bar.
+
+    Raises:
+        ValidationError: an argument out of range; data that is not ``(inputs, labels)`` with
+            one int64 label per input; a label outside 0..C-1; NaN or inf in the inputs; or a
+            training loss that became NaN or inf (the message names the epoch; the model's
+            weights are then no longer usable).
     """
-    if mode not in ("frozen", "joint"):
-        raise ValidationError(f"expected mode 'frozen' or 'joint', got {mode!r}.")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or not 0.0 <= distillation < 1.0:
-        raise ValidationError(
-            f"expected epochs >= 1, batch_size >= 1, lr > 0 and distillation in [0, 1), got "
-            f"{epochs}, {batch_size}, {lr}, {distillation}."
-        )
-    weights = list(loss_weights) if loss_weights is not None else [1.0] * model.num_exits
-    if len(weights) != model.num_exits or min(weights) < 0:
-        raise ValidationError(
-            f"expected {model.num_exits} non-negative loss weights, got {weights}."
-        )
-    inputs, labels = _check_data(train, "training data")
-    val_data = None if val is None else _check_data(val, "validation data")
+    weights = _check_options(
+        model,
+        mode,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        loss_weights,
+        distillation,
+        temperature,
+        patience,
+    )
+    inputs, labels, top_label = _check_data(train, "training data")
+    val_data = None if val is None else _check_data(val, "validation data")[:2]
     device = model.check_devices()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-
-    frozen = mode == "frozen"
-    trainable = list(model.heads.parameters()) if frozen else list(model.parameters())
-    if frozen:
-        model.eval()
-        features = _cached_features(model, to_device(inputs, device), batch_size)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    forward = _ExitForward(model, inputs, mode, device, batch_size)
+    optimizer = torch.optim.AdamW(forward.parameters(), lr=lr, weight_decay=weight_decay)
     n = labels.numel()
     steps = epochs * ((n + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    loss_of = functools.partial(
+        _loss,
+        weights=weights,
+        distillation=distillation,
+        temperature=temperature,
+        top_label=top_label,
+    )
 
     result = TrainResult(val_accuracy=None)
-    best_score, best_state, stale = -1.0, None, 0
+    best = _BestEpoch()
     bar = tqdm(range(epochs), desc=f"train exits ({mode})", disable=not progress, unit="epoch")
     for epoch in bar:
-        if frozen:
-            model.heads.train()
-        else:
-            model.train()
         order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            target = labels[idx].to(device)
-            if frozen:
-                logits = [
-                    head(f[idx.to(f.device)]) for head, f in zip(model.heads, features, strict=True)
-                ]
-            else:
-                logits = list(model.iter_exits(to_device(take_rows(inputs, idx), device)))
-            loss = _loss(logits, target, weights, distillation, temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * idx.numel()
-        record: dict[str, Any] = {"epoch": epoch, "loss": total / n}
+        loss = _train_epoch(forward, labels, order, batch_size, loss_of, optimizer, schedule)
+        if not math.isfinite(loss):
+            raise ValidationError(
+                f"expected a finite training loss, got a mean loss of {loss} in epoch {epoch} of "
+                f"0..{epochs - 1}: training diverged and the weights are no longer usable. "
+                f"Lower the learning rate (lr={lr}), check the inputs for extreme values, or "
+                "check that the model's logits are finite on them."
+            )
+        record: dict[str, Any] = {"epoch": epoch, "loss": loss}
         if val_data is not None:
             accuracy = exit_accuracy(model, val_data, batch_size=max(batch_size, 256))
             record["val_accuracy"] = accuracy
-            score = sum(accuracy) / len(accuracy)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{score:.3f}")
-            if score > best_score:
-                best_score, stale = score, 0
-                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{sum(accuracy) / len(accuracy):.3f}")
+            if best.update(model, accuracy):
                 result.val_accuracy, result.best_epoch = accuracy, epoch
-            else:
-                stale += 1
         else:
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             result.best_epoch = epoch
         result.history.append(record)
-        if patience is not None and stale >= patience:
+        if patience is not None and best.stale >= patience:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
     return result
+
+
+def _check_options(
+    model: MultiExitModel,
+    mode: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    loss_weights: Sequence[float] | None,
+    distillation: float,
+    temperature: float,
+    patience: int | None,
+) -> list[float]:
+    """Raise unless every option of `train_exits` is in range; the per-exit loss weights."""
+    if mode not in ("frozen", "joint"):
+        raise ValidationError(f"expected mode 'frozen' or 'joint', got {mode!r}.")
+    checks = [
+        ("epochs", epochs, _is_int(epochs) and epochs >= 1, "an integer >= 1"),
+        ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an integer >= 1"),
+        ("lr", lr, _is_finite(lr) and lr > 0, "a finite number > 0"),
+        ("weight_decay", weight_decay, _is_finite(weight_decay) and weight_decay >= 0,
+         "a finite number >= 0"),
+        ("distillation", distillation, _is_finite(distillation) and 0 <= distillation < 1,
+         "a number in [0, 1)"),
+        ("temperature", temperature, _is_finite(temperature) and temperature > 0,
+         "a finite number > 0"),
+        ("patience", patience, patience is None or (_is_int(patience) and patience >= 1),
+         "an integer >= 1 or None"),
+    ]  # fmt: skip
+    bad = [f"{name} to be {wanted} (got {value!r})" for name, value, ok, wanted in checks if not ok]
+    if bad:
+        raise ValidationError(f"expected {'; '.join(bad)}.")
+    weights = list(loss_weights) if loss_weights is not None else [1.0] * model.num_exits
+    if len(weights) != model.num_exits or not all(_is_finite(w) and w >= 0 for w in weights):
+        raise ValidationError(
+            f"expected loss_weights to be {model.num_exits} finite, non-negative numbers (one "
+            f"per exit), got {weights}."
+        )
+    return [float(w) for w in weights]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+class _ExitForward:
+    """Per-exit logits of a batch of training rows, in the frozen or the joint mode.
+
+    Frozen: the backbone's features are computed once, here, and only the heads train. Joint:
+    every batch runs the whole model.
+    """
+
+    def __init__(
+        self, model: MultiExitModel, inputs: Any, mode: str, device: torch.device, batch: int
+    ) -> None:
+        self.model, self.inputs, self.device = model, inputs, device
+        self.frozen = mode == "frozen"
+        self.features: list[Tensor] = []
+        if self.frozen:
+            model.eval()
+            self.features = _cached_features(model, to_device(inputs, device), batch)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates."""
+        module = self.model.heads if self.frozen else self.model
+        return list(module.parameters())
+
+    def train(self) -> None:
+        """Training mode for what trains (the frozen backbone stays in evaluation mode)."""
+        (self.model.heads if self.frozen else self.model).train()
+
+    def __call__(self, rows: Tensor) -> list[Tensor]:
+        if self.frozen:
+            heads = zip(self.model.heads, self.features, strict=True)
+            return [head(f[rows.to(f.device)]) for head, f in heads]
+        return list(self.model.iter_exits(to_device(take_rows(self.inputs, rows), self.device)))
+
+
+def _train_epoch(
+    forward: _ExitForward,
+    labels: Tensor,
+    order: Tensor,
+    batch_size: int,
+    loss_of: Callable[[Sequence[Tensor], Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One pass over the rows in ``order``; the mean training loss (NaN or inf once a step's
+    loss was). The loss is summed on the device and read once, at the end of the epoch."""
+    forward.train()
+    total = torch.zeros((), dtype=torch.float64, device=forward.device)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        loss = loss_of(forward(rows), labels[rows].to(forward.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += loss.detach() * rows.numel()
+    return float(total) / len(order)
+
+
+@dataclass
+class _BestEpoch:
+    """The weights of the epoch with the best mean validation accuracy so far.
+
+    Attributes:
+        score: that mean accuracy (-1 before any epoch).
+        state: a copy of the model's weights then (None before any epoch).
+        stale: epochs since it last improved.
+    """
+
+    score: float = -1.0
+    state: dict[str, Any] | None = None
+    stale: int = 0
+
+    def update(self, model: nn.Module, accuracy: list[float]) -> bool:
+        """Record an epoch's per-exit accuracy; True (weights copied) if it is the new best."""
+        score = sum(accuracy) / len(accuracy)
+        if score > self.score:
+            self.score, self.stale, self.state = score, 0, copy.deepcopy(model.state_dict())
+            return True
+        self.stale += 1
+        return False

@@ -262,6 +262,26 @@ class Row:
     overhead: float | None = None
 
 
+@dataclass(frozen=True)
+class CheckCost:
+    """The measured cost of the runner's finite check at one batch size.
+
+    Attributes:
+        family: the model family.
+        batch: rows per runner call.
+        early: share of rows that left before the last exit.
+        cost: median over rounds of time(check on) / time(check off) - 1, each round an
+            on, off, off, on quadruple.
+        rounds: timed rounds.
+    """
+
+    family: str
+    batch: int
+    early: float
+    cost: float
+    rounds: int
+
+
 @dataclass
 class Summary:
     """Collects the session's rows and prints the speed-up table at the end of the session.
@@ -271,6 +291,7 @@ class Summary:
     """
 
     rows: list[Row] = field(default_factory=list)
+    check_costs: list[CheckCost] = field(default_factory=list)
 
     def table(self) -> list[str]:
         """The summary, one line a row."""
@@ -290,7 +311,21 @@ class Summary:
         return lines
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        """Print the table (pytest hook)."""
+        """Print the tables (pytest hook)."""
+        if self.check_costs:
+            terminalreporter.write_sep("-", "the runner's finite check: check_finite=True vs False")
+            terminalreporter.write_line(
+                "cost = time(check on) / time(check off) - 1, median over rounds of four runs "
+                "each (on, off, off, on)"
+            )
+            terminalreporter.write_line(
+                f"{'family':<14} {'batch':>5} {'early':>6} {'cost':>7} {'rounds':>6}"
+            )
+            for check in sorted(self.check_costs, key=lambda c: (c.family, c.batch)):
+                terminalreporter.write_line(
+                    f"{check.family:<14} {check.batch:>5} {check.early:>6.1%} "
+                    f"{check.cost:>+7.2%} {check.rounds:>6}"
+                )
         if not self.rows:
             return
         terminalreporter.write_sep("-", "early-exit runtime: speed-ups against the plain model")

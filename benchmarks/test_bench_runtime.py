@@ -14,9 +14,13 @@ the models and caches them under ``.benchmarks/models/``).
   the median of the per-round ratios. The plain model also has benchmarks of its own.
 - No-exit case: a policy under which nothing exits, against every block and every head run
   without any decision (the runtime's overhead; the target is 5 % or less), paired the same way.
+- Finite check: the runner with its default ``check_finite=True`` against the same runner with
+  ``check_finite=False`` (the cost of refusing NaN or infinite logits), timed as on, off, off,
+  on in every round; the target is no measurable change at batch 64 and above.
 
 The CNN is ``resnet`` size medium trained briefly on Fashion-MNIST, at batch sizes 1, 64 and
 512 and three δ of ``pcee`` (about 30, 60 and 85 % early exits on the test data), in both modes.
+The finite check runs on the CNN in compact mode at the middle δ, at every batch size.
 MiniLM on BBC News (through the plugin ``adaptix-transformers``; skipped when it is missing) runs
 at the same batch sizes and δ targets in compact mode, plus its no-exit case. Every benchmark
 checks its first call: the runner's exits and predictions against `adaptix.simulate` on the same
@@ -40,6 +44,7 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 from runtime_models import (
+    CheckCost,
     CnnConfig,
     MiniLMConfig,
     Row,
@@ -68,6 +73,8 @@ MINILM_ROWS = {1: 16, 64: 128, 512: 512}
 #: averages over 512 inputs.
 ROUNDS = {1: 5, 64: 5, 512: 3}
 WARMUP_ROUNDS = 1
+#: Timed rounds of the finite check: its cost is far below the machine's noise, so more rounds.
+FINITE_CHECK_ROUNDS = {1: 9, 64: 11, 512: 7}
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,55 @@ def test_cnn_nothing_exits(
     policy = adaptix.policy("patience", num_exits)
     assert adaptix.simulate(case.trace, policy).early_exit_rate == 0.0
     bench_runner(benchmark, summary, case, policy, f"patience t={num_exits}", mode)
+
+
+@pytest.mark.parametrize("batch", CNN_ROWS)
+def test_cnn_finite_check(
+    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int
+) -> None:
+    """The runner with the finite check against the same runner without it.
+
+    Each timed round (check on) follows, in its setup, one more run with the check and two
+    without: on, off, off, on. The ratio of each such quadruple cancels a load that drifts
+    steadily over it, which on a shared machine moves a plain pair by more than the check
+    costs (the second of two identical runs came out up to 13 % slower at batch 1).
+    """
+    case = cnn[batch]
+    policy = adaptix.policy("pcee", case.deltas[0.60], case.calibration)
+    checked = adaptix.EarlyExitRunner(case.model, policy)
+    unchecked = adaptix.EarlyExitRunner(case.model, policy, check_finite=False)
+
+    def run(runner: adaptix.EarlyExitRunner) -> list[adaptix.RunnerOutput]:
+        return [runner(b) for b in case.batches]
+
+    expected = adaptix.simulate(case.trace, policy)
+    for runner in (checked, unchecked):
+        outputs = run(runner)
+        assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
+        assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
+    paired = Paired(
+        checked=lambda: run(checked),
+        unchecked=lambda: run(unchecked),
+        unchecked_again=lambda: run(unchecked),
+    )
+    rounds = measure(benchmark, lambda: run(checked), FINITE_CHECK_ROUNDS[batch], setup=paired)
+    benchmark.extra_info.update(
+        family=case.family, batch=case.batch, early_exit_rate=expected.early_exit_rate
+    )
+    if rounds is not None:
+        setups = {
+            name: seconds[WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
+            for name, seconds in paired.seconds.items()
+        }
+        quadruples = zip(
+            setups["checked"], setups["unchecked"], setups["unchecked_again"], rounds, strict=True
+        )
+        ratios = [(on + again) / (off + off_again) for on, off, off_again, again in quadruples]
+        cost = statistics.median(ratios) - 1
+        benchmark.extra_info.update(finite_check_cost=cost)
+        summary.check_costs.append(
+            CheckCost(case.family, case.batch, expected.early_exit_rate, cost, len(rounds))
+        )
 
 
 # ----------------------------------------------------------------------------------- MiniLM

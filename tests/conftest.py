@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix.components import Backbone, Calibrator, Component, ExitCriterion, ExitHead
-from adaptix.plugins import AdaptixPluginManager, Registrar
+from adaptix.plugins import AdaptixPluginManager, Registrar, refresh_default_plugin_manager
 from adaptix.settings import Settings
 
 # The tensors here are tiny: a second intra-op thread only adds synchronisation, which on a busy
@@ -92,7 +92,7 @@ def manager_with() -> Callable[..., AdaptixPluginManager]:
 
 @pytest.fixture
 def entry_point_plugins(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Callable[[Mapping[str, tuple[type[Component], ...] | None]], None]:
     """``entry_point_plugins({name: classes})`` makes the ``adaptix`` entry-point group hold
     exactly these plugins (classes None: a plugin whose module cannot be imported)."""
@@ -113,6 +113,10 @@ def entry_point_plugins(
             "adaptix.plugins.entry_points",
             lambda group: [ep for ep in found if ep.group == group],
         )
+        # Calls without plugins= share a cached manager: make them see these plugins, and
+        # forget them after the test.
+        refresh_default_plugin_manager()
+        request.addfinalizer(refresh_default_plugin_manager)
 
     return install
 

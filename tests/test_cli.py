@@ -21,7 +21,7 @@ def test_plugins_lists_every_builtin_with_its_components(capsys) -> None:
     version = adaptix.__version__
     for plugin in ("adaptix.criteria", "adaptix.calibrators", "adaptix.heads"):
         assert any(line.split() == [plugin, "adaptix", version] for line in lines), out
-    assert "    criterion: confidence, entropy, patience, pcee, pcee_ws" in out
+    assert "    criterion: confidence, entropy, patience, pcee, pcee_ws, pcee_lcb" in out
     assert "    calibrator: reliability" in out
     assert "    exit head: linear, mlp" in out
     assert "blocked" not in out
@@ -78,3 +78,64 @@ def test_a_command_is_required(capsys) -> None:
 
 def test_the_parser_documents_the_plugins_command() -> None:
     assert "list every plugin" in build_parser().format_help()
+
+
+BAD_COMPONENTS = """\
+[[models]]
+name = "s"
+backbone = "msdnett"
+
+[[models]]
+name = "l"
+head = "linear"
+head_params = { hidden = 3 }
+
+[sweep]
+criteria = ["confidence", "pcee", "confidance"]
+"""
+
+
+@pytest.mark.parametrize("command", ["config", "run"])
+def test_unknown_components_fail_before_anything_runs(
+    command: str, tmp_path, monkeypatch, capsys
+) -> None:
+    def run_job(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the job started with a configuration naming unknown components")
+
+    monkeypatch.setattr("adaptix.experiment.run_job", run_job)
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_COMPONENTS)
+    assert main([command, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0] == f"adaptix: error: invalid {path}:"
+    problems = {line.split(":")[0].strip(): line for line in lines[1:]}
+    assert set(problems) == {"models.0.backbone", "models.1.head_params", "sweep.criteria.2"}
+    assert "unknown backbone 'msdnett'. Available: msdnet, resnet, sequential" in captured.err
+    assert "exit head 'linear'.hidden: Extra inputs are not permitted" in captured.err
+    assert "unknown criterion 'confidance'. Available: confidence, entropy" in captured.err
+
+
+def test_config_prints_the_validated_defaults(capsys) -> None:
+    assert main(["config"]) == 0
+    printed = capsys.readouterr().out
+    assert '"backbone": "msdnet"' in printed
+    assert '"criteria": [\n      "confidence"' in printed
+
+
+def test_a_meaningless_switch_in_the_environment_exits_with_status_2(monkeypatch, capsys):
+    monkeypatch.setenv("ADAPTIX_AUTOLOAD_PLUGINS", "maybe")
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adaptix: error: ADAPTIX_AUTOLOAD_PLUGINS expects one of")
+    assert "got 'maybe'" in err
+
+
+def test_an_output_dir_that_is_a_file_exits_with_status_2(tmp_path, capsys) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    config = tmp_path / "job.toml"
+    config.write_text(f'output_dir = "{taken}"\n')
+    assert main(["run", str(config)]) == 2
+    assert "expected output_dir to be a writable directory" in capsys.readouterr().err

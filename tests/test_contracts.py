@@ -3,6 +3,7 @@ check catches the breakage it is there for."""
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import Any, ClassVar
 
@@ -12,6 +13,7 @@ from pydantic import ConfigDict
 from torch import Tensor, nn
 
 import adaptix
+from adaptix import PluginError
 from adaptix.calibration import Calibration
 from adaptix.components import (
     Backbone,
@@ -180,7 +182,6 @@ class Undescribed(Confidence):
             (ForgetfulPatience, "select_state must keep exactly the state of the kept rows"),
             (Scribbler, "must not modify the logits"),
             (CarelessPCEE, "check_model must refuse"),
-            (AcceptsNaN, "NaN threshold must raise"),
             (LooseConfidence, "extra='forbid'"),
             (Sideways, "`direction` must be 'ge' or 'le'"),
             (Undescribed, "`description` must be a non-empty str"),
@@ -191,6 +192,12 @@ def test_a_broken_criterion_fails_the_check(manager_with, criterion, message: st
     manager = manager_with(criterion)
     with pytest.raises(AssertionError, match=f"criterion '{criterion.name}': .*{message}"):
         check_criterion(criterion.name, plugins=manager)
+
+
+def test_a_nan_threshold_that_a_criterion_accepts_is_refused_by_the_host(manager_with) -> None:
+    manager = manager_with(AcceptsNaN, name="lenient")
+    with pytest.raises(PluginError, match=r"'accepts_nan' from plugin 'lenient' returned the thr"):
+        adaptix.policy("accepts_nan", math.nan, plugins=manager)
 
 
 def test_a_criterion_registered_under_an_alias_fails_the_name_check() -> None:
@@ -265,8 +272,8 @@ class Unfit(Calibrator):
         [
             (HalfCounting, "every input must be counted once at every exit"),
             (LabelBlind, "unlabelled trace must raise"),
-            (Normalising, "every input must be counted once"),
-            (Unfit, "every input must be counted once"),
+            (Normalising, "valid Calibration.*every exit to count every calibration input"),
+            (Unfit, "valid Calibration.*every exit to count every calibration input"),
         ]
     ),
 )

@@ -1,14 +1,20 @@
-"""Control and scale metrics of PCEE.md on hand-built frontiers."""
+"""Control and scale metrics of PCEE.md on hand-built frontiers, and the accuracy readings
+that criteria declare for them."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
+import adaptix
+from adaptix import PluginError, ValidationError
+from adaptix.components import AccuracyReading
 from adaptix.control import (
     best_accuracy_within,
     cheapest_reaching,
     control_summary,
-    naive_threshold,
     oracle_costs,
 )
 from adaptix.simulate import Frontier, FrontierPoint
@@ -47,17 +53,107 @@ def test_oracle_without_a_feasible_threshold_exits_nothing() -> None:
     assert oracle_costs([_point("confidence", 0.5, 0.6, 0.3)], [0.9]) == {0.9: 1.0}
 
 
-def test_a_missing_threshold_is_reported() -> None:
+def test_a_missing_threshold_is_a_validation_error() -> None:
     frontier = Frontier([_point("pcee", 0.8, 0.9, 0.5)], [1.0, 2.0])
-    with pytest.raises(KeyError, match=r"lacks threshold 0\.9"):
+    with pytest.raises(ValidationError, match=r"hold threshold 0\.9 .*got thresholds \[0\.8\]"):
         control_summary(frontier, "pcee", [0.9], {0.9: 1.0})
 
 
-def test_naive_reading_and_budget_helpers() -> None:
-    assert naive_threshold("entropy", 0.9) == pytest.approx(0.1)
-    assert naive_threshold("pcee", 0.9) == 0.9
+def test_entropy_is_read_at_one_minus_delta() -> None:
+    frontier = Frontier(
+        [_point("entropy", 0.1, 0.95, 0.5), _point("entropy", 0.2, 0.75, 0.3)], [1.0, 2.0]
+    )
+    summary = control_summary(frontier, "entropy", [0.8, 0.9], {0.8: 0.5, 0.9: 0.5})
+    assert summary.per_delta == {0.8: (0.75, 0.3, 0.6), 0.9: (0.95, 0.5, 1.0)}
+    assert summary.violation_rate == 0.5
+
+
+BAD_CONTROL_CALLS: dict[str, tuple[dict[str, Any], str]] = {
+    "delta missing from the oracle": ({"oracle": {0.8: 0.5}}, r"no.* for \[0\.9\]"),
+    "empty grid": ({"deltas": []}, "grid of targets"),
+    "NaN delta": ({"deltas": [0.8, math.nan]}, "grid of targets"),
+    "delta above 1": ({"deltas": [0.8, 1.5]}, "grid of targets"),
+    "delta as text": ({"deltas": ["0.8"]}, "grid of targets"),
+    "no accuracy reading": ({"criterion": "patience"}, "'patience', which declares no"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONTROL_CALLS))
+def test_bad_control_calls_are_validation_errors(case: str) -> None:
+    frontier = Frontier(
+        [_point(c, t, 0.9, 0.5) for c in ("pcee", "patience") for t in (0.8, 0.9)], [1.0, 2.0]
+    )
+    arguments: dict[str, Any] = {
+        "criterion": "pcee",
+        "deltas": [0.8, 0.9],
+        "oracle": {0.8: 0.5, 0.9: 0.5},
+    }
+    updates, message = BAD_CONTROL_CALLS[case]
+    arguments.update(updates)
+    with pytest.raises(ValidationError, match=message):
+        control_summary(frontier, **arguments)
+
+
+def test_an_unknown_criterion_is_a_plugin_error() -> None:
+    frontier = Frontier([_point("pcee", 0.8, 0.9, 0.5)], [1.0, 2.0])
+    with pytest.raises(PluginError, match="unknown criterion 'pcie'"):
+        control_summary(frontier, "pcie", [0.8], {0.8: 1.0})
+
+
+@pytest.mark.parametrize(
+    "points",
+    [[], [("confidence", 0.5, 0.3)]],
+    ids=["empty", "not-frontier-points"],
+)
+def test_an_oracle_without_frontier_points_is_a_validation_error(points: list[Any]) -> None:
+    with pytest.raises(ValidationError, match="FrontierPoints of a sweep"):
+        oracle_costs(points, [0.9])
+
+
+def test_budget_helpers_refuse_nan_and_non_numbers() -> None:
+    curve = [(1.0, 0.80), (2.0, 0.85)]
+    with pytest.raises(ValidationError, match="budget to be a number"):
+        best_accuracy_within(curve, math.nan)
+    with pytest.raises(ValidationError, match="accuracy to be a number"):
+        cheapest_reaching(curve, math.nan)
+    with pytest.raises(ValidationError, match=r"\(cost, accuracy\) pairs"):
+        best_accuracy_within([(1.0, math.nan)], 2.0)
+    with pytest.raises(ValidationError, match=r"\(cost, accuracy\) pairs"):
+        cheapest_reaching([(1.0, None)], 0.5)  # type: ignore[list-item]
+    assert best_accuracy_within(curve, math.inf) == 0.85
+
+
+def test_budget_helpers() -> None:
     curve = [(1.0, 0.80), (2.0, 0.85), (3.0, 0.90)]
     assert best_accuracy_within(curve, 2.5) == 0.85
     assert best_accuracy_within(curve, 0.5) is None
     assert cheapest_reaching(curve, 0.84) == 2.0
     assert cheapest_reaching(curve, 0.95) is None
+
+
+def test_builtin_criteria_declare_their_accuracy_reading() -> None:
+    criteria = adaptix.get_plugin_manager().criteria
+    readings = {name: criteria.get(name).accuracy_reading for name in criteria.names()}
+    assert readings["confidence"] == AccuracyReading(is_target=False)
+    assert readings["entropy"] == AccuracyReading(complement=True)
+    assert readings["pcee"] == readings["pcee_ws"] == AccuracyReading(is_target=True)
+    assert readings["patience"] is None
+    entropy = readings["entropy"]
+    assert entropy is not None
+    assert entropy.threshold(0.9) == 0.1  # exactly: 1 - 0.9 is 0.09999999999999998
+    assert entropy.target(0.1) == 0.9
+    for delta in (math.nan, -0.1, 1.5, "0.9", True):
+        with pytest.raises(ValidationError, match=r"accuracy target δ in \[0, 1\]"):
+            entropy.threshold(delta)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", adaptix.get_plugin_manager().criteria.names())
+def test_every_reading_is_invertible_and_gives_valid_thresholds(name: str) -> None:
+    criterion = adaptix.get_plugin_manager().criteria.get(name)
+    reading = criterion.accuracy_reading
+    if reading is None:
+        pytest.skip(f"{name} has no accuracy reading")
+    for delta in [0.0, 0.33, 0.5, 0.9, 0.99, 1.0]:
+        threshold = reading.threshold(delta)
+        assert criterion.validate_threshold(threshold) == threshold
+        assert reading.target(threshold) == pytest.approx(delta, abs=1e-12)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from torch import Tensor
 
 import adaptix
-from adaptix.experiment import load_config, run_job
+from adaptix.components import AccuracyReading, ExitCriterion
+from adaptix.experiment import job, load_config, run_job
 from adaptix.experiment.cache import ModelCache
-from adaptix.experiment.config import JobConfig, parse_config
+from adaptix.experiment.config import JobConfig, ModelConfig, parse_config
+from adaptix.experiment.report import render_report
+from adaptix.scores import probabilities
+from adaptix.settings import Settings
+from adaptix.testing import synthetic_trace
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -38,6 +46,46 @@ def _config(tmp_path: Path, **updates: object) -> JobConfig:
     return parse_config(data)
 
 
+def markdown_tables(text: str) -> list[list[str]]:
+    """The tables of a Markdown text: each a run of consecutive lines that start with '|'."""
+    tables: list[list[str]] = []
+    previous = False
+    for line in text.splitlines():
+        is_row = line.startswith("|")
+        if is_row and not previous:
+            tables.append([])
+        if is_row:
+            tables[-1].append(line)
+        previous = is_row
+    return tables
+
+
+def check_table(lines: list[str]) -> None:
+    """A well-formed table: header, separator, and rows with the header's number of cells."""
+
+    def cells(line: str) -> list[str]:
+        assert line.startswith("|"), line
+        assert line.endswith("|"), line
+        return line[1:-1].split("|")
+
+    header, separator, *rows = lines
+    width = len(cells(header))
+    assert all(cell.strip() for cell in cells(header)), f"empty header cell: {header}"
+    assert [c.strip() for c in cells(separator)] == ["---"] * width, separator
+    for row in rows:
+        assert len(cells(row)) == width, f"{len(cells(row))} cells, header has {width}: {row}"
+
+
+def test_the_table_checker_catches_a_cell_without_header() -> None:
+    check_table(["| a | b |", "|---|---|", "| 1 | 2 |"])
+    with pytest.raises(AssertionError, match="3 cells, header has 2"):
+        check_table(["| a | b |", "|---|---|", "| 1 | 2 | 3 |"])
+    assert markdown_tables("x\n| a |\n|---|\n\n| b |\n|---|\n| 1 |\n") == [
+        ["| a |", "|---|"],
+        ["| b |", "|---|", "| 1 |"],
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> adaptix.experiment.JobResult:
     tmp_path = tmp_path_factory.mktemp("job")
@@ -59,6 +107,27 @@ def test_job_writes_report_tables_and_plots(tiny_job: adaptix.experiment.JobResu
     assert calibration.num_inputs == 300
     assert not tiny_job.tracking_failures
     assert all(p.agrees_with_simulation for p in tiny_job.runtime)
+
+
+def test_every_table_of_the_report_is_well_formed(tiny_job: adaptix.experiment.JobResult) -> None:
+    report = (tiny_job.output_dir / "report.md").read_text()
+    assert report == tiny_job.report
+    tables = markdown_tables(report)
+    assert len(tables) == 5  # models; control on l, then on s; scale; runtime
+    for table in tables:
+        check_table(table)
+    assert (
+        "| logits | criterion | violation rate (%) | worst shortfall (pt) | early exits" in report
+    )
+
+
+def test_mlflow_holds_the_report_as_written(
+    tiny_job: adaptix.experiment.JobResult, tmp_path: Path
+) -> None:
+    client = mlflow.MlflowClient(tracking_uri=tiny_job.tracking_uri)
+    logged = client.download_artifacts(tiny_job.parent_run_id, "report.md", str(tmp_path))
+    assert Path(logged).read_text() == tiny_job.report  # rendered once, job time included
+    assert "Job time:" in tiny_job.report
 
 
 def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResult) -> None:
@@ -119,7 +188,9 @@ def test_second_run_uses_the_cache_and_a_corrupt_entry_is_retrained(tmp_path: Pa
     assert ModelCache(tmp_path / "cache").load("s", "0" * 64) is None
 
 
-def test_unreachable_tracking_store_still_writes_everything(tmp_path: Path) -> None:
+def test_unreachable_tracking_store_still_writes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's directory should be")
     config = _config(
@@ -129,8 +200,16 @@ def test_unreachable_tracking_store_still_writes_everything(tmp_path: Path) -> N
         sweep={"stress_scales": []},
         tracking={"uri": f"sqlite:///{blocker}/mlflow.db"},
     )
+    renders: list[str] = []
+
+    def counted(result: adaptix.experiment.JobResult) -> str:
+        renders.append(render_report(result))
+        return renders[-1]
+
+    monkeypatch.setattr(job, "render_report", counted)
     with pytest.warns(UserWarning, match="could not"):
         result = run_job(config, log=lambda _: None)
+    assert renders == [result.report]  # rendered once, after tracking
     assert result.tracking_failures
     assert (result.output_dir / "frontier-s.csv").stat().st_size > 0
     assert (result.output_dir / "accuracy-vs-flops.png").stat().st_size > 0
@@ -173,3 +252,113 @@ def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
     config = _config(tmp_path, data={"directory": str(tmp_path / "nowhere")})
     with pytest.raises(adaptix.ValidationError, match="apt-get install dataset-fashion-mnist"):
         run_job(config, log=lambda _: None)
+
+
+# --------------------------------------------- a third-party criterion joins by declaring it
+
+
+class TopTwoMargin(ExitCriterion):
+    """A test-local criterion: top-1 minus top-2 probability, read naively as τ = δ."""
+
+    name = "test_margin"
+    accuracy_reading = AccuracyReading()
+
+    def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
+        top = probabilities(logits).topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1], state
+
+
+class TopTwoMarginTarget(TopTwoMargin):
+    """The same score, declared as a threshold that is the accuracy target itself."""
+
+    name = "test_margin_target"
+    accuracy_reading = AccuracyReading(is_target=True)
+
+
+class TopTwoMarginUnread(TopTwoMargin):
+    """The same score, without an accuracy reading."""
+
+    name = "test_margin_unread"
+    accuracy_reading = None
+
+
+MARGINS = (TopTwoMargin, TopTwoMarginTarget, TopTwoMarginUnread)
+
+
+class RegistersMargins:
+    @adaptix.hookimpl
+    def adaptix_register_criteria(self, registry: Any) -> None:
+        for criterion in MARGINS:
+            registry.add(criterion)
+
+
+def _traced(num_exits: int, seed: int) -> adaptix.Trace:
+    """A synthetic trace with the FLOP metadata that `MultiExitModel.trace` records."""
+    logits_trace = synthetic_trace(400, num_exits=num_exits, num_classes=5, seed=seed)
+    blocks, heads = [1e6] * num_exits, [1e5] * num_exits
+    costs = torch.tensor(blocks).cumsum(0) + torch.tensor(heads).cumsum(0)
+    meta = {"block_flops": json.dumps(blocks), "head_flops": json.dumps(heads)}
+    return adaptix.Trace(logits_trace.logits, logits_trace.labels, costs, meta=meta)
+
+
+def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
+    tmp_path: Path,
+) -> None:
+    plugins = adaptix.get_plugin_manager(settings=Settings(autoload_plugins=False))
+    plugins.register(RegistersMargins(), name="test_margins")
+    criteria = ["confidence", "pcee", "patience", *(c.name for c in MARGINS)]
+    readings = {name: plugins.criteria.get(name).accuracy_reading for name in criteria}
+    config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [2.0]})
+    deltas = config.sweep.deltas()
+    outcomes = {
+        name: job._analyse(
+            ModelConfig(name=name), _traced(exits, seed), _traced(exits, seed + 1), config,
+            plugins, readings,
+        )
+        for name, exits, seed in (("s", 2, 0), ("l", 4, 10))
+    }  # fmt: skip
+
+    for outcome in outcomes.values():  # the job's sweep and control table
+        for panel in ("natural", "logits ×2"):
+            assert set(outcome.control[panel]) == {
+                "confidence", "pcee", "test_margin", "test_margin_target"
+            }  # fmt: skip
+            assert list(outcome.control[panel]["test_margin"].per_delta) == deltas
+        assert [p.threshold for p in outcome.frontier.of("test_margin")] == deltas
+        assert outcome.frontier.of("test_margin_unread")  # swept on its default grid
+
+    result = job.JobResult(
+        config=config, models=outcomes, runtime=[], readings=readings, report="",
+        output_dir=tmp_path, seconds=0.0,
+    )  # fmt: skip
+    report = render_report(result)  # the report
+    for table in markdown_tables(report):
+        check_table(table)
+    control_rows = [line for line in report.splitlines() if line.startswith("| natural |")]
+    assert any("| test_margin |" in row for row in control_rows)
+    assert not any("| test_margin_unread |" in row for row in control_rows)
+    assert "test_margin τ = 0.6 … 0.9 (naive reading)" in report
+    assert "test_margin_target τ = 0.6 … 0.9 (the target itself)" in report
+    assert "| l + test_margin_unread |" in report  # the scale table holds every criterion
+    verdicts = [line for line in report.splitlines() if line.startswith("- vs s at its cost")]
+    assert [v.split(": l + ")[1].split(" ")[0] for v in verdicts] == ["pcee", "test_margin_target"]
+
+    from adaptix.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # frontier logging, as the job does it
+    tracker = Tracker("readings", uri, artifact_location=str(tmp_path / "artifacts"))
+    tracking = job._Tracking(tracker, None, {"seed": 0}, plugins, tmp_path)
+    tracking.log_model("l", outcomes["l"], [])
+    assert tracker.failures == []
+    runs = mlflow.MlflowClient(uri).search_runs([tracker.experiment_id], max_results=1000)
+    metrics = {
+        (r.data.params["criterion"], r.data.params["threshold"]): r.data.metrics
+        for r in runs
+        if "criterion" in r.data.params
+    }
+    for point in outcomes["l"].frontier:
+        logged = metrics[(point.criterion, f"{point.threshold:.6g}")]
+        has_reading = readings[point.criterion] is not None
+        assert ("target" in logged) == has_reading, point
+        if has_reading and point.early_accuracy is not None:
+            assert logged["shortfall"] == pytest.approx(point.threshold - point.early_accuracy)

@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -42,9 +43,10 @@ from adaptix.kernels import (
     exit_decision_reference,
     triton_unavailable_reasons,
 )
+from adaptix.kernels import decider as decider_module
 from adaptix.kernels.decider import bin_edges
 from adaptix.kernels.reference import float32_bound
-from adaptix.scores import bin_index
+from adaptix.scores import bin_index, confidence
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRITON = find_spec("triton") is not None
@@ -146,16 +148,14 @@ def naive_decision(
 ) -> tuple[list[bool], list[float]]:
     """The contract, row by row in Python float64: exits and expected scores."""
     exits, scores = [], []
-    for confidence, score in zip(
-        decision.confidence.tolist(), decision.score.tolist(), strict=True
-    ):
+    for top, score in zip(decision.confidence.tolist(), decision.score.tolist(), strict=True):
         if kind == "confidence":
             exits.append(score >= threshold)
-            scores.append(confidence)
+            scores.append(top)
         elif kind == "entropy":
             exits.append(score <= threshold)
             scores.append(score)
-        elif math.isnan(confidence):
+        elif math.isnan(top):
             exits.append(False)
             scores.append(math.nan)
         else:
@@ -163,7 +163,7 @@ def naive_decision(
             values = table.tolist()
             n_bins = len(values)
             # The bin is computed in float32, as the contract says.
-            product = np.float32(confidence) * np.float32(n_bins)
+            product = np.float32(top) * np.float32(n_bins)
             accuracy = values[min(math.floor(product), n_bins - 1)]
             exits.append(not math.isnan(accuracy) and accuracy >= threshold)
             scores.append(float(np.float32(accuracy)))
@@ -367,6 +367,25 @@ class TestKernel:
             assert got_field.shape == want_field.shape == (0,)
             assert got_field.dtype == want_field.dtype
 
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_decider_launches_the_prepared_kernel(self, kernel_device: str, kind: ExitKind) -> None:
+        """`ExitDecider` with backend "triton" (the runtime's path on CUDA) decides as the full
+        kernel call, from the rule it prepared on its first call, and hands back the kernel's
+        prediction. The table is a column of a 2-D table: not contiguous."""
+        logits = make_logits(37, 50, torch.float32, seed=9).to(kernel_device)
+        tables = torch.stack([make_table(10, seed=4), make_table(10, seed=5)], dim=1)
+        table = tables[:, 1].to(kernel_device) if kind == "table" else None
+        full = run_kernel(logits, 0.4, kind=kind, table=table)
+        decider = ExitDecider(0.4, kind=kind, table=table, backend="triton")
+        for _ in range(2):  # the second call runs on what the first one prepared
+            stays, predicted = decider.decide(logits)
+            assert torch.equal(stays, ~full.exit_mask)
+            assert predicted is not None
+            assert torch.equal(predicted, full.prediction)
+        exits, predicted = decider(logits)
+        assert torch.equal(exits, full.exit_mask)
+        assert torch.equal(predicted, full.prediction)
+
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def test_property_kernel_equals_reference(
@@ -469,6 +488,7 @@ def test_compile_for_cuda_targets(
         "score_ptr": "*fp32",
         "exit_ptr": "*i1",
         "KIND": "constexpr",
+        "WRITE_SCORES": "constexpr",
         "BLOCK_N": "constexpr",
         "BLOCK_C": "constexpr",
     }
@@ -484,6 +504,9 @@ def test_compile_for_cuda_targets(
         constexprs={
             "stride_col": 1,
             "KIND": KIND_CODES[kind],
+            # sm_80 compiles the full decision (`exit_decision`), sm_90 the runtime's variant
+            # (`ExitDecider`: exit mask and prediction only).
+            "WRITE_SCORES": arch == 80,
             "BLOCK_N": block_n,
             "BLOCK_C": block_c,
         },
@@ -517,6 +540,19 @@ def test_reference_known_values() -> None:
     single = exit_decision_reference(torch.tensor([[4.0]]), 0.0, kind="entropy")
     assert single.score.tolist() == [0.0]
     assert single.exit_mask.tolist() == [True]
+
+
+def test_confidence_is_the_largest_probability() -> None:
+    """`adaptix.scores.confidence`, the one definition the decider and the reference share."""
+    logits = torch.tensor(
+        [[0.0, 0.0], [NEG_INF, 3.0], [math.nan, 1.0], [NEG_INF, NEG_INF]], dtype=torch.float16
+    )
+    got = confidence(logits)
+    assert got.dtype == torch.float32
+    assert got[:2].tolist() == [0.5, 1.0]
+    assert got[2:].isnan().all()  # undefined softmax
+    reference = exit_decision_reference(logits, 0.5, kind="confidence").confidence
+    assert torch.equal(got.nan_to_num(), reference.nan_to_num())
 
 
 def test_reference_outputs_are_separate_tensors() -> None:
@@ -607,7 +643,9 @@ def test_property_decider_decides_as_the_reference(data: st.DataObject) -> None:
     exits, prediction = decider(logits)
     assert torch.equal(exits, expected.exit_mask)
     assert torch.equal(prediction, expected.prediction)
-    assert torch.equal(decider.stays(logits), ~expected.exit_mask)
+    stays, no_prediction = decider.decide(logits)
+    assert torch.equal(stays, ~expected.exit_mask)
+    assert no_prediction is None  # the torch path leaves the prediction to the caller
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -624,9 +662,131 @@ def test_decider_on_bin_edges_and_undefined_rows(kind: ExitKind) -> None:
         decider = ExitDecider(threshold, kind=kind, table=table)
         exits, prediction = decider(logits)
         assert torch.equal(exits, expected.exit_mask), threshold
-        assert torch.equal(decider.stays(logits), ~expected.exit_mask), threshold
+        assert torch.equal(decider.decide(logits)[0], ~expected.exit_mask), threshold
         assert torch.equal(prediction, expected.prediction)
         assert not exits[-2:].any()  # undefined softmax: never exits
+
+
+class FakeKernel:
+    """A stand-in for the kernel module: records every launch and writes the reference's
+    decision (no triton needed), or ``prediction_value`` as the prediction when given."""
+
+    def __init__(self, threshold: float, prediction_value: int | None = None) -> None:
+        self.threshold = threshold
+        self.prediction_value = prediction_value
+        self.launches: list[dict[str, object]] = []
+
+    def launch_exit_decision(
+        self,
+        logits: torch.Tensor,
+        *,
+        kind: ExitKind,
+        prediction: torch.Tensor,
+        exit_mask: torch.Tensor,
+        **prepared: object,
+    ) -> None:
+        self.launches.append({"kind": kind, **prepared})
+        table = prepared["table"]
+        assert table is None or isinstance(table, torch.Tensor)
+        decision = exit_decision_reference(logits, self.threshold, kind=kind, table=table)
+        exit_mask.copy_(decision.exit_mask)
+        if self.prediction_value is None:
+            prediction.copy_(decision.prediction)
+        else:
+            prediction.fill_(self.prediction_value)
+
+
+def use_fake_kernel(monkeypatch: pytest.MonkeyPatch, kernel: FakeKernel) -> None:
+    """Make the kernel runnable on CPU tensors, with ``kernel`` as its module."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(dispatch, "import_triton_kernel", lambda: kernel)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Count the calls of ``module.name`` (one list entry per call)."""
+    calls: list[int] = []
+    original = getattr(module, name)
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decider_prepares_the_kernel_path_once(
+    monkeypatch: pytest.MonkeyPatch, kind: ExitKind
+) -> None:
+    """On the kernel's path the rule is validated, the backend resolved and the table derived
+    once; each call is one launch that writes no confidence or score, and its prediction comes
+    back to the caller."""
+    kernel = FakeKernel(0.4)
+    use_fake_kernel(monkeypatch, kernel)
+    rules = counting(monkeypatch, decider_module, "check_exit_rule")
+    passes = counting(monkeypatch, decider_module, "table_passes")
+    resolved = counting(monkeypatch, dispatch, "device_unavailable_reasons")
+    tables = torch.stack([make_table(10, seed=4), make_table(10, seed=5)], dim=1)
+    table = tables[:, 1] if kind == "table" else None  # a column: not contiguous
+    decider = ExitDecider(0.4, kind=kind, table=table, backend="triton")
+    for seed in range(3):
+        logits = make_logits(12, 30, torch.float32, seed=seed)
+        expected = exit_decision_reference(logits, 0.4, kind=kind, table=table)
+        stays, predicted = decider.decide(logits)
+        assert torch.equal(stays, ~expected.exit_mask)
+        assert predicted is not None
+        assert torch.equal(predicted, expected.prediction)
+    assert (len(rules), len(resolved)) == (1, 1)
+    assert len(passes) == (1 if kind == "table" else 0)
+    assert len(kernel.launches) == 3
+    first = kernel.launches[0]
+    assert first.get("scores") is None  # nothing computed only to be dropped
+    for launch in kernel.launches[1:]:  # the very same prepared tensors every time
+        assert launch["table"] is first["table"]
+        assert launch["passes"] is first["passes"]
+    if kind == "table":
+        assert isinstance(first["table"], torch.Tensor)
+        assert first["table"].is_contiguous()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decider_takes_logits_too_wide_for_the_kernel_to_torch(
+    monkeypatch: pytest.MonkeyPatch, kind: ExitKind
+) -> None:
+    """Backend "auto" where the kernel runs: logits past its column span go to the torch path
+    (prepared beside the kernel's); "triton" refuses them, saying why."""
+    monkeypatch.setattr(decider_module, "kernel_for", lambda device, backend: FakeKernel(0.4))
+    for module in (decider_module, dispatch):
+        monkeypatch.setattr(module, "MAX_TRITON_COLUMN_SPAN", 16)
+    table = make_table(10, seed=4) if kind == "table" else None
+    decider = ExitDecider(0.4, kind=kind, table=table)
+    for n_cols, kernel in ((30, False), (10, True)):
+        logits = make_logits(12, n_cols, torch.float32, seed=n_cols)
+        stays, predicted = decider.decide(logits)
+        expected = exit_decision_reference(logits, 0.4, kind=kind, table=table)
+        assert torch.equal(stays, ~expected.exit_mask)
+        assert (predicted is not None) == kernel
+    strict = ExitDecider(0.4, kind=kind, table=table, backend="triton")
+    with pytest.raises(AdaptixError, match="C × column stride = 30 exceeds 16"):
+        strict.decide(make_logits(12, 30, torch.float32, seed=1))
+
+
+def test_decider_where_the_kernel_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Backend "triton" where the kernel cannot run: the error lists the reasons on every call;
+    "auto" falls back to the reference."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(dispatch, "import_triton_kernel", lambda: "ModuleNotFoundError: triton")
+    logits = make_logits(6, 9, torch.float32, seed=1)
+    strict = ExitDecider(0.5, kind="entropy", backend="triton")
+    for _ in range(2):
+        with pytest.raises(AdaptixError, match=r"not cuda.*triton is not importable"):
+            strict.decide(logits)
+    stays, predicted = ExitDecider(0.5, kind="entropy").decide(logits)
+    assert predicted is None
+    assert torch.equal(stays, ~exit_decision_reference(logits, 0.5, kind="entropy").exit_mask)
 
 
 @pytest.mark.parametrize("bins", [1, 2, 3, 7, 10, 15, 64, 100, 1000])
@@ -734,7 +894,7 @@ def _fail_if_imported() -> str:
 def test_auto_on_cpu_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     for interpret in ("0", "1"):  # not even the interpreter: it is far slower than torch
         monkeypatch.setenv("TRITON_INTERPRET", interpret)
-        monkeypatch.setattr(dispatch, "_import_triton_kernel", _fail_if_imported)
+        monkeypatch.setattr(dispatch, "import_triton_kernel", _fail_if_imported)
         logits = make_logits(12, 30, torch.float16, seed=1)
         table = make_table(10, seed=2)
         got = exit_decision(logits, 0.4, kind="table", table=table)
@@ -753,7 +913,7 @@ def test_explicit_triton_on_cpu_raises_with_its_reasons(monkeypatch: pytest.Monk
 def test_every_reason_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(
-        dispatch, "_import_triton_kernel", lambda: "ModuleNotFoundError: No module named 'triton'"
+        dispatch, "import_triton_kernel", lambda: "ModuleNotFoundError: No module named 'triton'"
     )
     huge = torch.zeros(2, 1).expand(2, 2**31)  # no memory behind it: stride 0
     table = torch.empty(10, dtype=torch.float64, device="meta")
@@ -775,7 +935,8 @@ def test_interpreter_makes_cpu_tensors_runnable(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     # A stand-in launcher: importing the real module here would decorate the kernel for the
     # interpreter in this process.
-    monkeypatch.setattr(dispatch, "_import_triton_kernel", lambda: exit_decision_reference)
+    stand_in = types.SimpleNamespace(exit_decision_triton=exit_decision_reference)
+    monkeypatch.setattr(dispatch, "import_triton_kernel", lambda: stand_in)
     assert triton_unavailable_reasons(torch.randn(3, 4)) == []
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -82,9 +84,33 @@ def test_plot_reliability_with_empty_bins(tmp_path: Path) -> None:
     width, height = _png_size(plot_reliability(calibration, tmp_path / "rel.png", title="R"))
     assert width > height  # 4 panels in a row, the fifth below
     # Tables without confidence sums: no confidence markers, ECE shown as n/a.
-    counts = torch.tensor([[0, 5, 10, 0], [1, 0, 0, 20]])
+    counts = torch.tensor([[0, 5, 16, 0], [1, 0, 0, 20]])  # every exit counts 21 inputs
     bare = Calibration(counts, counts // 2, 4)
     _png_size(plot_reliability(bare, tmp_path / "bare.png"))
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        (lambda path: plot_control({"c": [(math.nan, 0.6)]}, path), "'c' as"),
+        (lambda path: plot_control({"c": [(0.5, math.inf)]}, path), "'c' as"),
+        (lambda path: plot_control({"c": [(0.5,)]}, path), "'c' as"),
+        (lambda path: plot_accuracy_vs_flops(path, models={"m": (0.0, 0.5)}), "FLOPs > 0"),
+        (lambda path: plot_accuracy_vs_flops(path, frontiers={"f": [(1e6, None)]}), "FLOPs > 0"),
+        (lambda path: plot_accuracy_vs_flops(path, truncated={"t": [(-1.0, 0.5)]}), "FLOPs > 0"),
+        (lambda path: plot_reliability("calibration", path), "adaptix.Calibration"),
+        (lambda path: plot_control(CURVES, path.parent), "writable folder"),
+        (lambda path: plot_control(CURVES, "/proc/adaptix-nonexistent/x.png"), "writable folder"),
+    ],
+    ids=["nan", "inf", "not-a-pair", "zero-flops", "no-accuracy", "negative-flops",
+         "not-a-calibration", "onto-a-directory", "unwritable"],
+)  # fmt: skip
+def test_bad_points_and_paths_are_validation_errors(
+    plot: Any, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        plot(tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_plots_leave_the_global_backend_and_figures_alone(tmp_path: Path) -> None:

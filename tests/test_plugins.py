@@ -11,14 +11,19 @@ import torch
 from torch import Tensor
 
 import adaptix
-from adaptix import AdaptixError, CalibrationError, PluginError, ValidationError
-from adaptix.components import ExitCriterion
-from adaptix.default_plugins.criteria import Confidence
-from adaptix.plugins import AdaptixPluginManager, AdaptixPluginWarning
+from adaptix import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
+from adaptix.components import ExitCriterion, build_params
+from adaptix.default_plugins.criteria import Confidence, PCEEWSParams
+from adaptix.plugins import (
+    AdaptixPluginManager,
+    AdaptixPluginWarning,
+    default_plugin_manager,
+    refresh_default_plugin_manager,
+)
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
 
-BUILTIN_CRITERIA = ["confidence", "entropy", "patience", "pcee", "pcee_ws"]
+BUILTIN_CRITERIA = ["confidence", "entropy", "patience", "pcee", "pcee_ws", "pcee_lcb"]
 
 
 class Exploding(ExitCriterion):
@@ -214,8 +219,9 @@ def test_a_duplicate_name_names_both_providers(manager_with) -> None:
         (Confidence(adaptix.components.NoParams()), None, "expected a subclass"),
         (adaptix.components.ExitHead, None, "expected a subclass"),
         (type("Nameless", (Zero,), {"name": ""}), None, "without a name"),
+        (Zero, 3, r"without a name \(got 3, expected a non-empty str\)"),
     ],
-    ids=["instance", "other-kind", "nameless"],
+    ids=["instance", "other-kind", "nameless", "name-not-a-string"],
 )
 def test_registering_something_else_is_refused(component, name, message) -> None:
     manager = _quiet_manager()
@@ -322,3 +328,201 @@ def test_no_warning_from_a_healthy_installation() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         adaptix.get_plugin_manager().plugin_infos()
+
+
+# ------------------------------------------------------------------ arguments and settings
+
+
+def test_disable_as_one_string_blocks_that_plugin() -> None:
+    assert _quiet_manager(disable="adaptix.criteria").criteria.names() == []
+    both = _quiet_manager(disable="adaptix.criteria, adaptix.heads")
+    assert both.blocked_names() == ["adaptix.criteria", "adaptix.heads"]
+    assert (len(both.criteria), len(both.exit_heads)) == (0, 0)
+    assert "reliability" in both.calibrators
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"disable": 3}, r"disable= a list of plugin names \(or one name\), got int"),
+        ({"disable": {"adaptix.criteria": 1}}, "disable= a list of plugin names.*got dict"),
+        ({"disable": ["adaptix.criteria", 3]}, r"plugin names \(non-empty strings\), got \[3\]"),
+        ({"disable": [None]}, r"got \[None\]"),
+        ({"disable": [""]}, r"got \[''\]"),
+        ({"autoload": "no"}, "autoload= True, False or None, got 'no'"),
+        ({"strict": 1}, "strict= True, False or None, got 1"),
+        ({"trace": "yes"}, "trace= True, False or None"),
+        ({"settings": {"autoload_plugins": False}}, "settings= an adaptix.settings.Settings"),
+    ],
+    ids=[
+        "disable-int",
+        "disable-dict",
+        "disable-int-entry",
+        "disable-none-entry",
+        "disable-empty-entry",
+        "autoload-str",
+        "strict-int",
+        "trace-str",
+        "settings-dict",
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        adaptix.get_plugin_manager(**options)
+
+
+@pytest.mark.parametrize("via", ["environment", "argument"])
+def test_an_unknown_blocked_name_warns_listing_the_known_ones(
+    entry_point_plugins, monkeypatch, via: str
+) -> None:
+    entry_point_plugins({"zero_ep": (Zero,)})
+    names = "adaptix.criterias, zero_ep"
+    if via == "environment":
+        monkeypatch.setenv("ADAPTIX_DISABLE_PLUGINS", names)
+    options = {"disable": names} if via == "argument" else {}
+    with pytest.warns(
+        AdaptixPluginWarning, match=r"\['adaptix.criterias'\].*block nothing"
+    ) as info:
+        manager = adaptix.get_plugin_manager(**options)
+    message = str(info[0].message)
+    assert "zero_ep'" not in message  # a blocked entry point is known, even though not loaded
+    assert "Known plugins: adaptix.backbones, adaptix.calibrators, adaptix.criteria" in message
+    assert "zero_ep" in message.split("Known plugins:")[1]
+    assert "confidence" in manager.criteria  # the misspelt name blocked nothing
+    assert "zero" not in manager.criteria
+
+
+def test_known_blocked_names_and_autoload_off_do_not_warn(entry_point_plugins) -> None:
+    entry_point_plugins({"zero_ep": (Zero,)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adaptix.get_plugin_manager(disable=["zero_ep", "adaptix.heads"])
+        # Installed plugins are not scanned with autoload off: their names are unknown then.
+        adaptix.get_plugin_manager(disable=["zero_ep"], autoload=False)
+
+
+@pytest.mark.parametrize(
+    "variable", ["ADAPTIX_AUTOLOAD_PLUGINS", "ADAPTIX_TRACE_PLUGINS", "ADAPTIX_STRICT_PLUGINS"]
+)
+def test_a_switch_in_the_environment_that_means_nothing_is_a_config_error(
+    variable: str, monkeypatch
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable} expects one of .* got 'maybe'"):
+        Settings.from_env({variable: "maybe"})
+    assert Settings.from_env({variable: " "}) == Settings()  # empty: the default
+    monkeypatch.setenv(variable, "maybe")
+    with pytest.raises(ConfigError, match=variable):
+        adaptix.get_plugin_manager()
+
+
+def test_settings_of_the_wrong_type_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"autoload_plugins: .*got 'maybe'"):
+        Settings(autoload_plugins="maybe")
+    with pytest.raises(ConfigError, match=r"disable_plugins\.0: .*got 3"):
+        Settings(disable_plugins=(3,))
+
+
+def test_a_registry_asked_for_a_name_that_is_not_a_string(plugins) -> None:
+    with pytest.raises(ValidationError, match=r"criterion name \(str\), got 123 \(int\)"):
+        plugins.criteria.entry(123)
+    with pytest.raises(ValidationError, match=r"backbone name \(str\), got None.*Available: "):
+        plugins.backbones.get(None)
+    assert [1] not in plugins.criteria
+    assert 3 not in plugins.exit_heads
+
+
+def test_plugins_that_are_not_a_manager_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"plugins= an adaptix plugin manager.*got str"):
+        adaptix.policy("confidence", 0.5, plugins="adaptix.criteria")
+
+
+# ------------------------------------------------------------------ the default manager
+
+
+@pytest.fixture
+def fresh_default():
+    """The default manager forgotten before and after the test, so no other test sees ours."""
+    refresh_default_plugin_manager()
+    yield
+    refresh_default_plugin_manager()
+
+
+def test_calls_without_a_manager_share_one_until_refreshed(
+    fresh_default, entry_point_plugins, monkeypatch
+) -> None:
+    entry_point_plugins({"zero_ep": (Zero,)})
+    scans = []
+    found = adaptix.plugins.entry_points
+    monkeypatch.setattr(
+        "adaptix.plugins.entry_points", lambda group: scans.append(group) or found(group)
+    )
+    for _ in range(3):
+        adaptix.policy("zero", 0.5)
+    trace = synthetic_trace(8, 3, 4)
+    adaptix.sweep(trace, "zero", [0.5])
+    adaptix.calibrate(trace)
+    assert scans == ["adaptix"]  # one scan of the installed plugins, not one per call
+    shared = default_plugin_manager()
+    assert default_plugin_manager() is shared
+    assert adaptix.get_plugin_manager() is not shared  # get_plugin_manager stays fresh
+    refresh_default_plugin_manager()
+    assert default_plugin_manager() is not shared
+    assert len(scans) == 3
+
+
+def test_the_default_manager_follows_the_environment(fresh_default, monkeypatch) -> None:
+    assert "confidence" in default_plugin_manager().criteria
+    monkeypatch.setenv("ADAPTIX_DISABLE_PLUGINS", "adaptix.criteria")
+    with pytest.raises(PluginError, match=r"Blocked plugins: adaptix\.criteria"):
+        adaptix.policy("confidence", 0.5)
+    monkeypatch.delenv("ADAPTIX_DISABLE_PLUGINS")
+    assert adaptix.policy("confidence", 0.5).name == "confidence"
+
+
+@pytest.mark.parametrize("params", ["window", [1], ("window", 2), 3, {1: 2}])
+def test_parameters_that_are_not_a_mapping_of_names_are_refused(plugins, params) -> None:
+    with pytest.raises(ValidationError, match=r"parameters of criterion 'pcee_ws' as a mapping"):
+        build_params(PCEEWSParams, params, "criterion 'pcee_ws'")
+
+
+@pytest.mark.parametrize("params", ["x", [1]])
+@pytest.mark.parametrize(
+    ("which", "owner"), [("backbone", "backbone 'sequential'"), ("head", "exit head 'linear'")]
+)
+def test_build_model_refuses_parameters_that_are_not_a_mapping(plugins, params, which, owner):
+    with pytest.raises(ValidationError, match=f"parameters of {owner} as a mapping"):
+        adaptix.build_model(
+            "sequential",
+            3,
+            source=[torch.nn.Linear(4, 4)],
+            example_input=torch.randn(2, 4),
+            plugins=plugins,
+            **{f"{which}_params": params},
+        )
+
+
+@pytest.mark.parametrize("name", ["confidence", "pcee"])
+@pytest.mark.parametrize("kind", ["trace", "dict", "path"])
+def test_a_calibration_that_is_not_a_calibration_is_refused(plugins, name, kind) -> None:
+    trace = synthetic_trace(8, 3, 4)
+    given = {"trace": trace, "dict": {"counts": [[1]]}, "path": "calibration.json"}[kind]
+    with pytest.raises(CalibrationError, match=r"adaptix\.Calibration or None, got a"):
+        adaptix.policy(name, 0.5, given, plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    "returned", ["0.5", None, True, math.nan, math.inf, -math.inf, 10**400, torch.tensor(0.5)]
+)
+def test_a_threshold_that_is_not_a_finite_number_is_a_plugin_error(manager_with, returned):
+    odd = type(
+        "OddThreshold",
+        (Zero,),
+        {"name": "odd_threshold", "validate_threshold": classmethod(lambda cls, _: returned)},
+    )
+    manager = manager_with(odd, name="odd_plugin")
+    with pytest.raises(
+        PluginError,
+        match=r"'odd_threshold' from plugin 'odd_plugin' returned the threshold .* from "
+        r"OddThreshold\.validate_threshold .* expected a finite real number",
+    ):
+        adaptix.policy("odd_threshold", 0.5, plugins=manager)

@@ -1,6 +1,5 @@
 """The batched runtime and what it stands on: `EarlyExitRunner` against `adaptix.simulate`, its
-input checks, measured FLOPs in `MultiExitModel.trace`, `train_exits` and the Fashion-MNIST
-loader.
+input checks and measured FLOPs in `MultiExitModel.trace`.
 
 The agreement tests use two small models trained briefly on real Fashion-MNIST (a ResNet-style
 CNN and an MLP adapted by the ``sequential`` backbone) and only inputs whose decisions are not
@@ -11,12 +10,8 @@ batch of another composition may move a logit by about 1e-6.
 from __future__ import annotations
 
 import copy
-import gzip
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -33,11 +28,10 @@ from adaptix import (
     RunnerOutput,
     ValidationError,
 )
-from adaptix.data import FashionMNIST, load_fashion_mnist, read_idx
+from adaptix.data import FashionMNIST, load_fashion_mnist
 from adaptix.model import profile_from_trace
 from adaptix.rows import batch_size
 from adaptix.testing import synthetic_trace
-from adaptix.training import exit_accuracy
 
 CRITERIA = ("confidence", "entropy", "patience", "pcee", "pcee_ws")
 MODES = ("compact", "lockstep")
@@ -262,6 +256,20 @@ def test_any_confidence_threshold_agrees(
 # --------------------------------------------------------------------------------- bad input
 
 
+def two_exit_model() -> MultiExitModel:
+    """Two ReLU layers on eight features, with a four-class exit after each."""
+    torch.manual_seed(0)
+    return MultiExitModel(
+        nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(8, 64), nn.ReLU()),
+                nn.Sequential(nn.Linear(64, 64), nn.ReLU()),
+            ]
+        ),
+        nn.ModuleList([nn.Linear(64, 4), nn.Linear(64, 4)]),
+    )
+
+
 @pytest.fixture
 def resnet_runner(resnet_family: Family) -> EarlyExitRunner:
     return EarlyExitRunner(resnet_family.model, resnet_family.policies["confidence"])
@@ -314,7 +322,7 @@ def test_policy_calibrated_for_more_exits_is_refused(
 @pytest.mark.parametrize("name", ["pcee", "pcee_ws"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_policy_calibrated_for_fewer_exits_is_refused_when_built(name: str, fused: bool) -> None:
-    model = tiny_model().eval()  # two exits
+    model = two_exit_model().eval()  # two exits
     calibration = adaptix.calibrate(synthetic_trace(200, 1, 4, seed=0))
     with pytest.raises(CalibrationError, match="model's 2 exits, got one for 1 exits"):
         EarlyExitRunner(model, adaptix.policy(name, 0.5, calibration), fused=fused)
@@ -339,7 +347,7 @@ def test_heads_on_another_device_than_blocks_are_refused(resnet_family: Family) 
 
 def test_a_head_moved_after_the_runner_was_built_is_refused() -> None:
     """The device check caches the model's tensors: moving one in place must still be seen."""
-    model = tiny_model().eval()
+    model = two_exit_model().eval()
     runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
     inputs = torch.randn(3, 8)
     runner(inputs)
@@ -349,7 +357,7 @@ def test_a_head_moved_after_the_runner_was_built_is_refused() -> None:
 
 
 def test_a_head_replaced_after_the_runner_was_built_is_refused() -> None:
-    model = tiny_model().eval()
+    model = two_exit_model().eval()
     runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
     inputs = torch.randn(3, 8)
     runner(inputs)
@@ -362,7 +370,7 @@ def test_a_head_replaced_after_the_runner_was_built_is_refused() -> None:
 def test_a_layer_replaced_deep_inside_is_a_validation_error(where: str) -> None:
     """A replacement below the blocks and heads escapes the cached device check; the failing
     call still becomes a `ValidationError` naming the block or head."""
-    model = tiny_model().eval()
+    model = two_exit_model().eval()
     runner = EarlyExitRunner(model, adaptix.policy("confidence", 0.5))
     inputs = torch.randn(3, 8)
     runner(inputs)
@@ -487,255 +495,3 @@ def test_trace_keeps_the_training_mode() -> None:
     model = linear_model(3, 4, 4, 2).train()
     model.trace(torch.randn(2, 3))
     assert model.training
-
-
-# ------------------------------------------------------------------------------- training
-
-
-def quadrants(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """A learnable problem: the class is the quadrant of the first two of eight features."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(n, 8, generator=generator)
-    return inputs, (inputs[:, 0] > 0).long() + 2 * (inputs[:, 1] > 0).long()
-
-
-def tiny_model(seed: int = 0, width: int = 64) -> MultiExitModel:
-    """Two ReLU layers with an exit after each."""
-    torch.manual_seed(seed)
-    blocks = [nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()]
-    return MultiExitModel(
-        nn.ModuleList([nn.Sequential(*blocks[:2]), nn.Sequential(*blocks[2:])]),
-        nn.ModuleList([nn.Linear(width, 4), nn.Linear(width, 4)]),
-    )
-
-
-def snapshot(module: nn.Module) -> dict[str, Tensor]:
-    return {key: value.clone() for key, value in module.state_dict().items()}
-
-
-def same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-
-
-def test_frozen_training_keeps_blocks_and_learns_heads() -> None:
-    model = tiny_model()
-    blocks, heads = snapshot(model.blocks), snapshot(model.heads)
-    val = quadrants(256, seed=1)
-    before = exit_accuracy(model, val)
-    result = adaptix.train_exits(
-        model, quadrants(512, seed=0), val, mode="frozen", epochs=30, lr=0.1, progress=False
-    )
-    assert same_weights(snapshot(model.blocks), blocks)
-    assert not same_weights(snapshot(model.heads), heads)
-    assert result.val_accuracy is not None
-    assert len(result.val_accuracy) == model.num_exits
-    assert max(before) < 0.4  # chance is 0.25
-    assert min(result.val_accuracy) > 0.6
-    assert result.val_accuracy == exit_accuracy(model, val)  # the kept weights' accuracy
-    assert len(result.history) == 30
-    assert all(len(record["val_accuracy"]) == model.num_exits for record in result.history)
-    assert not model.training
-
-
-def test_joint_training_changes_blocks() -> None:
-    model = tiny_model()
-    blocks = snapshot(model.blocks)
-    result = adaptix.train_exits(
-        model,
-        quadrants(512, seed=0),
-        quadrants(256, seed=1),
-        mode="joint",
-        epochs=10,
-        lr=3e-2,
-        progress=False,
-    )
-    assert not same_weights(snapshot(model.blocks), blocks)
-    assert result.val_accuracy is not None
-    assert min(result.val_accuracy) > 0.8
-
-
-def test_without_validation_data_no_accuracy_is_returned() -> None:
-    result = adaptix.train_exits(tiny_model(), quadrants(64, seed=0), epochs=2, progress=False)
-    assert result.val_accuracy is None
-    assert result.best_epoch == 1
-    assert [set(record) for record in result.history] == [{"epoch", "loss"}] * 2
-
-
-@pytest.mark.parametrize("mode", ["frozen", "joint"])
-def test_same_seed_same_weights(mode: str) -> None:
-    def train(seed: int) -> tuple[dict[str, Tensor], list[dict[str, object]]]:
-        model = tiny_model()
-        result = adaptix.train_exits(
-            model,
-            quadrants(256, seed=0),
-            quadrants(64, seed=1),
-            mode=mode,
-            epochs=3,
-            batch_size=32,
-            seed=seed,
-            progress=False,
-        )
-        return snapshot(model), result.history
-
-    first, again, other = train(seed=5), train(seed=5), train(seed=6)
-    assert same_weights(first[0], again[0])
-    assert first[1] == again[1]
-    assert not same_weights(first[0], other[0])  # the seed really drives the shuffling
-
-
-def test_patience_returns_early() -> None:
-    # A learning rate this small leaves every prediction, hence the accuracy, unchanged.
-    result = adaptix.train_exits(
-        tiny_model(),
-        quadrants(128, seed=0),
-        quadrants(64, seed=1),
-        epochs=20,
-        lr=1e-12,
-        patience=2,
-        progress=False,
-    )
-    assert len(result.history) == 3
-    assert result.best_epoch == 0
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"mode": "partial"},
-        {"epochs": 0},
-        {"batch_size": 0},
-        {"lr": 0.0},
-        {"distillation": 1.0},
-        {"loss_weights": [1.0]},
-        {"loss_weights": [1.0, -1.0]},
-        {"train": (torch.randn(4, 8), torch.zeros(4))},
-        {"train": (torch.randn(4, 8), torch.zeros(3, dtype=torch.long))},
-        {"train": torch.randn(4, 8)},
-        {"train": (torch.randn(0, 8), torch.zeros(0, dtype=torch.long))},
-        {"val": (torch.randn(4, 8), torch.zeros(4, 1, dtype=torch.long))},
-    ],
-    ids=[
-        "mode",
-        "epochs",
-        "batch-size",
-        "lr",
-        "distillation",
-        "weights-length",
-        "negative-weight",
-        "float-labels",
-        "label-count",
-        "not-a-pair",
-        "empty",
-        "val-labels",
-    ],
-)
-def test_bad_training_arguments_are_refused(kwargs: dict[str, object]) -> None:
-    arguments: dict[str, object] = {"train": quadrants(16, seed=0), "progress": False, **kwargs}
-    with pytest.raises(ValidationError):
-        adaptix.train_exits(tiny_model(), **arguments)
-
-
-# ----------------------------------------------------------------------------------- data
-
-
-def idx_bytes(array: np.ndarray, code: int) -> bytes:
-    """``array`` as an IDX file: zero, zero, type code, rank, big-endian sizes, big-endian data."""
-    dims = b"".join(int(size).to_bytes(4, "big") for size in array.shape)
-    return (
-        bytes([0, 0, code, array.ndim])
-        + dims
-        + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    )
-
-
-def write(path: Path, payload: bytes) -> Path:
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
-    return path
-
-
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize(
-    ("array", "code"),
-    [
-        (np.arange(60, dtype=np.uint8).reshape(3, 4, 5), 0x08),
-        (np.array([[-7, 0, 2**31 - 1], [5, -(2**31), 1]], dtype=np.int32), 0x0C),
-        (np.array([0.5, -1.25, 3e10], dtype=np.float32), 0x0D),
-    ],
-    ids=["uint8", "int32", "float32"],
-)
-def test_read_idx(tmp_path: Path, suffix: str, array: np.ndarray, code: int) -> None:
-    path = write(tmp_path / f"data{suffix}", idx_bytes(array, code))
-    np.testing.assert_array_equal(read_idx(path), array)
-    assert read_idx(path).shape == array.shape
-
-
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_truncated_idx_is_refused(tmp_path: Path, suffix: str) -> None:
-    payload = idx_bytes(np.zeros((2, 3, 3), dtype=np.uint8), 0x08)
-    path = write(tmp_path / f"short{suffix}", payload[:-1])
-    with pytest.raises(ValidationError, match="truncated"):
-        read_idx(path)
-
-
-def test_cut_gzip_stream_is_refused(tmp_path: Path) -> None:
-    compressed = gzip.compress(idx_bytes(np.zeros((50, 9), dtype=np.uint8), 0x08))
-    path = tmp_path / "cut.gz"
-    path.write_bytes(compressed[: len(compressed) // 2])
-    with pytest.raises(ValidationError):
-        read_idx(path)
-
-
-@pytest.mark.parametrize("payload", [b"", b"\x00\x00", b"PK\x03\x04 not idx", b"\x00\x00\x42\x01"])
-def test_not_idx_is_refused(tmp_path: Path, payload: bytes) -> None:
-    with pytest.raises(ValidationError, match="IDX"):
-        read_idx(write(tmp_path / "other", payload))
-
-
-def test_missing_idx_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="no IDX file"):
-        read_idx(tmp_path / "absent")
-
-
-def test_missing_directory_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with pytest.raises(ValidationError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist(tmp_path / "absent")
-    monkeypatch.setenv("ADAPTIX_DATA_DIR", str(tmp_path / "elsewhere"))
-    with pytest.raises(ValidationError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist()
-
-
-def image_hashes(images: Tensor) -> set[str]:
-    return {hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images}
-
-
-def test_fashion_mnist_splits_are_deterministic_and_disjoint(fashion: FashionMNIST) -> None:
-    again = load_fashion_mnist(calibration_size=1000, test_size=10, seed=0)
-    assert torch.equal(again.calibration.images, fashion.calibration.images)
-    assert torch.equal(again.calibration.labels, fashion.calibration.labels)
-    # train_size and test_size keep prefixes of the same order.
-    assert torch.equal(again.train.images[:2000], fashion.train.images)
-    assert torch.equal(again.test.images, fashion.test.images[:10])
-    assert (len(fashion.train), len(fashion.calibration), len(fashion.test)) == (2000, 1000, 1000)
-    assert (len(again.train), len(again.test)) == (59_000, 10)
-    assert image_hashes(again.train.images).isdisjoint(image_hashes(again.calibration.images))
-    other = load_fashion_mnist(calibration_size=1000, train_size=10, test_size=10, seed=1)
-    assert not torch.equal(other.calibration.images, fashion.calibration.images)
-
-
-def test_fashion_mnist_tensors(fashion: FashionMNIST) -> None:
-    for split in (fashion.train, fashion.calibration, fashion.test):
-        images, labels = split.pair()
-        assert images.dtype == torch.float32
-        assert images.shape[1:] == (1, 28, 28)
-        assert labels.dtype == torch.int64
-        assert labels.shape == (len(split),)
-        assert set(labels.unique().tolist()) == set(range(10))
-    assert abs(float(fashion.train.images.mean())) < 0.1  # normalised
-    assert 0.9 < float(fashion.train.images.std()) < 1.1
-
-
-def test_calibration_size_out_of_range_is_refused() -> None:
-    with pytest.raises(ValidationError, match="calibration_size"):
-        load_fashion_mnist(calibration_size=60_000)

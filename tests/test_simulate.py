@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import Tensor, nn
 
 import adaptix
-from adaptix import Calibration, CalibrationError, ValidationError
+from adaptix import Calibration, CalibrationError, MultiExitModel, PluginError, ValidationError
+from adaptix.components import ExitCriterion, ParamsModel
+from adaptix.plugins import AdaptixPluginManager
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -113,8 +117,8 @@ def test_a_confidence_equal_to_the_threshold_exits(plugins) -> None:
 
 
 def _calibration(counts: list[int], correct: list[int], exits: int = 2) -> Calibration:
-    """Tables with the given bins at exit 0 and one counted input at every later exit."""
-    rest = [[1] + [0] * (len(counts) - 1)] * (exits - 1)
+    """Tables with the given bins at exit 0; later exits count the same inputs, all in bin 0."""
+    rest = [[sum(counts)] + [0] * (len(counts) - 1)] * (exits - 1)
     return Calibration(torch.tensor([counts, *rest]), torch.tensor([correct, *rest]), 3)
 
 
@@ -194,3 +198,54 @@ def test_a_calibration_for_another_model_is_refused(plugins, exits, classes) -> 
     pol = adaptix.policy("pcee", 0.5, calibration, plugins=plugins)
     with pytest.raises(CalibrationError, match=f"{exits} exits and {classes} classes"):
         adaptix.simulate(trace, pol)
+
+
+class DtypeScoresParams(ParamsModel):
+    dtype: str  # a torch dtype name
+
+
+class DtypeScores(ExitCriterion):
+    """A third-party criterion that scores every row 1, in the dtype its parameter names."""
+
+    name = "dtype_scores"
+    Params = DtypeScoresParams
+    params: DtypeScoresParams
+
+    def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
+        dtype = getattr(torch, self.params.dtype)
+        return torch.ones(logits.shape[0], dtype=dtype, device=logits.device), state
+
+
+def _share_leaving_at_exit_0(via: str, dtype: str, manager: AdaptixPluginManager) -> float:
+    """Run ``dtype_scores`` at threshold 0.5 through ``via``."""
+    trace = synthetic_trace(6, 3, 4)
+    pol = adaptix.policy("dtype_scores", 0.5, plugins=manager, dtype=dtype)
+    if via == "simulate":
+        return float(adaptix.simulate(trace, pol).exit_histogram[0])
+    if via == "sweep":
+        criteria = {"dtype_scores": {"dtype": dtype}}
+        return adaptix.sweep(trace, criteria, [0.5], plugins=manager)[0].exit_histogram[0]
+    torch.manual_seed(0)
+    model = MultiExitModel(
+        nn.ModuleList(nn.Linear(4, 4) for _ in range(3)),
+        nn.ModuleList(nn.Linear(4, 4) for _ in range(3)),
+    ).eval()
+    output = adaptix.EarlyExitRunner(model, pol)(torch.randn(6, 4))
+    return float((output.exit_index == 0).double().mean())
+
+
+@pytest.mark.parametrize("via", ["simulate", "sweep", "runner"])
+@pytest.mark.parametrize("dtype", ["complex64", "bool"])
+def test_scores_that_are_not_real_numbers_are_a_plugin_error(manager_with, via, dtype) -> None:
+    manager = manager_with(DtypeScores, name="dtype_plugin")
+    with pytest.raises(PluginError, match=r"'dtype_scores' from plugin 'dtype_plugin'") as info:
+        _share_leaving_at_exit_0(via, dtype, manager)
+    assert f"torch.{dtype}" in str(info.value)
+    assert "(an integer or floating dtype)" in str(info.value)
+
+
+@pytest.mark.parametrize("via", ["simulate", "sweep", "runner"])
+@pytest.mark.parametrize("dtype", ["int64", "float16", "float64"])
+def test_integer_and_floating_scores_are_compared_as_numbers(manager_with, via, dtype) -> None:
+    manager = manager_with(DtypeScores, name="dtype_plugin")
+    assert _share_leaving_at_exit_0(via, dtype, manager) == 1.0  # 1 >= 0.5 at exit 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from itertools import pairwise
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import PluginError, ValidationError
+from adaptix.default_plugins.criteria import Confidence
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -26,10 +28,10 @@ def _grids(data: st.DataObject, trace: adaptix.Trace) -> dict[str, list[float]]:
     scores = adaptix.scores.confidence_and_prediction(trace.logits)[0].flatten().tolist()
     unit = st.floats(0.0, 1.0) | st.sampled_from(scores)
     grids: dict[str, list[float]] = {
-        name: data.draw(st.lists(unit, max_size=8), label=f"{name} grid")
+        name: data.draw(st.lists(unit, min_size=1, max_size=8), label=f"{name} grid")
         for name in ("confidence", "entropy", "pcee", "pcee_ws")
     }
-    patience = st.lists(st.integers(1, trace.num_exits + 1), max_size=6)
+    patience = st.lists(st.integers(1, trace.num_exits + 1), min_size=1, max_size=6)
     grids["patience"] = data.draw(patience, label="patience grid")
     return grids
 
@@ -58,7 +60,7 @@ def test_sweep_equals_simulate_point_by_point(data, traces, plugins) -> None:
     calibration = _calibration(data, traces, trace, plugins)
     grids = _grids(data, trace)
     frontier = adaptix.sweep(trace, CRITERIA, grids, calibration, plugins=plugins)
-    assert frontier.criteria() == [name for name in CRITERIA if grids[name]]
+    assert frontier.criteria() == list(CRITERIA)
     for name, params in CRITERIA.items():
         points = frontier.of(name)
         assert [p.threshold for p in points] == [float(t) for t in grids[name]]
@@ -150,3 +152,83 @@ def test_bad_sweeps_are_refused(plugins) -> None:
         adaptix.sweep(trace, "patience", [1, 1.5], plugins=plugins)
     with pytest.raises(ValidationError, match=r"adaptix\.Trace"):
         adaptix.sweep(trace.logits, "confidence", [0.5], plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "thresholds", "message"),
+    [
+        ("confidence", [], r"expected thresholds to hold at least one threshold"),
+        ("confidence", torch.tensor([]), r"at least one threshold, got an empty Tensor"),
+        (
+            ["confidence", "entropy"],
+            {"confidence": [0.5], "entropy": []},
+            r"expected thresholds\['entropy'\] to hold at least one threshold",
+        ),
+        ([], [0.5], "at least one criterion to sweep, got none"),
+        ({}, None, "at least one criterion to sweep, got none"),
+        (3, [0.5], "expected criteria as a name, a list of names or a mapping"),
+        ([1], [0.5], r"expected criterion names \(str\), got \[1\]"),
+        ({1: {}}, [0.5], r"expected criterion names \(str\), got \[1\]"),
+        ("confidence", 0.5, "as a list of thresholds, got float 0.5. For a single threshold"),
+        ("confidence", "0.5", "as a list of thresholds, got str"),
+        ("confidence", [0.5, math.nan], "NaN threshold"),
+        ("confidence", [0.5, "0.9"], "real threshold, got '0.9'"),
+        ("confidence", [None], "real threshold, got None"),
+        ({"pcee": {"window": -1}}, [0.5], r"criterion 'pcee'\.window: Extra inputs"),
+    ],
+    ids=[
+        "empty-shared-grid",
+        "empty-tensor-grid",
+        "empty-grid-of-one-criterion",
+        "no-criteria-list",
+        "no-criteria-mapping",
+        "criteria-not-a-sequence",
+        "criterion-not-a-string",
+        "mapping-key-not-a-string",
+        "bare-threshold",
+        "string-grid",
+        "nan-threshold",
+        "string-threshold",
+        "none-threshold",
+        "unknown-parameter",
+    ],
+)
+def test_a_sweep_that_would_be_empty_partial_or_garbled_is_refused(
+    plugins, criteria, thresholds, message
+) -> None:
+    trace = synthetic_trace(20, 3, 4)
+    calibration = adaptix.calibrate(trace, plugins=plugins)
+    with pytest.raises(ValidationError, match=message):
+        adaptix.sweep(trace, criteria, thresholds, calibration, plugins=plugins)
+
+
+def test_repeated_thresholds_give_repeated_points(plugins) -> None:
+    trace = synthetic_trace(20, 3, 4)
+    frontier = adaptix.sweep(trace, "confidence", [0.5, 0.5], plugins=plugins)
+    assert [p.threshold for p in frontier] == [0.5, 0.5]
+    assert frontier[0] == frontier[1]
+
+
+class NoDefaults(Confidence):
+    name = "no_defaults"
+
+    @classmethod
+    def default_thresholds(cls, count: int = 50) -> list[float]:
+        return []
+
+
+def test_a_criterion_without_default_thresholds_is_a_plugin_error(manager_with) -> None:
+    manager = manager_with(NoDefaults, name="stingy")
+    trace = synthetic_trace(20, 3, 4)
+    with pytest.raises(PluginError, match="'no_defaults' from plugin 'stingy' gives no usable"):
+        adaptix.sweep(trace, "no_defaults", plugins=manager)
+    assert len(adaptix.sweep(trace, "no_defaults", [0.5], plugins=manager)) == 1
+
+
+def test_csv_goes_into_a_new_directory_and_never_onto_a_directory(tmp_path: Path, plugins) -> None:
+    frontier = adaptix.sweep(synthetic_trace(20, 3, 4), "confidence", [0.5], plugins=plugins)
+    target = frontier.to_csv(tmp_path / "new" / "frontier.csv")
+    assert target.read_text().splitlines()[0].startswith("criterion,threshold,")
+    with pytest.raises(ValidationError, match="got the directory"):
+        frontier.to_csv(tmp_path / "new")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["frontier.csv"]

@@ -34,8 +34,9 @@ def test_a_valid_trace(dtype: torch.dtype) -> None:
         (LOGITS.unsqueeze(0), r"shape \[N, E, C\]"),
         (LOGITS.long(), "floating logits"),
         (torch.empty(0, 3, 5), "at least one input"),
+        (torch.empty(4, 3, 5, device="meta"), "logits that hold data"),
     ],
-    ids=["list", "2-d", "4-d", "int64", "empty"],
+    ids=["list", "2-d", "4-d", "int64", "empty", "meta-device"],
 )
 def test_malformed_logits_are_refused(logits, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -60,8 +61,9 @@ def test_non_finite_logits_are_refused_with_their_position(bad: float) -> None:
         (torch.tensor([0.0, 1.0, 2.0, 1.0]), "int64 labels"),
         (torch.tensor([0, 1, 2], dtype=torch.long), r"labels of shape \[4\]"),
         ([0, 1, 2, 1], "labels as a torch.Tensor"),
+        (torch.zeros(4, dtype=torch.long, device="meta"), r"labels on the logits' device \(cpu\)"),
     ],
-    ids=["too-large", "negative", "float", "short", "list"],
+    ids=["too-large", "negative", "float", "short", "list", "other-device"],
 )
 def test_bad_labels_are_refused(labels, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -77,8 +79,9 @@ def test_bad_labels_are_refused(labels, message: str) -> None:
         ([1.0, float("nan"), 3.0], "finite"),
         ([0.0, 0.0, 0.0], "positive cost for the last exit"),
         (["a", "b", "c"], "numeric costs"),
+        ([1.0, 2.0, 10**400], "numeric costs"),
     ],
-    ids=["decreasing", "short", "negative", "nan", "zero", "strings"],
+    ids=["decreasing", "short", "negative", "nan", "zero", "strings", "too-large"],
 )
 def test_bad_costs_are_refused(costs, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -118,6 +121,106 @@ def test_a_corrupt_file_is_refused(tmp_path: Path, write, message: str) -> None:
         Trace.load(path)
 
 
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"seed": 3}, "'seed': 3"),
+        ({3: "seed"}, "key type int"),
+        ("seed=3", "mapping of strings to strings, got str"),
+    ],
+)
+def test_metadata_that_is_not_strings_is_refused_at_construction(meta, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Trace(LOGITS, LABELS, COSTS, meta=meta)
+
+
+def test_metadata_edited_into_non_strings_is_refused_at_save(tmp_path: Path) -> None:
+    trace = Trace(LOGITS, LABELS, COSTS)
+    trace.meta["seed"] = 3  # type: ignore[assignment]  # the mistake under test
+    with pytest.raises(ValidationError, match="'seed': 3"):
+        trace.save(tmp_path / "trace.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Code:
+    """Not a tensor: a file holding it needs code to load, which weights_only refuses."""
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"format": "adaptix.trace", "version": 1}, r"without \['logits', 'labels', 'costs'\]"),
+        (
+            {"format": "adaptix.trace", "version": 1, "logits": LOGITS, "labels": None},
+            r"without \['costs'\]",
+        ),
+        (
+            {
+                "format": "adaptix.trace",
+                "version": 1,
+                "logits": LOGITS.tolist(),
+                "labels": None,
+                "costs": COSTS,
+            },
+            "logits as a torch.Tensor",
+        ),
+        (
+            {
+                "format": "adaptix.trace",
+                "version": 1,
+                "logits": LOGITS,
+                "labels": None,
+                "costs": COSTS,
+                "meta": {"seed": 3},
+            },
+            "'seed': 3",
+        ),
+        (
+            {
+                "format": "adaptix.trace",
+                "version": 1,
+                "logits": LOGITS,
+                "labels": [0, 1, 2, 3],
+                "costs": COSTS,
+            },
+            "labels as a torch.Tensor",
+        ),
+        ({"format": "adaptix.trace", "version": 1, "logits": _Code()}, "could not be read"),
+        ({"weight": torch.ones(2)}, "without the 'adaptix.trace' header"),
+    ],
+    ids=["no-fields", "no-costs", "list-logits", "meta-value", "list-labels", "code", "weights"],
+)
+def test_a_torch_file_that_is_not_a_valid_trace_is_refused(tmp_path, payload, message) -> None:
+    path = tmp_path / "trace.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValidationError, match=message):
+        Trace.load(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", bytes(range(256)) * 64, b'{"format": "adaptix.trace"}'],
+    ids=["empty", "binary", "json"],
+)
+def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "trace.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValidationError, match="could not be read"):
+        Trace.load(path)
+
+
+def test_a_directory_is_not_a_trace_file(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="got a directory"):
+        Trace.load(tmp_path)
+
+
+def test_a_trace_file_without_meta_loads(tmp_path: Path) -> None:
+    path = tmp_path / "trace.pt"
+    payload = {"format": "adaptix.trace", "version": 1, "logits": LOGITS, "labels": None}
+    torch.save({**payload, "costs": torch.tensor(COSTS)}, path)
+    assert Trace.load(path).meta == {}
+
+
 def test_a_file_of_another_version_or_with_bad_content_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "trace.pt"
     payload = {"format": "adaptix.trace", "version": 2, "logits": LOGITS, "labels": None}
@@ -143,10 +246,21 @@ def test_scaled_sharpens_without_changing_predictions() -> None:
     assert "logit_scale" not in trace.meta
 
 
-@pytest.mark.parametrize("factor", [0.0, -1.0, float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    "factor",
+    [0.0, -1.0, float("inf"), float("nan"), 10**400, "2", None, True, torch.tensor(2.0)],
+    ids=["zero", "negative", "inf", "nan", "10**400", "string", "none", "bool", "tensor"],
+)
 def test_scaled_refuses_a_bad_factor(factor: float) -> None:
     with pytest.raises(ValidationError, match="finite factor > 0"):
         synthetic_trace(5, 2, 3).scaled(factor)
+
+
+def test_scaled_refuses_a_factor_that_overflows_the_logits() -> None:
+    trace = Trace(LOGITS.half(), LABELS, COSTS)
+    with pytest.raises(ValidationError, match=r"keeps the torch\.float16 logits finite"):
+        trace.scaled(10**30)
+    assert torch.equal(trace.scaled(10**30 // 10**28).logits, LOGITS.half() * 100.0)
 
 
 def test_subset_by_slice_index_and_mask() -> None:
@@ -166,6 +280,52 @@ def test_subset_by_slice_index_and_mask() -> None:
     assert unlabelled.labels is None
     with pytest.raises(ValidationError, match="at least one input"):
         trace.subset(LABELS > 10)
+
+
+def test_subset_by_negative_indices_repeats_and_reversed_slices() -> None:
+    trace = Trace(LOGITS, LABELS, COSTS)
+    assert trace.subset(torch.tensor([-1, 0, 0])).labels.tolist() == [1, 0, 0]
+    assert trace.subset(torch.tensor([3, 1], dtype=torch.int32)).labels.tolist() == [1, 4]
+    assert trace.subset(slice(None, None, -1)).labels.tolist() == [1, 2, 4, 0]
+    assert trace.subset(slice(3, 0, -2)).labels.tolist() == [1, 4]
+    assert trace.subset(slice(-2, None)).labels.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        (
+            torch.tensor([0, 4]),
+            r"indices in \[-4, 4\) \(the trace has 4 inputs\), got values from 0 to 4",
+        ),
+        (torch.tensor([-5]), r"indices in \[-4, 4\)"),
+        (torch.tensor([0.0, 1.0]), "1-D integer index tensor, got a 1-D torch.float32"),
+        (torch.tensor([[0, 1]]), "1-D integer index tensor, got a 2-D"),
+        (torch.tensor(1), "1-D integer index tensor, got a 0-D"),
+        (torch.tensor([True, False]), r"boolean mask of shape \[4\]"),
+        ([0, 1], "a slice, an integer index tensor or a boolean mask, got list"),
+        (2, "a slice, an integer index tensor or a boolean mask, got int"),
+        (slice(None, None, 0), "non-zero step"),
+        (slice("a", None), "slice of integers"),
+        (slice(2, 2), "at least one input"),
+    ],
+    ids=[
+        "too-large",
+        "too-small",
+        "float",
+        "2-d",
+        "0-d",
+        "short-mask",
+        "list",
+        "int",
+        "zero-step",
+        "string-slice",
+        "empty-slice",
+    ],
+)
+def test_subset_refuses_a_bad_index(index, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Trace(LOGITS, LABELS, COSTS).subset(index)
 
 
 def test_the_trace_is_what_simulate_reads(plugins) -> None:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import adaptix
-from adaptix import AdaptixError, ValidationError
+from adaptix import AdaptixError, PluginError, ValidationError
+from adaptix.components import AccuracyReading
+from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
 from adaptix.tracking import (
     INSTALL_HINT,
@@ -116,15 +119,15 @@ def test_log_frontier_logs_every_point_as_a_child_run(store, swept) -> None:
         if point.early_accuracy is None:
             assert "early_accuracy" not in metrics
             assert "shortfall" not in metrics
+            assert metrics["target"] == pytest.approx(point.threshold)
             assert tags[UNDEFINED_METRICS_TAG] == "early_accuracy,shortfall"
         else:
             assert metrics["early_accuracy"] == pytest.approx(point.early_accuracy)
             assert UNDEFINED_METRICS_TAG not in tags
-            if point.criterion == "entropy":  # its threshold is not a target accuracy
-                assert "shortfall" not in metrics
-            else:
-                shortfall = point.threshold - point.early_accuracy
-                assert metrics["shortfall"] == pytest.approx(shortfall)
+            # Every criterion here declares an accuracy reading; entropy's target is 1 - τ.
+            target = 1 - point.threshold if point.criterion == "entropy" else point.threshold
+            assert metrics["target"] == pytest.approx(target)
+            assert metrics["shortfall"] == pytest.approx(target - point.early_accuracy)
         assert ("speedup" in metrics) == ((point.criterion, point.threshold) == ("pcee", 0.9))
     # Nobody is that sure at τ = 1.0: the undefined case above was exercised.
     assert frontier.of("confidence")[-1].early_accuracy is None
@@ -136,22 +139,59 @@ def test_log_frontier_logs_every_point_as_a_child_run(store, swept) -> None:
     assert adaptix.Calibration.load(saved) == calibration
 
 
-def test_target_criteria_and_artifact_path_are_parameters(store, swept) -> None:
-    frontier, _ = swept
-    tracker = _tracker(store, "targets")
+class _Unread(adaptix.components.ExitCriterion):
+    """Confidence under another name, without an accuracy reading."""
+
+    name = "test_unread"
+
+    def score(self, logits: Any, exit_index: int, state: Any) -> tuple[Any, Any]:
+        return logits.float().softmax(-1).amax(-1), state
+
+
+class _ReadAsComplement(_Unread):
+    """A third-party criterion that declares the reading τ = 1 - δ."""
+
+    name = "test_complement"
+    accuracy_reading = AccuracyReading(complement=True)
+
+
+class _RegistersReadings:
+    @adaptix.hookimpl
+    def adaptix_register_criteria(self, registry: Any) -> None:
+        registry.add(_Unread)
+        registry.add(_ReadAsComplement)
+
+
+def test_shortfall_follows_each_criterion_s_declared_reading(store) -> None:
+    plugins = adaptix.get_plugin_manager(settings=Settings(autoload_plugins=False))
+    plugins.register(_RegistersReadings(), name="test_readings")
+    names = ["test_unread", "test_complement", "patience"]
+    grids = {"test_unread": [0.5], "test_complement": [0.3], "patience": [1]}
+    frontier = adaptix.sweep(synthetic_trace(300, seed=2), names, grids, plugins=plugins)
+    tracker = _tracker(store, "readings")
     with tracker.run("sweep") as parent:
-        log_frontier(
-            frontier,
-            tracker=tracker,
-            parent=parent,
-            target_criteria={"entropy"},
-            artifact_path="natural",
-        )
-    by_criterion = {run.data.params["criterion"]: run for run in _runs(tracker) if run.data.params}
-    assert "shortfall" in by_criterion["entropy"].data.metrics
-    assert "shortfall" not in by_criterion["pcee"].data.metrics
+        log_frontier(frontier, tracker=tracker, parent=parent, plugins=plugins, artifact_path="x")
+    runs = {
+        run.data.params["criterion"]: run.data.metrics for run in _runs(tracker) if run.data.params
+    }
+    (complement,) = frontier.of("test_complement")
+    assert complement.early_accuracy is not None
+    assert runs["test_complement"]["target"] == pytest.approx(0.7)
+    assert runs["test_complement"]["shortfall"] == pytest.approx(0.7 - complement.early_accuracy)
+    for name in ("test_unread", "patience"):  # no reading: no target, no shortfall
+        assert not {"target", "shortfall"} & set(runs[name]), name
     files = {f.path for f in mlflow.MlflowClient(tracker.tracking_uri).list_artifacts(parent)}
-    assert files == {"natural"}
+    assert files == {"x"}
+
+
+def test_a_criterion_the_plugins_do_not_know_fails_before_logging(store) -> None:
+    plugins = adaptix.get_plugin_manager(settings=Settings(autoload_plugins=False))
+    plugins.register(_RegistersReadings(), name="test_readings")
+    frontier = adaptix.sweep(synthetic_trace(50), "test_unread", [0.5], plugins=plugins)
+    tracker = _tracker(store, "unknown-criterion")
+    with pytest.raises(PluginError, match="unknown criterion 'test_unread'"):
+        log_frontier(frontier, tracker=tracker)  # a default manager: no test_unread
+    assert _runs(tracker) == []
 
 
 def test_tracker_runs_params_metrics_and_statuses(store) -> None:
@@ -207,6 +247,15 @@ def test_mistakes_in_the_call_raise_whatever_strict_says(store, swept) -> None:
         log_frontier(frontier, tracker=tracker, params={"threshold": 3})
     with pytest.raises(ValidationError, match=r"adaptix\.Frontier"):
         log_frontier(list(frontier), tracker=tracker)  # type: ignore[arg-type]
+    for extra in ({"pcee": {"speedup": 2.0}}, {("pcee", "0.9"): {"speedup": 2.0}},
+                  {("pcee", 0.9): 2.0}):  # fmt: skip
+        with pytest.raises(ValidationError, match=r"\{\(criterion, threshold\)"):
+            log_frontier(frontier, tracker=tracker, extra_metrics=extra)  # type: ignore[arg-type]
+    for metric in (10**400, torch.ones(2), "low"):
+        with pytest.raises(ValidationError, match="'loss' to be a number"):
+            tracker.log_metrics("anything", {"loss": metric})
+    with pytest.raises(ValidationError, match="integer step"):
+        tracker.log_metrics("anything", {"loss": 1.0}, step=1.5)  # type: ignore[arg-type]
     assert tracker.failures == []
     assert _runs(tracker) == []  # validated before anything was logged
 
@@ -325,3 +374,13 @@ def test_explicit_nan_is_logged_as_given(store) -> None:
         warnings.simplefilter("error")  # no warning either
         tracker.log_point(None, "nan", {}, {"gap": math.nan})
     assert math.isnan(_runs(tracker)[0].data.metrics["gap"])
+
+
+def test_infinities_are_kept_as_the_largest_floats(store) -> None:
+    tracker = _tracker(store, "inf")
+    tracker.log_point(None, "inf", {}, {"high": math.inf, "low": -math.inf})
+    assert tracker.failures == []
+    assert _runs(tracker)[0].data.metrics == {
+        "high": sys.float_info.max,
+        "low": -sys.float_info.max,
+    }

@@ -11,43 +11,9 @@ from torch import Tensor, nn
 
 from adaptix.components import Backbone, BackboneParts, ParamsModel
 from adaptix.errors import ValidationError
+from adaptix.features import FeatureName, feature_module
 from adaptix.hookspecs import hookimpl
 from adaptix.plugins import Registrar
-
-FeatureName = Literal["identity", "flatten", "avgpool", "cls", "mean"]
-
-
-class TokenPool(nn.Module):
-    """Features of a transformer state: the CLS token or the masked mean over tokens.
-
-    The state is a tensor ``[n, T, d]`` or a dict with ``hidden`` and, optionally,
-    ``attention_mask`` (``[n, T]``, 1 for real tokens).
-    """
-
-    def __init__(self, how: Literal["cls", "mean"]) -> None:
-        super().__init__()
-        self.how = how
-
-    def forward(self, state: Any) -> Tensor:
-        hidden = state["hidden"] if isinstance(state, dict) else state
-        if self.how == "cls":
-            return hidden[:, 0]
-        mask = state.get("attention_mask") if isinstance(state, dict) else None
-        if mask is None:
-            return hidden.mean(dim=1)
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
-def feature_module(name: FeatureName) -> nn.Module | None:
-    """The feature function called ``name`` (None for identity)."""
-    if name == "identity":
-        return None
-    if name == "flatten":
-        return nn.Flatten()
-    if name == "avgpool":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return TokenPool(name)
 
 
 class SequentialParams(ParamsModel):

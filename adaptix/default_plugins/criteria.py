@@ -1,4 +1,5 @@
-"""Built-in exit criteria: ``confidence``, ``entropy``, ``patience``, ``pcee``, ``pcee_ws``.
+"""Built-in exit criteria: ``confidence``, ``entropy``, ``patience``, ``pcee``, ``pcee_ws``,
+``pcee_lcb``.
 
 Each implements exactly the rule of ``PCEE.md``; see `adaptix.components.ExitCriterion` for how
 a score and a threshold make an exit decision.
@@ -12,15 +13,17 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from adaptix.bounds import clopper_pearson_lower
 from adaptix.calibration import Calibration
 from adaptix.components import (
+    AccuracyReading,
     Direction,
     ExitCriterion,
-    FusedKind,
     ParamsModel,
     integer_threshold,
 )
 from adaptix.hookspecs import hookimpl
+from adaptix.kernels import ExitKind
 from adaptix.plugins import Registrar
 from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy, prediction
 
@@ -30,7 +33,8 @@ class Confidence(ExitCriterion):
 
     name = "confidence"
     description = "max softmax probability >= τ"
-    fused_kind: ClassVar[FusedKind | None] = "confidence"
+    fused_kind: ClassVar[ExitKind | None] = "confidence"
+    accuracy_reading: ClassVar[AccuracyReading | None] = AccuracyReading()  # naive: τ = δ
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         return confidence_and_prediction(logits)[0], state
@@ -42,7 +46,8 @@ class Entropy(ExitCriterion):
     name = "entropy"
     description = "normalised softmax entropy <= τ"
     direction: ClassVar[Direction] = "le"
-    fused_kind: ClassVar[FusedKind | None] = "entropy"
+    fused_kind: ClassVar[ExitKind | None] = "entropy"
+    accuracy_reading: ClassVar[AccuracyReading | None] = AccuracyReading(complement=True)
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         return normalized_entropy(logits), state
@@ -91,18 +96,23 @@ class PCEE(ExitCriterion):
     name = "pcee"
     description = "calibrated bin accuracy >= δ (PCEE)"
     needs_calibration = True
-    fused_kind: ClassVar[FusedKind | None] = "table"
+    fused_kind: ClassVar[ExitKind | None] = "table"
+    accuracy_reading: ClassVar[AccuracyReading | None] = AccuracyReading(is_target=True)
     window: int = 0
 
     def __init__(self, params: ParamsModel, calibration: Any = None) -> None:
         super().__init__(params, calibration)
         self.calibration: Calibration = calibration  # not None: checked by super().__init__
-        self.accuracy = calibration.accuracy(self._window())
+        self.accuracy = self._bin_accuracy(calibration)
         # Undefined bins (no calibration input) score -inf so that they never fire, even at δ = 0.
         self.table = self.accuracy.nan_to_num(nan=float("-inf"))
 
     def _window(self) -> int:
         return self.window
+
+    def _bin_accuracy(self, calibration: Calibration) -> Tensor:
+        """The accuracy each bin is compared with δ: float64 ``[E, M]``, NaN where undefined."""
+        return calibration.accuracy(self._window())
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         confidence = confidence_and_prediction(logits)[0]
@@ -131,8 +141,43 @@ class PCEEWS(PCEE):
         return self.params.window
 
 
+class PCEELCBParams(ParamsModel):
+    """``alpha``: the level of each bin's bound; ``bonferroni``: split α over all bins."""
+
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    bonferroni: bool = False
+
+
+class PCEELCB(PCEE):
+    """PCEE with a per-bin guarantee: exit when the one-sided Clopper–Pearson lower bound of
+    the bin's accuracy, LCB_α(k[e, m], n[e, m]), is ≥ δ.
+
+    What it guarantees (``PCEE.md``: Guarantees), calibration and deployment data exchangeable:
+    for each bin (e, m), the probability over the calibration draw that the bin lets inputs exit
+    at δ while its true accuracy (the accuracy at exit e of inputs whose exit-e confidence falls
+    in bin m) is below δ is at most α. With ``bonferroni=True`` each bound is taken at level
+    α / ((E − 1) · M), so that with probability ≥ 1 − α *no* bin of any early exit that lets
+    inputs exit is below δ; every input that leaves early then leaves through a bin whose
+    accuracy is ≥ δ, and the early accuracy is ≥ δ too. Empty bins never fire, as in ``pcee``.
+    """
+
+    name = "pcee_lcb"
+    description = "Clopper–Pearson lower bound of the bin accuracy >= δ (per-bin guarantee)"
+    Params = PCEELCBParams
+    params: PCEELCBParams
+
+    def _bin_accuracy(self, calibration: Calibration) -> Tensor:
+        level = self.params.alpha
+        if self.params.bonferroni:
+            level /= max(calibration.num_exits - 1, 1) * calibration.bins
+        lower = clopper_pearson_lower(
+            calibration.correct.numpy(), calibration.counts.numpy(), level
+        )
+        return torch.from_numpy(lower).to(torch.float64)
+
+
 @hookimpl
 def adaptix_register_criteria(registry: Registrar[ExitCriterion]) -> None:
     """Register the built-in criteria."""
-    for criterion in (Confidence, Entropy, Patience, PCEE, PCEEWS):
+    for criterion in (Confidence, Entropy, Patience, PCEE, PCEEWS, PCEELCB):
         registry.add(criterion)

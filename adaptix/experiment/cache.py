@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from adaptix.files import atomic_write
+
 _FORMAT = "adaptix.model-cache"
 _VERSION = 1
 
@@ -60,21 +62,27 @@ class ModelCache:
                 and payload.get("key") == key
                 and _state_digest(payload["state_dict"]) == payload.get("sha256")
             )
+            info = json.loads(payload["info"]) if valid else None
         except Exception as err:  # any unreadable file is a corrupt entry, retrained below
             warnings.warn(f"corrupt model cache entry {path} ({err!r}): retraining.", stacklevel=2)
             return None
-        if not valid:
+        if not valid or not isinstance(info, dict):
             warnings.warn(
-                f"invalid model cache entry {path} (checksum or key): retraining.", stacklevel=2
+                f"invalid model cache entry {path} (checksum, key or info): retraining.",
+                stacklevel=2,
             )
             return None
-        return payload["state_dict"], json.loads(payload.get("info", "{}"))
+        return payload["state_dict"], info
 
     def save(
         self, name: str, key: str, state: dict[str, torch.Tensor], info: dict[str, Any]
     ) -> Path:
-        """Write an entry atomically (temporary file, then rename)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write an entry atomically (see `atomic_write`); creates the directory if missing.
+
+        Raises:
+            ValidationError: the cache directory cannot be created or written; an existing
+                entry is then left as it was.
+        """
         path = self.path(name, key)
         state = {k: v.detach().cpu() for k, v in state.items()}
         payload = {
@@ -85,7 +93,4 @@ class ModelCache:
             "sha256": _state_digest(state),
             "info": json.dumps(info),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda handle: torch.save(payload, handle), "model cache entry")

@@ -1,20 +1,34 @@
 """The main job's configuration: a frozen pydantic model loaded from TOML or YAML.
 
-Unknown keys are errors, and every error names its dotted path (``train.epochs``). The defaults
-are the job the README runs: Fashion-MNIST, three MSDNet-style models, every criterion.
+Unknown keys are errors, and every error names its dotted path (``train.epochs``). Component
+names (criteria, backbones, heads) are resolved, and their parameters validated, here, so that a
+misspelt name fails before any training, listing the names that exist. The defaults are the job
+the README runs: Fashion-MNIST, three MSDNet-style models, every criterion.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from adaptix.errors import ConfigError
+from adaptix._frozen import FrozenModel
+from adaptix.components import build_params
+from adaptix.errors import AdaptixError, ConfigError
+from adaptix.plugins import AdaptixPluginManager, Registry, call_plugin, resolve_manager
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,11 +36,60 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def _plugins(info: ValidationInfo) -> AdaptixPluginManager:
+    """The manager names resolve with: the validation context's ``plugins``, else the default."""
+    context = info.context if isinstance(info.context, dict) else {}
+    return resolve_manager(context.get("plugins"))
 
 
-class DataConfig(_Frozen):
+def _refused(err: AdaptixError) -> PydanticCustomError:
+    """An adaptix error as a pydantic line error, so that it carries its dotted path."""
+    return PydanticCustomError("adaptix", "{message}", {"message": str(err)})
+
+
+def _registered(
+    registry: Callable[[AdaptixPluginManager], Registry[Any]],
+) -> Callable[[str, ValidationInfo], str]:
+    def check(name: str, info: ValidationInfo) -> str:
+        try:
+            registry(_plugins(info)).entry(name)
+        except AdaptixError as err:
+            raise _refused(err) from err
+        return name
+
+    return check
+
+
+def _check_params(
+    registry: Registry[Any], kind: str, name: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """``params`` checked against the Params model of the component ``name`` (None: the name
+    itself failed, which is reported on its own)."""
+    if name is None:
+        return params
+    try:
+        entry = registry.entry(name)
+        owner = f"{kind} '{name}'"
+        call_plugin(entry, "Params", build_params, entry.component.Params, params, owner)
+    except AdaptixError as err:
+        raise _refused(err) from err
+    return params
+
+
+def _not_empty(value: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+    # A validator rather than min_length: pydantic's length check also fires, with a misleading
+    # "0 items", when an item fails.
+    if not value:
+        raise ValueError(f"{info.field_name} needs at least one entry")
+    return value
+
+
+CriterionName = Annotated[str, AfterValidator(_registered(lambda m: m.criteria))]
+BackboneName = Annotated[str, AfterValidator(_registered(lambda m: m.backbones))]
+HeadName = Annotated[str, AfterValidator(_registered(lambda m: m.exit_heads))]
+
+
+class DataConfig(FrozenModel):
     """Fashion-MNIST location and deterministic splits."""
 
     directory: Path | None = Field(
@@ -43,24 +106,36 @@ class DataConfig(_Frozen):
     seed: int = 0
 
 
-class ModelConfig(_Frozen):
+class ModelConfig(FrozenModel):
     """One model of the family."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    backbone: str = "msdnet"
-    backbone_params: dict[str, Any] = Field(default_factory=dict)
-    head: str = "mlp"
-    head_params: dict[str, Any] = Field(default_factory=dict)
+    backbone: BackboneName = Field(default="msdnet", validate_default=True)
+    backbone_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    head: HeadName = Field(default="mlp", validate_default=True)
+    head_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("backbone_params")
+    @classmethod
+    def _backbone_accepts(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        backbones = _plugins(info).backbones
+        return _check_params(backbones, "backbone", info.data.get("backbone"), value)
+
+    @field_validator("head_params")
+    @classmethod
+    def _head_accepts(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        heads = _plugins(info).exit_heads
+        return _check_params(heads, "exit head", info.data.get("head"), value)
 
 
-def _default_models() -> tuple[ModelConfig, ...]:
-    return tuple(
-        ModelConfig(name=size, backbone_params={"size": size}, head_params={"hidden": 128})
-        for size in ("small", "medium", "large")
-    )
+#: The default family, validated with the rest of the configuration (so errors carry its path).
+_DEFAULT_MODELS = tuple(
+    {"name": size, "backbone_params": {"size": size}, "head_params": {"hidden": 128}}
+    for size in ("small", "medium", "large")
+)
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenModel):
     """How each model is trained (see `adaptix.train_exits`)."""
 
     mode: Literal["frozen", "joint"] = "joint"
@@ -73,10 +148,12 @@ class TrainConfig(_Frozen):
     seed: int = 0
 
 
-class SweepConfig(_Frozen):
+class SweepConfig(FrozenModel):
     """Criteria, the δ grid and the overconfidence stress."""
 
-    criteria: tuple[str, ...] = ("confidence", "entropy", "patience", "pcee", "pcee_ws")
+    criteria: Annotated[tuple[CriterionName, ...], AfterValidator(_not_empty)] = Field(
+        default=("confidence", "entropy", "patience", "pcee", "pcee_ws"), validate_default=True
+    )
     bins: int = Field(default=10, ge=1)
     delta_min: float = Field(default=0.5, ge=0, le=1)
     delta_max: float = Field(default=0.99, ge=0, le=1)
@@ -88,6 +165,14 @@ class SweepConfig(_Frozen):
         if self.delta_min > self.delta_max:
             raise ValueError("delta_min must not exceed delta_max")
         return self
+
+    @field_validator("criteria")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each criterion once, got {repeated} more than once")
+        return value
 
     @field_validator("stress_scales")
     @classmethod
@@ -102,18 +187,36 @@ class SweepConfig(_Frozen):
         return [round(self.delta_min + i * self.delta_step, 10) for i in range(count)]
 
 
-class RuntimeConfig(_Frozen):
+class RuntimeConfig(FrozenModel):
     """Wall-clock measurement of the batched runtime."""
 
     enabled: bool = True
     model: str | None = Field(default=None, description="default: the last (largest) model")
-    criterion: str = "pcee"
-    thresholds: tuple[float, ...] = (0.9, 0.95, 0.98)
+    criterion: CriterionName = Field(default="pcee", validate_default=True)
+    thresholds: tuple[float, ...] = Field(default=(0.9, 0.95, 0.98), validate_default=True)
     batch_size: int = Field(default=256, ge=1)
     repeats: int = Field(default=2, ge=1)
 
+    @field_validator("thresholds")
+    @classmethod
+    def _criterion_accepts(
+        cls, value: tuple[float, ...], info: ValidationInfo
+    ) -> tuple[float, ...]:
+        name = info.data.get("criterion")
+        if name is None:
+            return value
+        try:
+            entry = _plugins(info).criteria.entry(name)
+            for threshold in value:
+                call_plugin(
+                    entry, "validate_threshold", entry.component.validate_threshold, threshold
+                )
+        except AdaptixError as err:
+            raise _refused(err) from err
+        return value
 
-class TrackingConfig(_Frozen):
+
+class TrackingConfig(FrozenModel):
     """MLflow tracking (default store: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
 
     enabled: bool = True
@@ -121,16 +224,20 @@ class TrackingConfig(_Frozen):
     experiment: str = "adaptix"
 
 
-class JobConfig(_Frozen):
+class JobConfig(FrozenModel):
     """Everything ``adaptix run`` does."""
 
     name: str = "fashion-mnist-pcee"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    models: tuple[ModelConfig, ...] = Field(default_factory=_default_models, min_length=1)
+    # Sections that name components default to raw values validated in place, so that a default
+    # naming a blocked plugin is reported at its dotted path.
+    models: Annotated[tuple[ModelConfig, ...], AfterValidator(_not_empty)] = Field(
+        default=_DEFAULT_MODELS, validate_default=True
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    sweep: SweepConfig = Field(default={}, validate_default=True)
+    runtime: RuntimeConfig = Field(default={}, validate_default=True)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("adaptix-out")
     threads: int | None = Field(
@@ -173,24 +280,41 @@ def _dotted(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], source: str = "configuration") -> JobConfig:
-    """Validate a mapping into a `JobConfig`; `ConfigError` lists every problem by dotted path."""
+def parse_config(
+    data: dict[str, Any],
+    source: str = "configuration",
+    *,
+    plugins: AdaptixPluginManager | None = None,
+) -> JobConfig:
+    """Validate a mapping into a `JobConfig`; `ConfigError` lists every problem by dotted path.
+
+    Args:
+        data: the configuration, as read from a file.
+        source: what to call it in errors (the file's path).
+        plugins: the manager that component names resolve with (default:
+            `adaptix.plugins.default_plugin_manager`).
+    """
     try:
-        return JobConfig.model_validate(data)
+        return JobConfig.model_validate(data, context={"plugins": plugins})
     except ValidationError as err:
         raise ConfigError(f"invalid {source}:\n{_dotted(err)}") from err
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> JobConfig:
-    """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; None gives the defaults."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, plugins: AdaptixPluginManager | None = None
+) -> JobConfig:
+    """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; None gives the defaults.
+
+    Component names resolve with ``plugins`` (see `parse_config`).
+    """
     if path is None:
-        return JobConfig()
+        return parse_config({}, "default configuration", plugins=plugins)
     source = Path(path)
     if source.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"expected a .toml, .yaml or .yml configuration, got {source.name}.")
     try:
-        text = source.read_text()
-    except OSError as err:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read configuration {source}: {err}") from err
     try:
         if source.suffix == ".toml":
@@ -201,4 +325,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> JobConfig:
         raise ConfigError(f"cannot parse configuration {source}: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top of {source}, got {type(data).__name__}.")
-    return parse_config(data, str(source))
+    return parse_config(data, str(source), plugins=plugins)

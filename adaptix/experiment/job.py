@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,8 +26,10 @@ from tqdm.auto import tqdm
 import adaptix
 from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
-from adaptix.control import ControlSummary, control_summary, naive_threshold, oracle_costs
+from adaptix.components import AccuracyReading
+from adaptix.control import ControlSummary, control_summary, oracle_costs
 from adaptix.data import FashionMNIST, load_fashion_mnist
+from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
 from adaptix.experiment.config import JobConfig, ModelConfig
 from adaptix.experiment.report import render_report
@@ -34,9 +37,13 @@ from adaptix.flops import FlopProfile
 from adaptix.model import MultiExitModel, build_model, profile_from_trace
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 from adaptix.runtime import EarlyExitRunner
+from adaptix.scores import prediction
 from adaptix.simulate import Frontier, simulate, sweep
 from adaptix.trace import Trace
 from adaptix.training import train_exits
+
+if TYPE_CHECKING:
+    from adaptix.tracking import Tracker
 
 # Dense confidence grid for the hindsight oracle (the cheapest threshold reaching δ).
 _ORACLE_GRID = [i / 1000 for i in range(1001)]
@@ -91,6 +98,7 @@ class JobResult:
     config: JobConfig
     models: dict[str, ModelOutcome]
     runtime: list[RuntimePoint]
+    readings: dict[str, AccuracyReading | None]  # criterion -> its declared accuracy reading
     report: str
     output_dir: Path
     seconds: float
@@ -159,29 +167,55 @@ def _sweep_all(
     calibration: Calibration,
     config: JobConfig,
     manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
 ) -> Frontier:
+    """Sweep every criterion at the thresholds its accuracy reading gives for the δ grid, or at
+    its default thresholds when it has no reading (patience)."""
     deltas = config.sweep.deltas()
-    grids: dict[str, list[float]] = {}
-    for name in config.sweep.criteria:
-        if name == "patience":
-            grids[name] = [float(t) for t in range(1, max(trace.num_exits, 2))]
-        elif name in ("confidence", "pcee", "pcee_ws", "entropy"):
-            grids[name] = sorted({naive_threshold(name, d) for d in deltas})
-        else:
-            grids[name] = list(manager.criteria.get(name).default_thresholds())
-    return sweep(trace, config.sweep.criteria, grids, calibration, plugins=manager)
+    grids = {
+        name: list(manager.criteria.get(name).default_thresholds())
+        if reading is None
+        else sorted({reading.threshold(d) for d in deltas})
+        for name, reading in readings.items()
+    }
+    frontier = sweep(trace, list(readings), grids, calibration, plugins=manager)
+    return _one_plain_point_each(frontier, readings)
+
+
+def _one_plain_point_each(
+    frontier: Frontier, readings: dict[str, AccuracyReading | None]
+) -> Frontier:
+    """Keep one point per default grid where nothing leaves early.
+
+    Past some threshold of a default grid every point is the plain model's (patience's grid
+    1..50 on a model of 4 exits: every t >= 3), so one of them is enough. Grids read from δ keep
+    every point: the control table looks each δ up.
+    """
+    kept, plain = [], set()
+    for point in frontier:
+        if readings[point.criterion] is None and point.early_exit_rate == 0:
+            if point.criterion in plain:
+                continue
+            plain.add(point.criterion)
+        kept.append(point)
+    return Frontier(kept, frontier.costs)
 
 
 def _control(
-    frontier: Frontier, trace: Trace, config: JobConfig, manager: AdaptixPluginManager
+    frontier: Frontier,
+    trace: Trace,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
 ) -> dict[str, ControlSummary]:
+    """Control metrics of every criterion that declares an accuracy reading."""
     deltas = config.sweep.deltas()
     dense = sweep(trace, "confidence", _ORACLE_GRID, plugins=manager)
     oracle = oracle_costs(list(dense), deltas)
     return {
-        name: control_summary(frontier, name, deltas, oracle)
-        for name in config.sweep.criteria
-        if name in ("confidence", "entropy", "pcee", "pcee_ws")
+        name: control_summary(frontier, name, deltas, oracle, plugins=manager)
+        for name, reading in readings.items()
+        if reading is not None
     }
 
 
@@ -269,9 +303,53 @@ def run_job(
 def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     started = time.perf_counter()
     out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"expected output_dir to be a writable directory, got {str(out)!r} ({err}). "
+            "Choose another output_dir."
+        ) from err
     manager = get_plugin_manager()
+    # What each criterion's threshold means, read once from its declaration.
+    readings = {name: manager.criteria.get(name).accuracy_reading for name in config.sweep.criteria}
     log(f"adaptix {adaptix.__version__}: job '{config.name}' → {out.resolve()}")
+    data = _load_data(config, log)
+    cache = ModelCache(config.resolved_cache_dir())
+    outcomes: dict[str, ModelOutcome] = {}
+    models: dict[str, MultiExitModel] = {}
+    for spec in config.models:
+        model, seconds, cached = _train_or_load(spec, config, data, cache, manager, log)
+        traces = _trace_splits(model, data, spec.name)
+        outcome = _analyse(spec, *traces, config, manager, readings)
+        outcomes[spec.name] = dataclasses.replace(outcome, trained_seconds=seconds, cached=cached)
+        models[spec.name] = model
+    runtime: list[RuntimePoint] = []
+    if config.runtime.enabled:
+        target = config.runtime.model or config.models[-1].name
+        runtime = _measure_runtime(
+            outcomes[target], models[target], data.test.images, config, manager
+        )
+    result = JobResult(
+        config=config,
+        models=outcomes,
+        runtime=runtime,
+        readings=readings,
+        report="",
+        output_dir=out,
+        seconds=0.0,
+    )
+    _write_plots(result)
+    tracking = _start_tracking(result, data, manager) if config.tracking.enabled else None
+    result.seconds = time.perf_counter() - started
+    report_path = _write_report(result)
+    if tracking is not None:
+        tracking.finish(result, report_path)
+    log(result.report)
+    return result
+
+
+def _load_data(config: JobConfig, log: Callable[[str], None]) -> FashionMNIST:
     data = load_fashion_mnist(
         config.data.directory,
         calibration_size=config.data.calibration_size,
@@ -282,78 +360,76 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     log(
         f"data: train {len(data.train)}, calibration {len(data.calibration)}, test {len(data.test)}"
     )
-    cache = ModelCache(config.resolved_cache_dir())
-    outcomes: dict[str, ModelOutcome] = {}
-    models: dict[str, MultiExitModel] = {}
-    for spec in config.models:
-        model, seconds, cached = _train_or_load(spec, config, data, cache, manager, log)
-        calib_trace = model.trace(
-            data.calibration.images,
-            data.calibration.labels,
+    return data
+
+
+def _trace_splits(model: MultiExitModel, data: FashionMNIST, name: str) -> tuple[Trace, Trace]:
+    """The calibration and test traces: every exit's logits, and the measured FLOPs."""
+    calibration, test = (
+        model.trace(
+            split.images,
+            split.labels,
             500,
             progress=True,
-            meta={"model": spec.name, "split": "calibration"},
+            meta={"model": name, "split": split_name},
         )
-        test_trace = model.trace(
-            data.test.images,
-            data.test.labels,
-            500,
-            progress=True,
-            meta={"model": spec.name, "split": "test"},
-        )
-        calibration = calibrate(calib_trace, bins=config.sweep.bins, plugins=manager)
-        calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
-        frontier = _sweep_all(test_trace, calibration, config, manager)
-        frontier.to_csv(out / f"frontier-{spec.name}.csv")
-        control = {"natural": _control(frontier, test_trace, config, manager)}
-        stress: dict[float, Frontier] = {}
-        for scale in config.sweep.stress_scales:
-            stressed_cal = calibrate(
-                calib_trace.scaled(scale), bins=config.sweep.bins, plugins=manager
-            )
-            stressed_test = test_trace.scaled(scale)
-            stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager)
-            stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
-            control[f"logits ×{scale:g}"] = _control(stress[scale], stressed_test, config, manager)
-        accuracy = test_trace.logits.argmax(-1) == test_trace.labels.unsqueeze(1)  # type: ignore[union-attr]  # traced with labels
-        outcomes[spec.name] = ModelOutcome(
-            config=spec,
-            profile=profile_from_trace(test_trace),
-            exit_accuracy=accuracy.double().mean(0).tolist(),
-            calibration=calibration,
-            calibration_path=calibration_path,
-            frontier=frontier,
-            stress=stress,
-            control=control,
-            trained_seconds=seconds,
-            cached=cached,
-            test_trace=test_trace,
-        )
-        models[spec.name] = model
-
-    runtime: list[RuntimePoint] = []
-    if config.runtime.enabled:
-        target = config.runtime.model or config.models[-1].name
-        runtime = _measure_runtime(
-            outcomes[target], models[target], data.test.images, config, manager
-        )
-
-    result = JobResult(
-        config=config,
-        models=outcomes,
-        runtime=runtime,
-        report="",
-        output_dir=out,
-        seconds=0.0,
+        for split_name, split in (("calibration", data.calibration), ("test", data.test))
     )
-    _write_plots(result)
-    if config.tracking.enabled:
-        _track(result, data)
-    result.seconds = time.perf_counter() - started
+    return calibration, test
+
+
+def _analyse(
+    spec: ModelConfig,
+    calib_trace: Trace,
+    test_trace: Trace,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
+) -> ModelOutcome:
+    """Calibrate, then sweep every criterion of ``readings`` on the test logits as they are and
+    under each overconfidence stress; write the calibration and the frontiers."""
+    out = config.output_dir
+    calibration = calibrate(calib_trace, bins=config.sweep.bins, plugins=manager)
+    calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
+    frontier = _sweep_all(test_trace, calibration, config, manager, readings)
+    frontier.to_csv(out / f"frontier-{spec.name}.csv")
+    control = {"natural": _control(frontier, test_trace, config, manager, readings)}
+    stress: dict[float, Frontier] = {}
+    for scale in config.sweep.stress_scales:
+        stressed_cal = calibrate(calib_trace.scaled(scale), bins=config.sweep.bins, plugins=manager)
+        stressed_test = test_trace.scaled(scale)
+        stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager, readings)
+        stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
+        control[f"logits ×{scale:g}"] = _control(
+            stress[scale], stressed_test, config, manager, readings
+        )
+    return ModelOutcome(
+        config=spec,
+        profile=profile_from_trace(test_trace),
+        exit_accuracy=_exit_accuracy(test_trace),
+        calibration=calibration,
+        calibration_path=calibration_path,
+        frontier=frontier,
+        stress=stress,
+        control=control,
+        trained_seconds=None,
+        cached=False,
+        test_trace=test_trace,
+    )
+
+
+def _exit_accuracy(trace: Trace) -> list[float]:
+    """Accuracy of every exit on a labelled trace."""
+    correct = prediction(trace.logits) == trace.labels.unsqueeze(1)  # type: ignore[union-attr]  # traced with labels
+    return correct.double().mean(0).tolist()
+
+
+def _write_report(result: JobResult) -> Path:
+    """Render the report once, keep it in ``result.report`` and write ``report.md``."""
     result.report = render_report(result)
-    (out / "report.md").write_text(result.report)
-    log(result.report)
-    return result
+    path = result.output_dir / "report.md"
+    path.write_text(result.report)
+    return path
 
 
 def _write_plots(result: JobResult) -> None:
@@ -398,8 +474,12 @@ def _write_plots(result: JobResult) -> None:
     )
 
 
-def _track(result: JobResult, data: FashionMNIST) -> None:
-    from adaptix.tracking import Tracker, default_tracking_uri, log_frontier
+def _start_tracking(
+    result: JobResult, data: FashionMNIST, manager: AdaptixPluginManager
+) -> _Tracking:
+    """Log the job to MLflow: a parent run, a run per model with a run per frontier point, the
+    plots and the CSVs. The parent stays open for the report (`_Tracking.finish`)."""
+    from adaptix.tracking import Tracker, default_tracking_uri
 
     config = result.config
     uri = config.tracking.uri or default_tracking_uri()
@@ -421,23 +501,45 @@ def _track(result: JobResult, data: FashionMNIST) -> None:
         tags={"adaptix.version": adaptix.__version__},
     )
     result.parent_run_id = parent
-    speedups = {
-        (p.criterion, p.threshold): {
-            "speedup_measured": p.realised_speedup,
-            "speedup_ideal": p.ideal_speedup,
-        }
-        for p in result.runtime
-    }
+    tracking = _Tracking(tracker, parent, splits, manager, result.output_dir)
+    measured = config.runtime.model or config.models[-1].name
     for name, outcome in tqdm(result.models.items(), desc="mlflow", unit="model"):
+        tracking.log_model(name, outcome, result.runtime if name == measured else [])
+    for path in [
+        result.output_dir / "accuracy-vs-flops.png",
+        *sorted(result.output_dir.glob("*.csv")),
+    ]:
+        if path.exists():
+            tracker.log_artifact(parent, path)
+    result.tracking_failures = list(tracker.failures)
+    return tracking
+
+
+@dataclass
+class _Tracking:
+    """The job's MLflow session: the parent run and what every model's runs share."""
+
+    tracker: Tracker
+    parent: str | None
+    splits: dict[str, Any]
+    manager: AdaptixPluginManager
+    output_dir: Path
+
+    def log_model(self, name: str, outcome: ModelOutcome, runtime: list[RuntimePoint]) -> None:
+        """One model's run: its params, per-exit and control metrics, its frontier points (with
+        the speed-ups measured in ``runtime``) and its plots."""
+        from adaptix.tracking import log_frontier
+
+        tracker = self.tracker
         run = tracker.start_run(
             name,
-            parent=parent,
+            parent=self.parent,
             params={
                 "backbone": outcome.config.backbone,
                 "backbone_params": json.dumps(outcome.config.backbone_params),
                 "head": outcome.config.head,
                 "calibration_checksum": outcome.calibration.checksum,
-                **splits,
+                **self.splits,
             },
         )
         metrics = {f"exit_accuracy_{e}": a for e, a in enumerate(outcome.exit_accuracy)}
@@ -450,29 +552,30 @@ def _track(result: JobResult, data: FashionMNIST) -> None:
                 metrics[f"{tag}.{criterion}.worst_shortfall"] = s.worst_shortfall
                 metrics[f"{tag}.{criterion}.mean_regret"] = s.mean_regret
         tracker.log_metrics(run, metrics)
-        extra = speedups if name == (config.runtime.model or config.models[-1].name) else None
+        speedups: dict[tuple[str, float], dict[str, float | None]] = {
+            (p.criterion, p.threshold): {
+                "speedup_measured": p.realised_speedup,
+                "speedup_ideal": p.ideal_speedup,
+            }
+            for p in runtime
+        }
         log_frontier(
             outcome.frontier,
             tracker=tracker,
             parent=run,
             model=name,
-            params=splits,
+            params=self.splits,
             calibration=outcome.calibration,
-            extra_metrics=extra,
+            extra_metrics=speedups,
+            plugins=self.manager,
         )
-        for path in sorted(result.output_dir.glob(f"*-{name}.png")):
+        for path in sorted(self.output_dir.glob(f"*-{name}.png")):
             tracker.log_artifact(run, path, "plots")
         tracker.end_run(run)
-    for path in [
-        result.output_dir / "accuracy-vs-flops.png",
-        *sorted(result.output_dir.glob("*.csv")),
-    ]:
-        if path.exists():
-            tracker.log_artifact(parent, path)
-    result.tracking_failures = list(tracker.failures)
-    result.report = render_report(result)
-    report_path = result.output_dir / "report.md"
-    report_path.write_text(result.report)
-    tracker.log_artifact(parent, report_path)
-    tracker.end_run(parent)
-    result.tracking_failures = list(tracker.failures)
+
+    def finish(self, result: JobResult, report_path: Path) -> None:
+        """Log the report to the parent run and close it; a failure here reaches
+        ``result.tracking_failures`` and a warning, not the report already written."""
+        self.tracker.log_artifact(self.parent, report_path)
+        self.tracker.end_run(self.parent)
+        result.tracking_failures = list(self.tracker.failures)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from adaptix.control import best_accuracy_within, cheapest_reaching
 
 if TYPE_CHECKING:
+    from adaptix.components import AccuracyReading
     from adaptix.experiment.job import JobResult, ModelOutcome
 
 
@@ -47,7 +48,9 @@ def _models_table(result: JobResult) -> str:
     )
 
 
-def _control_table(outcome: ModelOutcome, deltas: list[float]) -> str:
+def _control_table(
+    outcome: ModelOutcome, deltas: list[float], readings: dict[str, AccuracyReading | None]
+) -> str:
     rows = []
     for panel, summaries in outcome.control.items():
         for criterion, s in summaries.items():
@@ -66,14 +69,15 @@ def _control_table(outcome: ModelOutcome, deltas: list[float]) -> str:
                 ]
             )
     return (
-        f"δ grid: {deltas[0]:g} to {deltas[-1]:g} ({len(deltas)} values); entropy is read at "
-        "τ = 1 − δ, the others at τ = δ.\n\n"
+        _reading_note(outcome, deltas, readings)
+        + "\n\n"
         + _table(
             [
                 "logits",
                 "criterion",
                 "violation rate (%)",
                 "worst shortfall (pt)",
+                "early exits at worst δ (%)",
                 "mean rel. cost",
                 "cost / confidence(τ=δ)",
                 "regret vs oracle",
@@ -83,12 +87,36 @@ def _control_table(outcome: ModelOutcome, deltas: list[float]) -> str:
     )
 
 
+def _reading_note(
+    outcome: ModelOutcome, deltas: list[float], readings: dict[str, AccuracyReading | None]
+) -> str:
+    """The δ grid and the thresholds each criterion is read at (its declared reading)."""
+    criteria = dict.fromkeys(c for summaries in outcome.control.values() for c in summaries)
+    thresholds = []
+    for criterion in criteria:
+        reading = readings[criterion]
+        if reading is not None:
+            kind = "the target itself" if reading.is_target else "naive reading"
+            thresholds.append(
+                f"{criterion} τ = {reading.threshold(deltas[0]):g} … "
+                f"{reading.threshold(deltas[-1]):g} ({kind})"
+            )
+    grid = f"δ grid: {deltas[0]:g} to {deltas[-1]:g} ({len(deltas)} values)"
+    if not thresholds:
+        return f"{grid}; no swept criterion declares an accuracy reading, so none is tabled."
+    return (
+        f"{grid}, each criterion read at the threshold its accuracy reading gives for δ: "
+        f"{'; '.join(thresholds)}."
+    )
+
+
 def _scale_table(result: JobResult) -> tuple[str, list[str]]:
     names = list(result.models)
     large_name = names[-1]
     large = result.models[large_name]
     truncated = list(zip(large.profile.static_costs(), large.exit_accuracy, strict=True))
-    criteria = [c for c in ("pcee", "pcee_ws", "confidence") if c in large.frontier.criteria()]
+    criteria = large.frontier.criteria()
+    targets = [c for c in criteria if (reading := result.readings.get(c)) and reading.is_target]
     curves = {
         c: [(p.mean_cost, p.accuracy) for p in large.frontier.of(c) if p.accuracy is not None]
         for c in criteria
@@ -114,13 +142,13 @@ def _scale_table(result: JobResult) -> tuple[str, list[str]]:
                     "n/a" if trunc_cost is None else f"{trunc_cost / budget:.2f}×",
                 ]
             )
-        if "pcee" in curves:
-            acc = best_accuracy_within(curves["pcee"], budget)
+        for c in targets:
+            acc = best_accuracy_within(curves[c], budget)
             beats_small = acc is not None and acc > target
             beats_trunc = acc is not None and (trunc_acc is None or acc > trunc_acc)
             gain = "n/a" if acc is None else f"{100 * (acc - target):+.1f} pt"
             verdicts.append(
-                f"- vs {name} at its cost ({budget / 1e6:.2f} MFLOPs): {large_name} + pcee "
+                f"- vs {name} at its cost ({budget / 1e6:.2f} MFLOPs): {large_name} + {c} "
                 f"{_pct(acc)} % against {_pct(target)} % ({gain}); truncated {large_name} "
                 f"{_pct(trunc_acc)} %. Claim "
                 + ("**holds**" if beats_small and beats_trunc else "**does not hold**")
@@ -198,11 +226,12 @@ def render_report(result: JobResult) -> str:
         _models_table(result),
         "",
         f"## (a) Control: does δ deliver early accuracy ≥ δ? ({large_name}, test split)",
-        _control_table(result.models[large_name], deltas),
+        _control_table(result.models[large_name], deltas, result.readings),
         "",
     ]
     for name in list(result.models)[:-1]:
-        parts += [f"### Control on {name}", _control_table(result.models[name], deltas), ""]
+        control = _control_table(result.models[name], deltas, result.readings)
+        parts += [f"### Control on {name}", control, ""]
     table, verdicts = _scale_table(result)
     parts += [
         f"## (b) Scale: {large_name} with early exits against smaller models and static "

@@ -3,23 +3,34 @@
 The runtime asks the same question at the same exit for every batch: which rows pass this
 threshold (and this exit's calibration table)? `exit_decision` answers it from scratch, with
 every check and every output of `ExitDecision`. That is right for a one-off call, but on a CPU
-at small batches its Python work costs as much as the exit head itself. An `ExitDecider` checks
-the rule once and keeps what does not depend on the logits: the float32 bound that makes a
-float32 comparison exact, and, for a calibration table, float32 bin edges plus which bins stay.
-Per call it computes only what the runtime asks (`stays`: which rows go on; the prediction only
-when rows leave), with the fewest torch operations that give exactly the reference's answer
-(`tests/test_kernels.py` checks it against `exit_decision_reference`, NaN and infinite logits
-and bin edges included). On CUDA it runs the fused Triton kernel, as `exit_decision` does.
+at small batches its Python work costs as much as the exit head itself, and on CUDA it would
+validate, list the reasons the kernel can or cannot run and derive the table on every call. An
+`ExitDecider` checks the rule once and keeps, per device, what does not depend on the logits:
+the float32 bound that makes a float32 comparison exact; for a calibration table, float32 bin
+edges plus which bins stay (torch path), or the contiguous table and which bins pass (kernel
+path); and whether the fused kernel runs there. Per call it computes only what the runtime asks
+(`decide`: which rows go on, and the prediction when the kernel made it anyway), with the
+fewest torch operations that give exactly the reference's answer (`tests/test_kernels.py`
+checks it against `exit_decision_reference`, NaN and infinite logits and bin edges included),
+or one launch of the fused Triton kernel that writes only the exit mask and the prediction.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from types import ModuleType
+
 import torch
 from torch import Tensor
 
 from adaptix.errors import expect
-from adaptix.kernels.dispatch import BACKENDS, exit_decision
+from adaptix.kernels.dispatch import (
+    BACKENDS,
+    MAX_TRITON_COLUMN_SPAN,
+    kernel_for,
+    logits_unavailable_reasons,
+    triton_cannot_run,
+)
 from adaptix.kernels.reference import (
     SUPPORTED_DTYPES,
     check_exit_logits,
@@ -27,28 +38,40 @@ from adaptix.kernels.reference import (
     float32_bound,
     table_passes,
 )
-from adaptix.kernels.types import Backend, ExitDecision, ExitKind
-from adaptix.scores import normalized_entropy, prediction
+from adaptix.kernels.types import Backend, ExitKind
+from adaptix.scores import (
+    bin_edges,
+    bin_index,
+    confidence,
+    float32_edges,
+    normalized_entropy,
+    prediction,
+)
 
 
-def bin_edges(bins: int) -> Tensor:
-    """float32 edges that turn `adaptix.scores.bin_index` into one ``torch.bucketize``.
+@dataclass(frozen=True)
+class _Prepared:
+    """What an `ExitDecider` keeps on one device.
 
-    Edge k (k = 1 … M-1) is the smallest float32 c with float32(c · M) >= k, so that for every
-    float32 confidence c in [0, 1]: ``bucketize(c, edges, right=True) == bin_index(c, M)``.
-    A final +inf edge sends NaN (which compares False with every edge) to bin M.
+    Attributes:
+        kernel: the Triton kernel module where the backend runs it on this device, else None.
+        bound: the float32 bound as a 0-d tensor (torch path, kinds confidence and entropy):
+            comparing with a Python float wraps it anew on every call, which costs more than
+            the comparison on small batches.
+        lookup: for kind "table" (torch path), the float32 lookup of the bin edges and
+            whether a row in bin 0 … M (M: undefined confidence) stays.
+        table: for kind "table", the contiguous table (kernel path).
+        passes: for kind "table", which bins let a row exit (kernel path).
+        edges: for kind "table" with given edges, their float32 lookup (kernel path); None
+            for equal-width bins, which the kernel computes from the confidence.
     """
-    scale = np.float32(bins)
-    edges = []
-    for k in range(1, bins):
-        edge = np.float32(k / bins)
-        while edge * scale >= k:  # float32 product: the very rounding `bin_index` does
-            edge = np.nextafter(edge, np.float32(-1.0))
-        while not edge * scale >= k:
-            edge = np.nextafter(edge, np.float32(2.0))
-        edges.append(edge)
-    edges.append(np.float32(np.inf))
-    return torch.from_numpy(np.array(edges, dtype=np.float32))
+
+    kernel: ModuleType | None
+    bound: Tensor
+    lookup: tuple[Tensor, Tensor] | None = None
+    table: Tensor | None = None
+    passes: Tensor | None = None
+    edges: Tensor | None = None
 
 
 class ExitDecider:
@@ -58,8 +81,11 @@ class ExitDecider:
         threshold: the threshold (τ or δ), a Python float.
         kind: "confidence", "entropy" or "table" (see `exit_decision_reference`).
         table: for kind "table", the exit's calibrated bin accuracies [M] (NaN: empty bin).
+        edges: for kind "table", the exit's bin edges [M + 1] (``calibration.edges[e]``), or
+            None for equal-width bins (``calibration.equal_width``).
         backend: as for `exit_decision`: "auto" runs the Triton kernel on CUDA tensors and the
-            torch path elsewhere, "torch" always torch, "triton" always the kernel.
+            torch path elsewhere, "torch" always torch, "triton" always the kernel. Resolved
+            once per device, on the first logits seen there.
 
     Raises:
         adaptix.errors.ValidationError: the threshold, kind, table or backend break their
@@ -72,30 +98,51 @@ class ExitDecider:
         *,
         kind: ExitKind,
         table: Tensor | None = None,
+        edges: Tensor | None = None,
         backend: Backend = "auto",
     ) -> None:
         expect(backend in BACKENDS, f"backend in {BACKENDS}", repr(backend), "Choose one of them.")
-        self.threshold = check_exit_rule(threshold, kind=kind, table=table)
+        self.threshold = check_exit_rule(threshold, kind=kind, table=table, edges=edges)
         self.kind = kind
         self.backend = backend
         self.table = table
-        # float32 scores compared with these bounds decide exactly as float64(score) vs threshold.
-        self._bound = float32_bound(self.threshold, at_least=kind != "entropy")
-        self._bounds: dict[torch.device, Tensor] = {}
-        # For kind "table", per device: the bin edges and, for bins 0 … M (M: undefined
-        # confidence), whether a row in that bin stays.
-        self._lookup: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self.edges = edges
+        # One path for both kinds of bins: a float32 lookup of the edges that `bin_index`
+        # bucketizes against (for equal-width bins, the exact edges of PCEE.md's float32 rule).
+        self._lookup: Tensor | None = None
         if table is not None:
-            passes = table_passes(table, self.threshold).cpu()
-            stays = torch.cat([~passes, torch.ones(1, dtype=torch.bool)])
-            self._lookup[stays.device] = (bin_edges(int(table.shape[0])), stays)
+            bins = int(table.shape[0])
+            self._lookup = bin_edges(bins) if edges is None else float32_edges(edges.cpu())
+        # float32 scores compared with this bound decide exactly as float64(score) vs threshold.
+        self._bound = float32_bound(self.threshold, at_least=kind != "entropy")
+        self._passes = None if table is None else table_passes(table, self.threshold)
+        self._prepared: dict[torch.device, _Prepared] = {}
 
-    def _lookup_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        lookup = self._lookup.get(device)
-        if lookup is None:
-            edges, stays = next(iter(self._lookup.values()))
-            lookup = self._lookup[device] = (edges.to(device), stays.to(device))
-        return lookup
+    def _on(self, device: torch.device) -> _Prepared:
+        """What this rule needs on ``device``, prepared on first use."""
+        prepared = self._prepared.get(device)
+        if prepared is None:
+            prepared = self._prepared[device] = self._prepare(device)
+        return prepared
+
+    def _prepare(self, device: torch.device) -> _Prepared:
+        kernel = kernel_for(device, self.backend)
+        bound = torch.tensor(self._bound, dtype=torch.float32, device=device)
+        if self.table is None or self._passes is None or self._lookup is None:
+            return _Prepared(kernel, bound)
+        # The torch lookup even beside the kernel: logits too wide for it fall back to torch.
+        bin_stays = torch.cat([~self._passes.cpu(), torch.ones(1, dtype=torch.bool)])
+        lookup = (self._lookup.to(device), bin_stays.to(device))
+        if kernel is None:
+            return _Prepared(kernel, bound, lookup=lookup)
+        return _Prepared(
+            kernel,
+            bound,
+            lookup,
+            table=self.table.to(device).contiguous(),
+            passes=self._passes.to(device),
+            edges=None if self.edges is None else lookup[0],
+        )
 
     def _check(self, logits: Tensor) -> None:
         if not (
@@ -106,8 +153,14 @@ class ExitDecider:
         ):
             check_exit_logits(logits)  # raises, naming what is wrong
 
-    def _kernel(self, logits: Tensor) -> bool:
-        return self.backend == "triton" or (self.backend == "auto" and logits.device.type == "cuda")
+    def _kernel(self, logits: Tensor, prepared: _Prepared) -> ModuleType | None:
+        """The kernel if it decides these logits; None for the torch path."""
+        kernel = prepared.kernel
+        if kernel is None or logits.shape[1] * max(logits.stride(1), 1) <= MAX_TRITON_COLUMN_SPAN:
+            return kernel
+        if self.backend == "auto":
+            return None
+        raise triton_cannot_run(logits_unavailable_reasons(logits))
 
     def __call__(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The exit mask (bool ``[N]``) and the prediction (int64 ``[N]``) of these logits.
@@ -117,52 +170,62 @@ class ExitDecider:
                 tensor; `AdaptixError` where backend "triton" cannot run.
         """
         self._check(logits)
-        if self._kernel(logits):
-            decision = self._run_kernel(logits)
-            return decision.exit_mask, decision.prediction
-        return ~self._stays(logits), prediction(logits)
+        prepared = self._on(logits.device)
+        kernel = self._kernel(logits, prepared)
+        if kernel is not None:
+            return self._launch(kernel, logits, prepared)
+        return self._stays(logits, prepared).logical_not_(), prediction(logits)
 
-    def stays(self, logits: Tensor) -> Tensor:
-        """The complement of the exit mask, without the prediction: the runtime's question
-        (which rows go on), in the fewest operations. On CPU, kind "table" costs four: softmax,
-        max, one ``bucketize`` against exact float32 bin edges and one lookup."""
+    def decide(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The runtime's question: which rows go on (bool ``[N]``), and the prediction
+        (int64 ``[N]``) where the fused kernel made it anyway, else None (the torch path does
+        not compute it: the caller computes it only if rows leave). On CPU, kind "table" costs
+        four operations: softmax, max, one ``bucketize`` against exact float32 bin edges and
+        one lookup.
+
+        Raises:
+            As `__call__`.
+        """
         self._check(logits)
-        if self._kernel(logits):
-            return ~self._run_kernel(logits).exit_mask
-        return self._stays(logits)
+        prepared = self._on(logits.device)
+        kernel = self._kernel(logits, prepared)
+        if kernel is not None:
+            exit_mask, predicted = self._launch(kernel, logits, prepared)
+            return exit_mask.logical_not_(), predicted
+        return self._stays(logits, prepared), None
 
-    def _stays(self, logits: Tensor) -> Tensor:
-        confidence = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+    def _stays(self, logits: Tensor, prepared: _Prepared) -> Tensor:
+        top = confidence(logits)
         if self.kind == "confidence":  # NaN compares False: undefined rows stay
-            return torch.ge(confidence, self._bound_on(logits.device)).logical_not_()
+            return torch.ge(top, prepared.bound).logical_not_()
         if self.kind == "entropy":
             # The entropy of a NaN softmax can come out as 0: undefined rows stay explicitly.
-            exits = torch.le(normalized_entropy(logits), self._bound_on(logits.device))
-            return exits.logical_not_().logical_or_(confidence.isnan())
-        edges, stays = self._lookup_on(logits.device)
+            exits = torch.le(normalized_entropy(logits), prepared.bound)
+            return exits.logical_not_().logical_or_(top.isnan())
+        assert prepared.lookup is not None  # `_prepare` makes it for kind "table"
+        lookup, bin_stays = prepared.lookup
         # index_select: a third of the cost of advanced indexing on small batches.
-        return stays.index_select(0, torch.bucketize(confidence, edges, right=True))
+        return bin_stays.index_select(0, bin_index(top, lookup.shape[0], lookup))
 
-    def _bound_on(self, device: torch.device) -> Tensor:
-        """The float32 bound as a 0-d tensor: comparing with a Python float wraps it anew on
-        every call, which costs more than the comparison on small batches."""
-        bound = self._bounds.get(device)
-        if bound is None:
-            bound = torch.tensor(self._bound, dtype=torch.float32, device=device)
-            self._bounds[device] = bound
-        return bound
-
-    def _run_kernel(self, logits: Tensor) -> ExitDecision:
-        table = None if self.table is None else self._table_on(logits.device)
-        return exit_decision(
-            logits, self.threshold, kind=self.kind, table=table, backend=self.backend
+    def _launch(
+        self, kernel: ModuleType, logits: Tensor, prepared: _Prepared
+    ) -> tuple[Tensor, Tensor]:
+        """One launch of the fused kernel on the prepared rule: exit mask and prediction,
+        without the confidences and scores the runtime does not read."""
+        n_rows = logits.shape[0]
+        exit_mask = torch.empty(n_rows, dtype=torch.bool, device=logits.device)
+        predicted = torch.empty(n_rows, dtype=torch.int64, device=logits.device)
+        kernel.launch_exit_decision(
+            logits,
+            kind=self.kind,
+            bound=self._bound,
+            table=prepared.table,
+            passes=prepared.passes,
+            edges=prepared.edges,
+            prediction=predicted,
+            exit_mask=exit_mask,
         )
-
-    def _table_on(self, device: torch.device) -> Tensor:
-        assert self.table is not None
-        if self.table.device != device:
-            self.table = self.table.to(device)
-        return self.table
+        return exit_mask, predicted
 
     def __repr__(self) -> str:
         return (
@@ -170,4 +233,4 @@ class ExitDecider:
         )
 
 
-__all__ = ["ExitDecider", "bin_edges"]
+__all__ = ["ExitDecider"]

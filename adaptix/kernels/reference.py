@@ -7,6 +7,7 @@ masks, and confidences and scores equal up to float32 rounding.
 from __future__ import annotations
 
 import math
+import reprlib
 from numbers import Real
 
 import numpy as np
@@ -15,14 +16,24 @@ from torch import Tensor
 
 from adaptix.errors import ValidationError, expect
 from adaptix.kernels.types import ExitDecision, ExitKind
-from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy
+from adaptix.scores import (
+    bin_index,
+    confidence_and_prediction,
+    float32_edges,
+    normalized_entropy,
+)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXIT_KINDS: tuple[ExitKind, ...] = ("confidence", "entropy", "table")
 
 
 def check_exit_inputs(
-    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None
+    logits: Tensor,
+    threshold: float,
+    *,
+    kind: ExitKind,
+    table: Tensor | None,
+    edges: Tensor | None = None,
 ) -> float:
     """Validate the arguments of an exit decision (see `exit_decision_reference`).
 
@@ -33,7 +44,7 @@ def check_exit_inputs(
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
     check_exit_logits(logits)
-    return check_exit_rule(threshold, kind=kind, table=table)
+    return check_exit_rule(threshold, kind=kind, table=table, edges=edges)
 
 
 def check_exit_logits(logits: Tensor) -> None:
@@ -68,8 +79,10 @@ def check_exit_logits(logits: Tensor) -> None:
     )
 
 
-def check_exit_rule(threshold: float, *, kind: ExitKind, table: Tensor | None) -> float:
-    """Validate the threshold, kind and table of an exit decision.
+def check_exit_rule(
+    threshold: float, *, kind: ExitKind, table: Tensor | None, edges: Tensor | None = None
+) -> float:
+    """Validate the threshold, kind, table and bin edges of an exit decision.
 
     Returns:
         The threshold as a Python float.
@@ -88,10 +101,10 @@ def check_exit_rule(threshold: float, *, kind: ExitKind, table: Tensor | None) -
     expect(kind in EXIT_KINDS, f"kind in {EXIT_KINDS}", repr(kind), "Choose one of them.")
     if kind != "table":
         expect(
-            table is None,
-            f"no table for kind={kind!r}",
-            "a table",
-            "Pass kind='table' to decide from calibrated bin accuracies, or drop the table.",
+            table is None and edges is None,
+            f"no table and no bin edges for kind={kind!r}",
+            "a table" if edges is None else "bin edges",
+            "Pass kind='table' to decide from calibrated bin accuracies, or drop them.",
         )
         return value
     if table is None:
@@ -111,7 +124,39 @@ def check_exit_rule(threshold: float, *, kind: ExitKind, table: Tensor | None) -
         f"{table.dtype} of shape {list(table.shape)}",
         "Pass one exit's bin accuracies (float64, NaN for empty bins).",
     )
+    if edges is not None:
+        check_bin_edges(edges, int(table.shape[0]))
     return value
+
+
+def check_bin_edges(edges: Tensor, bins: int) -> None:
+    """Validate one exit's bin edges: a floating tensor ``[M + 1]`` holding data, finite,
+    non-decreasing, from 0 to 1 (what `adaptix.Calibration` stores for each exit).
+
+    Raises:
+        adaptix.errors.ValidationError: they break that contract.
+    """
+    fix = "Pass one exit's row of the calibration's edges, e.g. calibration.edges[e]."
+    expect(isinstance(edges, Tensor), "bin edges as a torch.Tensor", type(edges).__name__, fix)
+    expect(
+        edges.dim() == 1
+        and edges.is_floating_point()
+        and edges.numel() == bins + 1
+        and edges.device.type != "meta",
+        f"bin edges as a 1-D floating tensor of M + 1 = {bins + 1} values (M: the table's bins)",
+        f"{edges.dtype} of shape {list(edges.shape)} on {edges.device}",
+        fix,
+    )
+    values = edges.detach().double().cpu()
+    expect(
+        bool(torch.isfinite(values).all())
+        and float(values[0]) == 0.0
+        and float(values[-1]) == 1.0
+        and bool((values[1:] >= values[:-1]).all()),
+        "finite, non-decreasing bin edges from 0 to 1",
+        reprlib.repr(values.tolist()),
+        fix,
+    )
 
 
 def float32_bound(threshold: float, *, at_least: bool) -> float:
@@ -154,7 +199,12 @@ def table_passes(table: Tensor, threshold: float) -> Tensor:
 
 
 def exit_decision_reference(
-    logits: Tensor, threshold: float, *, kind: ExitKind, table: Tensor | None = None
+    logits: Tensor,
+    threshold: float,
+    *,
+    kind: ExitKind,
+    table: Tensor | None = None,
+    edges: Tensor | None = None,
 ) -> ExitDecision:
     """Decide, for each row of logits, whether it leaves at this exit.
 
@@ -166,8 +216,10 @@ def exit_decision_reference(
         - "confidence": score = confidence; exit when score >= threshold.
         - "entropy": score = -sum p log p / log C (0 log 0 = 0; 0 when C == 1); exit when
           score <= threshold.
-        - "table": bin = min(floor(confidence * M), M - 1) in float32, score =
-          float32(table[bin]); exit when table[bin] is defined and >= threshold.
+        - "table": bin = min(floor(confidence * M), M - 1) in float32 (equal-width bins), or,
+          given ``edges``, the bin m with edges[m] <= confidence < edges[m + 1] (the last bin
+          closed at 1; compared exactly, the float32 confidence against the float64 edges);
+          score = float32(table[bin]); exit when table[bin] is defined and >= threshold.
 
     Args:
         logits: [N, C] float32, float16 or bfloat16.
@@ -175,6 +227,8 @@ def exit_decision_reference(
         kind: which score decides.
         table: for kind "table", one exit's calibrated bin accuracies [M] (float64, NaN for
             empty bins); moved to the logits' device if needed.
+        edges: for kind "table", that exit's bin edges [M + 1] (finite, non-decreasing, from
+            0 to 1), or None for M equal-width bins. See `adaptix.Calibration.edges`.
 
     Returns:
         The decision for every row.
@@ -182,7 +236,7 @@ def exit_decision_reference(
     Raises:
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
-    threshold = check_exit_inputs(logits, threshold, kind=kind, table=table)
+    threshold = check_exit_inputs(logits, threshold, kind=kind, table=table, edges=edges)
     # The definitions live in adaptix.scores, shared with the criteria and the simulator.
     confidence, prediction = confidence_and_prediction(logits)
     undefined = confidence.isnan()
@@ -195,8 +249,9 @@ def exit_decision_reference(
     else:
         assert table is not None  # check_exit_inputs requires it for kind "table"
         table = table.to(logits.device)
+        lookup = None if edges is None else float32_edges(edges.to(logits.device))
         # NaN confidences get bin 0 only to stay indexable; they are masked out below.
-        bins = bin_index(confidence.masked_fill(undefined, 0.0), table.shape[0])
+        bins = bin_index(confidence.masked_fill(undefined, 0.0), table.shape[0], lookup)
         score = table.float()[bins].masked_fill(undefined, math.nan)
         exit_mask = table_passes(table, threshold)[bins] & ~undefined
     return ExitDecision(prediction, confidence, score, exit_mask)

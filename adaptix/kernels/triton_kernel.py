@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from adaptix.kernels.reference import float32_bound, table_passes
+from adaptix.scores import float32_edges
 from adaptix.kernels.types import ExitDecision, ExitKind
 
 KIND_CODES: dict[ExitKind, int] = {"confidence": 0, "entropy": 1, "table": 2}
@@ -38,12 +39,15 @@ def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets a
     inv_log_n_cols,
     table_ptr,
     passes_ptr,
+    edges_ptr,
     n_bins,
     prediction_ptr,
     confidence_ptr,
     score_ptr,
     exit_ptr,
     KIND: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,
+    WRITE_SCORES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -56,7 +60,15 @@ def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets a
     smaller is the one exponentiated relative to the other.
 
     `threshold` is the float32 bound from `float32_bound`, so comparing in float32 is exact.
-    `table_ptr`, `passes_ptr` and `n_bins` are read only when KIND is the table code (2).
+    `table_ptr`, `passes_ptr` and `n_bins` are read only when KIND is the table code (2);
+    `confidence_ptr` and `score_ptr` are written only when WRITE_SCORES is set (the runtime
+    asks for the exit mask and the prediction alone).
+
+    Bins: SEARCH_STEPS == 0 is the equal-width fast path, bin = min(floor(c · M), M - 1) in
+    float32. SEARCH_STEPS > 0 reads `edges_ptr`, the float32 lookup [M] of the bins' edges
+    (`adaptix.scores.float32_edges`: non-decreasing, +inf last), with 2**SEARCH_STEPS >= M:
+    the bin is the number of lookup entries <= c, found by a branchless binary search of
+    SEARCH_STEPS probes per row (one gather each, from a table that stays in L1).
     """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -124,17 +136,30 @@ def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets a
         exits = score <= threshold
     else:
         defined = confidence == confidence
-        # Same float32 product and floor as the reference, so equal confidences share a bin.
-        scaled = tl.where(defined, tl.floor(confidence * n_bins), 0.0)
-        bins = tl.minimum(scaled.to(tl.int32), n_bins - 1)
+        if SEARCH_STEPS == 0:
+            # Same float32 product and floor as the reference, so equal confidences share a bin.
+            scaled = tl.where(defined, tl.floor(confidence * n_bins), 0.0)
+            bins = tl.minimum(scaled.to(tl.int32), n_bins - 1)
+        else:
+            # Binary lifting: `bins` entries are known <= c; try to add the next 2**k. The lookup
+            # is sorted, so entry bins + 2**k - 1 <= c means all of them are. NaN never moves.
+            bins = tl.zeros([BLOCK_N], tl.int32)
+            for step in tl.static_range(SEARCH_STEPS):
+                width = tl.constexpr(1) << (SEARCH_STEPS - 1 - step)
+                probe = bins + (width - 1)
+                edge = tl.load(
+                    edges_ptr + probe, mask=row_ok & (probe < n_bins), other=float("inf")
+                )
+                bins = tl.where(edge <= confidence, bins + width, bins)
         # The table keeps its own dtype (float64): one rounding to float32 here, as .float().
         score = tl.load(table_ptr + bins, mask=row_ok, other=float("nan")).to(tl.float32)
         score = tl.where(defined, score, float("nan"))
         exits = tl.load(passes_ptr + bins, mask=row_ok, other=0) & defined
 
     tl.store(prediction_ptr + rows, prediction.to(tl.int64), mask=row_ok)
-    tl.store(confidence_ptr + rows, confidence, mask=row_ok)
-    tl.store(score_ptr + rows, score, mask=row_ok)
+    if WRITE_SCORES:
+        tl.store(confidence_ptr + rows, confidence, mask=row_ok)
+        tl.store(score_ptr + rows, score, mask=row_ok)
     tl.store(exit_ptr + rows, exits, mask=row_ok)
 
 
@@ -150,6 +175,7 @@ def exit_decision_triton(
     *,
     kind: ExitKind,
     table: Tensor | None = None,
+    edges: Tensor | None = None,
     tile_elements: int = TILE_ELEMENTS,
 ) -> ExitDecision:
     """Run the fused kernel; the arguments must already be validated and runnable.
@@ -161,28 +187,88 @@ def exit_decision_triton(
         threshold: the threshold (τ or δ).
         kind: which score decides.
         table: for kind "table", one exit's bin accuracies [M], on the logits' device.
-        tile_elements: logits a program holds per step, a power of two. The default suits
-            GPUs; Triton's CPU interpreter runs programs one by one, so tests pass larger
-            tiles to run fewer of them.
+        edges: for kind "table", that exit's bin edges [M + 1] on the logits' device, or None
+            for equal-width bins.
+        tile_elements: see `launch_exit_decision`.
     """
-    n_rows, n_cols = logits.shape
+    n_rows = logits.shape[0]
     device = logits.device
     prediction = torch.empty(n_rows, dtype=torch.int64, device=device)
     confidence = torch.empty(n_rows, dtype=torch.float32, device=device)
     score = torch.empty(n_rows, dtype=torch.float32, device=device)
     exit_mask = torch.empty(n_rows, dtype=torch.bool, device=device)
-    if n_rows == 0:
-        return ExitDecision(prediction, confidence, score, exit_mask)
-
     if kind == "table":
         assert table is not None  # dispatch validated: kind "table" comes with a table
         # The kernel indexes the table as contiguous; a column of a 2-D table is not.
-        table_values, passes = table.contiguous(), table_passes(table, threshold)
+        table, passes = table.contiguous(), table_passes(table, threshold)
+        lookup = None if edges is None else float32_edges(edges)
         bound = 0.0  # unused: `passes` already holds every bin's comparison
     else:
-        # Unused by the kernel for these kinds; any pointers of the right types will do.
-        table_values, passes = confidence, exit_mask
+        passes = lookup = None
         bound = float32_bound(threshold, at_least=kind == "confidence")
+    launch_exit_decision(
+        logits,
+        kind=kind,
+        bound=bound,
+        table=table,
+        passes=passes,
+        edges=lookup,
+        prediction=prediction,
+        exit_mask=exit_mask,
+        scores=(confidence, score),
+        tile_elements=tile_elements,
+    )
+    return ExitDecision(prediction, confidence, score, exit_mask)
+
+
+def launch_exit_decision(
+    logits: Tensor,
+    *,
+    kind: ExitKind,
+    bound: float,
+    table: Tensor | None,
+    passes: Tensor | None,
+    prediction: Tensor,
+    exit_mask: Tensor,
+    edges: Tensor | None = None,
+    scores: tuple[Tensor, Tensor] | None = None,
+    tile_elements: int = TILE_ELEMENTS,
+) -> None:
+    """Run the fused kernel on prepared arguments, writing into the given outputs.
+
+    Nothing is checked or derived here: `exit_decision_triton` prepares the arguments for a
+    one-off call, `adaptix.kernels.ExitDecider` once for every call of an exit.
+
+    Args:
+        logits: [N, C] float32, float16 or bfloat16.
+        kind: which score decides.
+        bound: for kinds "confidence" and "entropy", the threshold's `float32_bound` (at least
+            for "confidence", at most for "entropy"); unused for "table".
+        table: for kind "table", one exit's bin accuracies [M], contiguous, on the logits'
+            device; None for the other kinds.
+        passes: for kind "table", `table_passes` of that table and the threshold (bool [M],
+            same device); None for the other kinds.
+        edges: for kind "table" with bins other than equal-width, the float32 lookup [M] of
+            their edges (`adaptix.scores.float32_edges`, contiguous, same device); None for
+            equal-width bins (the fast path) and the other kinds.
+        prediction: int64 [N], written.
+        exit_mask: bool [N], written.
+        scores: float32 [N] confidence and score, written when given (skipped when None).
+        tile_elements: logits a program holds per step, a power of two. The default suits
+            GPUs; Triton's CPU interpreter runs programs one by one, so tests pass larger
+            tiles to run fewer of them.
+    """
+    n_rows, n_cols = logits.shape
+    if n_rows == 0:
+        return
+    # Unused pointers (the table for other kinds, the scores when not asked): any tensor will
+    # do, the kernel never touches them.
+    table_values = prediction if table is None else table
+    passes = exit_mask if passes is None else passes
+    lookup = prediction if edges is None else edges
+    # 2**steps >= M probes cover bins 0 … M - 1; the fast path (0 steps) for equal width.
+    search_steps = 0 if edges is None else max((passes.shape[0] - 1).bit_length(), 1)
+    confidence, score = (prediction, prediction) if scores is None else scores
     inv_log_n_cols = 1.0 / math.log(n_cols) if n_cols > 1 else 0.0
     block_n, block_c = block_shape(n_cols, tile_elements)
 
@@ -197,12 +283,15 @@ def exit_decision_triton(
             inv_log_n_cols,
             table_values,
             passes,
+            lookup,
             passes.shape[0],
             prediction,
             confidence,
             score,
             exit_mask,
             KIND=KIND_CODES[kind],
+            SEARCH_STEPS=search_steps,
+            WRITE_SCORES=scores is not None,
             BLOCK_N=block_n,
             BLOCK_C=block_c,
             num_warps=NUM_WARPS,
@@ -211,10 +300,9 @@ def exit_decision_triton(
             enable_fp_fusion=True,
         )
 
-    if device.type == "cuda":
+    if logits.device.type == "cuda":
         # Triton launches on the current device; the logits may live on another one.
-        with torch.cuda.device(device):
+        with torch.cuda.device(logits.device):
             launch()
     else:
         launch()
-    return ExitDecision(prediction, confidence, score, exit_mask)

@@ -23,7 +23,7 @@ from adaptix.components import (
     ParamsModel,
     build_params,
 )
-from adaptix.errors import AdaptixError, ValidationError
+from adaptix.errors import AdaptixError, CalibrationError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, Entry, resolve_manager
 from adaptix.policy import ExitPolicy, policy
 from adaptix.simulate import simulate
@@ -139,7 +139,7 @@ def check_criterion(
         calibration: for criteria that read one; built from a synthetic labelled trace when
             omitted. Its number of exits and classes sets the synthetic traces' shape.
         params: the criterion's parameters.
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: the shared one).
 
     Raises:
         AssertionError: the criterion breaks the contract; the message says how.
@@ -320,7 +320,7 @@ def check_calibrator(
         name: the registry name.
         bins: the number of bins to calibrate with.
         params: the calibrator's parameters.
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: the shared one).
 
     Raises:
         AssertionError: the calibrator breaks the contract; the message says how.
@@ -336,7 +336,13 @@ def check_calibrator(
         return calibrate(trace, name, num_bins, plugins=manager, **kwargs)
 
     trace = synthetic_trace(2 * _INPUTS, _EXITS, _CLASSES, seed=2)
-    result = fit(trace)
+    try:
+        result = fit(trace)
+    except CalibrationError as err:
+        raise AssertionError(
+            f"{owner}: calibrating a labelled trace must give a valid Calibration; it raised "
+            f"CalibrationError: {err}"
+        ) from err
     per_exit = result.counts.sum(dim=1)
     _require(
         bool((per_exit == trace.num_inputs).all()),
@@ -385,7 +391,7 @@ def check_exit_head(
     Args:
         name: the registry name.
         params: the head's parameters.
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: the shared one).
 
     Raises:
         AssertionError: the head breaks the contract; the message says how.
@@ -462,7 +468,7 @@ def check_backbone(
         name: the registry name.
         source: what ``build`` adapts (None: a backbone that builds its own network).
         params: the backbone's parameters.
-        plugins: the plugin manager (default: a fresh one).
+        plugins: the plugin manager (default: the shared one).
 
     Raises:
         AssertionError: the backbone breaks the contract; the message says how.

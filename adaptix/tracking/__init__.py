@@ -29,7 +29,7 @@ recorded in ``tracker.failures``, warned about once, and later calls are skipped
 ``strict=True`` to `Tracker` to raise instead.
 """
 
-from adaptix.tracking.frontier import TARGET_CRITERIA, log_frontier
+from adaptix.tracking.frontier import log_frontier
 from adaptix.tracking.tracker import (
     INSTALL_HINT,
     PARENT_TAG,
@@ -42,7 +42,6 @@ from adaptix.tracking.tracker import (
 __all__ = [
     "INSTALL_HINT",
     "PARENT_TAG",
-    "TARGET_CRITERIA",
     "UNDEFINED_METRICS_TAG",
     "Tracker",
     "TrackingWarning",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,14 +13,13 @@ from tqdm.auto import tqdm
 
 from adaptix._version import __version__
 from adaptix.errors import ValidationError
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.simulate import Frontier, FrontierPoint
 from adaptix.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
-
-TARGET_CRITERIA: tuple[str, ...] = ("pcee", "pcee_ws", "confidence")
-"""Criteria whose threshold is read as a target accuracy, so ``shortfall`` is logged for them."""
+    from adaptix.components import AccuracyReading
 
 _POINT_PARAMS = ("criterion", "threshold")
 
@@ -33,7 +33,7 @@ def log_frontier(
     params: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
     extra_metrics: Mapping[tuple[str, float], Mapping[str, float | None]] | None = None,
-    target_criteria: Collection[str] = TARGET_CRITERIA,
+    plugins: AdaptixPluginManager | None = None,
     artifact_path: str | None = None,
     progress: bool = False,
 ) -> list[str]:
@@ -47,9 +47,11 @@ def log_frontier(
     - metrics: ``accuracy``, ``early_accuracy``, ``relative_cost``, ``flops`` (the mean cost
       per input, in the trace's cost unit: FLOPs for traces of a `MultiExitModel`),
       ``exit_share_<e>`` for every exit, ``early_exit_rate``, ``threshold`` (also a metric, so
-      that MLflow's charts can plot against it), ``shortfall`` = threshold - early accuracy for
-      criteria in ``target_criteria`` (positive: the target was missed), and the point's entry
-      of ``extra_metrics``. Undefined metrics (None: no labels, or no input left early) are not
+      that MLflow's charts can plot against it), for criteria that declare an
+      `AccuracyReading` ``target`` = the accuracy target δ the threshold reads as (1 - τ for
+      ``entropy``, τ for ``confidence`` and ``pcee``) and ``shortfall`` = target - early
+      accuracy (positive: the target was missed), and the point's entry of
+      ``extra_metrics``. Undefined metrics (None: no labels, or no input left early) are not
       logged; the run's ``adaptix.undefined_metrics`` tag names them.
 
     With a ``parent``, the frontier CSV (`Frontier.to_csv`) and the calibration file
@@ -66,7 +68,8 @@ def log_frontier(
         calibration: the calibration the sweep used.
         extra_metrics: (criterion, threshold) -> extra metrics for that point's run (e.g. a
             measured speed-up). Thresholds match the frontier's up to floating-point rounding.
-        target_criteria: the criteria whose threshold is a target accuracy.
+        plugins: the plugin manager whose registry declares each criterion's accuracy
+            reading (default: the shared one); pass the one the sweep used.
         artifact_path: the folder of the parent's artifacts to write the files into.
         progress: show a progress bar.
 
@@ -77,21 +80,24 @@ def log_frontier(
     Raises:
         ValidationError: ``frontier`` is not a Frontier, ``params`` or ``extra_metrics`` clash
             with the metrics and params set here, or an ``extra_metrics`` key matches no point.
+        PluginError: a criterion of ``frontier`` is not registered in ``plugins``.
     """
     if not isinstance(frontier, Frontier):
         raise ValidationError(
             f"expected an adaptix.Frontier, got {type(frontier).__name__}. Pass what "
             "adaptix.sweep returned."
         )
+    manager = resolve_manager(plugins)
+    readings = {name: manager.criteria.get(name).accuracy_reading for name in frontier.criteria()}
     common = _common_params(frontier, model, params, calibration)
-    extras = _match_extras(frontier, extra_metrics or {})
+    extras = _match_extras(frontier, extra_metrics or {}, readings)
     tracker = Tracker() if tracker is None else tracker
     run_ids: list[str] = []
     points = tqdm(frontier, desc="log_frontier", disable=not progress, unit="run")
     for index, point in enumerate(points):
         if not tracker.enabled:
             break
-        metrics = _point_metrics(point, target_criteria)
+        metrics = _point_metrics(point, readings[point.criterion])
         metrics.update(extras.get(index, {}))
         run_id = tracker.log_point(
             parent,
@@ -133,7 +139,7 @@ def _common_params(
     return common
 
 
-def _point_metrics(point: FrontierPoint, target_criteria: Collection[str]) -> dict[str, Any]:
+def _point_metrics(point: FrontierPoint, reading: AccuracyReading | None) -> dict[str, Any]:
     metrics: dict[str, float | None] = {
         "accuracy": point.accuracy,
         "early_accuracy": point.early_accuracy,
@@ -143,18 +149,32 @@ def _point_metrics(point: FrontierPoint, target_criteria: Collection[str]) -> di
         "threshold": point.threshold,
     }
     metrics.update({f"exit_share_{e}": share for e, share in enumerate(point.exit_histogram)})
-    if point.criterion in target_criteria:
+    if reading is not None:
+        target = reading.target(point.threshold)
         early = point.early_accuracy
-        metrics["shortfall"] = None if early is None else point.threshold - early
+        metrics["target"] = target
+        metrics["shortfall"] = None if early is None else target - early
     return metrics
 
 
 def _match_extras(
-    frontier: Frontier, extra_metrics: Mapping[tuple[str, float], Mapping[str, float | None]]
+    frontier: Frontier,
+    extra_metrics: Mapping[tuple[str, float], Mapping[str, float | None]],
+    readings: Mapping[str, AccuracyReading | None],
 ) -> dict[int, dict[str, float | None]]:
     """Point index -> extra metrics; every key must match a point, no name may clash."""
     matched: dict[int, dict[str, float | None]] = {}
     for key, metrics in extra_metrics.items():
+        if not (
+            isinstance(key, tuple)
+            and len(key) == 2
+            and isinstance(key[1], numbers.Real)
+            and isinstance(metrics, Mapping)
+        ):
+            raise ValidationError(
+                "expected extra_metrics as {(criterion, threshold): {metric: value}}, got "
+                f"{key!r}: {metrics!r}. Key each point's metrics by its criterion and threshold."
+            )
         criterion, threshold = key
         index = next(
             (
@@ -171,7 +191,8 @@ def _match_extras(
                 f"expected extra_metrics keys (criterion, threshold) of points in the frontier, "
                 f"got {key!r}; the frontier has {criterion!r} at thresholds {grid or 'none'}."
             )
-        clashes = sorted(set(metrics) & set(_point_metrics(frontier[index], {criterion})))
+        logged = _point_metrics(frontier[index], readings[criterion])
+        clashes = sorted(set(metrics) & set(logged))
         if clashes:
             raise ValidationError(
                 f"expected extra metrics with names of their own, got {clashes} for {key!r}, "

@@ -6,6 +6,7 @@ MLflow is imported when a `Tracker` is built, never when this module is imported
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import time
 import warnings
@@ -138,8 +139,15 @@ class Tracker:
     ) -> None:
         """Log metrics at ``step`` (default 0); None values are skipped.
 
-        A None ``run_id`` (what a disabled tracker returns) makes this a no-op.
+        NaN is logged as NaN; MLflow's database stores keep ±inf as ±1.8e308 (the largest
+        float). A None ``run_id`` (what a disabled tracker returns) makes this a no-op.
+
+        Raises:
+            ValidationError: a value is not a number (text, a tensor of several elements, an
+                integer too large for a float), or ``step`` is not an integer.
         """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral)):
+            raise ValidationError(f"expected an integer step or None, got {step!r}.")
         prepared = self._metrics(metrics, step)[0]
         if run_id is None or not prepared:
             return
@@ -364,7 +372,7 @@ class Tracker:
             if value is None:
                 undefined.append(str(key))
                 continue
-            prepared.append(Metric(str(key), _number(str(key), value), timestamp, step or 0))
+            prepared.append(Metric(str(key), _number(str(key), value), timestamp, int(step or 0)))
         return prepared, undefined
 
 
@@ -376,10 +384,10 @@ def _number(key: str, value: object) -> float:
         )
     try:
         number = float(value)  # type: ignore[arg-type]  # numpy and torch scalars convert too
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValidationError(
-            f"expected metric {key!r} to be a number or None, got {type(value).__name__}. Log "
-            "text as a param or tag instead."
+            f"expected metric {key!r} to be a number or None, got {type(value).__name__} "
+            f"({err}). Log one float per metric, and text as a param or tag."
         ) from err
     return number
 

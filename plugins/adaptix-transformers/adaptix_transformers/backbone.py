@@ -20,8 +20,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from adaptix.components import Backbone, BackboneParts, ParamsModel
-from adaptix.default_plugins.backbones import TokenPool
 from adaptix.errors import ValidationError
+from adaptix.features import TokenPool
 
 #: Attention implementations whose layers take an additive ``[n, 1, 1, T]`` float mask.
 SUPPORTED_ATTENTION = ("eager", "sdpa")
