@@ -7,6 +7,7 @@ from adaptix._version import __version__
 from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
 from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
+from adaptix.guarantee import Certificate, CertificateWarning, Certifier, budget, guarantee
 from adaptix.hookspecs import hookimpl
 from adaptix.model import MultiExitModel, build_model
 from adaptix.plugins import get_plugin_manager
@@ -20,6 +21,9 @@ __all__ = [
     "AdaptixError",
     "Calibration",
     "CalibrationError",
+    "Certificate",
+    "CertificateWarning",
+    "Certifier",
     "ConfigError",
     "EarlyExitRunner",
     "ExitPolicy",
@@ -33,9 +37,11 @@ __all__ = [
     "TrainResult",
     "ValidationError",
     "__version__",
+    "budget",
     "build_model",
     "calibrate",
     "get_plugin_manager",
+    "guarantee",
     "hookimpl",
     "policy",
     "simulate",

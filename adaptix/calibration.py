@@ -1,7 +1,10 @@
 """`Calibration`: per-exit reliability tables (counts n and correct k per confidence bin).
 
-The tables are sums, so calibrations of several shards merge by addition. They are saved in a
-versioned JSON format with a checksum; a corrupt or mismatched file is always an error.
+A calibration owns its binning: the bin edges of every exit, and `Calibration.bin_index`, the
+one bin lookup that the criteria, the calibrators and the exit decision (`ExitDecider`, the
+fused kernel) read. The tables are sums, so calibrations of several shards with the same edges
+merge by addition. They are saved in a versioned JSON format with a checksum; a corrupt or
+mismatched file is always an error.
 """
 
 from __future__ import annotations
@@ -21,13 +24,27 @@ from torch import Tensor
 from adaptix.components import build_params
 from adaptix.errors import CalibrationError, PluginError
 from adaptix.files import atomic_write, check_meta
+from adaptix.scores import bin_edges, bin_index, confidence_and_prediction, float32_edges
 
 if TYPE_CHECKING:
     from adaptix.plugins import AdaptixPluginManager
     from adaptix.trace import Trace
 
 _FORMAT = "adaptix.calibration"
-_VERSION = 1
+# Version 2 records the bin edges ("edges": null for equal-width bins, which keeps the files of
+# the default calibrator small); version 1 files, from before edges existed, load as equal-width.
+_VERSION = 2
+_KEYS_V1 = (
+    "method",
+    "num_exits",
+    "num_classes",
+    "bins",
+    "counts",
+    "correct",
+    "confidence_sum",
+    "meta",
+)
+_KEYS = {1: _KEYS_V1, 2: (*_KEYS_V1, "edges")}
 # Float64 sums of float32 confidences in [0, 1] may exceed n[e, m] by rounding: allow this much
 # per counted input (far above the rounding of any realistic sum, far below one confidence).
 _SUM_TOLERANCE = 1e-6
@@ -51,6 +68,13 @@ class Calibration:
         num_classes: C, the number of classes of the model that was calibrated.
         confidence_sum: ``[E, M]``: sum of those confidences, stored as float64 (for reliability
             diagrams and calibration error; additive like n and k). Zeros if not given.
+        edges: ``[E, M + 1]``: the bin edges of every exit, stored as float64: finite,
+            non-decreasing, from edges[e, 0] = 0 to edges[e, M] = 1. Bin m of exit e holds the
+            confidences c with edges[e, m] <= c < edges[e, m + 1], the last bin closed at 1;
+            equal edges make a bin of zero width, which holds nothing. None (the default) for
+            M equal-width bins, edges k / M: their lookup is ``PCEE.md``'s float32 rule
+            bin(c) = min(floor(c · M), M - 1), which is what edges equal to k / M at every exit
+            mean too (see `equal_width`).
         method: the calibrator that produced the tables.
         meta: string metadata (model, split, ...): keys and values must be strings.
 
@@ -58,7 +82,16 @@ class Calibration:
         CalibrationError: if the tables are inconsistent (see `_validate`).
     """
 
-    __slots__ = ("confidence_sum", "correct", "counts", "meta", "method", "num_classes")
+    __slots__ = (
+        "_binning",
+        "confidence_sum",
+        "correct",
+        "counts",
+        "edges",
+        "meta",
+        "method",
+        "num_classes",
+    )
 
     def __init__(
         self,
@@ -67,6 +100,7 @@ class Calibration:
         num_classes: int,
         *,
         confidence_sum: Tensor | None = None,
+        edges: Tensor | None = None,
         method: str = "reliability",
         meta: Mapping[str, str] | None = None,
     ) -> None:
@@ -77,6 +111,9 @@ class Calibration:
             if confidence_sum is None
             else _as_table(confidence_sum, "confidence_sum")
         )
+        self.edges = (
+            _equal_width_edges(self.counts.shape) if edges is None else _as_table(edges, "edges")
+        )
         self.num_classes = num_classes
         self.method = method
         self.meta = check_meta(meta, "Calibration", CalibrationError)
@@ -85,6 +122,8 @@ class Calibration:
         self.counts = self.counts.to(torch.int64)
         self.correct = self.correct.to(torch.int64)
         self.confidence_sum = self.confidence_sum.to(torch.float64)
+        self.edges = self.edges.to(torch.float64)
+        self._binning = _Binning(self.edges)
 
     def _validate(self) -> None:
         """Check every field and every relation between the tables, as given to the constructor.
@@ -96,7 +135,8 @@ class Calibration:
                 method a non-empty string; tables of shape [E, M] (E, M >= 1), all alike;
                 counts and correct whole numbers, confidence sums finite reals; 0 <= k <= n;
                 0 <= confidence sum <= n (confidences lie in [0, 1]; float rounding allowed);
-                at least one input; and every exit counting the same inputs.
+                edges of shape [E, M + 1], finite, non-decreasing from 0 to 1, no input in a
+                bin of zero width; at least one input; and every exit counting the same inputs.
         """
         if not _is_integer(self.num_classes) or operator.index(self.num_classes) < 1:
             raise CalibrationError(
@@ -134,6 +174,8 @@ class Calibration:
                 "predictions than inputs: the tables are corrupt."
             )
         _check_confidence_sum(self.confidence_sum.double(), counts)
+        _check_edges(self.edges, self.counts.shape)
+        _check_zero_width_bins(self.edges.double(), counts)
         per_exit = counts.sum(dim=1)
         if float(per_exit.sum()) == 0:
             raise CalibrationError(
@@ -161,6 +203,56 @@ class Calibration:
     def num_inputs(self) -> int:
         """How many calibration inputs the tables count (the same at every exit)."""
         return int(self.counts[0].sum())
+
+    @property
+    def equal_width(self) -> bool:
+        """Whether the bins are M equal-width bins (edges k / M at every exit), looked up by
+        ``PCEE.md``'s float32 rule; False for edges of another kind (``equal_mass``)."""
+        return self._binning.lookup is None
+
+    def bin_index(self, confidence: Tensor, exit_index: int) -> Tensor:
+        """The bin of each confidence at exit ``exit_index``: the one bin lookup of adaptix.
+
+        Equal-width bins: exactly `adaptix.scores.bin_index` (``PCEE.md``: min(floor(c · M),
+        M - 1) in float32). Other edges: the bin m with edges[e, m] <= c < edges[e, m + 1]
+        (the last bin closed at 1), compared exactly for float32 confidences (the float32
+        lookup of `float32_edges`). A NaN confidence gets M, a bin that no table has: readers
+        never let it exit.
+
+        Args:
+            confidence: confidences (max softmax probabilities) of any shape, on any device.
+            exit_index: e, in 0 … E - 1.
+
+        Returns:
+            int64 bins, the confidence's shape and device.
+
+        Raises:
+            CalibrationError: ``exit_index`` is not an exit of this calibration.
+        """
+        return self._binning.bin_index(confidence, self._exit(exit_index))
+
+    def float32_edges(self, exit_index: int) -> Tensor:
+        """Exit ``exit_index``'s float32 lookup ``[M]``: interior edges, then +inf.
+
+        ``adaptix.scores.bin_index(c, M, lookup)`` against it equals `bin_index` for every
+        float32 confidence c in [0, 1] and NaN; for equal-width bins it is
+        `adaptix.scores.bin_edges`. The exit decision bucketizes against it.
+
+        Raises:
+            CalibrationError: ``exit_index`` is not an exit of this calibration.
+        """
+        exit_index = self._exit(exit_index)
+        lookup = self._binning.lookup
+        return bin_edges(self.bins) if lookup is None else lookup[exit_index]
+
+    def _exit(self, exit_index: int) -> int:
+        """``exit_index`` as an int, or `CalibrationError` unless it is an exit 0 … E - 1."""
+        if not _is_integer(exit_index) or not 0 <= operator.index(exit_index) < self.num_exits:
+            raise CalibrationError(
+                f"expected an exit index from 0 to {self.num_exits - 1} (the calibration's "
+                f"exits), got {exit_index!r}."
+            )
+        return operator.index(exit_index)
 
     def accuracy(self, window: int = 0) -> Tensor:
         """Calibrated accuracy per exit and bin, float64 ``[E, M]``, NaN where undefined.
@@ -205,7 +297,7 @@ class Calibration:
         one of them, so it is left out of the sum (which makes addition commutative).
 
         Raises:
-            CalibrationError: the two differ in method, exits, classes or bins.
+            CalibrationError: the two differ in method, exits, classes, bins or bin edges.
         """
         if not isinstance(other, Calibration):
             return NotImplemented
@@ -221,11 +313,21 @@ class Calibration:
                 f"and ({other.method}, E={other.num_exits}, C={other.num_classes}, "
                 f"M={other.bins})."
             )
+        if not torch.equal(self.edges, other.edges):
+            e, m = (self.edges != other.edges).nonzero()[0].tolist()
+            raise CalibrationError(
+                "expected calibrations with the same bin edges to merge, got edges that differ "
+                f"(first at exit {e}, edge {m}: {float(self.edges[e, m])!r} and "
+                f"{float(other.edges[e, m])!r}). Edges fitted to the data (equal_mass) differ "
+                "between shards: count every shard with the same edges, e.g. "
+                "adaptix.calibrate(shard, 'equal_mass', bins, edges=first.edges), then add."
+            )
         return Calibration(
             self.counts + other.counts,
             self.correct + other.correct,
             self.num_classes,
             confidence_sum=self.confidence_sum + other.confidence_sum,
+            edges=self.edges,
             method=self.method,
             meta={key: value for key, value in self.meta.items() if other.meta.get(key) == value},
         )
@@ -253,6 +355,7 @@ class Calibration:
             "correct": self.correct.tolist(),
             # repr of a float round-trips exactly through JSON.
             "confidence_sum": self.confidence_sum.tolist(),
+            "edges": None if self.equal_width else self.edges.tolist(),
             # Checked again: the dict can have been edited since the constructor checked it.
             "meta": check_meta(self.meta, "Calibration", CalibrationError),
         }
@@ -271,10 +374,14 @@ class Calibration:
             ValidationError: ``path`` is a directory or cannot be written; a file already at
                 ``path`` is then left as it was.
         """
-        payload = self._payload()
-        document = {"format": _FORMAT, "version": _VERSION, **payload, "sha256": _digest(payload)}
-        data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
+        data = json.dumps(self.to_document(), indent=1, sort_keys=True, allow_nan=False).encode()
         return atomic_write(path, lambda handle: handle.write(data), "calibration")
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON-ready document `save` writes (format, version, tables, edges, checksum),
+        for embedding in another file (`adaptix.ExitPolicy.save` does)."""
+        payload = self._payload()
+        return {"format": _FORMAT, "version": _VERSION, **payload, "sha256": _digest(payload)}
 
     @classmethod
     def load(
@@ -286,6 +393,8 @@ class Calibration:
     ) -> Calibration:
         """Read a file written by `save`, verifying format, version, shapes and checksum.
 
+        Files of format version 1 (before bin edges were recorded) load as equal-width bins.
+
         Args:
             path: the file.
             num_exits: if given, the file must be for this many exits.
@@ -295,27 +404,36 @@ class Calibration:
             CalibrationError: the file is missing, corrupt, of another version, or mismatched.
         """
         source = Path(path)
-        document = _read_json(source)
+        calibration = cls.from_document(_read_json(source), source=str(source))
+        if num_exits is not None or num_classes is not None:
+            calibration.check_compatible(
+                calibration.num_exits if num_exits is None else num_exits,
+                calibration.num_classes if num_classes is None else num_classes,
+                what="the model it is loaded for",
+            )
+        return calibration
+
+    @classmethod
+    def from_document(cls, document: Any, *, source: str = "the document") -> Calibration:
+        """The calibration of a parsed `to_document` document, verified as `load` verifies a
+        file (``source`` names it in errors).
+
+        Raises:
+            CalibrationError: the document is corrupt, of another version, or inconsistent.
+        """
         if not isinstance(document, dict) or document.get("format") != _FORMAT:
             raise CalibrationError(
                 f"expected an '{_FORMAT}' file at {source}, got something else. Pass the file "
                 "that Calibration.save wrote."
             )
-        if document.get("version") != _VERSION:
+        version = document.get("version")
+        # JSON true equals 1 in Python: only a JSON integer names a version.
+        keys = _KEYS.get(version) if type(version) is int else None
+        if keys is None:
             raise CalibrationError(
-                f"expected calibration format version {_VERSION}, got "
-                f"{document.get('version')!r} in {source}. Re-create it with this adaptix."
+                f"expected calibration format version {_VERSION} (or 1), got {version!r} in "
+                f"{source}. Re-create it with this adaptix."
             )
-        keys = (
-            "method",
-            "num_exits",
-            "num_classes",
-            "bins",
-            "counts",
-            "correct",
-            "confidence_sum",
-            "meta",
-        )
         missing = [key for key in (*keys, "sha256") if key not in document]
         if missing:
             raise CalibrationError(f"calibration file {source} lacks fields {missing}: corrupt.")
@@ -332,6 +450,11 @@ class Calibration:
             confidence_sum=_json_table(
                 payload["confidence_sum"], "confidence_sum", source, whole=False
             ),
+            edges=(
+                None
+                if payload.get("edges") is None
+                else _json_table(payload["edges"], "edges", source, whole=False)
+            ),
             method=payload["method"],
             meta=payload["meta"],
         )
@@ -345,12 +468,6 @@ class Calibration:
                 f"calibration file {source} declares E={declared[0]!r}, M={declared[1]!r} but "
                 f"its tables are {list(calibration.counts.shape)}: expected the integers E and "
                 "M of its tables. The file is corrupt: re-create it with Calibration.save."
-            )
-        if num_exits is not None or num_classes is not None:
-            calibration.check_compatible(
-                calibration.num_exits if num_exits is None else num_exits,
-                calibration.num_classes if num_classes is None else num_classes,
-                what="the model it is loaded for",
             )
         return calibration
 
@@ -385,7 +502,7 @@ def _read_json(source: Path) -> Any:
         ) from err
 
 
-def _json_table(value: object, name: str, source: Path, *, whole: bool) -> Tensor:
+def _json_table(value: object, name: str, source: str | Path, *, whole: bool) -> Tensor:
     """Table ``name`` of a calibration file as a tensor; `CalibrationError` for anything else.
 
     The file holds each ``[E, M]`` table as equal-length lists of JSON integers (``whole``) or
@@ -418,9 +535,13 @@ def _json_table(value: object, name: str, source: Path, *, whole: bool) -> Tenso
 
 
 def _as_table(value: object, name: str) -> Tensor:
-    """``value`` as a CPU tensor of its own dtype; `CalibrationError` if it is not numeric."""
+    """``value`` as a CPU tensor of its own dtype (float64 for Python floats, which torch would
+    round to float32); `CalibrationError` if it is not numeric."""
     try:
-        return torch.as_tensor(value).detach().cpu()
+        table = torch.as_tensor(value)
+        if table.is_floating_point() and isinstance(value, list | tuple):
+            table = torch.as_tensor(value, dtype=torch.float64)
+        return table.detach().cpu()
     except (OverflowError, RuntimeError, TypeError, ValueError) as err:
         raise CalibrationError(
             f"expected '{name}' as a tensor (or nested list) of numbers, got "
@@ -486,6 +607,80 @@ def _check_confidence_sum(confidence_sum: Tensor, counts: Tensor) -> None:
         )
 
 
+class _Binning:
+    """The bins of every exit: validated float64 edges ``[E, M + 1]`` and how to look them up.
+
+    Attributes:
+        edges: the edges.
+        lookup: their float32 lookup ``[E, M]`` (`adaptix.scores.float32_edges`), or None for
+            equal-width bins (edges k / M), which ``PCEE.md``'s float32 rule looks up.
+    """
+
+    __slots__ = ("edges", "lookup")
+
+    def __init__(self, edges: Tensor) -> None:
+        self.edges = edges
+        equal = torch.equal(edges, _equal_width_edges((edges.shape[0], edges.shape[1] - 1)))
+        self.lookup = None if equal else float32_edges(edges)
+
+    def bin_index(self, confidence: Tensor, exit_index: int) -> Tensor:
+        """See `Calibration.bin_index`."""
+        bins = self.edges.shape[1] - 1
+        if self.lookup is None:
+            return bin_index(confidence, bins)
+        return bin_index(confidence, bins, self.lookup[exit_index].to(confidence.device))
+
+
+def _equal_width_edges(shape: tuple[int, ...]) -> Tensor:
+    """The edges k / M of equal-width bins for tables of ``shape`` ``[E, M]``, float64
+    ``[E, M + 1]`` (empty for any other shape, which `Calibration._validate` refuses)."""
+    if len(shape) != 2 or shape[1] < 1:
+        return torch.empty(0, dtype=torch.float64)
+    exits, bins = shape
+    return (torch.arange(bins + 1, dtype=torch.float64) / bins).repeat(exits, 1)
+
+
+def _check_edges(edges: Tensor, shape: tuple[int, ...]) -> None:
+    """`CalibrationError` unless ``edges`` are bin edges for tables of ``shape`` ``[E, M]``:
+    ``[E, M + 1]``, finite real numbers, non-decreasing from 0 to 1 at every exit."""
+    exits, bins = shape
+    _check_real(edges, "edges")
+    if tuple(edges.shape) != (exits, bins + 1):
+        raise CalibrationError(
+            f"expected 'edges' of shape [E, M + 1] = {[exits, bins + 1]} (M + 1 bin edges for "
+            f"each exit of the [E, M] tables), got {list(edges.shape)}."
+        )
+    values = edges.double()
+    ends = (values[:, 0] != 0.0) | (values[:, -1] != 1.0)
+    if bool(ends.any()):
+        e = int(ends.nonzero()[0])
+        raise CalibrationError(
+            "expected every exit's bin edges to run from 0 to 1 (confidences lie in [0, 1]), "
+            f"got {float(values[e, 0])!r} to {float(values[e, -1])!r} at exit {e}."
+        )
+    falling = values[:, 1:] < values[:, :-1]
+    if bool(falling.any()):
+        e, m = falling.nonzero()[0].tolist()
+        raise CalibrationError(
+            "expected non-decreasing bin edges at every exit, got edges[e, m] = "
+            f"{float(values[e, m])!r} > edges[e, m + 1] = {float(values[e, m + 1])!r} at exit "
+            f"{e}, m = {m}. Sort them."
+        )
+
+
+def _check_zero_width_bins(edges: Tensor, counts: Tensor) -> None:
+    """`CalibrationError` if a bin of zero width (equal edges; not the last bin, which is
+    closed at 1 and holds c = 1 when its lower edge is 1) counts an input."""
+    crowded = (edges[:, 1:-1] == edges[:, :-2]) & (counts[:, :-1] > 0)
+    if bool(crowded.any()):
+        e, m = crowded.nonzero()[0].tolist()
+        raise CalibrationError(
+            f"expected no input in a bin of zero width, got {int(counts[e, m])} in bin {m} of "
+            f"exit {e}, whose edges are both {float(edges[e, m])!r}: the tables do not match "
+            "the edges. Count with the same edges (adaptix.calibration.count_bins)."
+        )
+
+
 def _digest(payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -503,6 +698,65 @@ def _pool(table: Tensor, window: int) -> Tensor:
     return cumulative[:, hi] - cumulative[:, lo]
 
 
+def count_bins(
+    trace: Trace, bins: int, *, edges: object = None, method: str = "reliability"
+) -> Calibration:
+    """Count a labelled trace into confidence bins: n, k and confidence sums per exit and bin.
+
+    What a calibrator does once it knows its bins (both built-in ones end here), and how a
+    shard is counted with the bins of another calibration so that the two merge by addition.
+    Bins are looked up exactly as `Calibration.bin_index` looks them up.
+
+    Args:
+        trace: a labelled trace of held-out data.
+        bins: M, the number of bins.
+        edges: ``[E, M + 1]`` bin edges of every exit (a tensor or nested lists; see
+            `Calibration`), or None for M equal-width bins.
+        method: the calibrator's name, recorded in the calibration.
+
+    Raises:
+        CalibrationError: the trace is unlabelled, a float32 softmax of its logits is undefined,
+            or the edges break the rules of `Calibration`.
+    """
+    if trace.labels is None:
+        raise CalibrationError(
+            "expected a labelled trace to calibrate, got labels=None. Trace a held-out "
+            "labelled set (not the training data)."
+        )
+    confidence, prediction = confidence_and_prediction(trace.logits)  # [N, E] each
+    undefined = confidence.isnan()
+    if bool(undefined.any()):
+        raise CalibrationError(
+            f"expected logits whose float32 softmax is defined, got {int(undefined.sum())} "
+            "input-exits without one (float64 logits beyond float32's range?). Scale or "
+            "drop those inputs."
+        )
+    num_exits = trace.num_exits
+    shape = (num_exits, bins)
+    given = _equal_width_edges(shape) if edges is None else _as_table(edges, "edges")
+    _check_edges(given, shape)
+    binning = _Binning(given.double())
+    by_exit = confidence.t().contiguous()  # bucketize copies non-contiguous inputs, and warns
+    columns = [binning.bin_index(by_exit[e], e) for e in range(num_exits)]
+    correct = prediction == trace.labels.unsqueeze(1)
+    # One flat bincount over (exit, bin) cells: no loop over inputs.
+    offsets = (torch.arange(num_exits, device=confidence.device) * bins).unsqueeze(0)
+    cell = (torch.stack(columns, dim=1) + offsets).flatten()
+    size = num_exits * bins
+    counts = torch.bincount(cell, minlength=size)
+    hits = torch.bincount(cell, weights=correct.flatten().double(), minlength=size)
+    conf_sum = torch.bincount(cell, weights=confidence.flatten().double(), minlength=size)
+    return Calibration(
+        counts.view(shape).cpu(),
+        hits.round().long().view(shape).cpu(),
+        trace.num_classes,
+        confidence_sum=conf_sum.view(shape).cpu(),
+        edges=binning.edges,
+        method=method,
+        meta=trace.meta,
+    )
+
+
 def calibrate(
     trace: Trace,
     method: str = "reliability",
@@ -516,7 +770,7 @@ def calibrate(
     Args:
         trace: a labelled trace of data that was not used for training.
         method: a registered calibrator name (default ``"reliability"``).
-        bins: M, the number of equal-width confidence bins, 1 to 2**24 (default 10).
+        bins: M, the number of confidence bins, 1 to 2**24 (default 10).
         plugins: the plugin manager to resolve ``method`` with (default: the shared one).
         **params: the calibrator's own parameters.
 

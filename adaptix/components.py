@@ -210,7 +210,9 @@ class ExitCriterion(Component):
 
     def fused_table(self, exit_index: int) -> Tensor | None:
         """For ``fused_kind == "table"``: exit e's bin accuracies (float64 ``[M]``, NaN where
-        undefined), which the fused kernel looks up; None for other kinds."""
+        undefined), which the fused kernel looks up; None for other kinds. The table is indexed
+        by the bins of the criterion's calibration (`Calibration.bin_index`, edges
+        ``calibration.edges[e]``), or by M equal-width bins when it has none."""
         return None
 
     def scores(self, logits: Tensor) -> Tensor:
@@ -230,7 +232,13 @@ class ExitCriterion(Component):
 
 
 class Calibrator(Component):
-    """Turns a labelled trace of held-out data into a `Calibration`."""
+    """Turns a labelled trace of held-out data into a `Calibration`.
+
+    A calibrator whose bin edges depend on the data (``equal_mass``) accepts a parameter
+    ``edges`` (``[E, M + 1]``) that counts with given edges instead of fitting them, so that
+    the calibrations of shards, counted with the same edges, merge by addition
+    (`adaptix.calibration.count_bins` does the counting).
+    """
 
     @abstractmethod
     def fit(self, trace: Trace, bins: int) -> Calibration:

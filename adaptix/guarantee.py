@@ -509,7 +509,8 @@ def _alpha(alpha: Any) -> float:
 def _method(method: Any) -> Method:
     if method not in METHODS:
         raise ValidationError(f"expected method in {METHODS}, got {method!r}.")
-    return method  # type: ignore[no-any-return]  # one of METHODS
+    chosen: Method = method
+    return chosen
 
 
 def _unit(value: Any, name: str, *, open_low: bool, open_high: bool) -> float:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 DPI = 120
 _COLUMNS = 3
+# Reliability diagrams: bins narrower than this (of the [0, 1] axis) get no count label, which
+# would overlap its neighbours'; bars are drawn at least this wide.
+_MIN_LABELLED_WIDTH = 0.02
+_MIN_BAR_WIDTH = 0.004
 _INSTALL_HINT = "pip install matplotlib (or pip install 'adaptix[mlflow]')"
 ControlCurve = Sequence[tuple[float, float | None]]
 
@@ -223,11 +227,13 @@ def plot_reliability(
 ) -> Path:
     """One reliability diagram per exit of ``calibration``.
 
-    Each panel shows, per confidence bin, a bar of the bin's accuracy k/n, a marker at the
-    bin's mean confidence (the gap between the two is the bin's miscalibration), the diagonal
-    of perfect calibration and n, the bin's count, as faint text. Empty bins are left empty. The
-    panel title gives the exit's expected calibration error (ECE); it reads "n/a" when the
-    calibration carries no confidence sums.
+    Each panel shows, per confidence bin, a bar of the bin's accuracy k/n spanning the bin's
+    own edges (`Calibration.edges`: equal-width or, for ``equal_mass``, narrow where inputs
+    crowd), a marker at the bin's mean confidence (the gap between the two is the bin's
+    miscalibration), the diagonal of perfect calibration and n, the bin's count, as faint text
+    over every bin at least 2 % wide. Empty bins are left empty. The panel title gives the
+    exit's expected calibration error (ECE); it reads "n/a" when the calibration carries no
+    confidence sums.
 
     Returns:
         ``path``.
@@ -256,16 +262,19 @@ def plot_reliability(
     has_confidence = bool(calibration.confidence_sum.sum() > 0)
     confidence = calibration.mean_confidence().tolist()
     ece = calibration.expected_calibration_error().tolist()
-    width = 1.0 / bins
-    centres = [(m + 0.5) * width for m in range(bins)]
-    count_size = 7 if bins <= 12 else 5
     for e, ax in enumerate(axes[:exits]):
+        lower, upper = calibration.edges[e, :-1].tolist(), calibration.edges[e, 1:].tolist()
+        centres = [(a + b) / 2 for a, b in zip(lower, upper, strict=True)]
+        widths = [b - a for a, b in zip(lower, upper, strict=True)]
+        labelled = [m for m in range(bins) if widths[m] >= _MIN_LABELLED_WIDTH]
+        count_size = 7 if len(labelled) <= 12 else 5
         ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=1, label="perfect calibration")
         filled = [m for m in range(bins) if counts[e][m] > 0]  # empty bins: no bar at all
         ax.bar(
             [centres[m] for m in filled],
             [accuracy[e][m] for m in filled],
-            width=width * 0.92,
+            # A last bin [1, 1] (confidences of exactly 1) has no width: drawn as a thin bar.
+            width=[max(widths[m] * 0.92, _MIN_BAR_WIDTH) for m in filled],
             color="tab:blue",
             alpha=0.75,
             edgecolor="tab:blue",
@@ -283,16 +292,16 @@ def plot_reliability(
                 markeredgewidth=0.5,
                 label="mean confidence",
             )
-        for centre, n in zip(centres, counts[e], strict=True):
+        for m in labelled:
             ax.text(
-                centre,
+                centres[m],
                 1.015,
-                f"{n}",
+                f"{counts[e][m]}",
                 ha="center",
                 va="bottom",
                 fontsize=count_size,
                 color="0.45",
-                rotation=0 if bins <= 12 else 90,
+                rotation=0 if len(labelled) <= 12 else 90,
             )
         score = f"{ece[e]:.3f}" if has_confidence else "n/a"
         ax.set_title(f"exit {e}   ECE {score}   (n = {sum(counts[e])})", fontsize=10, pad=14)
@@ -301,7 +310,8 @@ def plot_reliability(
         ax.grid(True, alpha=0.3)
     _label_grid(axes, exits, columns, "confidence (max softmax)", "accuracy (fraction)")
     axes[0].legend(loc="upper left", fontsize=7, framealpha=0.9)
-    figure.suptitle(f"{title}\ngrey numbers: inputs per bin", fontsize=12)
+    binning = "equal-width" if calibration.equal_width else calibration.method
+    figure.suptitle(f"{title}\n{bins} {binning} bins; grey numbers: inputs per bin", fontsize=12)
     return _save(figure, canvas_cls, path)
 
 

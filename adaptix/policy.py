@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import reprlib
 from numbers import Real
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
+from pydantic_core import PydanticSerializationError
 from torch import Tensor
 
 from adaptix.calibration import Calibration
 from adaptix.components import ExitCriterion, build_params
 from adaptix.errors import CalibrationError, PluginError, ValidationError
+from adaptix.files import atomic_write
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 if TYPE_CHECKING:
     from adaptix.guarantee import Certificate
+
+_FORMAT = "adaptix.policy"
+_VERSION = 1
 
 
 class ExitPolicy:
@@ -76,6 +85,100 @@ class ExitPolicy:
         copy.certificate = certificate
         copy.exits_early = bool(exits_early)
         return copy
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the policy to one self-contained JSON file, atomically: criterion, parameters,
+        threshold, certificate and the calibration it reads (with its checksum).
+
+        Raises:
+            ValidationError: ``path`` cannot be written (a file already there is kept) or the
+                criterion's parameters do not serialise to JSON.
+        """
+        try:
+            params = self.criterion.params.model_dump(mode="json")
+        except PydanticSerializationError as err:
+            raise ValidationError(
+                f"expected criterion parameters that serialise to JSON to save the policy, got "
+                f"{self.criterion.params!r} ({err})."
+            ) from err
+        calibration = self.calibration
+        payload = {
+            "criterion": self.name,
+            "params": params,
+            "threshold": self.threshold,
+            "exits_early": self.exits_early,
+            "certificate": None if self.certificate is None else self.certificate.to_dict(),
+            "calibration": None if calibration is None else calibration.to_document(),
+        }
+        document = {**payload, "format": _FORMAT, "version": _VERSION, "sha256": _digest(payload)}
+        data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
+        return atomic_write(path, lambda handle: handle.write(data), "policy")
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, plugins: AdaptixPluginManager | None = None
+    ) -> ExitPolicy:
+        """Read a policy written by `save`: the criterion is resolved again (so its plugin must
+        be installed), the calibration and the certificate verified.
+
+        Raises:
+            ValidationError: the file is missing, corrupt or of another format.
+            PluginError: its criterion is not installed.
+        """
+        from adaptix.guarantee import Certificate  # guarantee imports this module
+
+        source = Path(path)
+        try:
+            document = json.loads(source.read_bytes())
+        except (OSError, ValueError, RecursionError) as err:
+            raise ValidationError(
+                f"expected a policy file written by ExitPolicy.save at {source}, but it could "
+                f"not be read ({type(err).__name__}: {err})."
+            ) from err
+        keys = ("criterion", "params", "threshold", "exits_early", "certificate", "calibration")
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != _FORMAT
+            or type(document.get("version")) is not int
+        ):
+            raise ValidationError(
+                f"expected an '{_FORMAT}' file at {source}, got something else. Pass a file "
+                "that ExitPolicy.save wrote."
+            )
+        if document["version"] != _VERSION:
+            raise ValidationError(
+                f"expected policy format version {_VERSION}, got {document['version']} in "
+                f"{source}. Save the policy again with this adaptix."
+            )
+        missing = [key for key in (*keys, "sha256") if key not in document]
+        payload = {key: document.get(key) for key in keys}
+        if missing or _digest(payload) != document["sha256"]:
+            problem = f"missing {missing}" if missing else "checksum mismatch"
+            raise ValidationError(
+                f"policy file {source} is corrupt ({problem}): it was modified or truncated "
+                "after it was saved. Save the policy again."
+            )
+        if not isinstance(payload["params"], dict) or not isinstance(payload["criterion"], str):
+            raise ValidationError(f"policy file {source} has malformed criterion fields.")
+        calibration = (
+            None
+            if payload["calibration"] is None
+            else Calibration.from_document(payload["calibration"], source=str(source))
+        )
+        threshold: Any = payload["threshold"]
+        loaded = policy(
+            payload["criterion"],
+            threshold,
+            calibration,
+            plugins=plugins,
+            **payload["params"],
+        )
+        if payload["certificate"] is None:
+            return loaded
+        if not isinstance(payload["exits_early"], bool):
+            raise ValidationError(f"policy file {source} has a malformed 'exits_early'.")
+        certificate = Certificate.from_dict(payload["certificate"])
+        return loaded.certified(certificate, exits_early=payload["exits_early"])
 
     def fires(self, score: Tensor) -> Tensor:
         """Boolean mask: where ``score`` (compared exactly, in float64) triggers an exit.
@@ -217,3 +320,8 @@ def policy(
     built = build_params(entry.component.Params, params, f"criterion '{name}'")
     criterion = call_plugin(entry, "__init__", entry.component, built, calibration)
     return ExitPolicy(criterion, threshold, entry)
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

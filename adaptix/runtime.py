@@ -124,11 +124,19 @@ class EarlyExitRunner:
         if self.fused_kind is not None:
             for e in range(model.num_exits - 1):
                 table = criterion.fused_table(e)
+                # A table is indexed by the bins of the criterion's calibration, which owns them
+                # (equal-width, the kernel's fast path, when it has none).
+                edges = (
+                    None
+                    if table is None or calibration is None or calibration.equal_width
+                    else calibration.edges[e].to(device)
+                )
                 self._deciders.append(
                     ExitDecider(
                         policy.threshold,
                         kind=self.fused_kind,
                         table=None if table is None else table.to(device),
+                        edges=edges,
                         backend=backend,
                     )
                 )

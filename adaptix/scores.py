@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+
 def probabilities(logits: Tensor) -> Tensor:
     """Softmax over the last dimension, computed in float32 (``PCEE.md``: p_e)."""
     return torch.softmax(logits.float(), dim=-1)
@@ -98,6 +99,7 @@ def float32_edges(edges: Tensor) -> Tensor:
     """
     interior = edges[..., 1:-1].double()
     lookup = interior.float()
-    lookup = torch.where(lookup.double() < interior, torch.nextafter(lookup, torch.full_like(lookup, math.inf)), lookup)
+    above = torch.nextafter(lookup, torch.full_like(lookup, math.inf))
+    lookup = torch.where(lookup.double() < interior, above, lookup)
     tail = torch.full((*lookup.shape[:-1], 1), math.inf, device=lookup.device)
     return torch.cat([lookup, tail], dim=-1)

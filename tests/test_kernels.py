@@ -9,7 +9,8 @@ Where the kernel runs:
   `test_kernel_in_triton_interpreter` reruns `TestKernel` in ONE subprocess with
   TRITON_INTERPRET=1; in this process the "interpreter" cases skip.
 - `test_compile_for_cuda_targets` compiles the kernel down to a cubin for sm_80 and sm_90 with
-  the ptxas that ships with triton: no GPU needed.
+  the ptxas that ships with triton: no GPU needed; both bin paths of kind "table" (equal-width
+  and edges).
 
 Tolerances: see `allowed_error`.
 """
@@ -17,6 +18,7 @@ Tolerances: see `allowed_error`.
 from __future__ import annotations
 
 import ast
+import bisect
 import math
 import os
 import re
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -33,6 +36,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adaptix.default_plugins.calibrators import equal_mass_edges
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.kernels import (
     ExitDecider,
@@ -44,9 +48,8 @@ from adaptix.kernels import (
     triton_unavailable_reasons,
 )
 from adaptix.kernels import decider as decider_module
-from adaptix.kernels.decider import bin_edges
 from adaptix.kernels.reference import float32_bound
-from adaptix.scores import bin_index, confidence
+from adaptix.scores import bin_edges, bin_index, confidence, float32_edges
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRITON = find_spec("triton") is not None
@@ -114,6 +117,47 @@ def make_table(n_bins: int, seed: int) -> torch.Tensor:
     return table
 
 
+def make_edges(n_bins: int, seed: int) -> torch.Tensor:
+    """Bin edges [M + 1] from 0 to 1: random float64 interior edges (not float32 values, so the
+    kernel's rounded-up lookup matters), 0.5 among them (c = 1/2 falls on it) from M = 3, and
+    two equal ones (a bin of zero width) from M = 5."""
+    generator = torch.Generator().manual_seed(seed)
+    interior = torch.rand(n_bins - 1, generator=generator, dtype=torch.float64)
+    if n_bins >= 3:
+        interior[0] = 0.5
+    if n_bins >= 5:
+        interior[1] = interior[2]
+    ends = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    return torch.cat([ends[0], interior.sort().values, ends[1]])
+
+
+def draw_edges(
+    data: st.DataObject, table: torch.Tensor | None, logits: torch.Tensor
+) -> torch.Tensor | None:
+    """For a table, None (equal-width bins) or bin edges [M + 1] drawn to sit where lookups go
+    wrong: on the rows' confidences, one float32 step either side of them, on values float32
+    cannot hold, repeated (bins of zero width), at 0 and 1."""
+    if table is None or not data.draw(st.booleans(), label="with edges"):
+        return None
+    top = confidence(logits)
+    seen = [float(c) for c in top.tolist() if not math.isnan(c)] or [0.5]
+    near = st.sampled_from(seen).flatmap(
+        lambda c: st.sampled_from(
+            [
+                c,
+                float(np.nextafter(np.float32(c), np.float32(2))),
+                float(np.nextafter(np.float32(c), np.float32(-1))),
+            ]
+        )
+    )
+    edge = st.one_of(near, st.floats(0.0, 1.0), st.sampled_from([0.0, 0.1, 1 / 3, 1.0]))
+    interior = data.draw(
+        st.lists(edge, min_size=table.shape[0] - 1, max_size=table.shape[0] - 1), label="edges"
+    )
+    clipped = sorted(min(max(value, 0.0), 1.0) for value in interior)
+    return torch.tensor([0.0, *clipped, 1.0], dtype=torch.float64)
+
+
 def float64_truth(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Confidence and normalised entropy from a float64 softmax of the same logits."""
     probs = torch.softmax(logits.double(), dim=1)
@@ -144,7 +188,11 @@ def allowed_error(reference: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def naive_decision(
-    decision: ExitDecision, threshold: float, kind: ExitKind, table: torch.Tensor | None
+    decision: ExitDecision,
+    threshold: float,
+    kind: ExitKind,
+    table: torch.Tensor | None,
+    edges: torch.Tensor | None = None,
 ) -> tuple[list[bool], list[float]]:
     """The contract, row by row in Python float64: exits and expected scores."""
     exits, scores = [], []
@@ -162,9 +210,14 @@ def naive_decision(
             assert table is not None
             values = table.tolist()
             n_bins = len(values)
-            # The bin is computed in float32, as the contract says.
-            product = np.float32(top) * np.float32(n_bins)
-            accuracy = values[min(math.floor(product), n_bins - 1)]
+            if edges is None:
+                # The bin is computed in float32, as the contract says.
+                product = np.float32(top) * np.float32(n_bins)
+                bin_ = min(math.floor(product), n_bins - 1)
+            else:
+                # The bin whose edges hold c, compared exactly in Python floats.
+                bin_ = bisect.bisect_right(edges.tolist()[1:-1], top)
+            accuracy = values[bin_]
             exits.append(not math.isnan(accuracy) and accuracy >= threshold)
             scores.append(float(np.float32(accuracy)))
     return exits, scores
@@ -177,11 +230,13 @@ def assert_matches_reference(
     *,
     kind: ExitKind,
     table: torch.Tensor | None = None,
+    edges: torch.Tensor | None = None,
 ) -> None:
     """The kernel's decision equals the reference's, up to float32 rounding of the numbers."""
     logits = logits.cpu()
     table = None if table is None else table.cpu()
-    want = exit_decision_reference(logits, threshold, kind=kind, table=table)
+    edges = None if edges is None else edges.cpu()
+    want = exit_decision_reference(logits, threshold, kind=kind, table=table, edges=edges)
     got = ExitDecision(*(field.cpu() for field in got))
     for name, got_field, want_field in zip(ExitDecision._fields, got, want, strict=True):
         assert got_field.dtype == want_field.dtype, name
@@ -189,7 +244,6 @@ def assert_matches_reference(
 
     assert torch.equal(got.prediction, want.prediction)
     assert torch.equal(got.confidence.isnan(), want.confidence.isnan())
-    assert torch.equal(got.score.isnan(), want.score.isnan())
     true_confidence, true_entropy = float64_truth(logits)
     tolerance = allowed_error(want.confidence, true_confidence)
     assert max_abs_error(got.confidence, true_confidence) <= tolerance
@@ -198,18 +252,23 @@ def assert_matches_reference(
         assert max_abs_error(got.score, true_entropy) <= tolerance
 
     # Exact: the kernel's own numbers go through the contract's comparison and bins.
-    exits, scores = naive_decision(got, threshold, kind, table)
+    exits, scores = naive_decision(got, threshold, kind, table, edges)
     assert got.exit_mask.tolist() == exits
     np.testing.assert_array_equal(got.score.numpy(), np.array(scores, dtype=np.float32))
 
-    # And the same masks as the reference wherever float32 rounding cannot flip a decision.
-    if kind == "table":
+    # And the same masks (and undefined scores: a bin can be empty) as the reference wherever
+    # float32 rounding cannot flip a decision.
+    if kind == "table" and edges is not None:
+        gaps = (want.confidence.double()[:, None] - edges[None, :]).abs()
+        near = gaps.nan_to_num(nan=1.0).amin(dim=1) <= tolerance
+    elif kind == "table":
         assert table is not None
         scaled = want.confidence.double() * table.shape[0]
         near = (scaled - scaled.round()).abs() <= tolerance * table.shape[0]
     else:
         near = (want.score.double() - threshold).abs() <= tolerance
     assert torch.equal(got.exit_mask[~near], want.exit_mask[~near])
+    assert torch.equal(got.score[~near].isnan(), want.score[~near].isnan())
 
 
 def threshold_inside(scores: torch.Tensor, quantile: float) -> float:
@@ -240,16 +299,26 @@ def kernel_device(request: pytest.FixtureRequest) -> str:
 
 
 def run_kernel(
-    logits: torch.Tensor, threshold: float, *, kind: ExitKind, table: torch.Tensor | None = None
+    logits: torch.Tensor,
+    threshold: float,
+    *,
+    kind: ExitKind,
+    table: torch.Tensor | None = None,
+    edges: torch.Tensor | None = None,
 ) -> ExitDecision:
     """The kernel through the public dispatch; in the interpreter, large inputs use big tiles."""
     if logits.device.type == "cpu" and logits.numel() > INTERPRETER_TILE:
         from adaptix.kernels.triton_kernel import exit_decision_triton
 
         return exit_decision_triton(
-            logits, threshold, kind=kind, table=table, tile_elements=INTERPRETER_TILE
+            logits,
+            threshold,
+            kind=kind,
+            table=table,
+            edges=edges,
+            tile_elements=INTERPRETER_TILE,
         )
-    return exit_decision(logits, threshold, kind=kind, table=table, backend="triton")
+    return exit_decision(logits, threshold, kind=kind, table=table, edges=edges, backend="triton")
 
 
 # --- the kernel against the reference ------------------------------------------------------
@@ -269,6 +338,57 @@ class TestKernel:
         table = None if table is None else table.to(kernel_device)
         got = run_kernel(logits, threshold, kind=kind, table=table)
         assert_matches_reference(got, logits, threshold, kind=kind, table=table)
+
+    @pytest.mark.parametrize(
+        ("shape", "dtype", "n_bins"),
+        [
+            ((7, 1023), torch.float32, 10),
+            ((1823, 781), torch.bfloat16, 3),
+            ((4, 32000), torch.float16, 17),
+            ((20, 5), torch.float32, 2),
+            ((1, 1), torch.float32, 1),
+        ],
+        ids=case_id,
+    )
+    def test_table_with_edges(
+        self, kernel_device: str, shape: tuple[int, int], dtype: torch.dtype, n_bins: int
+    ) -> None:
+        """The edges path: edges at confidences of the very rows (as ``equal_mass`` puts them),
+        ties making bins of zero width, one bin, the last bin closed at 1."""
+        logits = make_logits(*shape, dtype, seed=shape[0] * n_bins)
+        top = exit_decision_reference(logits, 0.5, kind="confidence").confidence
+        edges = equal_mass_edges(top[~top.isnan()].unsqueeze(1), n_bins)[0]
+        table = make_table(n_bins, seed=n_bins) if n_bins > 2 else torch.rand(n_bins).double()
+        got = run_kernel(
+            logits.to(kernel_device),
+            0.4,
+            kind="table",
+            table=table.to(kernel_device),
+            edges=edges.to(kernel_device),
+        )
+        assert_matches_reference(got, logits, 0.4, kind="table", table=table, edges=edges)
+
+    def test_confidences_on_given_edges(self, kernel_device: str) -> None:
+        """c = 1, 1/2, 1/4, 1/5, 1/8, 1/10 exactly (as in `test_confidences_on_bin_edges`)
+        against edges 0.1 and 0.2, which float32 cannot hold (float32(0.1) > 0.1, so c =
+        float32(1/10) is above its edge), and 1/8, 1/4, 1/2, which it can (c lands on them)."""
+        counts = [1, 2, 4, 5, 8, 10]
+        logits = torch.full((len(counts), 5000), NEG_INF)
+        for row, count in enumerate(counts):
+            logits[row, torch.linspace(0, 4999, count).long()] = 3.0
+        edges = torch.tensor([0.0, 0.1, 0.125, 0.2, 0.25, 0.5, 1.0], dtype=torch.float64)
+        table = torch.arange(6, dtype=torch.float64) / 6 + 0.01
+        got = run_kernel(
+            logits.to(kernel_device),
+            0.3,
+            kind="table",
+            table=table.to(kernel_device),
+            edges=edges.to(kernel_device),
+        )
+        expected_bins = [5, 5, 4, 3, 2, 1]
+        assert got.score.tolist() == [float(np.float32(table[b].item())) for b in expected_bins]
+        assert got.exit_mask.tolist() == [table[b].item() >= 0.3 for b in expected_bins]
+        assert_matches_reference(got, logits, 0.3, kind="table", table=table, edges=edges)
 
     @pytest.mark.parametrize("n_bins", [4, 10])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=case_id)
@@ -367,16 +487,22 @@ class TestKernel:
             assert got_field.shape == want_field.shape == (0,)
             assert got_field.dtype == want_field.dtype
 
-    @pytest.mark.parametrize("kind", KINDS)
-    def test_decider_launches_the_prepared_kernel(self, kernel_device: str, kind: ExitKind) -> None:
+    @pytest.mark.parametrize(
+        ("kind", "with_edges"), [*((k, False) for k in KINDS), ("table", True)]
+    )
+    def test_decider_launches_the_prepared_kernel(
+        self, kernel_device: str, kind: ExitKind, with_edges: bool
+    ) -> None:
         """`ExitDecider` with backend "triton" (the runtime's path on CUDA) decides as the full
         kernel call, from the rule it prepared on its first call, and hands back the kernel's
         prediction. The table is a column of a 2-D table: not contiguous."""
         logits = make_logits(37, 50, torch.float32, seed=9).to(kernel_device)
         tables = torch.stack([make_table(10, seed=4), make_table(10, seed=5)], dim=1)
         table = tables[:, 1].to(kernel_device) if kind == "table" else None
-        full = run_kernel(logits, 0.4, kind=kind, table=table)
-        decider = ExitDecider(0.4, kind=kind, table=table, backend="triton")
+        edges = make_edges(10, seed=3).to(kernel_device) if with_edges else None
+        full = run_kernel(logits, 0.4, kind=kind, table=table, edges=edges)
+        assert_matches_reference(full, logits, 0.4, kind=kind, table=table, edges=edges)
+        decider = ExitDecider(0.4, kind=kind, table=table, edges=edges, backend="triton")
         for _ in range(2):  # the second call runs on what the first one prepared
             stays, predicted = decider.decide(logits)
             assert torch.equal(stays, ~full.exit_mask)
@@ -401,9 +527,15 @@ class TestKernel:
         kind = data.draw(st.sampled_from(KINDS), label="kind")
         threshold = data.draw(st.floats(0.0, 1.0), label="threshold")
         table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
-        device_table = None if table is None else table.to(kernel_device)
-        got = run_kernel(logits.to(kernel_device), threshold, kind=kind, table=device_table)
-        assert_matches_reference(got, logits, threshold, kind=kind, table=table)
+        edges = draw_edges(data, table, logits)
+        got = run_kernel(
+            logits.to(kernel_device),
+            threshold,
+            kind=kind,
+            table=None if table is None else table.to(kernel_device),
+            edges=None if edges is None else edges.to(kernel_device),
+        )
+        assert_matches_reference(got, logits, threshold, kind=kind, table=table, edges=edges)
 
 
 def test_kernel_in_triton_interpreter() -> None:
@@ -452,14 +584,29 @@ def test_auto_picks_the_kernel_on_cuda() -> None:
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(IN_INTERPRETER, reason="TRITON_INTERPRET=1 replaces the kernel")
 @pytest.mark.parametrize(
-    ("arch", "kind"),
+    ("arch", "kind", "with_edges"),
     # Every kind for sm_90 (H100/H200); sm_80 (A100) without "confidence", whose code is a
-    # subset of "entropy"'s: each compile costs a second or two of CPU.
-    [(80, "entropy"), (80, "table"), (90, "confidence"), (90, "entropy"), (90, "table")],
-    ids=lambda value: f"sm_{value}" if isinstance(value, int) else str(value),
+    # subset of "entropy"'s: each compile costs a second or two of CPU. Kind "table" both with
+    # equal-width bins (the fast path) and with bin edges (the binary search).
+    [
+        (80, "entropy", False),
+        (80, "table", False),
+        (80, "table", True),
+        (90, "confidence", False),
+        (90, "entropy", False),
+        (90, "table", False),
+        (90, "table", True),
+    ],
+    ids=lambda value: (
+        ("edges" if value else "fast")
+        if isinstance(value, bool)
+        else f"sm_{value}"
+        if isinstance(value, int)
+        else str(value)
+    ),
 )
 def test_compile_for_cuda_targets(
-    arch: int, kind: ExitKind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    arch: int, kind: ExitKind, with_edges: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -482,12 +629,14 @@ def test_compile_for_cuda_targets(
         "inv_log_n_cols": "fp32",
         "table_ptr": "*fp64",
         "passes_ptr": "*i1",
+        "edges_ptr": "*fp32",
         "n_bins": "i32",
         "prediction_ptr": "*i64",
         "confidence_ptr": "*fp32",
         "score_ptr": "*fp32",
         "exit_ptr": "*i1",
         "KIND": "constexpr",
+        "SEARCH_STEPS": "constexpr",
         "WRITE_SCORES": "constexpr",
         "BLOCK_N": "constexpr",
         "BLOCK_C": "constexpr",
@@ -504,6 +653,8 @@ def test_compile_for_cuda_targets(
         constexprs={
             "stride_col": 1,
             "KIND": KIND_CODES[kind],
+            # Ten bins: four probes of the binary search (2**4 >= 10).
+            "SEARCH_STEPS": 4 if with_edges else 0,
             # sm_80 compiles the full decision (`exit_decision`), sm_90 the runtime's variant
             # (`ExitDecider`: exit mask and prediction only).
             "WRITE_SCORES": arch == 80,
@@ -566,11 +717,15 @@ def test_reference_outputs_are_separate_tensors() -> None:
     ]
 
 
+Rule = tuple[ExitKind, torch.Tensor | None, torch.Tensor | None]  # kind, table, edges
+
+
 def draw_decision_case(
     data: st.DataObject, *, max_rows: int, max_cols: int, nan_and_inf: bool
-) -> tuple[torch.Tensor, ExitKind, torch.Tensor | None, float]:
-    """Logits (ties, -inf and, if asked, NaN and +inf entries), a kind, its table, and a
-    threshold on, just above or just below one of the scores: where float32 shortcuts go wrong."""
+) -> tuple[torch.Tensor, Rule, float]:
+    """Logits (ties, -inf and, if asked, NaN and +inf entries), a kind, its table and bin edges
+    (`draw_edges`), and a threshold on, just above or just below one of the scores: where
+    float32 shortcuts go wrong."""
     n_rows = data.draw(st.integers(1, max_rows), label="n_rows")
     n_cols = data.draw(st.integers(1, max_cols), label="n_cols")
     finite = st.floats(-50.0, 50.0, allow_nan=False, width=32)
@@ -581,7 +736,8 @@ def draw_decision_case(
     logits = torch.tensor(raw).to(data.draw(st.sampled_from(DTYPES), label="dtype"))
     kind = data.draw(st.sampled_from(KINDS), label="kind")
     table = make_table(data.draw(st.integers(2, 12)), seed=n_cols) if kind == "table" else None
-    first = exit_decision_reference(logits, 0.5, kind=kind, table=table)
+    edges = draw_edges(data, table, logits)
+    first = exit_decision_reference(logits, 0.5, kind=kind, table=table, edges=edges)
     candidates = [s for s in first.score.tolist() if not math.isnan(s)] or [0.5]
     on_score = data.draw(st.sampled_from(candidates), label="score")
     threshold = data.draw(
@@ -591,18 +747,18 @@ def draw_decision_case(
         | st.floats(-0.1, 1.1),
         label="threshold",
     )
-    return logits, kind, table, threshold
+    return logits, (kind, table, edges), threshold
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_property_reference_mask_is_the_float64_definition(data: st.DataObject) -> None:
-    logits, kind, table, threshold = draw_decision_case(
+    logits, (kind, table, edges), threshold = draw_decision_case(
         data, max_rows=6, max_cols=40, nan_and_inf=False
     )
-    decision = exit_decision_reference(logits, threshold, kind=kind, table=table)
+    decision = exit_decision_reference(logits, threshold, kind=kind, table=table, edges=edges)
 
-    exits, scores = naive_decision(decision, threshold, kind, table)
+    exits, scores = naive_decision(decision, threshold, kind, table, edges)
     assert decision.exit_mask.tolist() == exits
     np.testing.assert_array_equal(decision.score.numpy(), np.array(scores, dtype=np.float32))
     as_float64 = logits.double().numpy()
@@ -635,11 +791,11 @@ def test_property_float32_bound_makes_comparisons_exact(threshold: float, score:
 def test_property_decider_decides_as_the_reference(data: st.DataObject) -> None:
     """`ExitDecider` (the runtime's path) returns the reference's exit mask and prediction,
     thresholds on and next to the scores, NaN, infinite and tied logits included."""
-    logits, kind, table, threshold = draw_decision_case(
+    logits, (kind, table, edges), threshold = draw_decision_case(
         data, max_rows=8, max_cols=30, nan_and_inf=True
     )
-    expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
-    decider = ExitDecider(threshold, kind=kind, table=table, backend="torch")
+    expected = exit_decision_reference(logits, threshold, kind=kind, table=table, edges=edges)
+    decider = ExitDecider(threshold, kind=kind, table=table, edges=edges, backend="torch")
     exits, prediction = decider(logits)
     assert torch.equal(exits, expected.exit_mask)
     assert torch.equal(prediction, expected.prediction)
@@ -657,23 +813,35 @@ def test_decider_on_bin_edges_and_undefined_rows(kind: ExitKind) -> None:
     )
     logits = torch.cat([logits, torch.full((1, 10), NEG_INF), torch.full((1, 10), math.nan)])
     table = make_table(10, seed=3) if kind == "table" else None
-    for threshold in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
-        expected = exit_decision_reference(logits, threshold, kind=kind, table=table)
-        decider = ExitDecider(threshold, kind=kind, table=table)
-        exits, prediction = decider(logits)
-        assert torch.equal(exits, expected.exit_mask), threshold
-        assert torch.equal(decider.decide(logits)[0], ~expected.exit_mask), threshold
-        assert torch.equal(prediction, expected.prediction)
-        assert not exits[-2:].any()  # undefined softmax: never exits
+    # Edges on 1/10, 1/5, 1/4 (float32 holds only the last) and 1/2, twice: a bin of zero width.
+    on_edges = torch.tensor([0, 0.1, 0.2, 0.25, 0.3, 0.5, 0.5, 0.6, 0.7, 0.8, 1.0])
+    for edges in (None, on_edges.double()) if kind == "table" else (None,):
+        for threshold in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
+            expected = exit_decision_reference(
+                logits, threshold, kind=kind, table=table, edges=edges
+            )
+            decider = ExitDecider(threshold, kind=kind, table=table, edges=edges)
+            exits, prediction = decider(logits)
+            assert torch.equal(exits, expected.exit_mask), threshold
+            assert torch.equal(decider.decide(logits)[0], ~expected.exit_mask), threshold
+            assert torch.equal(prediction, expected.prediction)
+            assert not exits[-2:].any()  # undefined softmax: never exits
 
 
 class FakeKernel:
     """A stand-in for the kernel module: records every launch and writes the reference's
-    decision (no triton needed), or ``prediction_value`` as the prediction when given."""
+    decision (no triton needed), or ``prediction_value`` as the prediction when given. With
+    ``edges``, it checks that the launch got their float32 lookup and decides with them."""
 
-    def __init__(self, threshold: float, prediction_value: int | None = None) -> None:
+    def __init__(
+        self,
+        threshold: float,
+        prediction_value: int | None = None,
+        edges: torch.Tensor | None = None,
+    ) -> None:
         self.threshold = threshold
         self.prediction_value = prediction_value
+        self.edges = edges
         self.launches: list[dict[str, object]] = []
 
     def launch_exit_decision(
@@ -686,9 +854,16 @@ class FakeKernel:
         **prepared: object,
     ) -> None:
         self.launches.append({"kind": kind, **prepared})
-        table = prepared["table"]
+        table, lookup = prepared["table"], prepared["edges"]
         assert table is None or isinstance(table, torch.Tensor)
-        decision = exit_decision_reference(logits, self.threshold, kind=kind, table=table)
+        if self.edges is None:
+            assert lookup is None  # equal-width bins: the kernel's fast path
+        else:
+            assert isinstance(lookup, torch.Tensor)
+            assert torch.equal(lookup, float32_edges(self.edges))
+        decision = exit_decision_reference(
+            logits, self.threshold, kind=kind, table=table, edges=self.edges
+        )
         exit_mask.copy_(decision.exit_mask)
         if self.prediction_value is None:
             prediction.copy_(decision.prediction)
@@ -715,24 +890,25 @@ def counting(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list
     return calls
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "with_edges"), [*((k, False) for k in KINDS), ("table", True)])
 def test_decider_prepares_the_kernel_path_once(
-    monkeypatch: pytest.MonkeyPatch, kind: ExitKind
+    monkeypatch: pytest.MonkeyPatch, kind: ExitKind, with_edges: bool
 ) -> None:
-    """On the kernel's path the rule is validated, the backend resolved and the table derived
-    once; each call is one launch that writes no confidence or score, and its prediction comes
-    back to the caller."""
-    kernel = FakeKernel(0.4)
+    """On the kernel's path the rule is validated, the backend resolved and the table (and the
+    lookup of the edges) derived once; each call is one launch that writes no confidence or
+    score, and its prediction comes back to the caller."""
+    edges = make_edges(10, seed=2) if with_edges else None
+    kernel = FakeKernel(0.4, edges=edges)
     use_fake_kernel(monkeypatch, kernel)
     rules = counting(monkeypatch, decider_module, "check_exit_rule")
     passes = counting(monkeypatch, decider_module, "table_passes")
     resolved = counting(monkeypatch, dispatch, "device_unavailable_reasons")
     tables = torch.stack([make_table(10, seed=4), make_table(10, seed=5)], dim=1)
     table = tables[:, 1] if kind == "table" else None  # a column: not contiguous
-    decider = ExitDecider(0.4, kind=kind, table=table, backend="triton")
+    decider = ExitDecider(0.4, kind=kind, table=table, edges=edges, backend="triton")
     for seed in range(3):
         logits = make_logits(12, 30, torch.float32, seed=seed)
-        expected = exit_decision_reference(logits, 0.4, kind=kind, table=table)
+        expected = exit_decision_reference(logits, 0.4, kind=kind, table=table, edges=edges)
         stays, predicted = decider.decide(logits)
         assert torch.equal(stays, ~expected.exit_mask)
         assert predicted is not None
@@ -745,6 +921,7 @@ def test_decider_prepares_the_kernel_path_once(
     for launch in kernel.launches[1:]:  # the very same prepared tensors every time
         assert launch["table"] is first["table"]
         assert launch["passes"] is first["passes"]
+        assert launch["edges"] is first["edges"]
     if kind == "table":
         assert isinstance(first["table"], torch.Tensor)
         assert first["table"].is_contiguous()
@@ -850,6 +1027,50 @@ def test_decider_refuses_bad_logits(logits: object, message: str) -> None:
         ExitDecider(0.5, kind="confidence")(logits)  # type: ignore[arg-type]  # deliberately wrong
 
 
+EDGES_11 = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("kind", "edges", "message"),
+    [
+        ("confidence", EDGES_11, "no table and no bin edges for kind='confidence', got bin edges"),
+        ("table", EDGES_11[:10], "M + 1 = 11 values .*, got torch.float64 of shape [10] on cpu"),
+        ("table", EDGES_11.reshape(1, 11), "got torch.float64 of shape [1, 11]"),
+        ("table", torch.arange(11), "got torch.int64 of shape [11]"),
+        ("table", torch.empty(11, device="meta"), "of shape [11] on meta"),
+        ("table", EDGES_11.tolist(), "bin edges as a torch.Tensor, got list"),
+        ("table", EDGES_11.flip(0), "non-decreasing bin edges from 0 to 1, got [1.0, 0.9"),
+        ("table", EDGES_11 * 0.9 + 0.1, "from 0 to 1, got [0.1, 0.19"),
+        ("table", EDGES_11 * 0.9, "from 0 to 1, got [0.0, 0.09"),
+        ("table", EDGES_11.index_fill(0, torch.tensor([3]), math.nan), "finite, non-decreasing"),
+    ],
+    ids=[
+        "other-kind",
+        "too-few",
+        "2-d",
+        "integers",
+        "meta",
+        "list",
+        "decreasing",
+        "from-0.1",
+        "to-0.9",
+        "nan",
+    ],
+)
+@pytest.mark.parametrize("entry", ["decider", "exit_decision"])
+def test_bad_bin_edges_are_refused(kind: str, edges: object, message: str, entry: str) -> None:
+    table = make_table(10, seed=1) if kind == "table" else None
+    pattern = re.escape(message).replace(re.escape(".*"), ".*")
+    rule = {"kind": kind, "table": table, "edges": edges}
+    build: Callable[[], object] = (
+        (lambda: ExitDecider(0.5, **rule))  # type: ignore[arg-type]  # deliberately wrong
+        if entry == "decider"
+        else (lambda: exit_decision(torch.randn(2, 5), 0.5, **rule))  # type: ignore[arg-type]  # deliberately wrong
+    )
+    with pytest.raises(ValidationError, match=pattern):
+        build()
+
+
 # --- validation and dispatch ---------------------------------------------------------------
 
 
@@ -929,6 +1150,9 @@ def test_every_reason_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
         assert reason in message
     reasons = triton_unavailable_reasons(torch.zeros(2, 3, dtype=torch.float64))
     assert any("dtype torch.float64" in reason for reason in reasons)
+    elsewhere = torch.empty(11, dtype=torch.float64, device="meta")
+    reasons = triton_unavailable_reasons(torch.zeros(2, 3), table=table, edges=elsewhere)
+    assert "edges is on meta, logits on cpu; move it with edges.to(logits.device)" in reasons
 
 
 def test_interpreter_makes_cpu_tensors_runnable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,6 +89,44 @@ def test_plot_reliability_with_empty_bins(tmp_path: Path) -> None:
     _png_size(plot_reliability(bare, tmp_path / "bare.png"))
 
 
+@pytest.mark.parametrize("method", ["reliability", "equal_mass"])
+def test_reliability_bars_span_the_bins_own_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Every non-empty bin's bar is centred in its bin and (nearly) as wide as it: equal-width
+    bars for ``reliability``, quantile bins for ``equal_mass``; narrow bins get no count."""
+    from matplotlib.axes import Axes
+
+    bars: list[tuple[list[float], list[float]]] = []
+    texts: list[str] = []
+    real_bar, real_text = Axes.bar, Axes.text
+
+    def bar(self: Axes, x: Any, height: Any, width: Any = 0.8, *args: Any, **kwargs: Any) -> Any:
+        bars.append((list(x), list(width)))
+        return real_bar(self, x, height, width, *args, **kwargs)
+
+    def text(self: Axes, x: float, y: float, s: str, *args: Any, **kwargs: Any) -> Any:
+        texts.append(s)
+        return real_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", bar)
+    monkeypatch.setattr(Axes, "text", text)
+    calibration = adaptix.calibrate(synthetic_trace(400, num_exits=3, seed=3), method, 20)
+    _png_size(plot_reliability(calibration, tmp_path / "rel.png"))
+    assert len(bars) == calibration.num_exits
+    labelled = 0
+    for e, (centres, widths) in enumerate(bars):
+        edges = calibration.edges[e].tolist()
+        filled = [m for m in range(calibration.bins) if calibration.counts[e, m] > 0]
+        assert centres == pytest.approx([(edges[m] + edges[m + 1]) / 2 for m in filled])
+        bin_widths = [edges[m + 1] - edges[m] for m in filled]
+        assert widths == pytest.approx([max(0.92 * w, 0.004) for w in bin_widths])
+        labelled += sum(edges[m + 1] - edges[m] >= 0.02 for m in range(calibration.bins))
+    assert len(texts) == labelled
+    if method == "equal_mass":  # quantile bins: crowded confidences make narrow bins
+        assert labelled < calibration.num_exits * calibration.bins
+
+
 @pytest.mark.parametrize(
     ("plot", "message"),
     [

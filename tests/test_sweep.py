@@ -91,9 +91,17 @@ def test_a_stricter_threshold_never_exits_earlier(name, data, traces, plugins) -
 def test_default_grids(plugins) -> None:
     trace = synthetic_trace(100, 4, 5)
     frontier = adaptix.sweep(trace, ["confidence", "entropy", "patience"], plugins=plugins)
-    expected = torch.linspace(0.0, 1.0, 50, dtype=torch.float64).tolist()
-    assert [p.threshold for p in frontier.of("confidence")] == expected
-    assert [p.threshold for p in frontier.of("entropy")] == expected
+    confidence = [p.threshold for p in frontier.of("confidence")]
+    entropy = [p.threshold for p in frontier.of("entropy")]
+    # Half linear, half crowding towards certainty (1 for confidence, 0 for entropy).
+    assert confidence == sorted(set(confidence))
+    assert confidence[0] == 0.0
+    assert confidence[-1] == 1.0
+    assert len(confidence) == 50
+    assert sum(t > 0.99 for t in confidence) >= 15
+    assert entropy == pytest.approx(sorted(1.0 - t for t in confidence), abs=1e-12)
+    pcee = adaptix.get_plugin_manager().criteria.get("pcee").default_thresholds()
+    assert pcee == torch.linspace(0.0, 1.0, 50, dtype=torch.float64).tolist()
     assert [p.threshold for p in frontier.of("patience")] == [float(t) for t in range(1, 51)]
     # A name missing from a mapping of grids gets its default grid too.
     partial = adaptix.sweep(trace, ["confidence", "patience"], {"patience": [2]}, plugins=plugins)

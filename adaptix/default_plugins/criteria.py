@@ -25,7 +25,7 @@ from adaptix.components import (
 from adaptix.hookspecs import hookimpl
 from adaptix.kernels import ExitKind
 from adaptix.plugins import Registrar
-from adaptix.scores import bin_index, confidence_and_prediction, normalized_entropy, prediction
+from adaptix.scores import confidence_and_prediction, normalized_entropy, prediction
 
 
 class Confidence(ExitCriterion):
@@ -35,6 +35,15 @@ class Confidence(ExitCriterion):
     description = "max softmax probability >= τ"
     fused_kind: ClassVar[ExitKind | None] = "confidence"
     accuracy_reading: ClassVar[AccuracyReading | None] = AccuracyReading()  # naive: τ = δ
+
+    @classmethod
+    def default_thresholds(cls, count: int = 50) -> list[float]:
+        """``count`` thresholds, half of them spread over [0, 1), half crowding towards 1.
+
+        Late exits put most inputs above 0.99, where τ = 0.999 and τ = 0.9999 are different
+        policies: a linear grid cannot tell them apart (`adaptix.guarantee` picks from here).
+        """
+        return _towards_certainty(count)
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         return confidence_and_prediction(logits)[0], state
@@ -48,6 +57,11 @@ class Entropy(ExitCriterion):
     direction: ClassVar[Direction] = "le"
     fused_kind: ClassVar[ExitKind | None] = "entropy"
     accuracy_reading: ClassVar[AccuracyReading | None] = AccuracyReading(complement=True)
+
+    @classmethod
+    def default_thresholds(cls, count: int = 50) -> list[float]:
+        """``count`` thresholds, half spread over (0, 1], half crowding towards 0 (certainty)."""
+        return sorted(round(1.0 - t, 15) for t in _towards_certainty(count))
 
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         return normalized_entropy(logits), state
@@ -104,8 +118,10 @@ class PCEE(ExitCriterion):
         super().__init__(params, calibration)
         self.calibration: Calibration = calibration  # not None: checked by super().__init__
         self.accuracy = self._bin_accuracy(calibration)
-        # Undefined bins (no calibration input) score -inf so that they never fire, even at δ = 0.
-        self.table = self.accuracy.nan_to_num(nan=float("-inf"))
+        # Undefined bins (no calibration input) score -inf so that they never fire, even at δ = 0;
+        # bin M, where `Calibration.bin_index` puts NaN confidences, scores NaN: never fires.
+        undefined = torch.full((self.accuracy.shape[0], 1), float("nan"), dtype=torch.float64)
+        self.table = torch.cat([self.accuracy.nan_to_num(nan=float("-inf")), undefined], dim=1)
 
     def _window(self) -> int:
         return self.window
@@ -117,7 +133,7 @@ class PCEE(ExitCriterion):
     def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
         confidence = confidence_and_prediction(logits)[0]
         row = self.table[exit_index].to(logits.device)
-        return row[bin_index(confidence, row.shape[0])], state
+        return row[self.calibration.bin_index(confidence, exit_index)], state
 
     def fused_table(self, exit_index: int) -> Tensor | None:
         return self.accuracy[exit_index]
@@ -174,6 +190,15 @@ class PCEELCB(PCEE):
             calibration.correct.numpy(), calibration.counts.numpy(), level
         )
         return torch.from_numpy(lower).to(torch.float64)
+
+
+def _towards_certainty(count: int) -> list[float]:
+    """``count`` (at least 3) distinct thresholds in [0, 1]: linear in [0, 0.9), then
+    1 − 10^-k for k from 1 to 7, log-spaced, and 1 itself."""
+    count = max(int(count), 3)
+    linear = torch.linspace(0.0, 0.9, count - count // 2 + 1, dtype=torch.float64)[:-1]
+    near_one = 1.0 - torch.logspace(-1.0, -7.0, count // 2 - 1, dtype=torch.float64)
+    return sorted({*linear.tolist(), *near_one.tolist(), 1.0})
 
 
 @hookimpl

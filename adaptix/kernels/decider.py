@@ -6,13 +6,15 @@ every check and every output of `ExitDecision`. That is right for a one-off call
 at small batches its Python work costs as much as the exit head itself, and on CUDA it would
 validate, list the reasons the kernel can or cannot run and derive the table on every call. An
 `ExitDecider` checks the rule once and keeps, per device, what does not depend on the logits:
-the float32 bound that makes a float32 comparison exact; for a calibration table, float32 bin
-edges plus which bins stay (torch path), or the contiguous table and which bins pass (kernel
-path); and whether the fused kernel runs there. Per call it computes only what the runtime asks
-(`decide`: which rows go on, and the prediction when the kernel made it anyway), with the
-fewest torch operations that give exactly the reference's answer (`tests/test_kernels.py`
-checks it against `exit_decision_reference`, NaN and infinite logits and bin edges included),
-or one launch of the fused Triton kernel that writes only the exit mask and the prediction.
+the float32 bound that makes a float32 comparison exact; for a calibration table, the float32
+lookup of its bin edges (equal-width or given, `adaptix.Calibration.float32_edges`) plus which
+bins stay (torch path), or the contiguous table, which bins pass and, for given edges, their
+lookup (kernel path); and whether the fused kernel runs there. Per call it computes only what
+the runtime asks (`decide`: which rows go on, and the prediction when the kernel made it
+anyway), with the fewest torch operations that give exactly the reference's answer
+(`tests/test_kernels.py` checks it against `exit_decision_reference`, NaN and infinite logits
+and bin edges included), or one launch of the fused Triton kernel that writes only the exit
+mask and the prediction.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import triton.language as tl
 from torch import Tensor
 
 from adaptix.kernels.reference import float32_bound, table_passes
-from adaptix.scores import float32_edges
 from adaptix.kernels.types import ExitDecision, ExitKind
+from adaptix.scores import float32_edges
 
 KIND_CODES: dict[ExitKind, int] = {"confidence": 0, "entropy": 1, "table": 2}
 
@@ -197,6 +197,7 @@ def exit_decision_triton(
     confidence = torch.empty(n_rows, dtype=torch.float32, device=device)
     score = torch.empty(n_rows, dtype=torch.float32, device=device)
     exit_mask = torch.empty(n_rows, dtype=torch.bool, device=device)
+    lookup: Tensor | None = None
     if kind == "table":
         assert table is not None  # dispatch validated: kind "table" comes with a table
         # The kernel indexes the table as contiguous; a column of a 2-D table is not.
@@ -204,7 +205,7 @@ def exit_decision_triton(
         lookup = None if edges is None else float32_edges(edges)
         bound = 0.0  # unused: `passes` already holds every bin's comparison
     else:
-        passes = lookup = None
+        passes = None
         bound = float32_bound(threshold, at_least=kind == "confidence")
     launch_exit_decision(
         logits,

@@ -314,7 +314,11 @@ def check_calibrator(
 
     Metadata and parameter validation; on synthetic labelled traces: one count per input at
     every exit, determinism, merging by addition (the calibration of two shards summed equals
-    the calibration of both), a single bin, and an error for unlabelled data.
+    the calibration of both), a single bin, and an error for unlabelled data. A calibrator
+    whose bin edges depend on the data (its calibration is not `Calibration.equal_width`)
+    must accept an ``edges`` parameter that counts with given edges instead: the shards are
+    counted with the whole trace's edges, and counting the whole trace with them must give
+    its calibration back.
 
     Args:
         name: the registry name.
@@ -332,8 +336,8 @@ def check_calibrator(
     _build(entry, params or {}, owner)
     kwargs = dict(params or {})
 
-    def fit(trace: Trace, num_bins: int = bins) -> Calibration:
-        return calibrate(trace, name, num_bins, plugins=manager, **kwargs)
+    def fit(trace: Trace, num_bins: int = bins, **fixed: Any) -> Calibration:
+        return calibrate(trace, name, num_bins, plugins=manager, **kwargs, **fixed)
 
     trace = synthetic_trace(2 * _INPUTS, _EXITS, _CLASSES, seed=2)
     try:
@@ -352,7 +356,23 @@ def check_calibrator(
     _require(fit(trace) == result, f"{owner}: two fits of the same trace differ")
     half = trace.num_inputs // 2
     first, second = trace.subset(slice(0, half)), trace.subset(slice(half, None))
-    merged = fit(first) + fit(second)
+    # Edges fitted to the data differ between shards: shards merge when counted with the same.
+    fixed: dict[str, Any] = {} if result.equal_width else {"edges": result.edges}
+    if fixed:
+        try:
+            refit = fit(trace, **fixed)
+        except ValidationError as err:
+            raise AssertionError(
+                f"{owner}: its bin edges depend on the data, so it must accept a parameter "
+                f"'edges' ([E, M + 1]) to count with given edges, for shards to merge; it "
+                f"raised ValidationError: {err}"
+            ) from err
+        _require(
+            refit == result,
+            f"{owner}: counting the trace with the edges fitted to it (parameter 'edges') must "
+            "give the same calibration",
+        )
+    merged = fit(first, **fixed) + fit(second, **fixed)
     for table in ("counts", "correct"):
         _require(
             torch.equal(getattr(merged, table), getattr(result, table)),
