@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from adaptix.errors import AdaptixError
+from adaptix.errors import AdaptixError, ValidationError
+
+if TYPE_CHECKING:
+    from adaptix.study import StudyResult
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -51,6 +56,75 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from adaptix.study import run_study
+    from adaptix.trace import Trace
+
+    settings = {
+        "splits": args.splits,
+        "calibration_size": args.calibration_size,
+        "alpha": args.alpha,
+        "scales": _numbers(args.scales, "--scales"),
+        "deltas": _deltas(args.deltas),
+        "criteria": [name.strip() for name in args.criteria.split(",") if name.strip()],
+        "bins": args.bins,
+        "seed": args.seed,
+    }
+    traces = Trace.load(args.calibration_trace), Trace.load(args.test_trace)
+    result = run_study(*traces, **settings)
+    written = result.write(args.out)
+    print(result.to_markdown())
+    for path in written:
+        print(f"wrote {path}")
+    if not args.no_mlflow:
+        _log_study(result, written, args.out)
+    return 0
+
+
+def _log_study(result: StudyResult, written: list[Path], out: Path) -> None:
+    """Log to MLflow; the files are written by now, so a failure here only warns."""
+    from adaptix.study import log_study
+    from adaptix.tracking import Tracker, default_tracking_uri
+
+    uri = default_tracking_uri()
+    try:
+        tracker = Tracker(tracking_uri=uri, artifact_location=str((out / "mlartifacts").resolve()))
+    except AdaptixError as err:
+        print(f"adaptix: warning: the study was not logged to MLflow: {err}", file=sys.stderr)
+        return
+    run = log_study(result, written, tracker=tracker)
+    for failure in tracker.failures:
+        print(f"adaptix: warning: {failure}", file=sys.stderr)
+    if run is not None:
+        print(f"MLflow run {run} at {uri} (mlflow ui --backend-store-uri {uri})")
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    """A comma-separated list of numbers."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError as err:
+        raise ValidationError(
+            f"expected {option} as numbers separated by commas (e.g. 1,2,3), got {text!r}."
+        ) from err
+
+
+def _deltas(text: str) -> list[float]:
+    """``START:STOP:STEP`` (both ends included) or a comma-separated list of targets δ."""
+    if ":" not in text:
+        return _numbers(text, "--deltas")
+    parts = _numbers(text.replace(":", ","), "--deltas")
+    finite = all(math.isfinite(part) for part in parts)
+    if len(parts) != 3 or not finite or not parts[2] > 0 or parts[1] < parts[0]:
+        raise ValidationError(
+            f"expected --deltas as START:STOP:STEP with START ≤ STOP and STEP > 0 (e.g. "
+            f"0.8:0.99:0.01), or a list such as 0.8,0.9,0.95; got {text!r}."
+        )
+    start, stop, step = parts
+    count = math.floor((stop - start) / step + 1e-9) + 1
+    return [round(start + i * step, 10) for i in range(count)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -71,7 +145,41 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the effective job configuration as JSON")
     show.add_argument("config", nargs="?", help="a TOML or YAML job configuration")
     show.set_defaults(func=_cmd_config)
+    _add_study(commands)
     return parser
+
+
+def _add_study(commands: Any) -> None:
+    from adaptix.study import DEFAULT_CRITERIA
+
+    study = commands.add_parser(
+        "study",
+        help="repeated random calibration/test splits: how often each criterion misses δ "
+        "(natural and overconfident logits), and its cost against the hindsight oracle",
+    )
+    study.add_argument("calibration_trace", type=Path, help="a labelled trace (Trace.save)")
+    study.add_argument("test_trace", type=Path, help="a labelled trace of the same model")
+    study.add_argument("--splits", type=int, default=100, help="random splits (default 100)")
+    study.add_argument(
+        "--calibration-size", type=int, default=5000, help="inputs per calibration split"
+    )
+    study.add_argument("--alpha", type=float, default=0.05, help="the guarantee's level α")
+    study.add_argument("--scales", default="1,2,3", help="logit scales (default 1,2,3)")
+    study.add_argument(
+        "--deltas",
+        default="0.8:0.99:0.01",
+        help="START:STOP:STEP or a list (default 0.8:0.99:0.01)",
+    )
+    study.add_argument(
+        "--criteria", default=",".join(DEFAULT_CRITERIA), help="criteria and/or 'guarantee'"
+    )
+    study.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    study.add_argument("--seed", type=int, default=0, help="seeds the splits (default 0)")
+    study.add_argument(
+        "--out", type=Path, default=Path("adaptix-out/study"), help="where to write the files"
+    )
+    study.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    study.set_defaults(func=_cmd_study)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,821 @@
+"""Evidence for the guarantees, as a repeatable study (``PCEE.md``: how a guarantee is checked).
+
+`run_study` pools a labelled calibration trace and a labelled test trace of one model, draws
+many random calibration/test splits of the pool (seeded: the same arguments give the same
+table), and for every logit scale (the overconfidence stress of ``PCEE.md``), target δ and
+criterion measures on the test split what the user would get:
+
+- ``confidence``: confidence at τ = δ, the naive reading of the target;
+- ``pcee``, ``pcee_ws``, ``pcee_lcb`` (any registered criterion with an accuracy reading): the
+  criterion at the threshold that reads as δ, calibrated on the calibration split
+  (``adaptix.calibrate(calibration_split, bins=bins)``); a criterion with an ``alpha``
+  parameter (``pcee_lcb``) takes the study's α;
+- ``guarantee``: ``Certifier(calibration_split, "confidence").early_accuracy(δ, alpha=α)``, the
+  marginal guarantee; a split where nothing is certified sends every input to the last exit.
+
+What is counted, per split (``m`` is the number of test inputs that left before the last exit):
+
+- *violation*: the test split's early accuracy is below δ. No early exit (m = 0) never violates.
+- *miss*: a violation beyond the test split's own sampling noise, the check of ``PCEE.md``:
+  early accuracy < δ − z·sqrt(δ(1 − δ)/m), z = 1.645 (one-sided 95 %). A policy whose true
+  early accuracy is exactly δ is still counted as a miss in about 5 % of splits, and one just
+  below δ often is not: the miss frequency reads the guarantee up to that noise.
+- *shortfall*: max(δ − early accuracy, 0).
+- *cost against the oracle*: relative cost / the hindsight oracle's, the cheapest confidence
+  threshold of a dense grid (linear, plus 1 − 10^-k crowding towards 1, plus every candidate
+  threshold of the guarantee) whose early accuracy on the test split itself reaches δ
+  (`adaptix.control.oracle_costs`).
+
+Over the splits: violation and miss frequencies, the worst shortfall, the mean relative cost and
+the mean cost against the oracle, and for ``guarantee`` the share of splits where nothing was
+certified. A guarantee at level α holds when the miss frequency stays ≤ α up to the noise of
+the number of splits S: α + z·sqrt(α(1 − α)/S) (`noise_band`).
+
+Everything that does not depend on the split is computed once per scale: predictions, and the
+exits of calibration-free criteria (confidence, the oracle's grid) for every threshold, on the
+whole pool; a split then reads its rows. Calibrated criteria are swept once per split and scale
+over the whole δ grid (`adaptix.sweep`), and one `Certifier` per split and scale serves every δ.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeGuard
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import adaptix
+from adaptix.calibration import calibrate
+from adaptix.control import oracle_costs
+from adaptix.errors import ValidationError
+from adaptix.files import atomic_write
+from adaptix.guarantee import CertificateWarning, Certifier
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
+from adaptix.policy import policy
+from adaptix.scores import prediction
+from adaptix.simulate import FrontierPoint, exit_indices, sweep
+from adaptix.trace import Trace
+
+if TYPE_CHECKING:
+    from adaptix.tracking import Tracker
+
+GUARANTEE = "guarantee"
+#: The criterion whose thresholds ``guarantee`` certifies, and the oracle's.
+CERTIFIED_CRITERION = "confidence"
+DEFAULT_DELTAS: tuple[float, ...] = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))
+DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0)
+DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE)
+#: One-sided 95 % quantile of the standard normal: the width of both noise allowances.
+NOISE_Z = 1.6448536269514722
+#: How many candidate thresholds the guarantee tests (the criterion's `default_thresholds`).
+CANDIDATES = 200
+_FILES = {"csv": "study.csv", "markdown": "study.md"}
+
+
+def noise_band(alpha: float, splits: int) -> float:
+    """The highest miss frequency over ``splits`` splits still consistent with level α:
+    α + z·sqrt(α(1 − α)/splits), z the one-sided 95 % normal quantile."""
+    return alpha + NOISE_Z * math.sqrt(alpha * (1 - alpha) / splits)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One (scale, criterion, δ) of a study, aggregated over the splits.
+
+    Attributes:
+        scale: the factor every logit was multiplied by (1: the model as trained).
+        criterion: a criterion name, or ``"guarantee"``.
+        delta: the target δ.
+        splits: how many splits were drawn.
+        violation_frequency: share of splits whose test early accuracy is below δ.
+        miss_frequency: share of splits that miss δ beyond the test split's sampling noise.
+        worst_shortfall: the largest δ − early accuracy over the splits (0 if never below).
+        mean_early_accuracy: mean over the splits where some input left early (None if none).
+        mean_relative_cost: mean relative cost over the splits.
+        mean_oracle_cost: mean relative cost of the hindsight oracle at δ.
+        mean_cost_vs_oracle: mean over the splits of relative cost / the oracle's.
+        no_early_exit_share: share of splits where no test input left early.
+        uncertified_share: for ``guarantee``, share of splits where nothing was certified
+            (None for the other criteria).
+    """
+
+    scale: float
+    criterion: str
+    delta: float
+    splits: int
+    violation_frequency: float
+    miss_frequency: float
+    worst_shortfall: float
+    mean_early_accuracy: float | None
+    mean_relative_cost: float
+    mean_oracle_cost: float
+    mean_cost_vs_oracle: float
+    no_early_exit_share: float
+    uncertified_share: float | None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study was run with (the arguments of `run_study`, resolved)."""
+
+    splits: int
+    calibration_size: int
+    test_size: int
+    deltas: tuple[float, ...]
+    scales: tuple[float, ...]
+    alpha: float
+    criteria: tuple[str, ...]
+    bins: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A study's table, one `StudyRow` per (scale, criterion, δ), and how it was made.
+
+    Attributes:
+        config: the study's settings.
+        rows: scales in the given order, then criteria, then δ ascending.
+        seconds: wall time of `run_study`.
+        traces: ``"calibration"`` and ``"test"`` -> the trace's inputs, content checksum
+            (sha256 of its tensors) and metadata.
+    """
+
+    config: StudyConfig
+    rows: list[StudyRow]
+    seconds: float
+    traces: dict[str, dict[str, str]]
+
+    @property
+    def noise_band(self) -> float:
+        """The miss frequency up to which the guarantee at level α holds (`noise_band`)."""
+        return noise_band(self.config.alpha, self.config.splits)
+
+    def of(self, scale: float, criterion: str) -> list[StudyRow]:
+        """The rows of one scale and criterion, δ ascending."""
+        return [r for r in self.rows if r.scale == scale and r.criterion == criterion]
+
+    def headline(self, scale: float, criterion: str) -> dict[str, float | None]:
+        """The numbers of the markdown table for one scale and criterion, over the δ grid.
+
+        Keys: ``max_miss_frequency`` (and ``max_miss_delta``, the first δ where it is
+        reached; None when nothing missed), ``max_violation_frequency``, ``worst_shortfall``,
+        ``mean_cost_vs_oracle``, ``mean_relative_cost``, ``uncertified_share`` (mean over δ;
+        None but for guarantee).
+
+        Raises:
+            ValidationError: the study has no such scale or criterion.
+        """
+        rows = self.of(scale, criterion)
+        if not rows:
+            raise ValidationError(
+                f"expected a scale in {list(self.config.scales)} and a criterion in "
+                f"{list(self.config.criteria)}, got scale {scale!r}, criterion {criterion!r}."
+            )
+        worst_miss = max(rows, key=lambda r: r.miss_frequency)
+        uncertified = [r.uncertified_share for r in rows if r.uncertified_share is not None]
+        return {
+            "max_miss_frequency": worst_miss.miss_frequency,
+            "max_miss_delta": worst_miss.delta if worst_miss.miss_frequency > 0 else None,
+            "max_violation_frequency": max(r.violation_frequency for r in rows),
+            "worst_shortfall": max(r.worst_shortfall for r in rows),
+            "mean_cost_vs_oracle": _mean([r.mean_cost_vs_oracle for r in rows]),
+            "mean_relative_cost": _mean([r.mean_relative_cost for r in rows]),
+            "uncertified_share": _mean(uncertified) if uncertified else None,
+        }
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers, flat: ``"x<scale>.<criterion>.<name>"`` -> value (the
+        defined values of `headline`), plus ``miss_noise_band``, ``splits`` and ``seconds``."""
+        numbers_: dict[str, float] = {
+            "miss_noise_band": self.noise_band,
+            "splits": float(self.config.splits),
+            "seconds": self.seconds,
+        }
+        for scale in self.config.scales:
+            for criterion in self.config.criteria:
+                for name, value in self.headline(scale, criterion).items():
+                    if value is not None:
+                        numbers_[f"x{scale:g}.{criterion}.{name}"] = value
+        return numbers_
+
+    def params(self) -> dict[str, str]:
+        """The settings and the traces' identities, as strings (MLflow params)."""
+        config = self.config
+        params = {
+            "splits": str(config.splits),
+            "calibration_size": str(config.calibration_size),
+            "test_size": str(config.test_size),
+            "alpha": f"{config.alpha:g}",
+            "bins": str(config.bins),
+            "seed": str(config.seed),
+            "criteria": ",".join(config.criteria),
+            "scales": ",".join(f"{s:g}" for s in config.scales),
+            "deltas": ",".join(f"{d:g}" for d in config.deltas),
+            "noise_z": f"{NOISE_Z:.4f}",
+        }
+        for role, info in self.traces.items():
+            params[f"{role}_trace.checksum"] = info["checksum"]
+            params[f"{role}_trace.inputs"] = info["inputs"]
+            params[f"{role}_trace.meta"] = info["meta"]
+        return params
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Every row (per δ) as CSV, with the ``miss_noise_band`` column, written atomically.
+
+        Raises:
+            ValidationError: ``path`` is a directory or cannot be written.
+        """
+        names = [f.name for f in fields(StudyRow)] + ["miss_noise_band"]
+        band = self.noise_band
+
+        def write(handle: BinaryIO) -> None:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=names)
+            writer.writeheader()
+            writer.writerows({**asdict(row), "miss_noise_band": band} for row in self.rows)
+            text.flush()
+            text.detach()  # atomic_write closes the file itself
+
+        return atomic_write(path, write, "study table")
+
+    def to_markdown(self) -> str:
+        """A compact table per scale: criteria as rows, the `headline` numbers as columns."""
+        config = self.config
+        deltas = config.deltas
+        lines = [
+            f"Study: {config.splits} random calibration/test splits "
+            f"({config.calibration_size} calibration, {config.test_size} test inputs), "
+            f"δ = {deltas[0]:g} … {deltas[-1]:g} ({len(deltas)} values), α = {config.alpha:g}, "
+            f"{config.bins} bins, seed {config.seed}; {self.seconds:.0f} s.",
+            "",
+            f"A miss: test early accuracy < δ − {NOISE_Z:.3f}·sqrt(δ(1 − δ)/m), m the test "
+            "inputs that left early. Noise of the number of splits: a miss frequency up to "
+            f"α + {NOISE_Z:.3f}·sqrt(α(1 − α)/{config.splits}) = {100 * self.noise_band:.1f} % "
+            "is consistent with level α. Frequencies are maxima over δ; cost/oracle and "
+            "relative cost are means over δ; uncertified: mean share of splits over δ.",
+        ]
+        header = (
+            "| criterion | max miss freq (at δ) | max violation freq | worst shortfall (pt) "
+            "| mean cost / oracle | mean relative cost | uncertified |"
+        )
+        for scale in config.scales:
+            title = "natural logits" if scale == 1 else f"logits × {scale:g}"
+            lines += ["", f"### {title}", "", header, "|---|---|---|---|---|---|---|"]
+            for criterion in config.criteria:
+                h = self.headline(scale, criterion)
+                uncertified, at = h["uncertified_share"], h["max_miss_delta"]
+                lines.append(
+                    f"| {criterion} | {_pct(h['max_miss_frequency'])}"
+                    f"{'' if at is None else f' ({at:g})'} | {_pct(h['max_violation_frequency'])} "
+                    f"| {100 * _defined(h['worst_shortfall']):.2f} "
+                    f"| {_defined(h['mean_cost_vs_oracle']):.3f} "
+                    f"| {_defined(h['mean_relative_cost']):.3f} "
+                    f"| {'—' if uncertified is None else _pct(uncertified)} |"
+                )
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: str | Path, *, plots: bool = True) -> list[Path]:
+        """Write ``study.csv``, ``study.md`` and (``plots``) the two figures into ``directory``.
+
+        Returns:
+            The paths written, the table files first.
+
+        Raises:
+            ValidationError: a file cannot be written.
+            AdaptixError: plots asked for and matplotlib is not installed (the table files are
+                written by then).
+        """
+        folder = Path(directory)
+        markdown = self.to_markdown()
+        written = [
+            self.to_csv(folder / _FILES["csv"]),
+            atomic_write(
+                folder / _FILES["markdown"],
+                lambda handle: handle.write(markdown.encode("utf-8")),
+                "study summary",
+            ),
+        ]
+        if plots:
+            from adaptix.study_plots import plot_cost_vs_oracle, plot_miss_frequency
+
+            written.append(plot_miss_frequency(self, folder / "study-miss-frequency.png"))
+            written.append(plot_cost_vs_oracle(self, folder / "study-cost-vs-oracle.png"))
+        return written
+
+
+def split_indices(
+    num_inputs: int, calibration_size: int, splits: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    """The study's random splits: (calibration rows, test rows) of a pool of ``num_inputs``.
+
+    Split s is a uniform random permutation drawn from ``torch.Generator().manual_seed(seed)``
+    (the s-th draw): its first ``calibration_size`` entries are the calibration split, the rest
+    the test split, each sorted. Every scale of a study reads the same splits.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    drawn = []
+    for _ in range(splits):
+        order = torch.randperm(num_inputs, generator=generator)
+        drawn.append(
+            (order[:calibration_size].sort().values, order[calibration_size:].sort().values)
+        )
+    return drawn
+
+
+def run_study(
+    calibration_trace: Trace,
+    test_trace: Trace,
+    *,
+    splits: int = 100,
+    calibration_size: int = 5000,
+    deltas: Sequence[float] = DEFAULT_DELTAS,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    alpha: float = 0.05,
+    criteria: Sequence[str] = DEFAULT_CRITERIA,
+    bins: int = 10,
+    seed: int = 0,
+    plugins: AdaptixPluginManager | None = None,
+    progress: bool = True,
+) -> StudyResult:
+    """Repeated random calibration/test splits: how often each criterion misses δ, at what cost.
+
+    See the module's docstring for what is measured. Example::
+
+        study = run_study(calibration_trace, test_trace, splits=100, calibration_size=5000)
+        print(study.to_markdown())
+
+    Args:
+        calibration_trace: a labelled trace of the model (pooled with ``test_trace``).
+        test_trace: a labelled trace of the same model (same exits, classes and costs).
+        splits: how many random splits to draw (≥ 100 to read frequencies near α = 0.05).
+        calibration_size: inputs in each calibration split; the rest of the pool is the test
+            split.
+        deltas: the targets δ, each in (0, 1).
+        scales: logit factors (1: the model as trained; 2, 3: the overconfidence stress).
+        alpha: the level of ``guarantee`` and of criteria with an ``alpha`` parameter.
+        criteria: criterion names with an accuracy reading, and/or ``"guarantee"``.
+        bins: M, the calibration's number of bins.
+        seed: seeds the splits.
+        plugins: the plugin manager to resolve criteria with.
+        progress: show a progress bar over the splits.
+
+    Raises:
+        ValidationError: traces that are not labelled traces of the same model, or a setting
+            out of range.
+        PluginError: an unknown criterion.
+    """
+    start = time.perf_counter()
+    manager = resolve_manager(plugins)
+    pooled = _pool(calibration_trace, test_trace)
+    config = StudyConfig(
+        splits=_count(splits, "splits", 1, None),
+        calibration_size=_count(calibration_size, "calibration_size", 1, pooled.num_inputs - 1),
+        test_size=pooled.num_inputs - int(calibration_size),
+        deltas=_deltas(deltas),
+        scales=_scales(scales),
+        alpha=_open_unit(alpha, "alpha"),
+        criteria=_criteria(criteria, manager),
+        bins=_count(bins, "bins", 1, None),
+        seed=_count(seed, "seed", 0, None),
+    )
+    drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
+    correct = prediction(pooled.logits) == pooled.labels.unsqueeze(1)  # type: ignore[union-attr]  # labelled
+    rows: list[StudyRow] = []
+    with tqdm(
+        total=config.splits * len(config.scales), desc="study", unit="split", disable=not progress
+    ) as bar:
+        for scale in config.scales:
+            study = _ScaleStudy(pooled.scaled(scale), correct, config, manager)
+            for index, (calibration_rows, test_rows) in enumerate(drawn):
+                study.measure(index, calibration_rows, test_rows)
+                bar.update()
+            rows += study.rows(scale)
+    traces = {
+        "calibration": _identity(calibration_trace),
+        "test": _identity(test_trace),
+    }
+    return StudyResult(config, rows, time.perf_counter() - start, traces)
+
+
+def log_study(
+    result: StudyResult,
+    artifacts: Sequence[str | Path],
+    *,
+    tracker: Tracker,
+    run_name: str = "study",
+) -> str | None:
+    """Log a study to MLflow as one run: its params, the `StudyResult.summary` as metrics, and
+    ``artifacts`` (the files `StudyResult.write` returned).
+
+    A store that fails switches the tracker off (see `adaptix.tracking.Tracker`): the files
+    already written stay where they are.
+
+    Returns:
+        The run id, or None when tracking is off.
+    """
+    with tracker.run(
+        run_name, params=result.params(), tags={"adaptix.version": adaptix.__version__}
+    ) as run:
+        tracker.log_metrics(run, result.summary())
+        for path in artifacts:
+            tracker.log_artifact(run, path)
+    return run
+
+
+# --------------------------------------------------------------------------- one scale, measured
+
+
+@dataclass
+class _Outcomes:
+    """What one criterion did on every test split at every δ: arrays ``[D, S]``."""
+
+    early_accuracy: np.ndarray  # NaN where no input left early
+    early_count: np.ndarray
+    relative_cost: np.ndarray
+
+    @classmethod
+    def empty(cls, deltas: int, splits: int) -> _Outcomes:
+        """No input left early anywhere (relative cost 1): what an uncertified split keeps."""
+        return cls(
+            np.full((deltas, splits), np.nan),
+            np.zeros((deltas, splits), dtype=np.int64),
+            np.ones((deltas, splits)),
+        )
+
+    def record(self, d: int, s: int, point: FrontierPoint, num_test: int) -> None:
+        """Store the test split's ``point`` at (δ index d, split s)."""
+        if point.early_accuracy is not None:
+            self.early_accuracy[d, s] = point.early_accuracy
+        self.early_count[d, s] = round(point.early_exit_rate * num_test)
+        self.relative_cost[d, s] = point.relative_cost
+
+
+class _Table:
+    """A calibration-free criterion at every threshold of ``grid``, on the whole pool.
+
+    Its exits do not depend on the split, so they are computed once, as per-(threshold, exit)
+    counts of inputs and of right predictions; a split's test counts are the pool's minus its
+    calibration rows', and its metrics (those of `adaptix.sweep` on the test split: tested)
+    follow from the counts.
+
+    Args:
+        name: the criterion.
+        grid: its thresholds, as validated by the criterion.
+        exits: int64 ``[N, T]``, `adaptix.simulate.exit_indices` of the pool at ``grid``.
+        correct: bool ``[N, E]``, whether each exit's prediction is right.
+        costs: the model's cumulative costs ``[E]``.
+    """
+
+    def __init__(
+        self, name: str, grid: list[float], exits: Tensor, correct: Tensor, costs: Tensor
+    ) -> None:
+        self.name, self.grid, self.costs = name, grid, costs.double().cpu()
+        self.num_exits = correct.shape[1]
+        offsets = torch.arange(len(grid), device=exits.device) * self.num_exits
+        self.cells = exits + offsets  # [N, T]: the (threshold, exit) cell of each input
+        self.right = correct.gather(1, exits)  # [N, T]: right at the exit taken
+        self.total = self._counts(self.cells, self.right)
+
+    def _counts(self, cells: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs and right predictions per (threshold, exit): int64 ``[T, E]`` each, on CPU."""
+        shape = (len(self.grid), self.num_exits)
+        size = shape[0] * shape[1]
+        inputs = torch.bincount(cells.flatten(), minlength=size)
+        hits = torch.bincount(cells[right], minlength=size)
+        return inputs.view(shape).cpu(), hits.view(shape).cpu()
+
+    def points(self, calibration_rows: Tensor) -> list[FrontierPoint]:
+        """The test split's frontier (every input but ``calibration_rows``), one per threshold."""
+        held = self._counts(self.cells[calibration_rows], self.right[calibration_rows])
+        inputs, hits = self.total[0] - held[0], self.total[1] - held[1]
+        n = int(inputs[0].sum())
+        early, early_hits = inputs[:, :-1].sum(dim=1).tolist(), hits[:, :-1].sum(dim=1).tolist()
+        mean_cost = (inputs.double() @ self.costs / n).tolist()
+        accuracy = (hits.sum(dim=1).double() / n).tolist()
+        histogram = (inputs.double() / n).tolist()
+        last = float(self.costs[-1])
+        return [
+            FrontierPoint(
+                criterion=self.name,
+                threshold=threshold,
+                accuracy=accuracy[t],
+                early_accuracy=early_hits[t] / early[t] if early[t] else None,
+                relative_cost=mean_cost[t] / last,
+                mean_cost=mean_cost[t],
+                exit_histogram=tuple(histogram[t]),
+            )
+            for t, threshold in enumerate(self.grid)
+        ]
+
+
+class _ScaleStudy:
+    """Every split at one logit scale: the split-independent work once, then `measure`."""
+
+    def __init__(
+        self,
+        pooled: Trace,
+        correct: Tensor,
+        config: StudyConfig,
+        manager: AdaptixPluginManager,
+    ) -> None:
+        self.pooled, self.correct = pooled, correct
+        self.config, self.manager = config, manager
+        self.params = {name: _params(name, config.alpha, manager) for name in config.criteria}
+        self.readings = {
+            name: [_reading(name, manager).threshold(d) for d in config.deltas]
+            for name in config.criteria
+            if name != GUARANTEE
+        }
+        self.calibrated = [
+            name for name in self.readings if manager.criteria.get(name).needs_calibration
+        ]
+        self.candidates = manager.criteria.get(CERTIFIED_CRITERION).default_thresholds(CANDIDATES)
+        self.oracle_table = self._table(
+            CERTIFIED_CRITERION, {}, _oracle_grid(self.candidates, config.deltas)
+        )
+        self.tables = {
+            name: self._table(name, self.params[name], grid)
+            for name, grid in self.readings.items()
+            if name not in self.calibrated
+        }
+        shape = (len(config.deltas), config.splits)
+        self.oracle = np.ones(shape)
+        self.outcomes = {name: _Outcomes.empty(*shape) for name in config.criteria}
+        self.uncertified = np.zeros(shape, dtype=bool)  # guarantee: nothing certified
+
+    def _table(self, name: str, params: dict[str, Any], grid: list[float]) -> _Table:
+        base = policy(name, grid[0], plugins=self.manager, **params)
+        thresholds = [base.with_threshold(t).threshold for t in grid]
+        exits = exit_indices(self.pooled, base, thresholds)
+        return _Table(name, thresholds, exits, self.correct, self.pooled.costs)
+
+    def measure(self, split: int, calibration_rows: Tensor, test_rows: Tensor) -> None:
+        """Every criterion at every δ on one split."""
+        calibration = self.pooled.subset(calibration_rows)
+        test = self.pooled.subset(test_rows)
+        oracle_points = self.oracle_table.points(calibration_rows)
+        self.oracle[:, split] = list(oracle_costs(oracle_points, self.config.deltas).values())
+        for name, table in self.tables.items():
+            for d, point in enumerate(table.points(calibration_rows)):
+                self.outcomes[name].record(d, split, point, test.num_inputs)
+        if self.calibrated:
+            frontier = sweep(
+                test,
+                {name: self.params[name] for name in self.calibrated},
+                {name: self.readings[name] for name in self.calibrated},
+                calibrate(calibration, bins=self.config.bins, plugins=self.manager),
+                plugins=self.manager,
+            )
+            for name in self.calibrated:
+                for d, point in enumerate(frontier.of(name)):
+                    self.outcomes[name].record(d, split, point, test.num_inputs)
+        if GUARANTEE in self.outcomes:
+            by_threshold = {p.threshold: p for p in oracle_points}
+            self._certify(split, calibration, by_threshold, test.num_inputs)
+
+    def _certify(
+        self,
+        split: int,
+        calibration: Trace,
+        by_threshold: Mapping[float, FrontierPoint],
+        num_test: int,
+    ) -> None:
+        """``guarantee`` at every δ from one `Certifier`; its choices are read off the oracle's
+        frontier, whose grid holds every candidate threshold."""
+        certifier = Certifier(
+            calibration, CERTIFIED_CRITERION, thresholds=self.candidates, plugins=self.manager
+        )
+        alpha = self.config.alpha
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CertificateWarning)  # counted in uncertified_share
+            chosen = [certifier.early_accuracy(d, alpha=alpha) for d in self.config.deltas]
+        for d, certified in enumerate(chosen):
+            if certified.exits_early:
+                point = by_threshold[certified.threshold]
+                self.outcomes[GUARANTEE].record(d, split, point, num_test)
+            else:  # every input goes to the last exit: the empty outcome stays
+                self.uncertified[d, split] = True
+
+    def rows(self, scale: float) -> list[StudyRow]:
+        """The aggregated rows of this scale, criteria in the study's order, δ ascending."""
+        return [
+            _row(
+                scale,
+                name,
+                delta,
+                (self.outcomes[name], d),
+                self.oracle[d],
+                self.uncertified[d] if name == GUARANTEE else None,
+            )
+            for name in self.config.criteria
+            for d, delta in enumerate(self.config.deltas)
+        ]
+
+
+def _row(
+    scale: float,
+    name: str,
+    delta: float,
+    at: tuple[_Outcomes, int],
+    oracle: np.ndarray,
+    uncertified: np.ndarray | None,
+) -> StudyRow:
+    """Aggregate the splits of one (scale, criterion, δ): ``at`` is (outcomes, δ index)."""
+    outcomes, d = at
+    accuracy, count = outcomes.early_accuracy[d], outcomes.early_count[d]
+    cost = outcomes.relative_cost[d]
+    early = count > 0
+    filled = np.where(early, accuracy, np.inf)  # no early exit: never below δ
+    noise = NOISE_Z * np.sqrt(delta * (1 - delta) / np.maximum(count, 1))
+    shortfall = np.clip(delta - filled, 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(oracle > 0, cost / oracle, np.where(cost > 0, np.inf, 1.0))
+    return StudyRow(
+        scale=scale,
+        criterion=name,
+        delta=delta,
+        splits=int(accuracy.size),
+        violation_frequency=float(np.mean(filled < delta)),
+        miss_frequency=float(np.mean(filled < delta - noise)),
+        worst_shortfall=float(shortfall.max()),
+        mean_early_accuracy=float(np.mean(accuracy[early])) if early.any() else None,
+        mean_relative_cost=float(np.mean(cost)),
+        mean_oracle_cost=float(np.mean(oracle)),
+        mean_cost_vs_oracle=float(np.mean(ratio)),
+        no_early_exit_share=float(np.mean(~early)),
+        uncertified_share=None if uncertified is None else float(np.mean(uncertified)),
+    )
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def _pool(calibration: Trace, test: Trace) -> Trace:
+    """Both traces as one, after checking that they come from the same model."""
+    labels = []
+    for role, trace in (("calibration", calibration), ("test", test)):
+        if not isinstance(trace, Trace):
+            raise ValidationError(
+                f"expected the {role} trace as an adaptix.Trace, got {type(trace).__name__}. "
+                "Load one with adaptix.Trace.load(path)."
+            )
+        if trace.labels is None:
+            raise ValidationError(
+                f"expected a labelled {role} trace, got labels=None: the study measures accuracy."
+            )
+        labels.append(trace.labels.to(calibration.logits.device))
+    if (calibration.num_exits, calibration.num_classes) != (test.num_exits, test.num_classes):
+        raise ValidationError(
+            f"expected two traces of the same model, got E={calibration.num_exits}, "
+            f"C={calibration.num_classes} (calibration) and E={test.num_exits}, "
+            f"C={test.num_classes} (test). Pass the calibration and test traces of one model."
+        )
+    if not torch.equal(calibration.costs, test.costs):
+        raise ValidationError(
+            f"expected two traces of the same model, got different costs: "
+            f"{calibration.costs.tolist()} (calibration) and {test.costs.tolist()} (test). "
+            "Pass the calibration and test traces of one model."
+        )
+    dtype = torch.promote_types(calibration.logits.dtype, test.logits.dtype)
+    device = calibration.logits.device
+    logits = torch.cat([calibration.logits.to(dtype), test.logits.to(device, dtype)])
+    return Trace(logits, torch.cat(labels), calibration.costs, calibration.meta)
+
+
+def _identity(trace: Trace) -> dict[str, str]:
+    """A trace's size, content checksum and metadata, as strings."""
+    from adaptix.experiment.cache import _state_digest  # the one digest of tensors
+
+    tensors = {"logits": trace.logits, "labels": trace.labels, "costs": trace.costs}
+    checksum = _state_digest({k: v for k, v in tensors.items() if v is not None})
+    return {
+        "inputs": str(trace.num_inputs),
+        "checksum": checksum[:16],
+        "meta": json.dumps(trace.meta, sort_keys=True),
+    }
+
+
+def _criteria(criteria: Sequence[str], manager: AdaptixPluginManager) -> tuple[str, ...]:
+    if isinstance(criteria, str) or not isinstance(criteria, Sequence) or not criteria:
+        raise ValidationError(
+            f"expected a non-empty list of criterion names, got {criteria!r}. Pass e.g. "
+            f"{list(DEFAULT_CRITERIA)}."
+        )
+    names = list(criteria)
+    if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+        raise ValidationError(f"expected distinct criterion names (str), got {names!r}.")
+    for name in names:
+        if name != GUARANTEE:
+            _reading(name, manager)
+    return tuple(names)
+
+
+def _reading(name: str, manager: AdaptixPluginManager) -> Any:
+    """The criterion's accuracy reading (PluginError if unknown, ValidationError if none)."""
+    reading = manager.criteria.get(name).accuracy_reading
+    if reading is None:
+        raise ValidationError(
+            f"expected criteria whose threshold reads as an accuracy target (or "
+            f"'{GUARANTEE}'), got '{name}', which declares no accuracy_reading: a study of δ "
+            "is undefined for it."
+        )
+    return reading
+
+
+def _params(name: str, alpha: float, manager: AdaptixPluginManager) -> dict[str, Any]:
+    """A criterion with an ``alpha`` parameter (``pcee_lcb``) takes the study's α."""
+    if name == GUARANTEE:
+        return {}
+    return {"alpha": alpha} if "alpha" in manager.criteria.get(name).Params.model_fields else {}
+
+
+def _oracle_grid(candidates: Sequence[float], deltas: Sequence[float]) -> list[float]:
+    """A dense confidence grid: linear, 1 − 10^-k towards 1, the candidates and δ themselves."""
+    linear = torch.linspace(0.0, 1.0, 201, dtype=torch.float64).tolist()
+    near_one = (1.0 - torch.logspace(-1.0, -7.0, 241, dtype=torch.float64)).tolist()
+    return sorted({*linear, *near_one, *map(float, candidates), *deltas})
+
+
+def _is_real(value: object) -> TypeGuard[numbers.Real]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _count(value: object, name: str, low: int, high: int | None) -> int:
+    number = int(value) if isinstance(value, numbers.Integral) else None
+    in_range = number is not None and number >= low and (high is None or number <= high)
+    if isinstance(value, bool) or number is None or not in_range:
+        span = f"from {low} to {high}" if high is not None else f"≥ {low}"
+        raise ValidationError(f"expected {name} as an integer {span}, got {value!r}.")
+    return number
+
+
+def _open_unit(value: object, name: str) -> float:
+    number = float(value) if _is_real(value) else math.nan
+    if not 0 < number < 1:
+        raise ValidationError(f"expected {name} in (0, 1), got {value!r}.")
+    return number
+
+
+def _deltas(deltas: Sequence[float]) -> tuple[float, ...]:
+    values = list(deltas) if isinstance(deltas, Sequence) and not isinstance(deltas, str) else []
+    if not values or not all(_is_real(d) and 0 < float(d) < 1 for d in values):
+        raise ValidationError(
+            f"expected targets δ as a non-empty list of numbers in (0, 1), got {deltas!r}. "
+            "Pass e.g. [0.8, 0.85, 0.9]."
+        )
+    if len(set(values)) != len(values):
+        raise ValidationError(f"expected distinct targets δ, got {values!r}.")
+    return tuple(sorted(float(d) for d in values))
+
+
+def _scales(scales: Sequence[float]) -> tuple[float, ...]:
+    values = list(scales) if isinstance(scales, Sequence) and not isinstance(scales, str) else []
+    ok = all(_is_real(s) and 0 < float(s) < math.inf for s in values)
+    if not values or not ok or len(set(values)) != len(values):
+        raise ValidationError(
+            f"expected logit scales as a non-empty list of distinct finite numbers > 0, got "
+            f"{scales!r}. Pass e.g. [1, 2, 3]."
+        )
+    return tuple(float(s) for s in values)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def _defined(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+__all__ = [
+    "CERTIFIED_CRITERION",
+    "DEFAULT_CRITERIA",
+    "DEFAULT_DELTAS",
+    "DEFAULT_SCALES",
+    "GUARANTEE",
+    "NOISE_Z",
+    "StudyConfig",
+    "StudyResult",
+    "StudyRow",
+    "log_study",
+    "noise_band",
+    "run_study",
+    "split_indices",
+]

@@ -1,0 +1,272 @@
+"""`adaptix.study` and ``adaptix study``: the repeated-splits evidence for the guarantees."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import adaptix
+from adaptix import PluginError, ValidationError
+from adaptix.cli import main
+from adaptix.control import oracle_costs
+from adaptix.guarantee import CertificateWarning
+from adaptix.study import (
+    NOISE_Z,
+    StudyResult,
+    StudyRow,
+    _oracle_grid,
+    noise_band,
+    run_study,
+    split_indices,
+)
+from adaptix.testing import synthetic_trace
+from adaptix.trace import Trace
+
+DELTAS = (0.6, 0.7, 0.8, 0.9)
+#: Small, quick settings: 2 × 300 pooled inputs of a 4-exit model.
+SETTINGS = {"splits": 3, "calibration_size": 200, "deltas": DELTAS, "scales": (1.0, 3.0)}
+
+
+@pytest.fixture(scope="module")
+def traces() -> tuple[Trace, Trace]:
+    return synthetic_trace(300, 4, 5, seed=0), synthetic_trace(300, 4, 5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def study(traces: tuple[Trace, Trace]) -> StudyResult:
+    return run_study(*traces, **SETTINGS, progress=False)
+
+
+def test_the_same_seed_gives_the_same_table(traces, study) -> None:
+    again = run_study(*traces, **SETTINGS, progress=False)
+    assert again.rows == study.rows
+    other = run_study(*traces, **SETTINGS, seed=1, progress=False)
+    assert other.rows != study.rows
+
+
+def test_splits_are_disjoint_complete_and_seeded() -> None:
+    drawn = split_indices(50, 20, 3, seed=7)
+    for calibration, test in drawn:
+        assert (len(calibration), len(test)) == (20, 30)
+        assert sorted(torch.cat([calibration, test]).tolist()) == list(range(50))
+    assert all(
+        torch.equal(a, b) for (a, _), (b, _) in zip(drawn, split_indices(50, 20, 3, 7), strict=True)
+    )
+    assert not torch.equal(drawn[0][0], drawn[1][0])
+
+
+def _by_hand(test: Trace, pol: adaptix.ExitPolicy, delta: float) -> tuple[bool, bool, float]:
+    """(violated, missed, relative cost) of ``pol`` on ``test``, from `adaptix.simulate`."""
+    result = adaptix.simulate(test, pol)
+    early = result.exit_index < test.num_exits - 1
+    m = int(early.sum())
+    if m == 0:
+        return False, False, result.relative_cost
+    accuracy = result.early_accuracy
+    assert accuracy is not None
+    margin = NOISE_Z * math.sqrt(delta * (1 - delta) / m)
+    return accuracy < delta, accuracy < delta - margin, result.relative_cost
+
+
+def test_one_split_matches_a_hand_check(traces) -> None:
+    """With one split every frequency is 0 or 1: recompute it from the public API."""
+    deltas = (*(round(0.5 + 0.04 * i, 2) for i in range(12)), 0.99)
+    settings = {"splits": 1, "calibration_size": 150, "deltas": deltas, "alpha": 0.3}
+    study = run_study(*traces, **settings, scales=(3.0,), progress=False)
+    pooled = Trace(
+        torch.cat([t.logits for t in traces]) * 3.0,
+        torch.cat([t.labels for t in traces]),
+        traces[0].costs,
+    )
+    ((calibration_rows, test_rows),) = split_indices(600, 150, 1, seed=0)
+    calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
+    certifier = adaptix.Certifier(calibration, "confidence")
+    grid = _oracle_grid(certifier.thresholds, deltas)
+    oracle = oracle_costs(list(adaptix.sweep(test, "confidence", grid)), deltas)
+    seen = {"certified": 0, "uncertified": 0, "missed": 0}
+    for delta in deltas:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CertificateWarning)
+            certified = certifier.early_accuracy(delta, alpha=0.3)
+        naive = adaptix.policy("confidence", delta)
+        for name, pol in (("guarantee", certified), ("confidence", naive)):
+            violated, missed, cost = _by_hand(test, pol, delta)
+            row = next(r for r in study.of(3.0, name) if r.delta == delta)
+            assert row.violation_frequency == float(violated), (name, delta)
+            assert row.miss_frequency == float(missed), (name, delta)
+            assert row.mean_relative_cost == pytest.approx(cost, abs=1e-12)
+            assert row.mean_oracle_cost == pytest.approx(oracle[delta], abs=1e-12)
+            assert row.mean_cost_vs_oracle == pytest.approx(cost / oracle[delta], abs=1e-9)
+            seen["missed"] += missed
+        row = next(r for r in study.of(3.0, "guarantee") if r.delta == delta)
+        assert row.uncertified_share == float(not certified.exits_early)
+        seen["certified" if certified.exits_early else "uncertified"] += 1
+    assert all(seen.values()), seen  # the check went through every branch
+
+
+def test_miss_frequency_stays_within_its_band_where_the_contract_says(study) -> None:
+    band = noise_band(0.05, 3)
+    assert study.noise_band == pytest.approx(band)
+    assert band == pytest.approx(0.05 + NOISE_Z * math.sqrt(0.05 * 0.95 / 3))
+    for row in study.rows:
+        assert 0 <= row.miss_frequency <= row.violation_frequency <= 1
+        assert (row.uncertified_share is None) == (row.criterion != "guarantee")
+
+
+def test_csv_holds_every_row_and_markdown_one_table_per_scale(study, tmp_path: Path) -> None:
+    path = study.to_csv(tmp_path / "study.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    criteria = ("confidence", "pcee", "pcee_ws", "pcee_lcb", "guarantee")
+    assert len(rows) == len(study.rows) == 2 * len(criteria) * len(DELTAS)
+    assert list(rows[0]) == [*StudyRow.__dataclass_fields__, "miss_noise_band"]
+    assert {(float(r["scale"]), r["criterion"], float(r["delta"])) for r in rows} == {
+        (s, c, d) for s in (1.0, 3.0) for c in criteria for d in DELTAS
+    }
+    assert {r["uncertified_share"] for r in rows if r["criterion"] != "guarantee"} == {""}
+    markdown = study.to_markdown()
+    assert markdown.count("| criterion |") == 2
+    assert "### natural logits" in markdown
+    assert "### logits × 3" in markdown
+    for criterion in criteria:
+        assert markdown.count(f"| {criterion} |") == 2
+    assert f"{100 * study.noise_band:.1f} %" in markdown
+    summary = study.summary()
+    assert summary["x3.guarantee.max_miss_frequency"] == max(
+        r.miss_frequency for r in study.of(3.0, "guarantee")
+    )
+
+
+def test_write_saves_tables_and_plots(study, tmp_path: Path) -> None:
+    written = study.write(tmp_path / "out")
+    assert [p.name for p in written] == [
+        "study.csv",
+        "study.md",
+        "study-miss-frequency.png",
+        "study-cost-vs-oracle.png",
+    ]
+    for path in written[2:]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000
+    assert written[1].read_text(encoding="utf-8") == study.to_markdown()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"calibration_size": 600}, "calibration_size as an integer from 1 to 599"),
+        ({"splits": 0}, "splits as an integer ≥ 1"),
+        ({"deltas": (0.5, 1.0)}, "targets δ as a non-empty list of numbers in (0, 1)"),
+        ({"scales": (1.0, -2.0)}, "logit scales"),
+        ({"alpha": 1.5}, "alpha in (0, 1)"),
+        ({"criteria": ("patience",)}, "declares no accuracy_reading"),
+    ],
+)
+def test_bad_settings_are_validation_errors(traces, change, message) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_study(*traces, **{**SETTINGS, **change}, progress=False)
+
+
+def test_unknown_criterion_and_mismatched_traces_are_refused(traces) -> None:
+    with pytest.raises(PluginError, match="nope"):
+        run_study(*traces, **SETTINGS, criteria=("nope",), progress=False)
+    other = synthetic_trace(100, 3, 5, seed=2)
+    with pytest.raises(ValidationError, match="same model"):
+        run_study(traces[0], other, progress=False)
+    costs = Trace(traces[1].logits, traces[1].labels, traces[1].costs * 2)
+    with pytest.raises(ValidationError, match="different costs"):
+        run_study(traces[0], costs, progress=False)
+    unlabelled = synthetic_trace(300, 4, 5, seed=1, labelled=False)
+    with pytest.raises(ValidationError, match="labelled test trace"):
+        run_study(traces[0], unlabelled, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture
+def trace_files(traces, tmp_path: Path) -> list[str]:
+    return [str(t.save(tmp_path / f"{name}.pt")) for name, t in zip("ab", traces, strict=True)]
+
+
+CLI = ["--splits", "2", "--calibration-size", "200", "--deltas", "0.6:0.9:0.1", "--scales", "1,3"]
+
+
+def test_cli_writes_the_files_and_prints_the_table(trace_files, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["study", *trace_files, *CLI, "--out", str(out), "--no-mlflow"]) == 0
+    printed = capsys.readouterr().out
+    assert "### logits × 3" in printed
+    assert "| guarantee |" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "study-cost-vs-oracle.png",
+        "study-miss-frequency.png",
+        "study.csv",
+        "study.md",
+    ]
+    with (out / "study.csv").open(encoding="utf-8") as handle:
+        deltas = {float(r["delta"]) for r in csv.DictReader(handle)}
+    assert deltas == {0.6, 0.7, 0.8, 0.9}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--deltas", "0.9:0.8:0.01"], "START:STOP:STEP"),
+        (["--deltas", "0.8:0.9:nan"], "START:STOP:STEP"),
+        (["--scales", "1,x"], "--scales as numbers"),
+        (["--calibration-size", "5000"], "calibration_size as an integer from 1 to 599"),
+    ],
+)
+def test_cli_bad_input_is_rc_2(trace_files, tmp_path, capsys, arguments, message) -> None:
+    command = ["study", *trace_files, *CLI, *arguments, "--out", str(tmp_path), "--no-mlflow"]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("adaptix: error: expected")
+    assert message in error
+
+
+def test_cli_missing_trace_is_rc_2(trace_files, tmp_path, capsys) -> None:
+    assert main(["study", trace_files[0], str(tmp_path / "missing.pt"), "--no-mlflow"]) == 2
+    assert "no trace file at" in capsys.readouterr().err
+
+
+def test_cli_logs_the_study_to_mlflow(trace_files, tmp_path, monkeypatch, capsys) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "out"
+    assert main(["study", *trace_files, *CLI, "--out", str(out)]) == 0
+    assert f"at {uri}" in capsys.readouterr().out
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("adaptix")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["splits"], params["scales"], params["alpha"]) == ("2", "1,3", "0.05")
+    assert len(params["calibration_trace.checksum"]) == 16
+    assert params["calibration_trace.checksum"] != params["test_trace.checksum"]
+    metrics = run.data.metrics
+    assert metrics["miss_noise_band"] == pytest.approx(noise_band(0.05, 2))
+    assert "x3.guarantee.max_miss_frequency" in metrics
+    assert "x1.pcee.mean_cost_vs_oracle" in metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {p.name for p in out.iterdir() if p.is_file()}
+
+
+def test_cli_keeps_its_files_when_the_store_fails(trace_files, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/adaptix-nonexistent/mlflow.db")
+    out = tmp_path / "out"
+    with pytest.warns(adaptix.tracking.TrackingWarning):
+        assert main(["study", *trace_files, *CLI, "--out", str(out)]) == 0
+    assert "adaptix: warning: could not connect" in capsys.readouterr().err
+    assert (out / "study.csv").is_file()
+    assert (out / "study.md").is_file()
