@@ -3,7 +3,10 @@
 Control is judged on held-out test data over a grid of targets δ: violation rate, worst
 shortfall, cost against the naive confidence reading (τ = δ), and regret against the hindsight
 oracle (the cheapest confidence threshold whose early accuracy reaches δ on the test data).
-Each criterion is read at the threshold that its declared `AccuracyReading` gives for δ.
+Each criterion is read at the threshold that its declared `AccuracyReading` gives for δ
+(`control_summary`); a rule that picks its policy per δ another way (`adaptix.guarantee`) is
+summarised from its per-δ points by the same computation (`summarise_control`).
+`distinct_policies` measures how fine the knob is: how many distinct behaviours a grid of δ gives.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from adaptix.components import AccuracyReading
 from adaptix.errors import ValidationError
@@ -45,13 +51,14 @@ class ControlSummary:
     per_delta: dict[float, tuple[float | None, float, float]]
 
 
-def oracle_costs(
+def oracle_points(
     confidence_points: Sequence[FrontierPoint], deltas: Sequence[float]
-) -> dict[float, float]:
-    """Hindsight cost at each δ: the cheapest confidence threshold with early accuracy ≥ δ.
+) -> dict[float, FrontierPoint | None]:
+    """The hindsight oracle at each δ: the cheapest confidence threshold with early accuracy ≥ δ.
 
     ``confidence_points`` should be a dense sweep of ``confidence`` on the test trace itself.
-    Where no threshold reaches δ, the oracle exits nothing early: relative cost 1.
+    Where no threshold reaches δ the oracle exits nothing early, given as None. Among equally
+    cheap points, the first of the sweep.
 
     Raises:
         ValidationError: no points, an entry that is not a `FrontierPoint`, or a δ that is not
@@ -65,13 +72,29 @@ def oracle_costs(
             f"{'none' if not points else [type(p).__name__ for p in points][:5]}. Pass "
             "list(adaptix.sweep(test_trace, 'confidence', grid))."
         )
-    result = {}
-    for delta in deltas:
-        feasible = [
-            p.relative_cost for p in points if p.early_accuracy is None or p.early_accuracy >= delta
-        ]
-        result[delta] = min(feasible) if feasible else 1.0
-    return result
+    return {
+        delta: min(
+            (p for p in points if p.early_accuracy is None or p.early_accuracy >= delta),
+            key=lambda p: p.relative_cost,
+            default=None,
+        )
+        for delta in deltas
+    }
+
+
+def oracle_costs(
+    confidence_points: Sequence[FrontierPoint], deltas: Sequence[float]
+) -> dict[float, float]:
+    """Hindsight cost at each δ: the relative cost of `oracle_points` (1 where no threshold
+    reaches δ: the oracle then exits nothing early).
+
+    Raises:
+        ValidationError: as `oracle_points`.
+    """
+    return {
+        delta: 1.0 if point is None else point.relative_cost
+        for delta, point in oracle_points(confidence_points, deltas).items()
+    }
 
 
 def control_summary(
@@ -102,16 +125,8 @@ def control_summary(
     """
     _check_deltas(deltas, allow_empty=False)
     reading = _reading(criterion, plugins)
-    missing = [d for d in deltas if d not in oracle]
-    if missing:
-        raise ValidationError(
-            f"expected a hindsight cost for every δ of the grid, got none for {missing}. Build "
-            "the oracle with oracle_costs(confidence_points, deltas) on the same grid."
-        )
     by_threshold = {round(p.threshold, 9): p for p in frontier.of(criterion)}
-    confidence = {round(p.threshold, 9): p for p in frontier.of("confidence")}
-    per_delta: dict[float, tuple[float | None, float, float]] = {}
-    violations, worst, worst_share, versus = 0, 0.0, 0.0, []
+    points = {}
     for delta in deltas:
         threshold = reading.threshold(delta)
         point = by_threshold.get(round(threshold, 9))
@@ -122,14 +137,57 @@ def control_summary(
                 f"δ = {delta:g} reads as), got thresholds {swept or 'none'}. Sweep it at "
                 "accuracy_reading.threshold(δ) for every δ of the grid."
             )
+        points[delta] = point
+    return summarise_control(criterion, points, oracle, frontier.of("confidence"))
+
+
+def summarise_control(
+    criterion: str,
+    points: Mapping[float, FrontierPoint],
+    oracle: Mapping[float, float],
+    confidence: Sequence[FrontierPoint] = (),
+) -> ControlSummary:
+    """Control metrics from the point each δ of a grid is read at: the one computation behind
+    `control_summary` and any rule that picks its policy per δ another way (a certified
+    policy of `adaptix.guarantee` per δ, simulated on the test split).
+
+    Args:
+        criterion: the name the summary carries.
+        points: δ -> the point (early accuracy, relative cost, exit histogram) realised for it.
+        oracle: δ -> hindsight cost (`oracle_costs`), for every δ of ``points``.
+        confidence: points of ``confidence`` on the same data; those at τ = δ give the cost
+            against the naive reading (none: `ControlSummary.mean_cost_vs_confidence` is None).
+
+    Raises:
+        ValidationError: no δ, a δ out of [0, 1] or missing from the oracle, or a point that is
+            not a `FrontierPoint`.
+    """
+    deltas = list(points)
+    _check_deltas(deltas, allow_empty=False)
+    missing = [d for d in deltas if d not in oracle]
+    if missing:
+        raise ValidationError(
+            f"expected a hindsight cost for every δ of the grid, got none for {missing}. Build "
+            "the oracle with oracle_costs(confidence_points, deltas) on the same grid."
+        )
+    bad = {d: type(p).__name__ for d, p in points.items() if not isinstance(p, FrontierPoint)}
+    if bad:
+        raise ValidationError(
+            f"expected a FrontierPoint for every δ, got {bad}. Build them from what "
+            "adaptix.sweep or adaptix.simulate returned."
+        )
+    naive = {round(p.threshold, 9): p for p in confidence}
+    per_delta: dict[float, tuple[float | None, float, float]] = {}
+    violations, worst, worst_share, versus = 0, 0.0, 0.0, []
+    for delta, point in points.items():
         early = point.early_accuracy
         if early is not None and early < delta:
             violations += 1
             if delta - early > worst:
                 worst, worst_share = delta - early, point.early_exit_rate
-        naive = confidence.get(round(delta, 9))
-        if naive is not None and naive.relative_cost > 0:
-            versus.append(point.relative_cost / naive.relative_cost)
+        reference = naive.get(round(delta, 9))
+        if reference is not None and reference.relative_cost > 0:
+            versus.append(point.relative_cost / reference.relative_cost)
         regret = point.relative_cost / oracle[delta] if oracle[delta] > 0 else math.inf
         per_delta[delta] = (early, point.relative_cost, regret)
     costs = [v[1] for v in per_delta.values()]
@@ -143,6 +201,37 @@ def control_summary(
         mean_regret=sum(v[2] for v in per_delta.values()) / len(per_delta),
         per_delta=per_delta,
     )
+
+
+def distinct_policies(exit_index: Tensor) -> int:
+    """How many distinct behaviours a knob gives: distinct columns of exit indices ``[N, T]``.
+
+    Column t is the exit every input takes at the t-th setting (δ) of the knob (what
+    `adaptix.simulate.exit_indices` returns, or `SimulationResult.exit_index` stacked). Two
+    settings that send every input to the same exit are one policy, however their thresholds
+    differ.
+
+    Raises:
+        ValidationError: ``exit_index`` is not a 2-D integer tensor.
+    """
+    if not (
+        isinstance(exit_index, Tensor)
+        and exit_index.dim() == 2
+        and not exit_index.is_floating_point()
+        and not exit_index.is_complex()
+    ):
+        got = (
+            f"{exit_index.dtype} {tuple(exit_index.shape)}"
+            if isinstance(exit_index, Tensor)
+            else type(exit_index).__name__
+        )
+        raise ValidationError(
+            f"expected exit indices as an integer tensor [inputs, settings], got {got}. Stack "
+            "one column of exits per setting of the knob."
+        )
+    if exit_index.shape[1] == 0:
+        return 0
+    return int(torch.unique(exit_index, dim=1).shape[1])
 
 
 def best_accuracy_within(points: Sequence[tuple[float, float]], budget: float) -> float | None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from pydantic import field_validator
-from torch import nn
+from torch import Tensor, nn
 
 from adaptix import ConfigError
-from adaptix.components import ExitHead, ParamsModel
+from adaptix.components import ExitCriterion, ExitHead, ParamsModel
 from adaptix.experiment.config import JobConfig, load_config, parse_config
 
 
@@ -99,6 +99,13 @@ class Fussy(Tiny):
             "each criterion once, got ['pcee'] more than once",
         ),
         ({"models": []}, "models", "models needs at least one entry"),
+        (
+            {"guarantee": {"criterion": "confidance"}},
+            "guarantee.criterion",
+            "unknown criterion 'confidance'. Available: confidence, ",
+        ),
+        ({"guarantee": {"alpha": 1.0}}, "guarantee.alpha", "less than 1"),
+        ({"guarantee": {"alpha": 0}}, "guarantee.alpha", "greater than 0"),
     ],
     ids=[
         "backbone",
@@ -112,6 +119,9 @@ class Fussy(Tiny):
         "no-criteria",
         "repeated-criterion",
         "no-models",
+        "guarantee-criterion",
+        "guarantee-alpha-one",
+        "guarantee-alpha-zero",
     ],
 )
 def test_a_component_problem_is_reported_at_its_dotted_path(
@@ -158,13 +168,52 @@ def test_a_blocked_builtin_makes_the_defaults_invalid(monkeypatch) -> None:
 def test_the_default_configuration_is_valid() -> None:
     config = load_config(None)
     assert [m.backbone for m in config.models] == ["msdnet"] * 3
-    assert config.sweep.criteria == ("confidence", "entropy", "patience", "pcee", "pcee_ws")
+    assert config.sweep.criteria == (
+        "confidence", "entropy", "patience", "pcee", "pcee_ws", "pcee_lcb"
+    )  # fmt: skip
+    assert (config.guarantee.enabled, config.guarantee.criterion) == (True, "confidence")
+    assert config.guarantee.alpha == 0.05
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sweep": {"delta_max": 1.0}}, "certifies targets δ in (0, 1), got the grid 0.5 to 1"),
+        ({"sweep": {"delta_min": 0.0}}, "certifies targets δ in (0, 1), got the grid 0 to 0.99"),
+    ],
+)
+def test_the_guarantee_needs_a_grid_inside_the_unit_interval(
+    data: dict[str, Any], message: str
+) -> None:
+    problems = _refused(data)
+    assert list(problems) == ["(top level)"]
+    assert message in problems["(top level)"]
+    assert parse_config({**data, "guarantee": {"enabled": False}}).guarantee.enabled is False
+
+
+class NamedLikeTheGuaranteeRow(ExitCriterion):
+    name = "guarantee"
+
+    def score(self, logits: Tensor, exit_index: int, state: Any) -> tuple[Tensor, Any]:
+        return logits.softmax(-1).amax(-1), state
+
+
+def test_a_criterion_named_like_the_guarantee_row_is_refused(manager_with) -> None:
+    plugins = manager_with(NamedLikeTheGuaranteeRow, name="guarantee_plugin")
+    data: dict[str, Any] = {"sweep": {"criteria": ["confidence", "guarantee"]}}
+    problems = _refused(data, plugins=plugins)
+    assert list(problems) == ["(top level)"]
+    assert "named 'guarantee', the label of the guarantee's row" in problems["(top level)"]
+    assert parse_config({**data, "guarantee": {"enabled": False}}, plugins=plugins)
 
 
 def test_a_blocked_criterion_plugin_is_reported_in_the_default_sections(monkeypatch) -> None:
     monkeypatch.setenv("ADAPTIX_DISABLE_PLUGINS", "adaptix.criteria")
     problems = _refused({})
-    assert set(problems) == {f"sweep.criteria.{i}" for i in range(5)} | {"runtime.criterion"}
+    assert set(problems) == {f"sweep.criteria.{i}" for i in range(6)} | {
+        "runtime.criterion",
+        "guarantee.criterion",
+    }
     assert "Blocked plugins: adaptix.criteria" in problems["runtime.criterion"]
 
 

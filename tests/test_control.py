@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+import torch
 
 import adaptix
 from adaptix import PluginError, ValidationError
@@ -15,7 +16,10 @@ from adaptix.control import (
     best_accuracy_within,
     cheapest_reaching,
     control_summary,
+    distinct_policies,
     oracle_costs,
+    oracle_points,
+    summarise_control,
 )
 from adaptix.simulate import Frontier, FrontierPoint
 
@@ -49,8 +53,74 @@ def test_violations_shortfall_cost_and_regret() -> None:
     assert pcee.mean_regret == pytest.approx((0.5 / 0.6 + 1.0 / 0.6) / 2)
 
 
+def test_per_delta_points_of_another_rule_share_the_computation() -> None:
+    """A rule that picks its point per δ (a certified policy per δ) is summarised like a sweep:
+    the same points give the same summary, whatever their thresholds."""
+    sweep_points = [
+        _point("confidence", 0.8, 0.75, 0.4),
+        _point("confidence", 0.9, 0.93, 0.6),
+        _point("pcee", 0.8, 0.78, 0.5),
+        _point("pcee", 0.9, None, 1.0),
+    ]
+    frontier = Frontier(sweep_points, [1.0, 2.0])
+    oracle = {0.8: 0.6, 0.9: 0.6}
+    swept = control_summary(frontier, "pcee", [0.8, 0.9], oracle)
+    chosen = {  # the same points, reached at thresholds of their own
+        0.8: _point("certified", 0.31, 0.78, 0.5),
+        0.9: _point("certified", 0.77, None, 1.0),
+    }
+    summary = summarise_control("certified", chosen, oracle, frontier.of("confidence"))
+    assert summary.criterion == "certified"
+    assert (summary.violation_rate, summary.per_delta) == (swept.violation_rate, swept.per_delta)
+    assert summary.worst_shortfall == pytest.approx(0.02)
+    assert summary.worst_shortfall_early_share == pytest.approx(0.5)
+    assert summary.mean_cost_vs_confidence == swept.mean_cost_vs_confidence
+    assert summary.mean_regret == pytest.approx((0.5 / 0.6 + 1.0 / 0.6) / 2)
+    assert summarise_control("certified", chosen, oracle).mean_cost_vs_confidence is None
+
+
+@pytest.mark.parametrize(
+    ("points", "oracle", "message"),
+    [
+        ({}, {}, "grid of targets"),
+        ({0.9: _point("x", 0.5, 0.9, 0.5)}, {}, r"none for \[0\.9\]"),
+        ({0.9: (0.9, 0.5)}, {0.9: 0.5}, r"FrontierPoint for every δ, got \{0\.9: 'tuple'\}"),
+        ({1.5: _point("x", 0.5, 0.9, 0.5)}, {1.5: 0.5}, "grid of targets"),
+    ],
+    ids=["empty", "oracle-missing", "not-a-point", "delta-out-of-range"],
+)
+def test_bad_per_delta_points_are_validation_errors(
+    points: dict[float, Any], oracle: dict[float, float], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        summarise_control("x", points, oracle)
+
+
+def test_distinct_policies_count_distinct_behaviours_not_thresholds() -> None:
+    exits = torch.tensor([[0, 0, 1, 0], [2, 2, 2, 1], [1, 1, 1, 1]])  # [inputs, settings]
+    assert distinct_policies(exits) == 3  # settings 0 and 1 send every input to the same exit
+    assert distinct_policies(exits[:, :2]) == 1
+    assert distinct_policies(torch.zeros(5, 0, dtype=torch.long)) == 0
+    for bad in (exits.double(), exits[0], [[0, 1]]):
+        with pytest.raises(ValidationError, match=r"integer tensor \[inputs, settings\]"):
+            distinct_policies(bad)  # type: ignore[arg-type]
+
+
 def test_oracle_without_a_feasible_threshold_exits_nothing() -> None:
     assert oracle_costs([_point("confidence", 0.5, 0.6, 0.3)], [0.9]) == {0.9: 1.0}
+    assert oracle_points([_point("confidence", 0.5, 0.6, 0.3)], [0.9]) == {0.9: None}
+
+
+def test_the_oracle_point_is_the_cheapest_reaching_delta_first_of_equal_costs() -> None:
+    points = [
+        _point("confidence", 0.1, 0.84, 0.2),
+        _point("confidence", 0.2, 0.84, 0.2),  # same cost: the first one is kept
+        _point("confidence", 0.5, 0.9, 0.4),
+        _point("confidence", 1.0, None, 1.0),
+    ]
+    oracle = oracle_points(points, [0.8, 0.85, 0.95])
+    assert oracle == {0.8: points[0], 0.85: points[2], 0.95: points[3]}
+    assert oracle_costs(points, [0.8, 0.85, 0.95]) == {0.8: 0.2, 0.85: 0.4, 0.95: 1.0}
 
 
 def test_a_missing_threshold_is_a_validation_error() -> None:
@@ -137,6 +207,7 @@ def test_builtin_criteria_declare_their_accuracy_reading() -> None:
     assert readings["confidence"] == AccuracyReading(is_target=False)
     assert readings["entropy"] == AccuracyReading(complement=True)
     assert readings["pcee"] == readings["pcee_ws"] == AccuracyReading(is_target=True)
+    assert readings["pcee_lcb"] == AccuracyReading(is_target=True)
     assert readings["patience"] is None
     entropy = readings["entropy"]
     assert entropy is not None

@@ -113,12 +113,43 @@ def test_every_table_of_the_report_is_well_formed(tiny_job: adaptix.experiment.J
     report = (tiny_job.output_dir / "report.md").read_text()
     assert report == tiny_job.report
     tables = markdown_tables(report)
-    assert len(tables) == 5  # models; control on l, then on s; scale; runtime
+    assert len(tables) == 6  # models; control on l, then on s; knob; scale; runtime
     for table in tables:
         check_table(table)
     assert (
         "| logits | criterion | violation rate (%) | worst shortfall (pt) | early exits" in report
     )
+    for control in tables[1:3]:  # the guarantee and pcee_lcb are rows of every panel
+        rows = [row.split("|")[1:3] for row in control[2:]]
+        for panel in ("natural", "logits ×2"):
+            for criterion in ("pcee_lcb", "guarantee"):
+                assert [f" {panel} ", f" {criterion} "] in rows, (panel, criterion)
+    assert "The guarantee row certifies, for each δ, the cheapest threshold of confidence" in report
+    assert "δ left uncertified (every input then goes to the last exit), of 4: natural " in report
+    knob = tables[3]
+    assert knob[0] == "| criterion | s: distinct policies | l: distinct policies |"
+    assert [row.split("|")[1].strip() for row in knob[2:]] == [
+        "confidence", "entropy", "pcee", "pcee_ws", "pcee_lcb", "guarantee", "hindsight_oracle"
+    ]  # fmt: skip
+    for name, outcome in tiny_job.models.items():
+        assert set(outcome.knob) == {"confidence", "entropy", "pcee", "pcee_ws", "pcee_lcb",
+                                     "guarantee", "hindsight_oracle"}  # fmt: skip
+        assert all(1 <= count <= 4 for count in outcome.knob.values()), name
+
+
+def test_the_job_saves_the_traces_it_analysed(tiny_job: adaptix.experiment.JobResult) -> None:
+    out = tiny_job.output_dir
+    for name, outcome in tiny_job.models.items():
+        calibration_path = out / f"trace-{name}-calibration.pt"
+        test_path = out / f"trace-{name}-test.pt"
+        assert outcome.trace_paths == (calibration_path, test_path)
+        calibration, test = adaptix.Trace.load(calibration_path), adaptix.Trace.load(test_path)
+        assert torch.equal(test.logits, outcome.test_trace.logits)
+        assert torch.equal(test.costs, outcome.test_trace.costs)
+        assert calibration.num_inputs == 300
+        assert calibration.labels is not None
+        assert adaptix.calibrate(calibration) == outcome.calibration  # the split it calibrated
+    assert "trace-*-calibration.pt, trace-*-test.pt" in tiny_job.report
 
 
 def test_mlflow_holds_the_report_as_written(
@@ -145,7 +176,11 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
         ]  # fmt: skip
         assert len(model_runs) == 1, name
         model_run = model_runs[0]
-        points = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id]
+        points = [
+            r for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id
+            and "mode" not in r.data.params
+        ]  # fmt: skip
         assert len(points) == len(outcome.frontier)
         logged = {
             (r.data.params["criterion"], float(r.data.params["threshold"])): r for r in points
@@ -161,6 +196,8 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
             assert run.data.metrics["flops"] == pytest.approx(point.mean_cost)
             if point.accuracy is not None:
                 assert run.data.metrics["accuracy"] == pytest.approx(point.accuracy)
+            if point.criterion == "pcee_lcb":
+                assert run.data.params["criterion.alpha"] == "0.05"
             if point.criterion == "pcee" and point.early_accuracy is not None:
                 assert run.data.metrics["shortfall"] == pytest.approx(
                     point.threshold - point.early_accuracy
@@ -170,6 +207,98 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
         if "speedup_measured" in r.data.metrics and r.data.params.get("criterion") == "pcee"
     ]  # fmt: skip
     assert len(measured) == len(tiny_job.runtime)
+
+
+def test_mlflow_holds_the_guarantee_runs_with_their_certificates(
+    tiny_job: adaptix.experiment.JobResult,
+) -> None:
+    client = mlflow.MlflowClient(tracking_uri=tiny_job.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    deltas = tiny_job.config.sweep.deltas()
+    for name, outcome in tiny_job.models.items():
+        (model_run,) = [r for r in runs if r.info.run_name == name]
+        metrics = model_run.data.metrics
+        uncertified = sum(not c.certified for c in outcome.certified["natural"])
+        assert metrics["natural.guarantee.uncertified"] == uncertified
+        assert metrics["x2.guarantee.worst_shortfall"] == pytest.approx(
+            outcome.control["logits ×2"]["guarantee"].worst_shortfall
+        )
+        assert metrics["knob.pcee_lcb.distinct_policies"] == outcome.knob["pcee_lcb"]
+        assert metrics["knob.guarantee.distinct_policies"] == outcome.knob["guarantee"]
+        certified = {
+            float(r.data.params["level"]): r
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id
+            and r.data.params.get("mode") == "guarantee"
+        }
+        assert sorted(certified) == deltas
+        for point in outcome.certified["natural"]:
+            certificate = point.policy.certificate
+            assert certificate is not None
+            run = certified[point.delta]
+            params = run.data.params
+            assert (params["criterion"], params["alpha"], params["n"]) == ("confidence", "0.05",
+                                                                           "300")  # fmt: skip
+            assert params["certified"] == str(certificate.certified)
+            for field in ("threshold", "estimate", "bound"):
+                assert params[field] == str(getattr(certificate, field)), field
+            assert (params["model"], params["seed"]) == (name, "0")
+            assert run.data.tags["adaptix.certificate"] == certificate.statement()
+            assert run.data.metrics["relative_cost"] == pytest.approx(point.point.relative_cost)
+            assert run.data.metrics["target"] == pytest.approx(point.delta)
+
+
+def test_the_guarantee_row_is_the_certified_policy_of_each_delta_on_the_test_split(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, sweep={**TINY["sweep"], "delta_max": 0.8})
+    calibration_trace, test_trace = _traced(4, 0), _traced(4, 1)
+    readings = {"confidence": AccuracyReading(), "pcee": AccuracyReading(is_target=True)}
+    plugins = adaptix.get_plugin_manager()
+    outcome = job._analyse(
+        ModelConfig(name="m"), calibration_trace, test_trace, config, plugins, readings
+    )
+    certifier = adaptix.Certifier(calibration_trace, "confidence")
+    row = outcome.control["natural"]["guarantee"]
+    exits = []
+    for delta, certified in zip(config.sweep.deltas(), outcome.certified["natural"], strict=True):
+        expected = certifier.early_accuracy(delta, alpha=0.05)
+        result = adaptix.simulate(test_trace, expected)
+        assert certified.delta == delta
+        assert certified.policy.certificate == expected.certificate
+        assert row.per_delta[delta][:2] == (result.early_accuracy, result.relative_cost)
+        exits.append(result.exit_index)
+    assert outcome.certified["natural"][0].certified  # δ = 0.6 is certified on this data
+    assert outcome.knob["guarantee"] == len({tuple(e.tolist()) for e in exits})
+    pcee_exits = {
+        tuple(adaptix.simulate(test_trace, adaptix.policy("pcee", d, outcome.calibration))
+              .exit_index.tolist())
+        for d in config.sweep.deltas()
+    }  # fmt: skip
+    assert outcome.knob["pcee"] == len(pcee_exits)
+    dense = adaptix.sweep(test_trace, "confidence", [i / 1000 for i in range(1001)])
+    oracle_exits = set()
+    for delta in config.sweep.deltas():
+        feasible = [p for p in dense if p.early_accuracy is None or p.early_accuracy >= delta]
+        cheapest = min(feasible, key=lambda p: p.relative_cost)  # the first of equal costs
+        simulated = adaptix.simulate(test_trace, adaptix.policy("confidence", cheapest.threshold))
+        oracle_exits.add(tuple(simulated.exit_index.tolist()))
+    assert outcome.knob["hindsight_oracle"] == len(oracle_exits)
+
+
+def test_a_guaranteed_criterion_that_reads_a_calibration_is_certified_on_another_half(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, guarantee={"criterion": "pcee", "alpha": 0.1})
+    certified = job._certify(_traced(4, 0), _traced(4, 1), config, adaptix.get_plugin_manager())
+    assert [c.delta for c in certified] == config.sweep.deltas()
+    for point in certified:
+        certificate = point.policy.certificate
+        assert certificate is not None
+        assert (certificate.n, certificate.alpha) == (200, 0.1)  # 400 inputs: 200 calibrate
+        assert point.policy.calibration is not None
+        assert point.policy.calibration.num_inputs == 200
 
 
 def test_second_run_uses_the_cache_and_a_corrupt_entry_is_retrained(tmp_path: Path) -> None:
@@ -320,10 +449,15 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
 
     for outcome in outcomes.values():  # the job's sweep and control table
         for panel in ("natural", "logits ×2"):
-            assert set(outcome.control[panel]) == {
-                "confidence", "pcee", "test_margin", "test_margin_target"
-            }  # fmt: skip
+            assert list(outcome.control[panel]) == [
+                "confidence", "pcee", "test_margin", "test_margin_target", "guarantee"
+            ]  # fmt: skip
             assert list(outcome.control[panel]["test_margin"].per_delta) == deltas
+            assert list(outcome.control[panel]["guarantee"].per_delta) == deltas
+        assert set(outcome.knob) == {
+            "confidence", "pcee", "test_margin", "test_margin_target", "guarantee",
+            "hindsight_oracle",
+        }  # fmt: skip
         assert [p.threshold for p in outcome.frontier.of("test_margin")] == deltas
         assert outcome.frontier.of("test_margin_unread")  # swept on its default grid
 

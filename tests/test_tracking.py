@@ -19,12 +19,14 @@ from adaptix.components import AccuracyReading
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
 from adaptix.tracking import (
+    CERTIFICATE_TAG,
     INSTALL_HINT,
     PARENT_TAG,
     UNDEFINED_METRICS_TAG,
     Tracker,
     TrackingWarning,
     default_tracking_uri,
+    log_certified,
     log_frontier,
 )
 
@@ -97,9 +99,11 @@ def test_log_frontier_logs_every_point_as_a_child_run(store, swept) -> None:
         assert run.info.status == "FINISHED"
         assert tags[PARENT_TAG] == parent
         assert run.info.run_name == f"{point.criterion}@{point.threshold:.6g}"
+        own = {"criterion.window": "1"} if point.criterion == "pcee_ws" else {}
         assert params == {
             "criterion": point.criterion,
             "threshold": f"{point.threshold:.6g}",
+            **own,  # the criterion's own parameters, defaults included
             "num_exits": "4",
             "adaptix_version": adaptix.__version__,
             "model": "synthetic",
@@ -137,6 +141,114 @@ def test_log_frontier_logs_every_point_as_a_child_run(store, swept) -> None:
     assert files == {"frontier.csv", "calibration.json"}
     saved = Path(client.download_artifacts(parent, "calibration.json", str(store[1] / "dl")))
     assert adaptix.Calibration.load(saved) == calibration
+
+
+def test_each_run_holds_the_parameters_its_criterion_was_swept_with(store) -> None:
+    calibration = adaptix.calibrate(synthetic_trace(300, seed=1))
+    criteria: dict[str, dict[str, Any]] = {
+        "pcee_lcb": {"alpha": 0.1},
+        "pcee_ws": {},
+        "confidence": {},
+    }
+    frontier = adaptix.sweep(synthetic_trace(300, seed=2), criteria, [0.8], calibration)
+    tracker = _tracker(store, "criterion-params")
+    log_frontier(
+        frontier, tracker=tracker, calibration=calibration,
+        criterion_params={"pcee_lcb": {"alpha": 0.1}},
+    )  # fmt: skip
+    params = {run.data.params["criterion"]: run.data.params for run in _runs(tracker)}
+    assert params["pcee_lcb"]["criterion.alpha"] == "0.1"
+    assert params["pcee_lcb"]["criterion.bonferroni"] == "False"
+    assert params["pcee_ws"]["criterion.window"] == "1"  # not given: the default
+    assert not [k for k in params["confidence"] if k.startswith("criterion.")]
+    for bad, message in [
+        ({"pcee": {"alpha": 0.1}}, r"criteria of the frontier .* got \['pcee'\]"),
+        ({"pcee_lcb": {"alpha": 2}}, r"criterion 'pcee_lcb'\.alpha"),
+        ({"pcee_lcb": {"alpha": 0.1, "nope": 1}}, "nope"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            log_frontier(frontier, tracker=tracker, criterion_params=bad)
+    with pytest.raises(ValidationError, match=r"does not set itself, got \['criterion.alpha'\]"):
+        log_frontier(frontier, tracker=tracker, params={"criterion.alpha": 1})
+    assert len(_runs(tracker)) == len(frontier)  # the refused calls logged nothing
+
+
+def _certified(
+    delta: float, calibration_trace: adaptix.Trace, test_trace: adaptix.Trace
+) -> tuple[adaptix.ExitPolicy, adaptix.FrontierPoint]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", adaptix.CertificateWarning)
+        certified = adaptix.guarantee(calibration_trace, "confidence", early_accuracy=delta)
+    result = adaptix.simulate(test_trace, certified)
+    point = adaptix.FrontierPoint(
+        "guarantee", certified.threshold, result.accuracy, result.early_accuracy,
+        result.relative_cost, result.mean_cost, tuple(result.exit_histogram.tolist()),
+    )  # fmt: skip
+    return certified, point
+
+
+def test_log_certified_logs_the_certificate_and_the_realised_point(store) -> None:
+    calibration_trace, test_trace = synthetic_trace(2000, seed=1), synthetic_trace(500, seed=2)
+    pairs = [_certified(d, calibration_trace, test_trace) for d in (0.6, 0.999999)]
+    policies, points = [p for p, _ in pairs], [q for _, q in pairs]
+    certificates = [p.certificate for p in policies]
+    assert [c.certified for c in certificates if c is not None] == [True, False]
+    tracker = _tracker(store, "certified")
+    with tracker.run("job") as parent:
+        run_ids = log_certified(
+            policies, points, tracker=tracker, parent=parent, model="m", params={"seed": 3}
+        )
+    runs = {run.info.run_id: run for run in _runs(tracker)}
+    for run_id, certified, point in zip(run_ids, policies, points, strict=True):
+        certificate = certified.certificate
+        assert certificate is not None
+        run = runs[run_id]
+        params, metrics = run.data.params, run.data.metrics
+        assert run.info.run_name == f"guarantee:confidence@{certificate.level:g}"
+        assert run.data.tags[PARENT_TAG] == parent
+        assert run.data.tags[CERTIFICATE_TAG] == certificate.statement()
+        assert params == {
+            "mode": "guarantee",
+            "criterion": "confidence",
+            "target": "early_accuracy",
+            "level": str(certificate.level),
+            "alpha": "0.05",
+            "n": "2000",
+            "method": "binomial",
+            "certified": str(certificate.certified),
+            "threshold": str(certificate.threshold),
+            "estimate": str(certificate.estimate),
+            "bound": str(certificate.bound),
+            "calibration_early_exit_rate": str(certificate.early_exit_rate),
+            "tested": str(certificate.tested),
+            "num_exits": "4",
+            "adaptix_version": adaptix.__version__,
+            "model": "m",
+            "seed": "3",
+        }
+        assert metrics["relative_cost"] == pytest.approx(point.relative_cost)
+        assert metrics["target"] == pytest.approx(certificate.level)
+        if point.early_accuracy is None:
+            assert "shortfall" not in metrics
+        else:
+            assert metrics["shortfall"] == pytest.approx(certificate.level - point.early_accuracy)
+    assert runs[run_ids[1]].data.metrics["early_exit_rate"] == 0.0  # uncertified: no exit
+
+
+def test_log_certified_refuses_what_it_cannot_log(store) -> None:
+    certified, point = _certified(0.6, synthetic_trace(500, seed=1), synthetic_trace(200, seed=2))
+    plain = adaptix.policy("confidence", 0.6)
+    tracker = _tracker(store, "certified-refused")
+    cases: list[tuple[Any, Any, dict[str, Any], str]] = [
+        ([plain], [point], {}, "carries no certificate"),
+        ([certified], [(0.5, 0.9)], {}, "got a tuple"),
+        ([certified], [], {}, "got 1 policies and 0 points"),
+        ([certified], [point], {"params": {"alpha": 0.1}}, r"got \['alpha'\]"),
+    ]
+    for policies, points, options, message in cases:
+        with pytest.raises(ValidationError, match=message):
+            log_certified(policies, points, tracker=tracker, **options)
+    assert _runs(tracker) == []
 
 
 class _Unread(adaptix.components.ExitCriterion):

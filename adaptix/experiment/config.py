@@ -3,7 +3,7 @@
 Unknown keys are errors, and every error names its dotted path (``train.epochs``). Component
 names (criteria, backbones, heads) are resolved, and their parameters validated, here, so that a
 misspelt name fails before any training, listing the names that exist. The defaults are the job
-the README runs: Fashion-MNIST, three MSDNet-style models, every criterion.
+the README runs: Fashion-MNIST, three MSDNet-style models, every criterion and the guarantee.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ class SweepConfig(FrozenModel):
     """Criteria, the δ grid and the overconfidence stress."""
 
     criteria: Annotated[tuple[CriterionName, ...], AfterValidator(_not_empty)] = Field(
-        default=("confidence", "entropy", "patience", "pcee", "pcee_ws"), validate_default=True
+        default=("confidence", "entropy", "patience", "pcee", "pcee_ws", "pcee_lcb"),
+        validate_default=True,
     )
     bins: int = Field(default=10, ge=1)
     delta_min: float = Field(default=0.5, ge=0, le=1)
@@ -185,6 +186,20 @@ class SweepConfig(FrozenModel):
         """The δ grid, rounded to avoid float drift (0.5, 0.51, ..., 0.99)."""
         count = round((self.delta_max - self.delta_min) / self.delta_step) + 1
         return [round(self.delta_min + i * self.delta_step, 10) for i in range(count)]
+
+
+#: The label of the guarantee's row in the control tables, the plots and the knob table.
+GUARANTEE_ROW = "guarantee"
+
+
+class GuaranteeConfig(FrozenModel):
+    """The certified mode (`adaptix.Certifier`): for every δ of the grid, the cheapest threshold
+    of ``criterion`` whose early accuracy ≥ δ is certified at level ``alpha`` on the calibration
+    split, then simulated on the test split like every swept criterion."""
+
+    enabled: bool = True
+    criterion: CriterionName = Field(default="confidence", validate_default=True)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
 class RuntimeConfig(FrozenModel):
@@ -237,6 +252,7 @@ class JobConfig(FrozenModel):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig = Field(default={}, validate_default=True)
+    guarantee: GuaranteeConfig = Field(default={}, validate_default=True)
     runtime: RuntimeConfig = Field(default={}, validate_default=True)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("adaptix-out")
@@ -257,12 +273,24 @@ class JobConfig(FrozenModel):
     )
 
     @model_validator(mode="after")
-    def _unique_models(self) -> JobConfig:
+    def _consistent(self) -> JobConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         if self.runtime.model is not None and self.runtime.model not in names:
             raise ValueError(f"runtime.model {self.runtime.model!r} is not one of {names}")
+        if self.guarantee.enabled and GUARANTEE_ROW in self.sweep.criteria:
+            raise ValueError(
+                f"sweep.criteria holds a criterion named {GUARANTEE_ROW!r}, the label of the "
+                "guarantee's row: turn guarantee.enabled off or leave that criterion out"
+            )
+        sweep = self.sweep
+        if self.guarantee.enabled and not 0 < sweep.delta_min <= sweep.delta_max < 1:
+            raise ValueError(
+                f"the guarantee certifies targets δ in (0, 1), got the grid {sweep.delta_min:g} "
+                f"to {sweep.delta_max:g}: keep sweep.delta_min above 0 and sweep.delta_max "
+                "below 1, or turn guarantee.enabled off"
+            )
         return self
 
     def resolved_cache_dir(self) -> Path:

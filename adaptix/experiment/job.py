@@ -2,9 +2,11 @@
 
 1. Load Fashion-MNIST (train / calibration / test, deterministic).
 2. Train every model of the family, or load it from the cache.
-3. Trace the calibration and test splits (logits of every exit, measured FLOPs).
+3. Trace the calibration and test splits (logits of every exit, measured FLOPs) and save them.
 4. Calibrate every model; sweep every criterion over the δ grid on the test split, on the
-   natural heads and under the overconfidence stress (logits × 2, × 3).
+   natural heads and under the overconfidence stress (logits × 2, × 3); certify the guarantee
+   mode for every δ on the calibration split and simulate it on the test split; count how many
+   distinct policies each knob gives over the grid.
 5. Run the batched runtime on the largest model at a few δ and measure wall-clock speed-ups.
 6. Record every trade-off in MLflow, write tables and plots, print the report.
 """
@@ -15,6 +17,7 @@ import dataclasses
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +30,34 @@ import adaptix
 from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
 from adaptix.components import AccuracyReading
-from adaptix.control import ControlSummary, control_summary, oracle_costs
+from adaptix.control import (
+    ControlSummary,
+    control_summary,
+    distinct_policies,
+    oracle_costs,
+    oracle_points,
+    summarise_control,
+)
 from adaptix.data import FashionMNIST, load_fashion_mnist
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
-from adaptix.experiment.config import JobConfig, ModelConfig
+from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig
 from adaptix.experiment.report import render_report
 from adaptix.flops import FlopProfile
+from adaptix.guarantee import CertificateWarning, Certifier
 from adaptix.model import MultiExitModel, build_model, profile_from_trace
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
+from adaptix.policy import ExitPolicy
 from adaptix.runtime import EarlyExitRunner
 from adaptix.scores import prediction
-from adaptix.simulate import Frontier, simulate, sweep
+from adaptix.simulate import (
+    Frontier,
+    FrontierPoint,
+    SimulationResult,
+    exit_indices,
+    simulate,
+    sweep,
+)
 from adaptix.trace import Trace
 from adaptix.training import train_exits
 
@@ -47,6 +66,29 @@ if TYPE_CHECKING:
 
 # Dense confidence grid for the hindsight oracle (the cheapest threshold reaching δ).
 _ORACLE_GRID = [i / 1000 for i in range(1001)]
+#: The hindsight oracle's row of the knob table: the finest knob a rule that picks the
+#: cheapest policy meeting δ can have (every δ the first exit meets is one policy).
+ORACLE_ROW = "hindsight_oracle"
+
+
+@dataclass(frozen=True)
+class CertifiedPoint:
+    """The guarantee mode at one δ: the certified policy and what it realised on the test split.
+
+    Attributes:
+        delta: the target δ.
+        policy: what `Certifier.early_accuracy` returned for δ (its certificate included).
+        point: its simulation on the test split, labelled `GUARANTEE_ROW`.
+    """
+
+    delta: float
+    policy: ExitPolicy
+    point: FrontierPoint
+
+    @property
+    def certified(self) -> bool:
+        """False when nothing could be certified for δ: every input goes to the last exit."""
+        return self.policy.certificate is not None and self.policy.certificate.certified
 
 
 @dataclass
@@ -64,6 +106,9 @@ class ModelOutcome:
     trained_seconds: float | None
     cached: bool
     test_trace: Trace
+    certified: dict[str, list[CertifiedPoint]]  # panel -> the guarantee mode per δ (or none)
+    knob: dict[str, int]  # criterion (and the guarantee mode) -> distinct policies over δ
+    trace_paths: tuple[Path, ...]  # the saved calibration and test traces
 
     @property
     def full_accuracy(self) -> float:
@@ -207,16 +252,102 @@ def _control(
     config: JobConfig,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
+    certified: list[CertifiedPoint],
 ) -> dict[str, ControlSummary]:
-    """Control metrics of every criterion that declares an accuracy reading."""
+    """Control metrics of every criterion that declares an accuracy reading, then of the
+    guarantee mode (when ``certified`` holds its points), against one oracle."""
     deltas = config.sweep.deltas()
     dense = sweep(trace, "confidence", _ORACLE_GRID, plugins=manager)
     oracle = oracle_costs(list(dense), deltas)
-    return {
+    summaries = {
         name: control_summary(frontier, name, deltas, oracle, plugins=manager)
         for name, reading in readings.items()
         if reading is not None
     }
+    if certified:
+        points = {c.delta: c.point for c in certified}
+        summaries[GUARANTEE_ROW] = summarise_control(
+            GUARANTEE_ROW, points, oracle, frontier.of("confidence")
+        )
+    return summaries
+
+
+def _certify(
+    calib_trace: Trace, test_trace: Trace, config: JobConfig, manager: AdaptixPluginManager
+) -> list[CertifiedPoint]:
+    """The guarantee mode at every δ of the grid: certified on ``calib_trace`` (one
+    `Certifier`, reused over δ) and simulated on ``test_trace``.
+
+    A criterion that reads a calibration gets one built on the first half of the calibration
+    split and is certified on the second half: a test on the inputs that built the calibration
+    would not hold its level.
+    """
+    settings = config.guarantee
+    calibration, certify_on = None, calib_trace
+    if manager.criteria.get(settings.criterion).needs_calibration:
+        half = calib_trace.num_inputs // 2
+        first, second = calib_trace.subset(slice(0, half)), calib_trace.subset(slice(half, None))
+        calibration = calibrate(first, bins=config.sweep.bins, plugins=manager)
+        certify_on = second
+    certifier = Certifier(certify_on, settings.criterion, calibration=calibration, plugins=manager)
+    points = []
+    with warnings.catch_warnings():
+        # The report counts the δ that could not be certified; a warning per δ would repeat it.
+        warnings.simplefilter("ignore", CertificateWarning)
+        for delta in config.sweep.deltas():
+            certified = certifier.early_accuracy(delta, alpha=settings.alpha)
+            result = simulate(test_trace, certified)
+            points.append(CertifiedPoint(delta, certified, _as_point(result, certified.threshold)))
+    return points
+
+
+def _as_point(result: SimulationResult, threshold: float) -> FrontierPoint:
+    """A simulation of the guarantee mode as a frontier point labelled `GUARANTEE_ROW`."""
+    return FrontierPoint(
+        criterion=GUARANTEE_ROW,
+        threshold=threshold,
+        accuracy=result.accuracy,
+        early_accuracy=result.early_accuracy,
+        relative_cost=result.relative_cost,
+        mean_cost=result.mean_cost,
+        exit_histogram=tuple(result.exit_histogram.tolist()),
+    )
+
+
+def _knob(
+    test_trace: Trace,
+    calibration: Calibration,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
+    certified: list[CertifiedPoint],
+) -> dict[str, int]:
+    """How fine δ is as a knob: the distinct policies (exit-index vectors on ``test_trace``)
+    that the δ grid gives, per criterion with an accuracy reading, for the guarantee mode, and
+    for the hindsight oracle (`ORACLE_ROW`)."""
+    deltas = config.sweep.deltas()
+    counts = {}
+    for name, reading in readings.items():
+        if reading is not None:
+            grid = [reading.threshold(d) for d in deltas]
+            base = adaptix.policy(name, grid[0], calibration, plugins=manager)
+            counts[name] = distinct_policies(exit_indices(test_trace, base, grid))
+    if certified:
+        exits = [simulate(test_trace, c.policy).exit_index for c in certified]
+        counts[GUARANTEE_ROW] = distinct_policies(torch.stack(exits, dim=1))
+    dense = sweep(test_trace, "confidence", _ORACLE_GRID, plugins=manager)
+    confidence = adaptix.policy("confidence", 0.5, plugins=manager)
+    nothing_early = torch.full(
+        (test_trace.num_inputs,), test_trace.num_exits - 1, device=test_trace.logits.device
+    )
+    exits = [
+        nothing_early
+        if point is None
+        else exit_indices(test_trace, confidence, [point.threshold])[:, 0]
+        for point in oracle_points(list(dense), deltas).values()
+    ]
+    counts[ORACLE_ROW] = distinct_policies(torch.stack(exits, dim=1))
+    return counts
 
 
 def _time_pair(
@@ -386,23 +517,32 @@ def _analyse(
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
 ) -> ModelOutcome:
-    """Calibrate, then sweep every criterion of ``readings`` on the test logits as they are and
-    under each overconfidence stress; write the calibration and the frontiers."""
+    """Save the traces and calibrate; sweep every criterion of ``readings`` and certify the
+    guarantee mode, on the test logits as they are and under each overconfidence stress; write
+    the calibration and the frontiers; count the knob's distinct policies."""
     out = config.output_dir
+    trace_paths = tuple(
+        trace.save(out / f"trace-{spec.name}-{split}.pt")
+        for split, trace in (("calibration", calib_trace), ("test", test_trace))
+    )
     calibration = calibrate(calib_trace, bins=config.sweep.bins, plugins=manager)
     calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
     frontier = _sweep_all(test_trace, calibration, config, manager, readings)
     frontier.to_csv(out / f"frontier-{spec.name}.csv")
-    control = {"natural": _control(frontier, test_trace, config, manager, readings)}
+    panels = {"natural": (calib_trace, test_trace, frontier)}
     stress: dict[float, Frontier] = {}
     for scale in config.sweep.stress_scales:
-        stressed_cal = calibrate(calib_trace.scaled(scale), bins=config.sweep.bins, plugins=manager)
-        stressed_test = test_trace.scaled(scale)
+        stressed_calib, stressed_test = calib_trace.scaled(scale), test_trace.scaled(scale)
+        stressed_cal = calibrate(stressed_calib, bins=config.sweep.bins, plugins=manager)
         stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager, readings)
         stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
-        control[f"logits ×{scale:g}"] = _control(
-            stress[scale], stressed_test, config, manager, readings
-        )
+        panels[f"logits ×{scale:g}"] = (stressed_calib, stressed_test, stress[scale])
+    control, certified = {}, {}
+    for panel, (calib, test, swept) in panels.items():
+        if config.guarantee.enabled:
+            certified[panel] = _certify(calib, test, config, manager)
+        control[panel] = _control(swept, test, config, manager, readings, certified.get(panel, []))
+    knob = _knob(test_trace, calibration, config, manager, readings, certified.get("natural", []))
     return ModelOutcome(
         config=spec,
         profile=profile_from_trace(test_trace),
@@ -415,6 +555,9 @@ def _analyse(
         trained_seconds=None,
         cached=False,
         test_trace=test_trace,
+        certified=certified,
+        knob=knob,
+        trace_paths=trace_paths,
     )
 
 
@@ -526,9 +669,10 @@ class _Tracking:
     output_dir: Path
 
     def log_model(self, name: str, outcome: ModelOutcome, runtime: list[RuntimePoint]) -> None:
-        """One model's run: its params, per-exit and control metrics, its frontier points (with
-        the speed-ups measured in ``runtime``) and its plots."""
-        from adaptix.tracking import log_frontier
+        """One model's run: its params, per-exit, control and knob metrics, its frontier points
+        (with the speed-ups measured in ``runtime``), the guarantee mode's certified policies of
+        the natural panel and its plots."""
+        from adaptix.tracking import log_certified, log_frontier
 
         tracker = self.tracker
         run = tracker.start_run(
@@ -551,6 +695,11 @@ class _Tracking:
                 metrics[f"{tag}.{criterion}.violation_rate"] = s.violation_rate
                 metrics[f"{tag}.{criterion}.worst_shortfall"] = s.worst_shortfall
                 metrics[f"{tag}.{criterion}.mean_regret"] = s.mean_regret
+        for panel, points in outcome.certified.items():
+            tag = panel.replace("logits ×", "x").replace(" ", "_")
+            metrics[f"{tag}.{GUARANTEE_ROW}.uncertified"] = sum(not c.certified for c in points)
+        for criterion, count in outcome.knob.items():
+            metrics[f"knob.{criterion}.distinct_policies"] = count
         tracker.log_metrics(run, metrics)
         speedups: dict[tuple[str, float], dict[str, float | None]] = {
             (p.criterion, p.threshold): {
@@ -568,6 +717,15 @@ class _Tracking:
             calibration=outcome.calibration,
             extra_metrics=speedups,
             plugins=self.manager,
+        )
+        natural = outcome.certified.get("natural", [])
+        log_certified(
+            [c.policy for c in natural],
+            [c.point for c in natural],
+            tracker=tracker,
+            parent=run,
+            model=name,
+            params=self.splits,
         )
         for path in sorted(self.output_dir.glob(f"*-{name}.png")):
             tracker.log_artifact(run, path, "plots")

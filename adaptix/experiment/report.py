@@ -8,6 +8,7 @@ from adaptix.control import best_accuracy_within, cheapest_reaching
 
 if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
+    from adaptix.experiment.config import GuaranteeConfig
     from adaptix.experiment.job import JobResult, ModelOutcome
 
 
@@ -49,7 +50,10 @@ def _models_table(result: JobResult) -> str:
 
 
 def _control_table(
-    outcome: ModelOutcome, deltas: list[float], readings: dict[str, AccuracyReading | None]
+    outcome: ModelOutcome,
+    deltas: list[float],
+    readings: dict[str, AccuracyReading | None],
+    guarantee: GuaranteeConfig,
 ) -> str:
     rows = []
     for panel, summaries in outcome.control.items():
@@ -68,8 +72,11 @@ def _control_table(
                     f"{s.mean_regret:.3f}",
                 ]
             )
+    note = _reading_note(outcome, deltas, readings)
+    if outcome.certified:
+        note += " " + _guarantee_note(outcome, guarantee)
     return (
-        _reading_note(outcome, deltas, readings)
+        note
         + "\n\n"
         + _table(
             [
@@ -94,7 +101,7 @@ def _reading_note(
     criteria = dict.fromkeys(c for summaries in outcome.control.values() for c in summaries)
     thresholds = []
     for criterion in criteria:
-        reading = readings[criterion]
+        reading = readings.get(criterion)
         if reading is not None:
             kind = "the target itself" if reading.is_target else "naive reading"
             thresholds.append(
@@ -108,6 +115,36 @@ def _reading_note(
         f"{grid}, each criterion read at the threshold its accuracy reading gives for δ: "
         f"{'; '.join(thresholds)}."
     )
+
+
+def _guarantee_note(outcome: ModelOutcome, guarantee: GuaranteeConfig) -> str:
+    """What the guarantee row certifies, in one δ's own words, and how many δ it could not."""
+    natural = next(iter(outcome.certified.values()))
+    example = min(natural, key=lambda c: abs(c.delta - 0.9))
+    certificate = example.policy.certificate
+    statement = (
+        "" if certificate is None else f" At δ = {example.delta:g}: {certificate.statement()}"
+    )
+    uncertified = ", ".join(
+        f"{panel} {sum(not c.certified for c in points)}"
+        for panel, points in outcome.certified.items()
+    )
+    return (
+        f"The guarantee row certifies, for each δ, the cheapest threshold of "
+        f"{guarantee.criterion} whose early accuracy is ≥ δ with probability ≥ "
+        f"{1 - guarantee.alpha:g} over the calibration split (Learn-then-Test, α = "
+        f"{guarantee.alpha:g}), and simulates that policy on the test split.{statement} "
+        f"δ left uncertified (every input then goes to the last exit), of {len(natural)}: "
+        f"{uncertified}."
+    )
+
+
+def _knob_table(result: JobResult) -> str:
+    """Distinct policies over the δ grid, per criterion (rows) and model (columns)."""
+    names = list(result.models)
+    criteria = list(dict.fromkeys(c for o in result.models.values() for c in o.knob))
+    rows = [[c, *(str(result.models[n].knob.get(c, "n/a")) for n in names)] for c in criteria]
+    return _table(["criterion", *(f"{n}: distinct policies" for n in names)], rows)
 
 
 def _scale_table(result: JobResult) -> tuple[str, list[str]]:
@@ -226,12 +263,25 @@ def render_report(result: JobResult) -> str:
         _models_table(result),
         "",
         f"## (a) Control: does δ deliver early accuracy ≥ δ? ({large_name}, test split)",
-        _control_table(result.models[large_name], deltas, result.readings),
+        _control_table(result.models[large_name], deltas, result.readings, config.guarantee),
         "",
     ]
     for name in list(result.models)[:-1]:
-        control = _control_table(result.models[name], deltas, result.readings)
+        control = _control_table(result.models[name], deltas, result.readings, config.guarantee)
         parts += [f"### Control on {name}", control, ""]
+    parts += [
+        f"## The knob: distinct policies over δ = {deltas[0]:g} … {deltas[-1]:g} "
+        f"({len(deltas)} values; test split, natural logits)",
+        "Two values of δ are one policy when they send every test input to the same exit; "
+        f"{len(deltas)} distinct policies is the finest knob the grid can show. A rule that "
+        "picks the cheapest policy meeting δ meets every δ up to the first exit's accuracy by "
+        "sending every input there, so all those δ are one policy: the hindsight oracle's row "
+        "(the cheapest confidence threshold meeting δ on the test split itself) shows how fine "
+        "such a rule's knob can be on this data.",
+        "",
+        _knob_table(result),
+        "",
+    ]
     table, verdicts = _scale_table(result)
     parts += [
         f"## (b) Scale: {large_name} with early exits against smaller models and static "
@@ -244,7 +294,8 @@ def render_report(result: JobResult) -> str:
         _runtime_table(result),
         "",
         f"Outputs in {result.output_dir}: report.md, frontier-*.csv, calibration-*.json, "
-        "control-*.png, reliability-*.png, accuracy-vs-flops.png.",
+        "trace-*-calibration.pt, trace-*-test.pt, control-*.png, reliability-*.png, "
+        "accuracy-vs-flops.png.",
     ]
     if result.tracking_uri:
         parts.append(

@@ -24,12 +24,15 @@ then browse the runs with::
 
     mlflow ui --backend-store-uri sqlite:///mlflow.db
 
+Certified policies (`adaptix.guarantee`) go in with `log_certified`: one run per policy, with
+its certificate as params and the point it realised on test data as metrics.
+
 A tracking store that cannot be reached or written never stops the job: the first failure is
 recorded in ``tracker.failures``, warned about once, and later calls are skipped. Pass
 ``strict=True`` to `Tracker` to raise instead.
 """
 
-from adaptix.tracking.frontier import log_frontier
+from adaptix.tracking.frontier import CERTIFICATE_TAG, log_certified, log_frontier
 from adaptix.tracking.tracker import (
     INSTALL_HINT,
     PARENT_TAG,
@@ -40,11 +43,13 @@ from adaptix.tracking.tracker import (
 )
 
 __all__ = [
+    "CERTIFICATE_TAG",
     "INSTALL_HINT",
     "PARENT_TAG",
     "UNDEFINED_METRICS_TAG",
     "Tracker",
     "TrackingWarning",
     "default_tracking_uri",
+    "log_certified",
     "log_frontier",
 ]

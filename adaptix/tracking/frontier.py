@@ -1,19 +1,24 @@
-"""`log_frontier`: one MLflow run per (criterion, threshold) point of a `sweep`."""
+"""`log_frontier`: one MLflow run per (criterion, threshold) point of a `sweep`; `log_certified`:
+one per certified policy (`adaptix.guarantee`, `adaptix.budget`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from adaptix._version import __version__
+from adaptix.components import ParamsModel, build_params
 from adaptix.errors import ValidationError
+from adaptix.guarantee import Certificate
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
+from adaptix.policy import ExitPolicy
 from adaptix.simulate import Frontier, FrontierPoint
 from adaptix.tracking.tracker import Tracker
 
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
 
 _POINT_PARAMS = ("criterion", "threshold")
+#: The tag that holds a certified run's statement (`Certificate.statement`).
+CERTIFICATE_TAG = "adaptix.certificate"
 
 
 def log_frontier(
@@ -33,6 +40,7 @@ def log_frontier(
     params: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
     extra_metrics: Mapping[tuple[str, float], Mapping[str, float | None]] | None = None,
+    criterion_params: Mapping[str, Mapping[str, Any]] | None = None,
     plugins: AdaptixPluginManager | None = None,
     artifact_path: str | None = None,
     progress: bool = False,
@@ -41,9 +49,11 @@ def log_frontier(
 
     Each run is named ``<criterion>@<threshold>`` and holds:
 
-    - params: ``criterion``, ``threshold``, ``num_exits``, ``adaptix_version``, ``model`` (when
-      given), ``bins``, ``calibration_method`` and ``calibration_checksum`` (when
-      ``calibration`` is given), and every entry of ``params``;
+    - params: ``criterion``, ``threshold``, the criterion's own parameters as
+      ``criterion.<name>`` (``criterion.alpha`` for ``pcee_lcb``, ``criterion.window`` for
+      ``pcee_ws``), ``num_exits``, ``adaptix_version``, ``model`` (when given), ``bins``,
+      ``calibration_method`` and ``calibration_checksum`` (when ``calibration`` is given), and
+      every entry of ``params``;
     - metrics: ``accuracy``, ``early_accuracy``, ``relative_cost``, ``flops`` (the mean cost
       per input, in the trace's cost unit: FLOPs for traces of a `MultiExitModel`),
       ``exit_share_<e>`` for every exit, ``early_exit_rate``, ``threshold`` (also a metric, so
@@ -68,6 +78,8 @@ def log_frontier(
         calibration: the calibration the sweep used.
         extra_metrics: (criterion, threshold) -> extra metrics for that point's run (e.g. a
             measured speed-up). Thresholds match the frontier's up to floating-point rounding.
+        criterion_params: criterion -> the parameters it was swept with, as given to `sweep`
+            (a criterion left out: its defaults).
         plugins: the plugin manager whose registry declares each criterion's accuracy
             reading (default: the shared one); pass the one the sweep used.
         artifact_path: the folder of the parent's artifacts to write the files into.
@@ -79,7 +91,8 @@ def log_frontier(
 
     Raises:
         ValidationError: ``frontier`` is not a Frontier, ``params`` or ``extra_metrics`` clash
-            with the metrics and params set here, or an ``extra_metrics`` key matches no point.
+            with the metrics and params set here, an ``extra_metrics`` key matches no point, or
+            ``criterion_params`` names a criterion the frontier lacks or a parameter it refuses.
         PluginError: a criterion of ``frontier`` is not registered in ``plugins``.
     """
     if not isinstance(frontier, Frontier):
@@ -89,7 +102,8 @@ def log_frontier(
         )
     manager = resolve_manager(plugins)
     readings = {name: manager.criteria.get(name).accuracy_reading for name in frontier.criteria()}
-    common = _common_params(frontier, model, params, calibration)
+    swept = _swept_params(frontier, criterion_params or {}, manager)
+    common = _common_params(frontier, model, params, calibration, swept)
     extras = _match_extras(frontier, extra_metrics or {}, readings)
     tracker = Tracker() if tracker is None else tracker
     run_ids: list[str] = []
@@ -105,6 +119,7 @@ def log_frontier(
             {
                 "criterion": point.criterion,
                 "threshold": _format_threshold(point.threshold),
+                **swept[point.criterion],
                 **common,
             },
             metrics,
@@ -116,11 +131,147 @@ def log_frontier(
     return run_ids
 
 
+def log_certified(
+    policies: Sequence[ExitPolicy],
+    points: Sequence[FrontierPoint],
+    *,
+    tracker: Tracker | None = None,
+    parent: str | None = None,
+    model: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Log every certified policy, with the point it realised on test data, as a finished run.
+
+    ``policies[i]`` is what `adaptix.guarantee`, `adaptix.budget` or `adaptix.Certifier`
+    returned, ``points[i]`` its `simulate` on held-out data as a `FrontierPoint`. Each run is
+    named ``<mode>:<criterion>@<level>`` and holds:
+
+    - params: ``mode`` (``guarantee``, or ``budget`` for a relative-cost target),
+      ``criterion``, its own parameters as ``criterion.<name>``, the certificate's fields
+      (``target``, ``level`` (δ, ε or the budget), ``alpha``, ``n``, ``method``,
+      ``certified``, ``threshold`` (None when nothing was certified), ``estimate``, ``bound``,
+      ``tested``, and its ``early_exit_rate`` as ``calibration_early_exit_rate``),
+      ``num_exits``, ``adaptix_version``, ``model`` (when given) and every entry of ``params``;
+    - metrics: those of `log_frontier` (accuracy, early accuracy, relative cost, FLOPs, exit
+      shares, early-exit rate), with ``target`` = the level and, for an early-accuracy target,
+      ``shortfall`` = level − early accuracy;
+    - the tag ``adaptix.certificate``: the certificate's statement.
+
+    Args:
+        policies: certified policies (each with a `Certificate`).
+        points: what each policy realised, in the same order.
+        tracker: where to log (default: ``Tracker()``).
+        parent: the parent run id; None logs top-level runs.
+        model: the model's name, logged as a param.
+        params: more params for every run (seed, split sizes, ...).
+
+    Returns:
+        The ids of the runs created.
+
+    Raises:
+        ValidationError: a policy without a certificate, a point that is not a `FrontierPoint`,
+            sequences of different lengths, or ``params`` that clash with the params set here.
+    """
+    policies, points = list(policies), list(points)
+    if len(policies) != len(points):
+        raise ValidationError(
+            f"expected one point per certified policy, got {len(policies)} policies and "
+            f"{len(points)} points. Simulate each policy on the test trace once."
+        )
+    checked = []
+    for certified, point in zip(policies, points, strict=True):
+        certificate = certified.certificate if isinstance(certified, ExitPolicy) else None
+        if certificate is None:
+            raise ValidationError(
+                f"expected policies returned by adaptix.guarantee or adaptix.budget, got "
+                f"{certified!r}, which carries no certificate."
+            )
+        if not isinstance(point, FrontierPoint):
+            raise ValidationError(
+                f"expected FrontierPoints, got a {type(point).__name__}. Build one from what "
+                "adaptix.simulate returned."
+            )
+        checked.append((certified, certificate, point))
+    common: dict[str, Any] = {"adaptix_version": __version__}
+    if model is not None:
+        common["model"] = model
+    own = {"mode", "criterion", "num_exits", "calibration_early_exit_rate", *common}
+    own |= {field.name for field in dataclasses.fields(Certificate)}
+    own |= {name for certified, _, _ in checked for name in _prefixed(certified.criterion.params)}
+    clashes = sorted(set(params or {}) & own)
+    if clashes:
+        raise ValidationError(
+            f"expected params that log_certified does not set itself, got {clashes}. Rename them."
+        )
+    common.update(params or {})
+    tracker = Tracker() if tracker is None else tracker
+    run_ids: list[str] = []
+    for certified, certificate, point in checked:
+        if not tracker.enabled:
+            break
+        fields = certificate.to_dict()
+        fields["calibration_early_exit_rate"] = fields.pop("early_exit_rate")
+        mode = "budget" if certificate.target == "relative_cost" else "guarantee"
+        metrics = _point_metrics(point, None)
+        metrics["target"] = certificate.level
+        if certificate.target == "early_accuracy":
+            early = point.early_accuracy
+            metrics["shortfall"] = None if early is None else certificate.level - early
+        run_id = tracker.log_point(
+            parent,
+            f"{mode}:{certified.name}@{certificate.level:g}",
+            {
+                "mode": mode,
+                "criterion": certified.name,
+                **_prefixed(certified.criterion.params),
+                **fields,
+                "num_exits": len(point.exit_histogram),
+                **common,
+            },
+            metrics,
+            tags={CERTIFICATE_TAG: certificate.statement()},
+        )
+        if run_id is not None:
+            run_ids.append(run_id)
+    return run_ids
+
+
+def _prefixed(params: ParamsModel) -> dict[str, Any]:
+    """A criterion's parameters as MLflow params, ``criterion.<name>``."""
+    return {f"criterion.{name}": value for name, value in params.model_dump().items()}
+
+
+def _swept_params(
+    frontier: Frontier,
+    given: Mapping[str, Mapping[str, Any]],
+    manager: AdaptixPluginManager,
+) -> dict[str, dict[str, Any]]:
+    """Criterion -> its validated parameters as MLflow params (defaults where not given)."""
+    if not isinstance(given, Mapping):
+        raise ValidationError(
+            f"expected criterion_params as {{criterion: {{parameter: value}}}}, got "
+            f"{type(given).__name__}."
+        )
+    unknown = sorted(set(given) - set(frontier.criteria()))
+    if unknown:
+        raise ValidationError(
+            f"expected criterion_params for criteria of the frontier {frontier.criteria()}, got "
+            f"{unknown}. Leave them out."
+        )
+    swept = {}
+    for name in frontier.criteria():
+        component = manager.criteria.get(name)
+        built = build_params(component.Params, given.get(name, {}), f"criterion '{name}'")
+        swept[name] = _prefixed(built)
+    return swept
+
+
 def _common_params(
     frontier: Frontier,
     model: str | None,
     params: Mapping[str, Any] | None,
     calibration: Calibration | None,
+    swept: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
     common: dict[str, Any] = {"num_exits": len(frontier.costs), "adaptix_version": __version__}
     if model is not None:
@@ -129,7 +280,8 @@ def _common_params(
         common["bins"] = calibration.bins
         common["calibration_method"] = calibration.method
         common["calibration_checksum"] = calibration.checksum
-    clashes = sorted(set(params or {}) & {*common, *_POINT_PARAMS})
+    own = {name for names in swept.values() for name in names}
+    clashes = sorted(set(params or {}) & {*common, *_POINT_PARAMS, *own})
     if clashes:
         raise ValidationError(
             f"expected params that log_frontier does not set itself, got {clashes}. Rename them "
