@@ -106,6 +106,11 @@ class Fussy(Tiny):
         ),
         ({"guarantee": {"alpha": 1.0}}, "guarantee.alpha", "less than 1"),
         ({"guarantee": {"alpha": 0}}, "guarantee.alpha", "greater than 0"),
+        (
+            {"sweep": {"calibrator": "equal_width"}},
+            "sweep.calibrator",
+            "unknown calibrator 'equal_width'. Available: equal_mass, reliability",
+        ),
     ],
     ids=[
         "backbone",
@@ -122,6 +127,7 @@ class Fussy(Tiny):
         "guarantee-criterion",
         "guarantee-alpha-one",
         "guarantee-alpha-zero",
+        "calibrator",
     ],
 )
 def test_a_component_problem_is_reported_at_its_dotted_path(

@@ -148,7 +148,8 @@ def test_the_job_saves_the_traces_it_analysed(tiny_job: adaptix.experiment.JobRe
         assert torch.equal(test.costs, outcome.test_trace.costs)
         assert calibration.num_inputs == 300
         assert calibration.labels is not None
-        assert adaptix.calibrate(calibration) == outcome.calibration  # the split it calibrated
+        # The split it calibrated, with the job's calibrator.
+        assert adaptix.calibrate(calibration, "equal_mass", 50) == outcome.calibration
     assert "trace-*-calibration.pt, trace-*-test.pt" in tiny_job.report
 
 
@@ -189,7 +190,8 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
             run = logged[(point.criterion, point.threshold)]
             assert run.data.params["model"] == name
             assert run.data.params["calibration_checksum"] == outcome.calibration.checksum
-            assert run.data.params["bins"] == "10"
+            assert run.data.params["bins"] == "50"
+            assert run.data.params["calibration_method"] == "equal_mass"
             assert run.data.params["seed"] == "0"
             assert run.data.params["adaptix_version"] == adaptix.__version__
             assert run.data.metrics["relative_cost"] == pytest.approx(point.relative_cost)

@@ -287,7 +287,7 @@ def _certify(
     if manager.criteria.get(settings.criterion).needs_calibration:
         half = calib_trace.num_inputs // 2
         first, second = calib_trace.subset(slice(0, half)), calib_trace.subset(slice(half, None))
-        calibration = calibrate(first, bins=config.sweep.bins, plugins=manager)
+        calibration = calibrate(first, config.sweep.calibrator, config.sweep.bins, plugins=manager)
         certify_on = second
     certifier = Certifier(certify_on, settings.criterion, calibration=calibration, plugins=manager)
     points = []
@@ -525,7 +525,9 @@ def _analyse(
         trace.save(out / f"trace-{spec.name}-{split}.pt")
         for split, trace in (("calibration", calib_trace), ("test", test_trace))
     )
-    calibration = calibrate(calib_trace, bins=config.sweep.bins, plugins=manager)
+    calibration = calibrate(
+        calib_trace, config.sweep.calibrator, config.sweep.bins, plugins=manager
+    )
     calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
     frontier = _sweep_all(test_trace, calibration, config, manager, readings)
     frontier.to_csv(out / f"frontier-{spec.name}.csv")
@@ -533,7 +535,9 @@ def _analyse(
     stress: dict[float, Frontier] = {}
     for scale in config.sweep.stress_scales:
         stressed_calib, stressed_test = calib_trace.scaled(scale), test_trace.scaled(scale)
-        stressed_cal = calibrate(stressed_calib, bins=config.sweep.bins, plugins=manager)
+        stressed_cal = calibrate(
+            stressed_calib, config.sweep.calibrator, config.sweep.bins, plugins=manager
+        )
         stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager, readings)
         stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
         panels[f"logits ×{scale:g}"] = (stressed_calib, stressed_test, stress[scale])
