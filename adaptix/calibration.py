@@ -9,7 +9,6 @@ mismatched file is always an error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import os
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from adaptix.components import build_params
 from adaptix.errors import CalibrationError, PluginError
-from adaptix.files import atomic_write, check_meta
+from adaptix.files import atomic_write, check_meta, json_digest
 from adaptix.scores import bin_edges, bin_index, confidence_and_prediction, float32_edges
 
 if TYPE_CHECKING:
@@ -363,7 +362,7 @@ class Calibration:
     @property
     def checksum(self) -> str:
         """SHA-256 of the canonical content: identifies this calibration in experiment records."""
-        return _digest(self._payload())
+        return json_digest(self._payload())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the versioned JSON file with its checksum, atomically (see `atomic_write`).
@@ -381,7 +380,7 @@ class Calibration:
         """The JSON-ready document `save` writes (format, version, tables, edges, checksum),
         for embedding in another file (`adaptix.ExitPolicy.save` does)."""
         payload = self._payload()
-        return {"format": _FORMAT, "version": _VERSION, **payload, "sha256": _digest(payload)}
+        return {"format": _FORMAT, "version": _VERSION, **payload, "sha256": json_digest(payload)}
 
     @classmethod
     def load(
@@ -438,7 +437,7 @@ class Calibration:
         if missing:
             raise CalibrationError(f"calibration file {source} lacks fields {missing}: corrupt.")
         payload = {key: document[key] for key in keys}
-        if _digest(payload) != document["sha256"]:
+        if json_digest(payload) != document["sha256"]:
             raise CalibrationError(
                 f"checksum mismatch in {source}: the file was modified or truncated after it "
                 "was saved. Re-create it with Calibration.save."
@@ -679,11 +678,6 @@ def _check_zero_width_bins(edges: Tensor, counts: Tensor) -> None:
             f"exit {e}, whose edges are both {float(edges[e, m])!r}: the tables do not match "
             "the edges. Count with the same edges (adaptix.calibration.count_bins)."
         )
-
-
-def _digest(payload: Mapping[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _pool(table: Tensor, window: int) -> Tensor:

@@ -7,11 +7,15 @@ so a save either replaces the target whole or leaves it as it was, and a failure
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
 
 from adaptix.errors import ValidationError
 
@@ -119,3 +123,23 @@ def _write_error(what: str, target: Path, err: OSError, stage: str) -> Validatio
 
 # Windows opens files in text mode unless asked; the flag does not exist (and is 0) elsewhere.
 _O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def json_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``payload``: the checksum that calibration and policy
+    files carry."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes): identifies weights in the
+    model cache and traces in study records."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from torch import Tensor
 from adaptix.calibration import Calibration
 from adaptix.components import ExitCriterion, build_params
 from adaptix.errors import CalibrationError, PluginError, ValidationError
-from adaptix.files import atomic_write
+from adaptix.files import atomic_write, json_digest
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 if TYPE_CHECKING:
@@ -110,7 +109,12 @@ class ExitPolicy:
             "certificate": None if self.certificate is None else self.certificate.to_dict(),
             "calibration": None if calibration is None else calibration.to_document(),
         }
-        document = {**payload, "format": _FORMAT, "version": _VERSION, "sha256": _digest(payload)}
+        document = {
+            **payload,
+            "format": _FORMAT,
+            "version": _VERSION,
+            "sha256": json_digest(payload),
+        }
         data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
         return atomic_write(path, lambda handle: handle.write(data), "policy")
 
@@ -152,7 +156,7 @@ class ExitPolicy:
             )
         missing = [key for key in (*keys, "sha256") if key not in document]
         payload = {key: document.get(key) for key in keys}
-        if missing or _digest(payload) != document["sha256"]:
+        if missing or json_digest(payload) != document["sha256"]:
             problem = f"missing {missing}" if missing else "checksum mismatch"
             raise ValidationError(
                 f"policy file {source} is corrupt ({problem}): it was modified or truncated "
@@ -320,8 +324,3 @@ def policy(
     built = build_params(entry.component.Params, params, f"criterion '{name}'")
     criterion = call_plugin(entry, "__init__", entry.component, built, calibration)
     return ExitPolicy(criterion, threshold, entry)
-
-
-def _digest(payload: dict[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()

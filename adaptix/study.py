@@ -60,7 +60,7 @@ import adaptix
 from adaptix.calibration import calibrate
 from adaptix.control import oracle_costs
 from adaptix.errors import ValidationError
-from adaptix.files import atomic_write
+from adaptix.files import atomic_write, tensor_digest
 from adaptix.guarantee import CertificateWarning, Certifier
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import policy
@@ -697,10 +697,8 @@ def _pool(calibration: Trace, test: Trace) -> Trace:
 
 def _identity(trace: Trace) -> dict[str, str]:
     """A trace's size, content checksum and metadata, as strings."""
-    from adaptix.experiment.cache import _state_digest  # the one digest of tensors
-
     tensors = {"logits": trace.logits, "labels": trace.labels, "costs": trace.costs}
-    checksum = _state_digest({k: v for k, v in tensors.items() if v is not None})
+    checksum = tensor_digest({k: v for k, v in tensors.items() if v is not None})
     return {
         "inputs": str(trace.num_inputs),
         "checksum": checksum[:16],

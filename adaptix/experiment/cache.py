@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from adaptix.files import atomic_write
+from adaptix.files import atomic_write, tensor_digest
 
 _FORMAT = "adaptix.model-cache"
 _VERSION = 1
@@ -25,17 +25,6 @@ def cache_key(**parts: Any) -> str:
     """A stable digest of JSON-serialisable ``parts`` (configs, versions)."""
     canonical = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class ModelCache:
@@ -60,7 +49,7 @@ class ModelCache:
                 and payload.get("format") == _FORMAT
                 and payload.get("version") == _VERSION
                 and payload.get("key") == key
-                and _state_digest(payload["state_dict"]) == payload.get("sha256")
+                and tensor_digest(payload["state_dict"]) == payload.get("sha256")
             )
             info = json.loads(payload["info"]) if valid else None
         except Exception as err:  # any unreadable file is a corrupt entry, retrained below
@@ -90,7 +79,7 @@ class ModelCache:
             "version": _VERSION,
             "key": key,
             "state_dict": state,
-            "sha256": _state_digest(state),
+            "sha256": tensor_digest(state),
             "info": json.dumps(info),
         }
         return atomic_write(path, lambda handle: torch.save(payload, handle), "model cache entry")
