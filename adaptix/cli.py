@@ -37,7 +37,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from adaptix.experiment import load_config, run_job
 
-    config = load_config(args.config)
+    config = load_config(args.config, preset=args.preset)
     overrides = {}
     if args.output_dir is not None:
         overrides["output_dir"] = args.output_dir
@@ -52,7 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from adaptix.experiment import load_config
 
-    print(load_config(args.config).model_dump_json(indent=2))
+    print(load_config(args.config, preset=args.preset).model_dump_json(indent=2))
     return 0
 
 
@@ -125,6 +125,12 @@ def _deltas(text: str) -> list[float]:
     return [round(start + i * step, 10) for i in range(count)]
 
 
+_PRESET_HELP = (
+    "a shipped configuration: fashion-mnist (the default job) or bbc-minilm (MiniLM-L6 on BBC "
+    "News); `adaptix config --preset NAME` prints it"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -139,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="the main job: train, calibrate, sweep, measure, report (default config)"
     )
     run.add_argument("config", nargs="?", help="a TOML or YAML job configuration")
+    run.add_argument("--preset", help=_PRESET_HELP)
     run.add_argument("--output-dir", type=Path, help="where to write the report and plots")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     run.set_defaults(func=_cmd_run)
     show = commands.add_parser("config", help="print the effective job configuration as JSON")
     show.add_argument("config", nargs="?", help="a TOML or YAML job configuration")
+    show.add_argument("--preset", help=_PRESET_HELP)
     show.set_defaults(func=_cmd_config)
     _add_study(commands)
     return parser

@@ -85,15 +85,15 @@ def plot_control_panels(
         figsize=(4.5 * columns + 0.4, 4.5 * rows + 0.6), dpi=DPI, layout="constrained"
     )
     axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
-    values = [
-        v
-        for curves in panels.values()
-        for curve in curves.values()
-        for point in curve
-        for v in point
-        if v is not None
-    ]
-    span = (max(100 * min(values, default=0.0) - 2.0, 0.0), 100.5)
+    points = [point for curves in panels.values() for curve in curves.values() for point in curve]
+    deltas = [d for d, _ in points]
+    realised = [a for _, a in points if a is not None]
+    # The x-axis spans the δ grid; the y-axis the realised accuracies (and the δ it must meet
+    # there), so that a knob whose curves all sit above 85 % still shows how they move.
+    x_span = (100 * min(deltas, default=0.0) - 1.0, 100 * max(deltas, default=1.0) + 1.0)
+    y_low = min([*realised, max(deltas, default=1.0)], default=0.0)
+    span = (0.0, 100.5)  # the diagonal y = δ and the region below it, clipped by the view
+    y_span = (max(100 * y_low - 1.0, 0.0), 100.5)
     colours = _colour_map([name for curves in panels.values() for name in curves])
     for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
         ax.fill_between(
@@ -111,8 +111,8 @@ def plot_control_panels(
                 color=colours[name],
                 label=name,
             )
-        ax.set_xlim(span)
-        ax.set_ylim(span)
+        ax.set_xlim(x_span)
+        ax.set_ylim(y_span)
         ax.grid(True, alpha=0.3)
         if panel:
             ax.set_title(panel)

@@ -10,6 +10,7 @@ over rows and at most one host synchronisation per exit (to learn how many rows 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -389,3 +390,93 @@ class _Results:
         if self.probs is not None:
             kept = self.probs[rows]
             self.probs[rows] = torch.where(leave.unsqueeze(1), probabilities(logits), kept)
+
+
+@dataclass(frozen=True)
+class ExitTimes:
+    """Measured wall-clock seconds per input of every block and every head, at one batch size.
+
+    On a CPU the early blocks of a CNN cost more time than their share of the FLOPs (large
+    feature maps, memory-bound), so the speed-up a policy can reach in time differs from the
+    FLOP-based one: `ideal_speedup` gives the time-based figure.
+
+    Attributes:
+        block: seconds per input of block e, ``[E]``.
+        head: seconds per input of head e, ``[E]``.
+        batch_size: the rows per forward pass they were measured at.
+    """
+
+    block: tuple[float, ...]
+    head: tuple[float, ...]
+    batch_size: int
+
+    @property
+    def plain(self) -> float:
+        """Seconds per input of the plain model: every block, then the last head."""
+        return sum(self.block) + self.head[-1]
+
+    def to_exit(self, e: int) -> float:
+        """Seconds per input of an input that leaves at exit ``e``: blocks and heads 0..e."""
+        return sum(self.block[: e + 1]) + sum(self.head[: e + 1])
+
+    def ideal_speedup(self, exit_histogram: Tensor) -> float:
+        """plain / the mean time of inputs leaving as ``exit_histogram`` (shares per exit) says:
+        what the runner would reach if every exit's remaining rows ran at this batch size's
+        cost per row (smaller batches cost more per row, so a real run falls short of it)."""
+        shares = exit_histogram.double().tolist()
+        if len(shares) != len(self.block):
+            raise ValidationError(
+                f"expected an exit histogram of {len(self.block)} shares, got {len(shares)}."
+            )
+        # Counts, or shares that do not add up to 1, would give a speed-up that is silently off.
+        if not (all(0 <= s < float("inf") for s in shares) and abs(sum(shares) - 1) <= 1e-4):
+            raise ValidationError(
+                f"expected an exit histogram of shares (finite, >= 0, summing to 1), got "
+                f"{shares}. Divide counts by their total."
+            )
+        mean = sum(share * self.to_exit(e) for e, share in enumerate(shares))
+        return self.plain / mean
+
+
+@torch.inference_mode()
+def time_exits(model: MultiExitModel, batches: list[Any], repeats: int = 2) -> ExitTimes:
+    """Time every block and head of ``model`` over ``batches`` (best of ``repeats`` passes,
+    after one warm-up pass); times are per input.
+
+    Raises:
+        ValidationError: no batches, an input the model refuses, or ``repeats`` < 1.
+    """
+    if not batches:
+        raise ValidationError("expected at least one batch to time, got none.")
+    if not (isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1):
+        raise ValidationError(f"expected repeats to be an integer >= 1, got {repeats!r}.")
+    sizes = [model.check_input(batch) for batch in batches]
+    rows = sum(sizes)
+    synchronise = torch.cuda.synchronize if model.check_devices().type == "cuda" else None
+    best_block = [float("inf")] * model.num_exits
+    best_head = [float("inf")] * model.num_exits
+    for attempt in range(repeats + 1):
+        block = [0.0] * model.num_exits
+        head = [0.0] * model.num_exits
+        for batch in batches:
+            state = batch
+            for e in range(model.num_exits):
+                start = time.perf_counter()
+                state = model.run_block(e, state)
+                if synchronise is not None:
+                    synchronise()
+                middle = time.perf_counter()
+                model.head_logits(e, state)
+                if synchronise is not None:
+                    synchronise()
+                block[e] += middle - start
+                head[e] += time.perf_counter() - middle
+        if attempt == 0:
+            continue  # warm-up
+        best_block = [min(a, b) for a, b in zip(best_block, block, strict=True)]
+        best_head = [min(a, b) for a, b in zip(best_head, head, strict=True)]
+    return ExitTimes(
+        block=tuple(t / rows for t in best_block),
+        head=tuple(t / rows for t in best_head),
+        batch_size=max(sizes),
+    )

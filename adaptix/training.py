@@ -111,14 +111,16 @@ def _loss(
     distillation: float,
     temperature: float,
     top_label: int,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    """Weighted sum of per-exit cross-entropies, optionally distilled from the last exit
+    """Weighted sum of per-exit cross-entropies (``label_smoothing`` as in
+    `torch.nn.functional.cross_entropy`), optionally distilled from the last exit
     (``top_label``: the largest label of the training data, checked against each exit's C)."""
     teacher = logits[-1].detach() / temperature
     total = logits[0].new_zeros(())
     for e, (out, weight) in enumerate(zip(logits, weights, strict=True)):
         _check_classes(e, out, top_label, "training data")
-        loss = F.cross_entropy(out, labels)
+        loss = F.cross_entropy(out, labels, label_smoothing=label_smoothing)
         if distillation > 0 and e < len(logits) - 1:
             soft = F.kl_div(
                 F.log_softmax(out / temperature, dim=-1),
@@ -129,6 +131,51 @@ def _loss(
             loss = (1 - distillation) * loss + distillation * temperature**2 * soft
         total = total + weight * loss
     return total
+
+
+class RandomCropFlip:
+    """Training augmentation for image batches ``[n, C, H, W]``: a random shift of up to ``pad``
+    pixels each way (the classic pad-and-crop; borders replicate the edge pixels, which keeps a
+    plain background plain), then a horizontal flip with probability ``flip``.
+
+    Every image draws its own shift and flip from torch's global generator, which
+    `train_exits` seeds. Pass it as ``train_exits(..., augment=RandomCropFlip())``.
+
+    Args:
+        pad: the largest shift in pixels (0: none).
+        flip: the probability of a horizontal flip (0: never; 0.5 for left-right symmetric
+            classes such as Fashion-MNIST's).
+    """
+
+    def __init__(self, pad: int = 2, flip: float = 0.5) -> None:
+        if not (_is_int(pad) and pad >= 0):
+            raise ValidationError(f"expected pad to be an integer >= 0, got {pad!r}.")
+        if not (_is_finite(flip) and 0 <= flip <= 1):
+            raise ValidationError(f"expected flip to be a probability in [0, 1], got {flip!r}.")
+        self.pad, self.flip = int(pad), float(flip)
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(pad={self.pad}, flip={self.flip:g})"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValidationError(f"RandomCropFlip expects images [n, C, H, W], got {got}.")
+        n, _, height, width = images.shape
+        out = images
+        if self.pad:
+            padded = F.pad(images, (self.pad,) * 4, mode="replicate")
+            dy = torch.randint(0, 2 * self.pad + 1, (n, 1), device=images.device)
+            dx = torch.randint(0, 2 * self.pad + 1, (n, 1), device=images.device)
+            rows = (dy + torch.arange(height, device=images.device))[:, None, :, None]
+            cols = (dx + torch.arange(width, device=images.device))[:, None, None, :]
+            batch = torch.arange(n, device=images.device)[:, None, None, None]
+            channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+            out = padded[batch, channel, rows, cols]
+        if self.flip:
+            flipped = torch.rand(n, device=images.device) < self.flip
+            out = torch.where(flipped[:, None, None, None], out.flip(-1), out)
+        return out.contiguous()
 
 
 @torch.no_grad()
@@ -180,6 +227,10 @@ def train_exits(
     patience: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    label_smoothing: float = 0.0,
+    schedule: Literal["cosine", "onecycle"] = "cosine",
+    augment: Callable[[Any], Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train the exit heads, with the backbone frozen (default) or jointly.
 
@@ -196,7 +247,7 @@ def train_exits(
         mode: ``"frozen"`` or ``"joint"``.
         epochs: passes over ``train``.
         batch_size: examples per step.
-        lr: AdamW learning rate (cosine-annealed to 0).
+        lr: AdamW learning rate: the start of the cosine schedule, the peak of the one-cycle.
         weight_decay: AdamW weight decay.
         loss_weights: weight of each exit's loss (default: all 1).
         distillation: share of each early exit's loss that matches the last exit's softened
@@ -205,6 +256,13 @@ def train_exits(
         patience: epochs without improvement before returning early (None: never).
         seed: seeds initial shuffling and dropout.
         progress: show a progress bar.
+        label_smoothing: share of each target spread over all classes (0 to turn off).
+        schedule: ``"cosine"`` (from ``lr`` to 0 over every step) or ``"onecycle"`` (a warm-up
+            to ``lr`` over the first 30 % of the steps, then cosine to almost 0).
+        augment: applied to the inputs of every training batch, e.g. `RandomCropFlip`; joint
+            mode only (frozen mode computes the features once).
+        on_epoch: called after every epoch with that epoch's record of ``history`` (to log
+            progress where a progress bar cannot show, e.g. in a worker process).
 
     Raises:
         ValidationError: an argument out of range; data that is not ``(inputs, labels)`` with
@@ -224,22 +282,28 @@ def train_exits(
         temperature,
         patience,
     )
+    _check_recipe(mode, label_smoothing, schedule, augment)
     inputs, labels, top_label = _check_data(train, "training data")
     val_data = None if val is None else _check_data(val, "validation data")[:2]
     device = model.check_devices()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    forward = _ExitForward(model, inputs, mode, device, batch_size)
+    forward = _ExitForward(model, inputs, mode, device, batch_size, augment)
     optimizer = torch.optim.AdamW(forward.parameters(), lr=lr, weight_decay=weight_decay)
     n = labels.numel()
-    steps = epochs * ((n + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    steps = max(epochs * ((n + batch_size - 1) // batch_size), 1)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     loss_of = functools.partial(
         _loss,
         weights=weights,
         distillation=distillation,
         temperature=temperature,
         top_label=top_label,
+        label_smoothing=label_smoothing,
     )
 
     result = TrainResult(val_accuracy=None)
@@ -247,7 +311,7 @@ def train_exits(
     bar = tqdm(range(epochs), desc=f"train exits ({mode})", disable=not progress, unit="epoch")
     for epoch in bar:
         order = torch.randperm(n, generator=generator)
-        loss = _train_epoch(forward, labels, order, batch_size, loss_of, optimizer, schedule)
+        loss = _train_epoch(forward, labels, order, batch_size, loss_of, optimizer, scheduler)
         if not math.isfinite(loss):
             raise ValidationError(
                 f"expected a finite training loss, got a mean loss of {loss} in epoch {epoch} of "
@@ -266,6 +330,8 @@ def train_exits(
             bar.set_postfix(loss=f"{loss:.3f}")
             result.best_epoch = epoch
         result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         if patience is not None and best.stale >= patience:
             break
     if best.state is not None:
@@ -314,6 +380,27 @@ def _check_options(
     return [float(w) for w in weights]
 
 
+def _check_recipe(
+    mode: str, label_smoothing: float, schedule: str, augment: Callable[[Any], Any] | None
+) -> None:
+    """Raise unless the recipe options of `train_exits` are in range and fit ``mode``."""
+    if not (_is_finite(label_smoothing) and 0 <= label_smoothing < 1):
+        raise ValidationError(
+            f"expected label_smoothing to be a number in [0, 1), got {label_smoothing!r}."
+        )
+    if schedule not in ("cosine", "onecycle"):
+        raise ValidationError(f"expected schedule 'cosine' or 'onecycle', got {schedule!r}.")
+    if augment is not None and not callable(augment):
+        raise ValidationError(
+            f"expected augment to be a callable on a batch of inputs, got {type(augment).__name__}."
+        )
+    if augment is not None and mode == "frozen":
+        raise ValidationError(
+            "augment needs mode='joint': in the frozen mode the backbone's features are computed "
+            "once, so an augmentation would never reach them."
+        )
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -334,9 +421,15 @@ class _ExitForward:
     """
 
     def __init__(
-        self, model: MultiExitModel, inputs: Any, mode: str, device: torch.device, batch: int
+        self,
+        model: MultiExitModel,
+        inputs: Any,
+        mode: str,
+        device: torch.device,
+        batch: int,
+        augment: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.model, self.inputs, self.device = model, inputs, device
+        self.model, self.inputs, self.device, self.augment = model, inputs, device, augment
         self.frozen = mode == "frozen"
         self.features: list[Tensor] = []
         if self.frozen:
@@ -356,7 +449,10 @@ class _ExitForward:
         if self.frozen:
             heads = zip(self.model.heads, self.features, strict=True)
             return [head(f[rows.to(f.device)]) for head, f in heads]
-        return list(self.model.iter_exits(to_device(take_rows(self.inputs, rows), self.device)))
+        batch = to_device(take_rows(self.inputs, rows), self.device)
+        if self.augment is not None:
+            batch = self.augment(batch)
+        return list(self.model.iter_exits(batch))
 
 
 def _train_epoch(

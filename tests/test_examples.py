@@ -6,6 +6,7 @@ nothing it writes (MLflow stores, figures) lands in the repository.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_tested() -> None:
     tested = {"custom_criterion.py", "log_sweep_to_mlflow.py", "wrap_your_model.py"}
-    tested |= {"minilm_bbc_news.py"}
+    tested |= {"minilm_bbc_news.py", "measure_recipe.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -65,3 +66,16 @@ def test_minilm_bbc_news(tmp_path: Path) -> None:
     args = ["--limit", "160", "--max-length", "32", "--epochs", "5", "--batch-size", "16"]
     out = run_example("minilm_bbc_news.py", *args, cwd=tmp_path)
     assert "runner exits == simulate: True" in out
+
+
+@pytest.mark.slow
+def test_measure_recipe(tmp_path: Path) -> None:
+    out = run_example(
+        "measure_recipe.py", "ls_1c_w", "--epochs", "1", "--train-size", "300",
+        "--out", str(tmp_path / "r.jsonl"), cwd=tmp_path,
+    )  # fmt: skip
+    assert "validation accuracy per exit" in out
+    record = json.loads((tmp_path / "r.jsonl").read_text())
+    assert record["train_size"] == 300
+    assert len(record["val_accuracy"]) == 3  # the small model's exits
+    assert all(0 <= a <= 1 for a in record["val_accuracy"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ mlflow = pytest.importorskip("mlflow")
 TINY = {
     "name": "tiny",
     "data": {"train_size": 400, "calibration_size": 300, "test_size": 300},
-    "train": {"epochs": 1, "batch_size": 64},
+    "train": {"epochs": 1, "batch_size": 64, "workers": 1},
     "models": [
         {"name": "s", "backbone_params": {"base_channels": 4, "blocks": 2}, "head": "linear"},
         {"name": "l", "backbone_params": {"base_channels": 4, "blocks": 4}, "head": "linear"},
@@ -71,15 +72,25 @@ def check_table(lines: list[str]) -> None:
     header, separator, *rows = lines
     width = len(cells(header))
     assert all(cell.strip() for cell in cells(header)), f"empty header cell: {header}"
-    assert [c.strip() for c in cells(separator)] == ["---"] * width, separator
+    rule = [c.strip() for c in cells(separator)]
+    assert len(rule) == width, separator
+    assert all(re.fullmatch(r"-+:?", c) for c in rule), separator
+    # Aligned: every line of the table is as long as its header.
+    assert {len(line) for line in lines} == {len(header)}, lines
     for row in rows:
         assert len(cells(row)) == width, f"{len(cells(row))} cells, header has {width}: {row}"
 
 
+def _normalised(row: str) -> str:
+    return "|" + "|".join(f" {cell.strip()} " for cell in row.strip("|").split("|")) + "|"
+
+
 def test_the_table_checker_catches_a_cell_without_header() -> None:
-    check_table(["| a | b |", "|---|---|", "| 1 | 2 |"])
+    check_table(["| a   |   b |", "| --- | --: |", "| 1   |   2 |"])
     with pytest.raises(AssertionError, match="3 cells, header has 2"):
-        check_table(["| a | b |", "|---|---|", "| 1 | 2 | 3 |"])
+        check_table(["| a   |   b |", "| --- | --: |", "| 1 | 2 | 3 |"])
+    with pytest.raises(AssertionError, match=r"\{9, 13\} == \{13\}"):
+        check_table(["| a   |   b |", "| --- | --: |", "| 1 | 2 |"])
     assert markdown_tables("x\n| a |\n|---|\n\n| b |\n|---|\n| 1 |\n") == [
         ["| a |", "|---|"],
         ["| b |", "|---|", "| 1 |"],
@@ -101,7 +112,7 @@ def test_job_writes_report_tables_and_plots(tiny_job: adaptix.experiment.JobResu
     ]:  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
-    for section in ("(a) Control", "(b) Scale", "realised/ideal"):
+    for section in ("## Summary", "(a) Control", "(b) Scale", "realised / ideal (time)"):
         assert section in report
     calibration = adaptix.Calibration.load(out / "calibration-l.json", num_exits=4)
     assert calibration.num_inputs == 300
@@ -113,11 +124,12 @@ def test_every_table_of_the_report_is_well_formed(tiny_job: adaptix.experiment.J
     report = (tiny_job.output_dir / "report.md").read_text()
     assert report == tiny_job.report
     tables = markdown_tables(report)
-    assert len(tables) == 6  # models; control on l, then on s; knob; scale; runtime
+    assert len(tables) == 7  # targets; models; control on l, then on s; knob; scale; runtime
     for table in tables:
         check_table(table)
-    assert (
-        "| logits | criterion | violation rate (%) | worst shortfall (pt) | early exits" in report
+    tables = [[_normalised(row) for row in table] for table in tables[1:]]
+    assert tables[1][0].startswith(
+        "| logits | criterion | violation rate (%) | worst shortfall (pt) | early exits"
     )
     for control in tables[1:3]:  # the guarantee and pcee_lcb are rows of every panel
         rows = [row.split("|")[1:3] for row in control[2:]]
@@ -159,7 +171,7 @@ def test_mlflow_holds_the_report_as_written(
     client = mlflow.MlflowClient(tracking_uri=tiny_job.tracking_uri)
     logged = client.download_artifacts(tiny_job.parent_run_id, "report.md", str(tmp_path))
     assert Path(logged).read_text() == tiny_job.report  # rendered once, job time included
-    assert "Job time:" in tiny_job.report
+    assert re.search(r"Job time \d+ s", tiny_job.report)
 
 
 def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResult) -> None:
@@ -464,18 +476,20 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
         assert outcome.frontier.of("test_margin_unread")  # swept on its default grid
 
     result = job.JobResult(
-        config=config, models=outcomes, runtime=[], readings=readings, report="",
+        config=config, models=outcomes, runtime=[], exit_times=None, data="synthetic",
+        hardware="test machine", training_seconds=0.0, readings=readings, report="",
         output_dir=tmp_path, seconds=0.0,
     )  # fmt: skip
     report = render_report(result)  # the report
     for table in markdown_tables(report):
         check_table(table)
-    control_rows = [line for line in report.splitlines() if line.startswith("| natural |")]
+    lines = [_normalised(line) if line.startswith("|") else line for line in report.splitlines()]
+    control_rows = [line for line in lines if line.startswith("| natural |")]
     assert any("| test_margin |" in row for row in control_rows)
     assert not any("| test_margin_unread |" in row for row in control_rows)
     assert "test_margin τ = 0.6 … 0.9 (naive reading)" in report
     assert "test_margin_target τ = 0.6 … 0.9 (the target itself)" in report
-    assert "| l + test_margin_unread |" in report  # the scale table holds every criterion
+    assert any("| l + test_margin_unread |" in line for line in lines)  # every criterion
     verdicts = [line for line in report.splitlines() if line.startswith("- vs s at its cost")]
     assert [v.split(": l + ")[1].split(" ")[0] for v in verdicts] == ["pcee", "test_margin_target"]
 

@@ -100,6 +100,12 @@ class MSDNetParams(ParamsModel):
     base_channels: int | None = Field(default=None, ge=1)
     blocks: int | None = Field(default=None, ge=1)
     scales: int = Field(default=3, ge=1, le=4)
+    widen: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="channels multiply by this at each coarser scale (2: 8, 16, 32 for base 8)",
+    )
     growth: int | None = Field(
         default=None,
         ge=1,
@@ -107,6 +113,13 @@ class MSDNetParams(ParamsModel):
     )
     in_channels: int = Field(default=1, ge=1)
     image_size: int = Field(default=28, ge=8)
+    pool: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="exit features: the coarsest scale averaged to a pool × pool grid, "
+        "flattened (1: global average; more keeps where in the image a feature fired)",
+    )
 
 
 class MSDNet(Backbone):
@@ -124,7 +137,7 @@ class MSDNet(Backbone):
         base = self.params.base_channels or base
         depth = self.params.blocks or depth
         num_scales = self.params.scales
-        channels = tuple(base * 2**s for s in range(num_scales))
+        channels = tuple(base * self.params.widen**s for s in range(num_scales))
         # Scale s is refined up to block (s + 1) * depth / S, then dropped (coarse scales last).
         last_use = [max(1, round((s + 1) * depth / num_scales)) - 1 for s in range(num_scales)]
         last_use[-1] = depth - 1
@@ -135,7 +148,7 @@ class MSDNet(Backbone):
         growth = (
             None
             if self.params.growth is None
-            else tuple(self.params.growth * 2**s for s in range(num_scales))
+            else tuple(self.params.growth * self.params.widen**s for s in range(num_scales))
         )
         blocks: list[nn.Module] = []
         dims = []
@@ -144,14 +157,14 @@ class MSDNet(Backbone):
             keep = first_scale(b + 1) if b + 1 < depth else num_scales - 1
             layer = MultiScaleLayer(width, first_scale(b), keep, growth)
             width = layer.out_channels
-            dims.append(width[-1])
+            dims.append(width[-1] * self.params.pool**2)
             blocks.append(
                 nn.Sequential(Stem(self.params.in_channels, channels), layer) if b == 0 else layer
             )
         shape = (self.params.in_channels, self.params.image_size, self.params.image_size)
         return BackboneParts(
             blocks=nn.ModuleList(blocks),
-            feature=CoarsestPool(),
+            feature=CoarsestPool(self.params.pool),
             feature_dims=tuple(dims),
             input_shape=shape,
             example_input=torch.randn(2, *shape),
@@ -159,10 +172,18 @@ class MSDNet(Backbone):
 
 
 class CoarsestPool(nn.Module):
-    """Exit features: global average of the coarsest scale."""
+    """Exit features: the coarsest scale averaged to a ``grid`` × ``grid`` grid, flattened
+    (``grid`` 1: the global average)."""
+
+    def __init__(self, grid: int = 1) -> None:
+        super().__init__()
+        self.grid = grid
 
     def forward(self, scales: tuple[Tensor, ...]) -> Tensor:
-        return scales[-1].mean(dim=(2, 3))
+        coarsest = scales[-1]
+        if self.grid == 1:
+            return coarsest.mean(dim=(2, 3))
+        return nn.functional.adaptive_avg_pool2d(coarsest, self.grid).flatten(1)
 
 
 @hookimpl

@@ -91,19 +91,30 @@ HeadName = Annotated[str, AfterValidator(_registered(lambda m: m.exit_heads))]
 
 
 class DataConfig(FrozenModel):
-    """Fashion-MNIST location and deterministic splits."""
+    """The dataset and its deterministic splits (see `adaptix.experiment.datasets`)."""
 
+    dataset: Literal["fashion-mnist", "bbc-news"] = "fashion-mnist"
     directory: Path | None = Field(
-        default=None, description="IDX directory (default: ADAPTIX_DATA_DIR or Debian's path)"
+        default=None,
+        description="fashion-mnist: IDX directory (default: ADAPTIX_DATA_DIR or Debian's path)",
     )
-    calibration_size: int = Field(default=10_000, ge=10, description="held out of the 60k")
+    calibration_size: int = Field(
+        default=10_000, ge=10, description="fashion-mnist: held out of the 60k training images"
+    )
     train_size: int | None = Field(
-        default=30_000,
+        default=None,
         ge=10,
-        description="training images drawn from the 50k left after calibration (None: all); "
-        "30k keeps the default job within its 15-minute budget on two cores",
+        description="training examples kept of those left after calibration (None: all)",
     )
-    test_size: int | None = Field(default=None, ge=10, description="None: all 10,000")
+    test_size: int | None = Field(
+        default=None, ge=10, description="None: fashion-mnist's 10,000; a quarter of bbc-news"
+    )
+    tokenizer: str = Field(
+        default="all-MiniLM-L6-v2",
+        min_length=1,
+        description="text datasets: the tokenizer's model directory, or all-MiniLM-L6-v2",
+    )
+    max_length: int = Field(default=128, ge=8, le=512, description="text: tokens per input")
     seed: int = 0
 
 
@@ -131,22 +142,46 @@ class ModelConfig(FrozenModel):
 
 #: The default family, validated with the rest of the configuration (so errors carry its path).
 _DEFAULT_MODELS = tuple(
-    {"name": size, "backbone_params": {"size": size}, "head_params": {"hidden": 128}}
+    {"name": size, "backbone_params": {"size": size, "pool": 3}, "head_params": {"hidden": 128}}
     for size in ("small", "medium", "large")
 )
 
 
 class TrainConfig(FrozenModel):
-    """How each model is trained (see `adaptix.train_exits`)."""
+    """How each model is trained (see `adaptix.train_exits`); the defaults are the recipe
+    measured for the Fashion-MNIST family (README, "The training recipe")."""
 
     mode: Literal["frozen", "joint"] = "joint"
-    epochs: int = Field(default=2, ge=1)
+    epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
+    lr: float = Field(default=1e-2, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle"] = "onecycle"
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    augment: bool = Field(
+        default=False,
+        description="random shifts of up to crop_pad pixels and horizontal flips (images only)",
+    )
+    crop_pad: int = Field(default=2, ge=0)
+    flip: float = Field(default=0.5, ge=0, le=1)
+    loss_weights: tuple[float, ...] | None = Field(
+        default=None, description="per-exit loss weights (None: all 1); one per exit"
+    )
     distillation: float = Field(default=0.0, ge=0, lt=1)
     temperature: float = Field(default=2.0, gt=0)
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="models trained at once, each in its own process on one thread",
+    )
     seed: int = 0
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and (not value or any(not 0 <= w < float("inf") for w in value)):
+            raise ValueError("loss weights must be finite and >= 0, one per exit")
+        return value
 
 
 class SweepConfig(FrozenModel):
@@ -207,6 +242,39 @@ class GuaranteeConfig(FrozenModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
+class TargetsConfig(FrozenModel):
+    """The bar the report's summary checks the family against, each line met or missed.
+
+    The largest model is "large", the smallest "small"; "with early exits" is ``criterion``'s
+    frontier on the test split (None: ``pcee`` when it is swept, else the first swept
+    criterion).
+    """
+
+    criterion: CriterionName | None = None
+    final_accuracy: float = Field(
+        default=0.92, ge=0, le=1, description="large at full depth reaches at least this"
+    )
+    gap_over_smallest: float = Field(
+        default=0.02, ge=0, le=1, description="large beats small at full depth by at least this"
+    )
+    gain_at_smallest_cost: float = Field(
+        default=0.015,
+        ge=0,
+        le=1,
+        description="at small's cost, large with early exits beats small (and large "
+        "truncated) by at least this",
+    )
+    full_accuracy_tolerance: float = Field(
+        default=0.002,
+        ge=0,
+        le=1,
+        description="large with early exits counts as reaching its full-depth accuracy within this",
+    )
+    full_accuracy_cost: float = Field(
+        default=0.6, gt=0, le=1, description="... at no more than this share of its cost"
+    )
+
+
 class RuntimeConfig(FrozenModel):
     """Wall-clock measurement of the batched runtime."""
 
@@ -216,6 +284,12 @@ class RuntimeConfig(FrozenModel):
     thresholds: tuple[float, ...] = Field(default=(0.9, 0.95, 0.98), validate_default=True)
     batch_size: int = Field(default=256, ge=1)
     repeats: int = Field(default=2, ge=1)
+    inputs: int | None = Field(
+        default=2048,
+        ge=1,
+        description="time the first this-many test inputs (None: the whole test split); "
+        "enough batches for a stable median, and the cached job stays fast",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -259,6 +333,7 @@ class JobConfig(FrozenModel):
     sweep: SweepConfig = Field(default={}, validate_default=True)
     guarantee: GuaranteeConfig = Field(default={}, validate_default=True)
     runtime: RuntimeConfig = Field(default={}, validate_default=True)
+    targets: TargetsConfig = Field(default={}, validate_default=True)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("adaptix-out")
     threads: int | None = Field(
@@ -282,6 +357,16 @@ class JobConfig(FrozenModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        if self.train.augment and self.data.dataset != "fashion-mnist":
+            raise ValueError(
+                f"train.augment shifts and flips images; data.dataset {self.data.dataset!r} "
+                "is not images: turn train.augment off"
+            )
+        if self.targets.criterion not in (None, *self.sweep.criteria):
+            raise ValueError(
+                f"targets.criterion {self.targets.criterion!r} is not swept: add it to "
+                f"sweep.criteria {list(self.sweep.criteria)}"
+            )
         if self.runtime.model is not None and self.runtime.model not in names:
             raise ValueError(f"runtime.model {self.runtime.model!r} is not one of {names}")
         if self.guarantee.enabled and GUARANTEE_ROW in self.sweep.criteria:
@@ -297,6 +382,12 @@ class JobConfig(FrozenModel):
                 "below 1, or turn guarantee.enabled off"
             )
         return self
+
+    def target_criterion(self) -> str:
+        """The criterion the summary's targets read (see `TargetsConfig.criterion`)."""
+        if self.targets.criterion is not None:
+            return self.targets.criterion
+        return "pcee" if "pcee" in self.sweep.criteria else self.sweep.criteria[0]
 
     def resolved_cache_dir(self) -> Path:
         """Where trained models are cached."""
@@ -333,13 +424,45 @@ def parse_config(
         raise ConfigError(f"invalid {source}:\n{_dotted(err)}") from err
 
 
+#: The shipped job configurations, one TOML file each: ``adaptix run --preset NAME``.
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The names ``--preset`` takes (``fashion-mnist`` is the default job)."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of the shipped configuration ``name``.
+
+    Raises:
+        ConfigError: no preset of that name (the message lists them).
+    """
+    path = PRESETS_DIR / f"{name}.toml"
+    if name not in preset_names():
+        raise ConfigError(f"no preset named {name!r}; the presets are {preset_names()}.")
+    return path
+
+
 def load_config(
-    path: str | os.PathLike[str] | None = None, *, plugins: AdaptixPluginManager | None = None
+    path: str | os.PathLike[str] | None = None,
+    *,
+    preset: str | None = None,
+    plugins: AdaptixPluginManager | None = None,
 ) -> JobConfig:
-    """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; None gives the defaults.
+    """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file, or the shipped ``preset``;
+    neither gives the defaults (the ``fashion-mnist`` job).
 
     Component names resolve with ``plugins`` (see `parse_config`).
+
+    Raises:
+        ConfigError: both a path and a preset, an unknown preset, or an invalid file.
     """
+    if path is not None and preset is not None:
+        raise ConfigError("pass a configuration file or a preset, not both.")
+    if preset is not None:
+        path = preset_path(preset)
     if path is None:
         return parse_config({}, "default configuration", plugins=plugins)
     source = Path(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -38,17 +39,18 @@ from adaptix.control import (
     oracle_points,
     summarise_control,
 )
-from adaptix.data import FashionMNIST, load_fashion_mnist
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
 from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig
+from adaptix.experiment.datasets import JobData, Split, load_job_data
 from adaptix.experiment.report import render_report
 from adaptix.flops import FlopProfile
 from adaptix.guarantee import CertificateWarning, Certifier
 from adaptix.model import MultiExitModel, build_model, profile_from_trace
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 from adaptix.policy import ExitPolicy
-from adaptix.runtime import EarlyExitRunner
+from adaptix.rows import take_rows
+from adaptix.runtime import EarlyExitRunner, ExitTimes, RunnerOutput, time_exits
 from adaptix.scores import prediction
 from adaptix.simulate import (
     Frontier,
@@ -59,7 +61,7 @@ from adaptix.simulate import (
     sweep,
 )
 from adaptix.trace import Trace
-from adaptix.training import train_exits
+from adaptix.training import RandomCropFlip, train_exits
 
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
@@ -124,9 +126,11 @@ class RuntimePoint:
     criterion: str
     threshold: float
     batch_size: int
+    inputs: int  # the test inputs timed (the first ones)
     plain_seconds: float
     runner_seconds: float
     ideal_speedup: float
+    time_ideal_speedup: float
     accuracy: float
     agrees_with_simulation: bool
 
@@ -143,6 +147,10 @@ class JobResult:
     config: JobConfig
     models: dict[str, ModelOutcome]
     runtime: list[RuntimePoint]
+    exit_times: ExitTimes | None  # per-block times of the runtime's model (None: not run)
+    data: str  # the dataset and its split, in words
+    hardware: str  # the machine, in words
+    training_seconds: float  # wall-clock seconds spent training in this run (0: all cached)
     readings: dict[str, AccuracyReading | None]  # criterion -> its declared accuracy reading
     report: str
     output_dir: Path
@@ -152,30 +160,141 @@ class JobResult:
     parent_run_id: str | None = None
 
 
-def _train_or_load(
-    spec: ModelConfig,
-    config: JobConfig,
-    data: FashionMNIST,
-    cache: ModelCache,
-    manager: AdaptixPluginManager,
-    log: Callable[[str], None],
-) -> tuple[MultiExitModel, float | None, bool]:
-    torch.manual_seed(config.train.seed)
-    model = build_model(
+def _build(
+    spec: ModelConfig, num_classes: int, seed: int, manager: AdaptixPluginManager
+) -> MultiExitModel:
+    """The untrained model of ``spec`` (initial weights seeded by ``seed``)."""
+    torch.manual_seed(seed)
+    return build_model(
         spec.backbone,
-        10,
+        num_classes,
         head=spec.head,
         backbone_params=spec.backbone_params,
         head_params=spec.head_params,
         plugins=manager,
     )
-    key = cache_key(
+
+
+def _cache_key(spec: ModelConfig, config: JobConfig) -> str:
+    """Everything that decides a model's trained weights (not how many trained at once)."""
+    data = config.data.model_dump(mode="json", exclude={"test_size"})
+    return cache_key(
         model=spec.model_dump(mode="json"),
-        train=config.train.model_dump(mode="json"),
-        data={k: v for k, v in config.data.model_dump(mode="json").items() if k != "test_size"},
+        train=config.train.model_dump(mode="json", exclude={"workers"}),
+        data=data,
         torch=torch.__version__.split("+")[0],
         cache_format=1,
     )
+
+
+def _train(
+    model: MultiExitModel,
+    config: JobConfig,
+    data: JobData,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> float:
+    """Train ``model`` on the training split with the configured recipe; the seconds it took."""
+    recipe = config.train
+    start = time.perf_counter()
+    train_exits(
+        model,
+        data.train.pair(),
+        None,
+        mode=recipe.mode,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        schedule=recipe.schedule,
+        label_smoothing=recipe.label_smoothing,
+        augment=RandomCropFlip(recipe.crop_pad, recipe.flip) if recipe.augment else None,
+        loss_weights=recipe.loss_weights,
+        distillation=recipe.distillation,
+        temperature=recipe.temperature,
+        seed=recipe.seed,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    return time.perf_counter() - start
+
+
+def _train_in_worker(spec: ModelConfig, config: JobConfig) -> float:
+    """A worker process's task: train one model on one thread, save it in the cache; the
+    seconds training took. The worker loads the data and builds the plugins itself."""
+    torch.set_num_threads(1)
+    if config.tune_cpu_allocator:
+        tune_cpu_allocator()
+    manager = get_plugin_manager()
+    data = load_job_data(config.data)
+    model = _build(spec, data.num_classes, config.train.seed, manager)
+    start = time.perf_counter()
+
+    def report(record: dict[str, Any]) -> None:
+        # One line per epoch: bars of two processes would overwrite each other.
+        print(
+            f"{spec.name}: epoch {record['epoch'] + 1}/{config.train.epochs}, loss "
+            f"{record['loss']:.3f}, {time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    seconds = _train(model, config, data, progress=False, on_epoch=report)
+    ModelCache(config.resolved_cache_dir()).save(
+        spec.name, _cache_key(spec, config), model.state_dict(), {"seconds": seconds}
+    )
+    return seconds
+
+
+def _train_missing(
+    config: JobConfig, cache: ModelCache, log: Callable[[str], None]
+) -> dict[str, float]:
+    """With ``train.workers`` > 1, train the models missing from the cache in that many
+    processes at once (each on one thread), largest first, and cache them; the seconds each
+    took. With one worker, or one model to train, nothing happens here: `_train_or_load`
+    trains in this process."""
+    missing = [
+        spec for spec in config.models if cache.load(spec.name, _cache_key(spec, config)) is None
+    ]
+    workers = min(config.train.workers, len(missing))
+    if workers < 2:
+        return {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # The family is listed smallest first: the largest starts first, so that the others fill
+    # the remaining workers around it.
+    order = list(reversed(missing))
+    log(
+        f"training {', '.join(s.name for s in order)} in {workers} processes "
+        f"({config.train.epochs} epochs, {config.train.mode})"
+    )
+    seconds: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_train_in_worker, spec, config): spec.name for spec in order}
+        bar = tqdm(as_completed(futures), total=len(futures), desc="train", unit="model")
+        for future in bar:
+            name = futures[future]
+            seconds[name] = future.result()
+            log(f"{name}: trained in {seconds[name]:.0f} s")
+    return seconds
+
+
+def _train_or_load(
+    spec: ModelConfig,
+    config: JobConfig,
+    data: JobData,
+    cache: ModelCache,
+    manager: AdaptixPluginManager,
+    log: Callable[[str], None],
+    trained_here: dict[str, float],
+) -> tuple[MultiExitModel, float | None, bool]:
+    """The trained model of ``spec``, its training seconds and whether it came from an earlier
+    run's cache (models that worker processes trained in this run, ``trained_here``, count as
+    trained)."""
+    model = _build(spec, data.num_classes, config.train.seed, manager)
+    key = _cache_key(spec, config)
     cached = cache.load(spec.name, key)
     if cached is not None:
         state, info = cached
@@ -184,25 +303,12 @@ def _train_or_load(
         except RuntimeError as err:
             log(f"cache entry for {spec.name} does not fit the model ({err}); retraining")
         else:
+            if spec.name in trained_here:
+                return model.eval(), trained_here[spec.name], False
             log(f"{spec.name}: loaded from cache {cache.path(spec.name, key)}")
             return model.eval(), info.get("seconds"), True
     log(f"{spec.name}: training ({config.train.epochs} epochs, {config.train.mode})")
-    start = time.perf_counter()
-    train_exits(
-        model,
-        data.train.pair(),
-        None,
-        mode=config.train.mode,
-        epochs=config.train.epochs,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        distillation=config.train.distillation,
-        temperature=config.train.temperature,
-        seed=config.train.seed,
-        progress=True,
-    )
-    seconds = time.perf_counter() - start
+    seconds = _train(model, config, data, progress=True)
     cache.save(spec.name, key, model.state_dict(), {"seconds": seconds})
     return model.eval(), seconds, False
 
@@ -370,12 +476,17 @@ def _time_pair(
 def _measure_runtime(
     outcome: ModelOutcome,
     model: MultiExitModel,
-    images: torch.Tensor,
+    test: Split,
     config: JobConfig,
     manager: AdaptixPluginManager,
-) -> list[RuntimePoint]:
-    batch = config.runtime.batch_size
-    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+) -> tuple[list[RuntimePoint], ExitTimes]:
+    """The runner against the plain model on the test split at each δ of ``runtime``, with the
+    FLOP-based and the time-based ideal speed-ups (per-block times at the same batch size)."""
+    count = min(len(test), config.runtime.inputs or len(test))
+    timed = Split(take_rows(test.inputs, slice(0, count)), test.labels[:count])
+    trace = outcome.test_trace.subset(slice(0, count))
+    batches = timed.batches(config.runtime.batch_size)
+    times = time_exits(model, batches, repeats=config.runtime.repeats)
 
     def plain() -> None:
         with torch.inference_mode():
@@ -388,29 +499,31 @@ def _measure_runtime(
             config.runtime.criterion, threshold, outcome.calibration, plugins=manager
         )
         runner = EarlyExitRunner(model, pol)
+        outputs: list[RunnerOutput] = []
 
-        def run_all(run: EarlyExitRunner = runner) -> None:
-            for x in batches:
-                run(x)
+        def run_all(run: EarlyExitRunner = runner, kept: list[RunnerOutput] = outputs) -> None:
+            kept.clear()  # the last timed pass's outputs are the ones checked below
+            kept.extend(run(x) for x in batches)
 
         plain_seconds, runner_seconds = _time_pair(plain, run_all, config.runtime.repeats)
-        exits = torch.cat([runner(x).exit_index for x in batches])
-        simulated = simulate(outcome.test_trace, pol)
-        mean_cost = simulated.mean_cost
+        exits = torch.cat([out.exit_index for out in outputs])
+        simulated = simulate(trace, pol)
         points.append(
             RuntimePoint(
                 model=outcome.config.name,
                 criterion=config.runtime.criterion,
                 threshold=pol.threshold,
-                batch_size=batch,
+                batch_size=config.runtime.batch_size,
+                inputs=count,
                 plain_seconds=plain_seconds,
                 runner_seconds=runner_seconds,
-                ideal_speedup=outcome.profile.plain_cost / mean_cost,
+                ideal_speedup=outcome.profile.plain_cost / simulated.mean_cost,
+                time_ideal_speedup=times.ideal_speedup(simulated.exit_histogram),
                 accuracy=simulated.accuracy or 0.0,
                 agrees_with_simulation=bool(torch.equal(exits, simulated.exit_index)),
             )
         )
-    return points
+    return points, times
 
 
 def run_job(
@@ -447,24 +560,36 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     log(f"adaptix {adaptix.__version__}: job '{config.name}' → {out.resolve()}")
     data = _load_data(config, log)
     cache = ModelCache(config.resolved_cache_dir())
+    training_started = time.perf_counter()
+    trained_here = _train_missing(config, cache, log)
+    training_wall = time.perf_counter() - training_started
     outcomes: dict[str, ModelOutcome] = {}
     models: dict[str, MultiExitModel] = {}
     for spec in config.models:
-        model, seconds, cached = _train_or_load(spec, config, data, cache, manager, log)
+        model, seconds, cached = _train_or_load(
+            spec, config, data, cache, manager, log, trained_here
+        )
+        if not cached and spec.name not in trained_here:
+            training_wall += seconds or 0.0
         traces = _trace_splits(model, data, spec.name)
         outcome = _analyse(spec, *traces, config, manager, readings)
         outcomes[spec.name] = dataclasses.replace(outcome, trained_seconds=seconds, cached=cached)
         models[spec.name] = model
     runtime: list[RuntimePoint] = []
+    exit_times = None
     if config.runtime.enabled:
         target = config.runtime.model or config.models[-1].name
-        runtime = _measure_runtime(
-            outcomes[target], models[target], data.test.images, config, manager
+        runtime, exit_times = _measure_runtime(
+            outcomes[target], models[target], data.test, config, manager
         )
     result = JobResult(
         config=config,
         models=outcomes,
         runtime=runtime,
+        exit_times=exit_times,
+        data=data.description,
+        hardware=_hardware(),
+        training_seconds=training_wall,
         readings=readings,
         report="",
         output_dir=out,
@@ -480,27 +605,42 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     return result
 
 
-def _load_data(config: JobConfig, log: Callable[[str], None]) -> FashionMNIST:
-    data = load_fashion_mnist(
-        config.data.directory,
-        calibration_size=config.data.calibration_size,
-        train_size=config.data.train_size,
-        test_size=config.data.test_size,
-        seed=config.data.seed,
+def _hardware() -> str:
+    """The CPU (or GPU), its cores and torch's threads, in words."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} on "
+        f"{torch.get_num_threads()} thread(s)"
     )
+
+
+def _load_data(config: JobConfig, log: Callable[[str], None]) -> JobData:
+    data = load_job_data(config.data)
     log(
-        f"data: train {len(data.train)}, calibration {len(data.calibration)}, test {len(data.test)}"
+        f"data: {data.dataset}, train {len(data.train)}, calibration {len(data.calibration)}, "
+        f"test {len(data.test)}"
     )
     return data
 
 
-def _trace_splits(model: MultiExitModel, data: FashionMNIST, name: str) -> tuple[Trace, Trace]:
+def _trace_splits(model: MultiExitModel, data: JobData, name: str) -> tuple[Trace, Trace]:
     """The calibration and test traces: every exit's logits, and the measured FLOPs."""
     calibration, test = (
         model.trace(
-            split.images,
+            split.inputs,
             split.labels,
-            500,
+            data.batch_size,
             progress=True,
             meta={"model": name, "split": split_name},
         )
@@ -621,9 +761,7 @@ def _write_plots(result: JobResult) -> None:
     )
 
 
-def _start_tracking(
-    result: JobResult, data: FashionMNIST, manager: AdaptixPluginManager
-) -> _Tracking:
+def _start_tracking(result: JobResult, data: JobData, manager: AdaptixPluginManager) -> _Tracking:
     """Log the job to MLflow: a parent run, a run per model with a run per frontier point, the
     plots and the CSVs. The parent stays open for the report (`_Tracking.finish`)."""
     from adaptix.tracking import Tracker, default_tracking_uri

