@@ -15,6 +15,7 @@ from adaptix.errors import PluginError, ValidationError
 from adaptix.flops import FlopMeter, FlopProfile
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 from adaptix.rows import batch_device, batch_size, take_rows
+from adaptix.rows import batch_size as batch_size_of
 from adaptix.trace import Trace
 
 
@@ -250,6 +251,7 @@ class MultiExitModel(nn.Module):
         *,
         progress: bool = False,
         meta: dict[str, str] | None = None,
+        flop_batches: int | None = None,
     ) -> Trace:
         """Evaluate every exit on ``inputs`` and record measured cumulative costs.
 
@@ -262,9 +264,20 @@ class MultiExitModel(nn.Module):
             batch_size: rows per forward pass.
             progress: show a progress bar.
             meta: extra metadata for the trace.
+            flop_batches: count FLOPs on the first this-many batches only, averaged over their
+                rows (None: every batch). Counting costs several times a plain forward pass;
+                one batch is exact when every input costs the same (fixed-shape images, text
+                padded to one length), but not when cost varies with the input (text padded
+                per batch: keep None).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValidationError(f"expected an integer batch_size >= 1, got {batch_size!r}.")
+        if flop_batches is not None and (
+            isinstance(flop_batches, bool) or not isinstance(flop_batches, int) or flop_batches < 1
+        ):
+            raise ValidationError(
+                f"expected flop_batches to be an integer >= 1 or None, got {flop_batches!r}."
+            )
         was_training = self.training
         self.eval()
         try:
@@ -272,15 +285,24 @@ class MultiExitModel(nn.Module):
             logits = []
             zeros = (0.0,) * self.num_exits
             profile = FlopProfile(zeros, zeros)
+            counted = 0
             starts = range(0, n, batch_size)
-            for start in tqdm(starts, desc="trace", disable=not progress, unit="batch"):
+            for index, start in enumerate(
+                tqdm(starts, desc="trace", disable=not progress, unit="batch")
+            ):
                 rows = take_rows(inputs, slice(start, start + batch_size))
-                batch_logits, batch_profile = self._profiled_exits(rows)
+                if flop_batches is None or index < flop_batches:
+                    batch_logits, batch_profile = self._profiled_exits(rows)
+                    profile = profile + batch_profile
+                    counted += batch_size_of(rows)
+                else:
+                    batch_logits = list(self.iter_exits(rows))
+                    for e, out in enumerate(batch_logits):
+                        self.check_logits(e, out, batch_size_of(rows))
                 logits.append(torch.stack(batch_logits, dim=1).float().cpu())
-                profile = profile + batch_profile
         finally:
             self.train(was_training)
-        per_input = profile.scaled(1.0 / n)
+        per_input = profile.scaled(1.0 / counted)
         info = {
             "block_flops": json.dumps(per_input.blocks),
             "head_flops": json.dumps(per_input.heads),

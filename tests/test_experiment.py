@@ -497,7 +497,7 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # frontier logging, as the job does it
     tracker = Tracker("readings", uri, artifact_location=str(tmp_path / "artifacts"))
-    tracking = job._Tracking(tracker, None, {"seed": 0}, plugins, tmp_path)
+    tracking = job._Tracking(tracker, None, {"seed": 0}, plugins, tmp_path, uri)
     tracking.log_model("l", outcomes["l"], [])
     assert tracker.failures == []
     runs = mlflow.MlflowClient(uri).search_runs([tracker.experiment_id], max_results=1000)

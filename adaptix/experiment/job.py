@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -64,6 +65,8 @@ from adaptix.trace import Trace
 from adaptix.training import RandomCropFlip, train_exits
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
     from adaptix.tracking import Tracker
 
 # Dense confidence grid for the hindsight oracle (the cheapest threshold reaching δ).
@@ -262,8 +265,14 @@ def _train_missing(
     processes at once (each on one thread), largest first, and cache them; the seconds each
     took. With one worker, or one model to train, nothing happens here: `_train_or_load`
     trains in this process."""
+    if config.train.workers < 2:
+        return {}
+    # Existence only: reading and verifying every entry here would double the cached job's
+    # loading. An entry that turns out corrupt is retrained in this process by _train_or_load.
     missing = [
-        spec for spec in config.models if cache.load(spec.name, _cache_key(spec, config)) is None
+        spec
+        for spec in config.models
+        if not cache.path(spec.name, _cache_key(spec, config)).is_file()
     ]
     workers = min(config.train.workers, len(missing))
     if workers < 2:
@@ -282,8 +291,8 @@ def _train_missing(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, spec, config): spec.name for spec in order}
-        bar = tqdm(as_completed(futures), total=len(futures), desc="train", unit="model")
-        for future in bar:
+        # The workers print a line per epoch (the progress); a bar here would break them up.
+        for future in as_completed(futures):
             name = futures[future]
             seconds[name] = future.result()
             log(f"{name}: trained in {seconds[name]:.0f} s")
@@ -414,10 +423,15 @@ def _certify(
     with warnings.catch_warnings():
         # The report counts the δ that could not be certified; a warning per δ would repeat it.
         warnings.simplefilter("ignore", CertificateWarning)
+        simulated: dict[tuple[float, bool], SimulationResult] = {}
         for delta in config.sweep.deltas():
             certified = certifier.early_accuracy(delta, alpha=settings.alpha)
-            result = simulate(test_trace, certified)
-            points.append(CertifiedPoint(delta, certified, _as_point(result, certified.threshold)))
+            # Many δ certify the same threshold: simulate each policy once.
+            key = (certified.threshold, certified.exits_early)
+            if key not in simulated:
+                simulated[key] = simulate(test_trace, certified)
+            point = _as_point(simulated[key], certified.threshold)
+            points.append(CertifiedPoint(delta, certified, point))
     return points
 
 
@@ -471,13 +485,14 @@ def _knob(
 
 
 def _time_pair(
-    reference: Callable[[], Any], fn: Callable[[], Any], repeats: int
+    reference: Callable[[], Any], fn: Callable[[], Any], repeats: int, warm: bool = True
 ) -> tuple[float, float]:
     """Median wall-clock seconds of ``reference`` and ``fn`` over ``repeats`` rounds (after one
-    warm-up of each); every round times both back to back, so that the load of a shared machine
-    weighs on both alike."""
-    reference()
-    fn()
+    warm-up of each unless ``warm`` is False); every round times both back to back, so that the
+    load of a shared machine weighs on both alike."""
+    if warm:
+        reference()
+        fn()
     samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for target, samples_of in ((reference, samples[0]), (fn, samples[1])):
@@ -519,7 +534,11 @@ def _measure_runtime(
             kept.clear()  # the last timed pass's outputs are the ones checked below
             kept.extend(run(x) for x in batches)
 
-        plain_seconds, runner_seconds = _time_pair(plain, run_all, config.runtime.repeats)
+        # time_exits warmed the model up; each δ's runner still gets one untimed pass.
+        run_all()
+        plain_seconds, runner_seconds = _time_pair(
+            plain, run_all, config.runtime.repeats, warm=False
+        )
         exits = torch.cat([out.exit_index for out in outputs])
         simulated = simulate(trace, pol)
         points.append(
@@ -583,40 +602,19 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     training_started = time.perf_counter()
     trained_here = _train_missing(config, cache, log)
     training_wall = time.perf_counter() - training_started
-    outcomes: dict[str, ModelOutcome] = {}
-    models: dict[str, MultiExitModel] = {}
-    for spec in config.models:
-        model, seconds, cached = _train_or_load(
-            spec, config, data, cache, manager, log, trained_here
+    tracking = _open_tracking(config, data, manager) if config.tracking.enabled else None
+    try:
+        result = _analyse_family(
+            config, data, cache, manager, readings, trained_here, tracking, log
         )
-        if not cached and spec.name not in trained_here:
-            training_wall += seconds or 0.0
-        traces = _trace_splits(model, data, spec.name)
-        outcome = _analyse(spec, *traces, config, manager, readings)
-        outcomes[spec.name] = dataclasses.replace(outcome, trained_seconds=seconds, cached=cached)
-        models[spec.name] = model
-    runtime: list[RuntimePoint] = []
-    exit_times = None
-    if config.runtime.enabled:
-        target = config.runtime.model or config.models[-1].name
-        runtime, exit_times = _measure_runtime(
-            outcomes[target], models[target], data.test, config, manager
-        )
-    result = JobResult(
-        config=config,
-        models=outcomes,
-        runtime=runtime,
-        exit_times=exit_times,
-        data=data.description,
-        hardware=_hardware(),
-        training_seconds=training_wall,
-        readings=readings,
-        report="",
-        output_dir=out,
-        seconds=0.0,
-    )
-    _write_plots(result)
-    tracking = _start_tracking(result, data, manager) if config.tracking.enabled else None
+        result.training_seconds += training_wall
+        _write_family_plot(result)
+        if tracking is not None:
+            tracking.log_family(result)
+    except BaseException:
+        if tracking is not None:
+            tracking.abandon()
+        raise
     result.seconds = time.perf_counter() - started
     report_path = _write_report(result)
     if tracking is not None:
@@ -625,9 +623,67 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     return result
 
 
+def _analyse_family(
+    config: JobConfig,
+    data: JobData,
+    cache: ModelCache,
+    manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
+    trained_here: dict[str, float],
+    tracking: _Tracking | None,
+    log: Callable[[str], None],
+) -> JobResult:
+    """Train (what is still missing) or load every model, trace, analyse and plot it, and
+    hand its MLflow run to the logging worker.
+
+    The runtime's model goes first and is timed before any logging starts (a busy worker
+    would share the cores with the clock); the other models are traced and analysed while the
+    worker logs the ones before them. Tracing uses every core while no logging runs, the
+    job's ``threads`` otherwise.
+    """
+    measured = (config.runtime.model or config.models[-1].name) if config.runtime.enabled else None
+    order = sorted(config.models, key=lambda spec: spec.name != measured)
+    training_seconds = 0.0
+    analysed: dict[str, ModelOutcome] = {}
+    runtime: list[RuntimePoint] = []
+    exit_times = None
+    for spec in order:
+        model, seconds, cached = _train_or_load(
+            spec, config, data, cache, manager, log, trained_here
+        )
+        if not cached and spec.name not in trained_here:
+            training_seconds += seconds or 0.0
+        idle = tracking is None or not tracking.pending
+        traces = _trace_splits(model, data, spec.name, every_core=idle)
+        outcome = _analyse(spec, *traces, config, manager, readings)
+        outcome = dataclasses.replace(outcome, trained_seconds=seconds, cached=cached)
+        analysed[spec.name] = outcome
+        if spec.name == measured:
+            if tracking is not None:
+                tracking.wait()
+            runtime, exit_times = _measure_runtime(outcome, model, data.test, config, manager)
+        if tracking is None:
+            _write_model_plots(spec.name, outcome, config.output_dir)
+        else:  # its plots too, in the worker
+            tracking.submit(spec.name, outcome, runtime if spec.name == measured else [])
+    outcomes = {spec.name: analysed[spec.name] for spec in config.models}  # the family's order
+    return JobResult(
+        config=config,
+        models=outcomes,
+        runtime=runtime,
+        exit_times=exit_times,
+        data=data.description,
+        hardware=_hardware(),
+        training_seconds=training_seconds,
+        readings=readings,
+        report="",
+        output_dir=config.output_dir,
+        seconds=0.0,
+    )
+
+
 def _hardware() -> str:
     """The CPU (or GPU), its cores and torch's threads, in words."""
-    import os
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -654,13 +710,29 @@ def _load_data(config: JobConfig, log: Callable[[str], None]) -> JobData:
     return data
 
 
-def _trace_splits(model: MultiExitModel, data: JobData, name: str) -> tuple[Trace, Trace]:
-    """The calibration and test traces: every exit's logits, and the measured FLOPs."""
+def _trace_splits(
+    model: MultiExitModel, data: JobData, name: str, every_core: bool = False
+) -> tuple[Trace, Trace]:
+    """The calibration and test traces: every exit's logits, and the measured FLOPs (on one
+    batch: every input of a split has the same shape). On every core when ``every_core``
+    (measured: the large CNN traced 10,000 images in 8 s on two threads, 15 s on one), on the
+    job's ``threads`` otherwise."""
+    threads = torch.get_num_threads()
+    if every_core:
+        torch.set_num_threads(os.cpu_count() or threads)
+    try:
+        return _trace_both(model, data, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trace_both(model: MultiExitModel, data: JobData, name: str) -> tuple[Trace, Trace]:
     calibration, test = (
         model.trace(
             split.inputs,
             split.labels,
             data.batch_size,
+            flop_batches=1,  # every input of a split has one shape: one batch counts them all
             progress=True,
             meta={"model": name, "split": split_name},
         )
@@ -740,27 +812,34 @@ def _write_report(result: JobResult) -> Path:
     return path
 
 
-def _write_plots(result: JobResult) -> None:
+def _write_model_plots(name: str, outcome: ModelOutcome, out: Path) -> None:
+    """One model's control and reliability plots (written as soon as it is analysed, so that
+    its MLflow run can carry them)."""
+    from adaptix import plots
+
+    panels: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
+    for panel, summaries in outcome.control.items():
+        panels[panel] = {
+            criterion: [(d, v[0]) for d, v in summary.per_delta.items()]
+            for criterion, summary in summaries.items()
+        }
+    plots.plot_control_panels(
+        panels,
+        out / f"control-{name}.png",
+        title=f"{name}: realised early accuracy against the target δ (test split)",
+    )
+    plots.plot_reliability(
+        outcome.calibration,
+        out / f"reliability-{name}.png",
+        title=f"{name}: reliability per exit (calibration split)",
+    )
+
+
+def _write_family_plot(result: JobResult) -> None:
+    """Accuracy against FLOPs: every model, its truncations and the largest one's frontiers."""
     from adaptix import plots
 
     out = result.output_dir
-    for name, outcome in result.models.items():
-        panels: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
-        for panel, summaries in outcome.control.items():
-            panels[panel] = {
-                criterion: [(d, v[0]) for d, v in summary.per_delta.items()]
-                for criterion, summary in summaries.items()
-            }
-        plots.plot_control_panels(
-            panels,
-            out / f"control-{name}.png",
-            title=f"{name}: realised early accuracy against the target δ (test split)",
-        )
-        plots.plot_reliability(
-            outcome.calibration,
-            out / f"reliability-{name}.png",
-            title=f"{name}: reliability per exit (calibration split)",
-        )
     largest = list(result.models)[-1]
     big = result.models[largest]
     frontiers = {}
@@ -782,19 +861,20 @@ def _write_plots(result: JobResult) -> None:
     )
 
 
-def _start_tracking(result: JobResult, data: JobData, manager: AdaptixPluginManager) -> _Tracking:
-    """Log the job to MLflow: a parent run, a run per model with a run per frontier point, the
-    plots and the CSVs. The parent stays open for the report (`_Tracking.finish`)."""
+def _open_tracking(config: JobConfig, data: JobData, manager: AdaptixPluginManager) -> _Tracking:
+    """Open the job's MLflow session: its parent run, which stays open until the report is
+    logged (`_Tracking.finish`). Model runs are logged in a background thread
+    (`_Tracking.submit`) while the job goes on with the next model."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from adaptix.tracking import Tracker, default_tracking_uri
 
-    config = result.config
     uri = config.tracking.uri or default_tracking_uri()
     tracker = Tracker(
         experiment=config.tracking.experiment,
         tracking_uri=uri,
-        artifact_location=str((result.output_dir / "mlartifacts").resolve()),
+        artifact_location=str((config.output_dir / "mlartifacts").resolve()),
     )
-    result.tracking_uri = uri
     splits = {
         "train_size": len(data.train),
         "calibration_size": len(data.calibration),
@@ -806,30 +886,66 @@ def _start_tracking(result: JobResult, data: JobData, manager: AdaptixPluginMana
         params={"config": config.model_dump_json(), **splits},
         tags={"adaptix.version": adaptix.__version__},
     )
-    result.parent_run_id = parent
-    tracking = _Tracking(tracker, parent, splits, manager, result.output_dir)
-    measured = config.runtime.model or config.models[-1].name
-    for name, outcome in tqdm(result.models.items(), desc="mlflow", unit="model"):
-        tracking.log_model(name, outcome, result.runtime if name == measured else [])
-    for path in [
-        result.output_dir / "accuracy-vs-flops.png",
-        *sorted(result.output_dir.glob("*.csv")),
-    ]:
-        if path.exists():
-            tracker.log_artifact(parent, path)
-    result.tracking_failures = list(tracker.failures)
-    return tracking
+    import multiprocessing
+
+    # One process logs the model runs (and draws their plots): MLflow's and matplotlib's
+    # Python work then runs on the other core instead of taking turns for the GIL with the
+    # job's torch work.
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool.submit(_start_worker)  # starts the process and its imports while the job loads
+    return _Tracking(tracker, parent, splits, manager, config.output_dir, uri, pool, config)
 
 
 @dataclass
 class _Tracking:
-    """The job's MLflow session: the parent run and what every model's runs share."""
+    """The job's MLflow session: the parent run, what every model's runs share, and the one
+    worker process that logs the model runs while the job goes on (`submit`)."""
 
     tracker: Tracker
     parent: str | None
     splits: dict[str, Any]
     manager: AdaptixPluginManager
     output_dir: Path
+    uri: str
+    pool: Executor | None = None
+    config: JobConfig | None = None
+    pending: list[Future[list[str]]] = field(default_factory=list)
+    worker_failures: list[str] = field(default_factory=list)
+
+    def submit(self, name: str, outcome: ModelOutcome, runtime: list[RuntimePoint]) -> None:
+        """Draw a model's plots and log its run (`log_model`) in the worker process."""
+        if self.pool is None or self.config is None:  # a worker's own session never submits
+            raise RuntimeError("this tracking session has no logging worker")
+        self.pending.append(
+            self.pool.submit(
+                _log_in_worker, self.config, self.parent, self.splits, name, outcome, runtime
+            )
+        )
+
+    def wait(self) -> None:
+        """Block until every submitted model is logged (before timing anything: the worker
+        would share the cores with the clock), collecting what could not be logged."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            self.worker_failures += future.result()
+
+    def log_family(self, result: JobResult) -> None:
+        """Wait for the model runs, then log the family plot and the CSVs to the parent."""
+        self.wait()
+        result.tracking_uri, result.parent_run_id = self.uri, self.parent
+        for path in [
+            result.output_dir / "accuracy-vs-flops.png",
+            *sorted(result.output_dir.glob("*.csv")),
+        ]:
+            if path.exists():
+                self.tracker.log_artifact(self.parent, path)
+        result.tracking_failures = [*self.worker_failures, *self.tracker.failures]
+
+    def abandon(self) -> None:
+        """The job failed: stop the worker and end the parent run as FAILED."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.tracker.end_run(self.parent, "FAILED")
 
     def log_model(self, name: str, outcome: ModelOutcome, runtime: list[RuntimePoint]) -> None:
         """One model's run: its params, per-exit, control and knob metrics, its frontier points
@@ -899,4 +1015,50 @@ class _Tracking:
         ``result.tracking_failures`` and a warning, not the report already written."""
         self.tracker.log_artifact(self.parent, report_path)
         self.tracker.end_run(self.parent)
-        result.tracking_failures = list(self.tracker.failures)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        result.tracking_failures = [*self.worker_failures, *self.tracker.failures]
+
+
+def _start_worker() -> None:
+    """The logging worker's first task: import what logging and plotting need."""
+    import matplotlib  # noqa: F401
+
+    from adaptix.tracking.tracker import import_mlflow
+
+    import_mlflow()
+
+
+#: The logging worker's own session (one per worker process, built by its first task).
+_WORKER_SESSION: _Tracking | None = None
+
+
+def _log_in_worker(
+    config: JobConfig,
+    parent: str | None,
+    splits: dict[str, Any],
+    name: str,
+    outcome: ModelOutcome,
+    runtime: list[RuntimePoint],
+) -> list[str]:
+    """The logging worker's task: draw a model's plots and log its run under ``parent``; what
+    could not be logged, as the tracker words it."""
+    global _WORKER_SESSION
+    from adaptix.tracking import Tracker, default_tracking_uri
+
+    torch.set_num_threads(1)
+    if _WORKER_SESSION is None:
+        uri = config.tracking.uri or default_tracking_uri()
+        tracker = Tracker(
+            experiment=config.tracking.experiment,
+            tracking_uri=uri,
+            artifact_location=str((config.output_dir / "mlartifacts").resolve()),
+        )
+        _WORKER_SESSION = _Tracking(
+            tracker, parent, splits, get_plugin_manager(), config.output_dir, uri
+        )
+    session = _WORKER_SESSION
+    before = len(session.tracker.failures)
+    _write_model_plots(name, outcome, config.output_dir)
+    session.log_model(name, outcome, runtime)
+    return session.tracker.failures[before:]

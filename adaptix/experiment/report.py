@@ -304,7 +304,7 @@ def _runtime_table(result: JobResult) -> str:
             "ideal (time)",
             "realised / ideal (FLOPs)",
             "realised / ideal (time)",
-            "accuracy (%)",
+            "accuracy, timed inputs (%)",
             "runner = simulate",
         ],
         rows,
