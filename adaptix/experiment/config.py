@@ -339,9 +339,9 @@ class JobConfig(FrozenModel):
     threads: int | None = Field(
         default=1,
         ge=1,
-        description="torch intra-op threads during the job (None: torch's default). One is the "
-        "default: these small convolutions ran 3x faster per step on one thread than on two "
-        "on the 2-core reference machine",
+        description="torch intra-op threads for the analysis and the timed runtime (None: "
+        "torch's default). Training with workers uses one thread per model; tracing uses every "
+        "core while no logging runs",
     )
     tune_cpu_allocator: bool = Field(
         default=True,
