@@ -8,28 +8,12 @@ from typing import Any, Literal
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from test_training import quadrants, tiny_model
+from torch import Tensor
 
 import adaptix
 from adaptix import MultiExitModel, ValidationError
 from adaptix.training import RandomCropFlip
-
-
-def quadrants(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """A learnable problem: the class is the quadrant of the first two of eight features."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(n, 8, generator=generator)
-    return inputs, (inputs[:, 0] > 0).long() + 2 * (inputs[:, 1] > 0).long()
-
-
-def tiny_model(seed: int = 0, width: int = 16) -> MultiExitModel:
-    """Two ReLU layers with an exit after each."""
-    torch.manual_seed(seed)
-    blocks = [nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()]
-    return MultiExitModel(
-        nn.ModuleList([nn.Sequential(*blocks[:2]), nn.Sequential(*blocks[2:])]),
-        nn.ModuleList([nn.Linear(width, 4), nn.Linear(width, 4)]),
-    )
 
 
 def images(n: int, channels: int = 1, size: int = 6, seed: int = 0) -> Tensor:
@@ -204,7 +188,7 @@ def test_inputs_that_are_not_image_batches_are_refused(batch: Any) -> None:
     ],
 )
 def test_recipe_options_out_of_range_are_refused(kwargs: dict[str, Any]) -> None:
-    model = tiny_model()
+    model = tiny_model(width=16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValidationError, match=next(iter(kwargs))):
         adaptix.train_exits(model, quadrants(16, seed=0), mode="joint", progress=False, **kwargs)
@@ -214,12 +198,16 @@ def test_recipe_options_out_of_range_are_refused(kwargs: dict[str, Any]) -> None
 def test_augment_in_frozen_mode_is_refused() -> None:
     with pytest.raises(ValidationError, match="augment needs mode='joint'"):
         adaptix.train_exits(
-            tiny_model(), quadrants(16, seed=0), mode="frozen", augment=lambda x: x, progress=False
+            tiny_model(width=16),
+            quadrants(16, seed=0),
+            mode="frozen",
+            augment=lambda x: x,
+            progress=False,
         )
 
 
 def test_augment_sees_every_training_batch_and_the_model_sees_its_output() -> None:
-    model = tiny_model()
+    model = tiny_model(width=16)
     seen: list[Tensor] = []
     returned: list[Tensor] = []
     reached: list[Tensor] = []
@@ -249,14 +237,14 @@ def test_label_smoothing_is_the_loss_that_is_minimised() -> None:
     inputs, labels = quadrants(64, seed=0)
 
     def first_loss(smoothing: float) -> float:
-        model = tiny_model()
+        model = tiny_model(width=16)
         result = adaptix.train_exits(
             model, (inputs, labels), epochs=1, batch_size=64, label_smoothing=smoothing,
             progress=False,
         )  # fmt: skip
         return float(result.history[0]["loss"])
 
-    model = tiny_model()
+    model = tiny_model(width=16)
     with torch.no_grad():
         logits = model(inputs)
     for smoothing in (0.0, 0.2):
@@ -284,7 +272,7 @@ def test_onecycle_warms_up_to_the_peak_then_anneals(monkeypatch: pytest.MonkeyPa
     rates = record_lr(monkeypatch)
     lr = 0.01
     adaptix.train_exits(
-        tiny_model(), quadrants(100, seed=0), mode="joint", epochs=5, batch_size=10, lr=lr,
+        tiny_model(width=16), quadrants(100, seed=0), mode="joint", epochs=5, batch_size=10, lr=lr,
         schedule="onecycle", progress=False,
     )  # fmt: skip
     assert len(rates) == 50  # one scheduler step per batch, and none too many
@@ -300,8 +288,8 @@ def test_onecycle_warms_up_to_the_peak_then_anneals(monkeypatch: pytest.MonkeyPa
 def test_cosine_starts_at_lr_and_decays(monkeypatch: pytest.MonkeyPatch) -> None:
     rates = record_lr(monkeypatch)
     adaptix.train_exits(
-        tiny_model(), quadrants(100, seed=0), mode="joint", epochs=5, batch_size=10, lr=0.01,
-        progress=False,
+        tiny_model(width=16), quadrants(100, seed=0), mode="joint", epochs=5, batch_size=10,
+        lr=0.01, progress=False,
     )  # fmt: skip
     assert len(rates) == 50
     assert rates[0] == pytest.approx(0.01)
