@@ -10,6 +10,7 @@ from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginEr
 from adaptix.guarantee import Certificate, CertificateWarning, Certifier, budget, guarantee
 from adaptix.hookspecs import hookimpl
 from adaptix.model import MultiExitModel, build_model
+from adaptix.monitor import ShiftAlarm, ShiftMonitor, ShiftReport, ShiftTest, ShiftWarning
 from adaptix.plugins import get_plugin_manager
 from adaptix.policy import ExitPolicy, policy
 from adaptix.runtime import EarlyExitRunner, RunnerOutput
@@ -32,6 +33,11 @@ __all__ = [
     "MultiExitModel",
     "PluginError",
     "RunnerOutput",
+    "ShiftAlarm",
+    "ShiftMonitor",
+    "ShiftReport",
+    "ShiftTest",
+    "ShiftWarning",
     "SimulationResult",
     "Trace",
     "TrainResult",

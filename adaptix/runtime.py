@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -24,6 +24,9 @@ from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
 from adaptix.rows import batch_device, take_rows
 from adaptix.scores import prediction, probabilities
+
+if TYPE_CHECKING:
+    from adaptix.monitor import ShiftMonitor
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,20 @@ class EarlyExitRunner:
             as `MultiExitModel.trace` does. Set False to skip the test (about one elementwise
             pass over the logits per exit, and one synchronisation at the last exit); such rows
             then never exit early and get an arbitrary prediction.
+        monitor: an `adaptix.ShiftMonitor` built for ``policy``: the runner counts every exit's
+            confidence bins and the exit histogram into it on the device (no extra host
+            synchronisation) and lets it test every ``monitor.check_every`` batches. With
+            ``monitor.audit`` > 0 (``"compact"`` mode only) that share of rows, chosen at
+            random, goes on to the last exit and gets its prediction (``exit_index`` says
+            so), while the monitor keeps their logits at every exit and the exit they would
+            have taken.
+
+    The policy can be replaced between batches with `swap_policy`.
 
     Raises:
         ValidationError: not a `MultiExitModel` or not an `ExitPolicy`, blocks and heads on
-            different devices, or an unknown mode or backend.
+            different devices, an unknown mode or backend, or a monitor built for another
+            policy (or auditing in lockstep mode).
         CalibrationError: the policy's calibration was made for another model.
     """
 
@@ -87,27 +100,88 @@ class EarlyExitRunner:
         backend: Backend = "auto",
         fused: bool = True,
         check_finite: bool = True,
+        monitor: ShiftMonitor | None = None,
     ) -> None:
         if not isinstance(model, MultiExitModel):
             raise ValidationError(
                 f"expected an adaptix.MultiExitModel, got {type(model).__name__}."
-            )
-        if not isinstance(policy, ExitPolicy):
-            raise ValidationError(
-                f"expected an adaptix.ExitPolicy, got {type(policy).__name__}. Build one with "
-                "adaptix.policy(name, threshold, calibration)."
             )
         if mode not in ("compact", "lockstep"):
             raise ValidationError(f"expected mode 'compact' or 'lockstep', got {mode!r}.")
         if backend not in BACKENDS:
             raise ValidationError(f"expected backend in {BACKENDS}, got {backend!r}.")
         self.model = model
-        self.policy = policy
         self.return_probabilities = return_probabilities
         self.mode = mode
         self.backend = backend
+        self.fused = fused
         self.check_finite = check_finite
-        device = model.check_devices()
+        self._device = model.check_devices()
+        self._checked_classes: int | None = None
+        self._plan = self._prepare(policy)
+        self.monitor = monitor
+        if monitor is not None:
+            from adaptix.monitor import ShiftMonitor
+
+            if not isinstance(monitor, ShiftMonitor):
+                raise ValidationError(
+                    f"expected monitor to be an adaptix.ShiftMonitor, got {type(monitor).__name__}."
+                )
+            if monitor.policy is not policy:
+                raise ValidationError(
+                    "expected a ShiftMonitor built for the runner's policy, got one built for "
+                    f"{monitor.policy!r}. Build it with the same ExitPolicy object."
+                )
+            if monitor.num_exits != model.num_exits:
+                raise ValidationError(
+                    f"expected a ShiftMonitor of the model's {model.num_exits} exits, got one "
+                    f"of {monitor.num_exits}."
+                )
+            if monitor.audit > 0 and mode != "compact":
+                raise ValidationError(
+                    "expected mode 'compact' for a monitor that audits rows (audit > 0), got "
+                    f"{mode!r}."
+                )
+
+    @property
+    def policy(self) -> ExitPolicy:
+        """The policy the next batch runs with."""
+        return self._plan.policy
+
+    @property
+    def fused_kind(self) -> str | None:
+        """The fused exit decision in use (None: the criterion's own score)."""
+        return self._plan.fused_kind
+
+    def swap_policy(self, policy: ExitPolicy, *, reference: Any = None) -> None:
+        """Run the next batches with ``policy`` (e.g. `ShiftMonitor.recalibrated_policy`).
+
+        Everything the new policy needs (its checks, its exit deciders) is prepared first and
+        then installed with one assignment, so a batch runs wholly with the old policy or
+        wholly with the new one. An attached monitor starts a new test for the new policy
+        (`ShiftMonitor.reset`), against ``reference`` (a `Trace` of the data the new policy
+        was calibrated on) when given.
+
+        Raises:
+            ValidationError, CalibrationError: as the constructor, for ``policy``; nothing
+                changes then.
+        """
+        plan = self._prepare(policy)
+        if self._checked_classes is not None:
+            policy.check_model(self.model.num_exits, self._checked_classes)
+        if self.monitor is not None:
+            self.monitor.reset(policy=policy, reference=reference)
+        self._plan = plan
+
+    def _prepare(self, policy: ExitPolicy) -> _Plan:
+        """Check ``policy`` against the model and build its exit deciders."""
+        model = self.model
+        if not isinstance(policy, ExitPolicy):
+            raise ValidationError(
+                f"expected an adaptix.ExitPolicy, got {type(policy).__name__}. Build one with "
+                "adaptix.policy(name, threshold, calibration)."
+            )
+        device = self._device
         calibration = policy.calibration
         if calibration is not None and calibration.num_exits != model.num_exits:
             # The classes are checked on the first batch, when the heads have said how many.
@@ -116,13 +190,12 @@ class EarlyExitRunner:
                 f"{calibration.num_exits} exits. Calibrate on a trace of this very model "
                 "(adaptix.calibrate(model.trace(inputs, labels)))."
             )
-        self._checked_classes: int | None = None
         criterion = policy.criterion
         # A policy that never exits early (an uncertified guarantee) needs no decision at all.
-        self.fused_kind = criterion.fused_kind if fused and policy.exits_early else None
+        fused_kind = criterion.fused_kind if self.fused and policy.exits_early else None
         # One prepared decision per early exit: validated once, not on every batch.
-        self._deciders: list[ExitDecider] = []
-        if self.fused_kind is not None:
+        deciders: list[ExitDecider] = []
+        if fused_kind is not None:
             for e in range(model.num_exits - 1):
                 table = criterion.fused_table(e)
                 # A table is indexed by the bins of the criterion's calibration, which owns them
@@ -132,20 +205,21 @@ class EarlyExitRunner:
                     if table is None or calibration is None or calibration.equal_width
                     else calibration.edges[e].to(device)
                 )
-                self._deciders.append(
+                deciders.append(
                     ExitDecider(
                         policy.threshold,
-                        kind=self.fused_kind,
+                        kind=fused_kind,
                         table=None if table is None else table.to(device),
                         edges=edges,
-                        backend=backend,
+                        backend=self.backend,
                     )
                 )
+        return _Plan(policy, fused_kind, deciders)
 
-    def _check_classes(self, logits: Tensor) -> None:
+    def _check_classes(self, logits: Tensor, policy: ExitPolicy) -> None:
         num_classes = int(logits.shape[-1])
         if self._checked_classes != num_classes:
-            self.policy.check_model(self.model.num_exits, num_classes)
+            policy.check_model(self.model.num_exits, num_classes)
             self._checked_classes = num_classes
 
     @torch.inference_mode()
@@ -158,52 +232,83 @@ class EarlyExitRunner:
                 or (``check_finite``) an exit gives NaN or infinite logits.
             PluginError: the criterion raised, or returned malformed scores.
         """
+        plan = self._plan  # read once: a swap takes effect at the next batch
         n = self.model.check_input(inputs)
         device = batch_device(inputs)  # the model's device: check_input verified it
+        monitor = self.monitor
         if self.mode == "lockstep":
-            return self._lockstep(inputs, n, device)
-        return self._compact(inputs, n, device)
+            output = self._lockstep(inputs, n, device, plan)
+            if monitor is not None:
+                monitor.end_batch(output.exit_index)
+            return output
+        positions = None if monitor is None else monitor.audit_rows(n)
+        audit = (
+            None if positions is None else _Audit(positions, n, device, self.model.num_exits - 1)
+        )
+        output = self._compact(inputs, n, device, plan, audit)
+        if monitor is not None:
+            if audit is None:
+                monitor.end_batch(output.exit_index)
+            else:
+                monitor.end_batch(output.exit_index, audit.would_exit, audit.stacked_logits())
+        return output
 
-    def _logits(self, e: int, state: Any, active: int) -> Tensor:
+    def _logits(self, e: int, state: Any, active: int, plan: _Plan) -> Tensor:
         """Head ``e``'s logits of the ``active`` rows in ``state``, their shape checked."""
         logits = self.model.head_logits(e, state)
         self.model.check_logits(e, logits, active)
         if e == 0:
-            self._check_classes(logits)
+            self._check_classes(logits, plan.policy)
         return logits
 
     def _stays(
-        self, e: int, logits: Tensor, criterion_state: Any
+        self, plan: _Plan, e: int, logits: Tensor, criterion_state: Any
     ) -> tuple[Tensor, Tensor | None, Any]:
         """Which active rows go on after exit ``e``, their prediction if the decision made it
         anyway (the fused kernel), and the criterion's next state."""
-        if self.fused_kind is not None:
-            stays, predicted = self._deciders[e].decide(logits)
+        if plan.fused_kind is not None:
+            stays, predicted = plan.deciders[e].decide(logits)
             return stays, predicted, criterion_state
-        if not self.policy.exits_early:
+        if not plan.policy.exits_early:
             stays = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
             return stays, None, criterion_state
-        score, criterion_state = self.policy.score(logits, e, criterion_state)
-        return ~self.policy.fires(score), None, criterion_state
+        score, criterion_state = plan.policy.score(logits, e, criterion_state)
+        return ~plan.policy.fires(score), None, criterion_state
 
     def _non_finite_flag(self, logits: Tensor) -> Tensor | None:
         """A 0-d flag on the logits' device: whether any value is NaN or infinite (None when
         the check is off). Computing it does not synchronise; reading it does."""
         return _non_finite(logits) if self.check_finite else None
 
-    def _compact(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
+    def _compact(
+        self, inputs: Any, n: int, device: torch.device, plan: _Plan, audit: _Audit | None
+    ) -> RunnerOutput:
         """Rows that exit leave the batch. Until the first row leaves, nothing is indexed or
         written: a batch where no row exits early costs its blocks, its heads and, per exit,
-        the decision and one host synchronisation."""
+        the decision and one host synchronisation.
+
+        Audited rows (``audit``) are put first and always go on, so they stay the first rows
+        of every compacted batch: their logits are a slice, with no index to build."""
         model = self.model
+        monitor = self.monitor
         last = model.num_exits - 1
         out: _Results | None = None  # allocated when the first row leaves
         rows: Tensor | None = None  # original positions of the active rows; None: all of them
         active = n
-        state, criterion_state = inputs, self.policy.start(n, device)
+        state = inputs
+        if audit is not None:
+            rows = audit.order
+            state = take_rows(inputs, rows)
+        criterion_state = plan.policy.start(n, device)
         for e in range(model.num_exits):
             state = model.run_block(e, state)
-            logits = self._logits(e, state, active)
+            logits = self._logits(e, state, active, plan)
+            if audit is not None and out is None:
+                out = _Results.empty(n, logits, last, self.return_probabilities)
+            if monitor is not None:
+                monitor.count_exit(e, logits, None if audit is None else audit.reach(active))
+            if audit is not None:
+                audit.logits.append(logits[: audit.size])
             non_finite = self._non_finite_flag(logits)
             if e == last:
                 if non_finite is not None and bool(non_finite):  # this exit's one sync
@@ -212,7 +317,9 @@ class EarlyExitRunner:
                     return self._all_leave(logits, e, None)
                 out.write(rows, None, logits, prediction(logits), e)
                 break
-            stays, predicted, criterion_state = self._stays(e, logits, criterion_state)
+            stays, predicted, criterion_state = self._stays(plan, e, logits, criterion_state)
+            if audit is not None:
+                stays = audit.decide(stays, e)
             if n == 1:  # a single row stays or leaves: no index to build
                 go_on, bad = _single_row(stays, non_finite)  # this exit's one sync
                 if bad:
@@ -238,7 +345,7 @@ class EarlyExitRunner:
                 break
             rows = rows.index_select(0, keep)
             state = take_rows(state, keep)
-            criterion_state = self.policy.select_state(criterion_state, keep)
+            criterion_state = plan.policy.select_state(criterion_state, keep)
             active = remaining
         assert out is not None  # the loop returns or writes every row before it ends
         return out.output()
@@ -251,20 +358,23 @@ class EarlyExitRunner:
             probabilities(logits) if self.return_probabilities else None,
         )
 
-    def _lockstep(self, inputs: Any, n: int, device: torch.device) -> RunnerOutput:
+    def _lockstep(self, inputs: Any, n: int, device: torch.device, plan: _Plan) -> RunnerOutput:
         """The whole batch goes on until its last row has exited (the baseline)."""
         model = self.model
+        monitor = self.monitor
         last = model.num_exits - 1
         out: _Results | None = None
         rows = torch.arange(n, device=device)
         pending = torch.ones(n, dtype=torch.bool, device=device)  # not yet exited
-        state, criterion_state = inputs, self.policy.start(n, device)
+        state, criterion_state = inputs, plan.policy.start(n, device)
         for e in range(model.num_exits):
             state = model.run_block(e, state)
-            logits = self._logits(e, state, n)
+            logits = self._logits(e, state, n, plan)
             if e == 0:
                 out = _Results.empty(n, logits, last, self.return_probabilities)
             assert out is not None
+            if monitor is not None:
+                monitor.count_exit(e, logits, pending)
             # Rows that have left no longer read their logits: only pending rows must be finite.
             bad = (_non_finite(logits, dim=1) & pending).any() if self.check_finite else None
             if e == last:
@@ -272,7 +382,7 @@ class EarlyExitRunner:
                     raise _non_finite_error(logits, None, e, pending)
                 out.write(rows, pending, logits, prediction(logits), e)
                 break
-            stays, predicted, criterion_state = self._stays(e, logits, criterion_state)
+            stays, predicted, criterion_state = self._stays(plan, e, logits, criterion_state)
             fire = pending & ~stays
             still = pending & stays
             # The one host synchronisation of this exit: did any row leave, does any remain,
@@ -289,6 +399,47 @@ class EarlyExitRunner:
                 break
         assert out is not None
         return out.output()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the runner needs of a policy, prepared once: swapped in with one assignment."""
+
+    policy: ExitPolicy
+    fused_kind: str | None
+    deciders: list[ExitDecider]
+
+
+class _Audit:
+    """One batch's audited rows: put first (``order``: every row's original position, the
+    audited ones first), kept to the last exit, their logits and would-be exits recorded."""
+
+    def __init__(self, positions: Tensor, n: int, device: torch.device, last: int) -> None:
+        audited = torch.zeros(n, dtype=torch.bool)
+        audited[positions] = True
+        # Host work: the positions come from the monitor's CPU generator.
+        self.order = torch.cat((positions, (~audited).nonzero(as_tuple=True)[0])).to(device)
+        self.size = int(positions.numel())
+        self.logits: list[Tensor] = []
+        self.last = last
+        # The exit each audited row would have taken (``last``: none yet).
+        self.would_exit = torch.full((self.size,), last, dtype=torch.long, device=device)
+
+    def reach(self, active: int) -> Tensor:
+        """Which active rows count as reaching this exit: all but audited rows that would
+        have left already."""
+        rest = torch.ones(active - self.size, dtype=torch.bool, device=self.would_exit.device)
+        return torch.cat((self.would_exit == self.last, rest))
+
+    def decide(self, stays: Tensor, exit_at: int) -> Tensor:
+        """Record where audited rows would have left; keep them in the batch."""
+        left = ~stays[: self.size] & (self.would_exit == self.last)
+        self.would_exit = torch.where(left, exit_at, self.would_exit)
+        return torch.cat((torch.ones_like(left), stays[self.size :]))
+
+    def stacked_logits(self) -> Tensor:
+        """``[k, E, C]``: the audited rows' logits at every exit."""
+        return torch.stack(self.logits, dim=1)
 
 
 _NON_FINITE = (
