@@ -154,7 +154,81 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--preset", help=_PRESET_HELP)
     show.set_defaults(func=_cmd_config)
     _add_study(commands)
+    _add_shift_study(commands)
     return parser
+
+
+def _add_shift_study(commands: Any) -> None:
+    shift = commands.add_parser(
+        "shift-study",
+        help="the shift monitor's evidence on the job's model: false alarms on unshifted "
+        "streams, detection delay and early accuracy under synthetic shifts, recalibration",
+    )
+    shift.add_argument("config", nargs="?", help="a TOML or YAML job configuration")
+    shift.add_argument("--preset", help=_PRESET_HELP)
+    shift.add_argument("--streams", type=int, help="streams per case (default 200)")
+    shift.add_argument("--null-length", type=int, help="inputs per unshifted stream (50,000)")
+    shift.add_argument("--delay-length", type=int, help="inputs per shifted stream (20,000)")
+    shift.add_argument("--repeats", type=int, help="recalibration draws per shift (100)")
+    shift.add_argument("--delta", type=float, default=0.9, help="the policy's δ (default 0.9)")
+    shift.add_argument("--alpha", type=float, default=0.05, help="false-alarm level α")
+    shift.add_argument("--seed", type=int, default=0, help="seeds every draw (default 0)")
+    shift.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run: 20 streams of 5,000 inputs, 10 repeats, two severities per shift "
+        "(options given explicitly win)",
+    )
+    shift.add_argument("--output-dir", type=Path, help="the job's output_dir (default: config's)")
+    shift.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    shift.set_defaults(func=_cmd_shift_study)
+
+
+def _cmd_shift_study(args: argparse.Namespace) -> int:
+    from adaptix.experiment import load_config
+    from adaptix.experiment.shift_study import StudySettings, shift_job
+    from adaptix.experiment.shifts import DEFAULT_SEVERITIES
+
+    config = load_config(args.config, preset=args.preset)
+    if args.output_dir is not None:
+        config = config.model_copy(update={"output_dir": args.output_dir})
+    sizes = {"streams": 20, "null_length": 5_000, "delay_length": 5_000, "repeats": 10}
+    given = {key: getattr(args, key) for key in sizes if getattr(args, key) is not None}
+    if args.quick:
+        given = {**sizes, **given}
+    settings = StudySettings(delta=args.delta, alpha=args.alpha, seed=args.seed, **given)
+    severities = (
+        {kind: levels[1::2] for kind, levels in DEFAULT_SEVERITIES.items()} if args.quick else None
+    )
+    result, written = shift_job(config, settings, severities=severities)
+    print(result.to_markdown())
+    for path in written:
+        print(f"wrote {path}")
+    if not args.no_mlflow and config.tracking.enabled:
+        _log_shift_study(result, written, config)
+    return 0
+
+
+def _log_shift_study(result: Any, written: list[Path], config: Any) -> None:
+    """Log to MLflow; the files are written by now, so a failure here only warns."""
+    from adaptix.experiment.shift_study import log_shift_study
+    from adaptix.tracking import Tracker, default_tracking_uri
+
+    uri = config.tracking.uri or default_tracking_uri()
+    try:
+        tracker = Tracker(
+            tracking_uri=uri,
+            experiment=config.tracking.experiment,
+            artifact_location=str((Path(config.output_dir) / "mlartifacts").resolve()),
+        )
+    except AdaptixError as err:
+        print(f"adaptix: warning: the study was not logged to MLflow: {err}", file=sys.stderr)
+        return
+    run = log_shift_study(result, written, tracker)
+    for failure in tracker.failures:
+        print(f"adaptix: warning: {failure}", file=sys.stderr)
+    if run is not None:
+        print(f"MLflow run {run} at {uri} (mlflow ui --backend-store-uri {uri})")
 
 
 def _add_study(commands: Any) -> None:

@@ -103,7 +103,7 @@ class FashionMNIST:
 
 
 # Mean and standard deviation of Fashion-MNIST training pixels (scaled to [0, 1]).
-_MEAN, _STD = 0.2860, 0.3530
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
 
 def load_fashion_mnist(
@@ -141,7 +141,7 @@ def load_fashion_mnist(
         y = torch.from_numpy(labels.astype(np.int64))
         if index is not None:
             x, y = x[index], y[index]
-        return Split(((x - _MEAN) / _STD).contiguous(), y.contiguous())
+        return Split(((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).contiguous(), y.contiguous())
 
     test_index = None if test_size is None else torch.arange(min(test_size, 10_000))
     return FashionMNIST(

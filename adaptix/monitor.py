@@ -59,9 +59,9 @@ from torch import Tensor
 
 from adaptix.calibration import Calibration, count_bins
 from adaptix.errors import CalibrationError, ValidationError
-from adaptix.plugins import call_plugin
+from adaptix.plugins import call_plugin, resolve_manager
 from adaptix.policy import ExitPolicy
-from adaptix.scores import bin_index, confidence
+from adaptix.scores import bin_index, confidence, prediction
 from adaptix.simulate import simulate
 from adaptix.trace import Trace
 
@@ -287,34 +287,31 @@ class _Counts:
 
 @dataclass
 class _Window:
-    """Labelled (or proxy-labelled) traces of the latest inputs, at most ``size`` of them."""
+    """Logits ``[n, E, C]`` and labels ``[n]`` of the latest inputs, at most ``size`` of them,
+    kept as given (on their device: adding never synchronises); `trace` builds the trace."""
 
     size: int
-    traces: deque[Trace] = field(default_factory=deque)
+    costs: Tensor
+    parts: deque[tuple[Tensor, Tensor]] = field(default_factory=deque)
     inputs: int = 0
 
-    def add(self, trace: Trace) -> None:
-        self.traces.append(trace)
-        self.inputs += trace.num_inputs
-        while self.inputs - self.traces[0].num_inputs >= self.size:
-            self.inputs -= self.traces.popleft().num_inputs
+    def add(self, logits: Tensor, labels: Tensor) -> None:
+        self.parts.append((logits, labels))
+        self.inputs += int(logits.shape[0])
+        while self.inputs - int(self.parts[0][0].shape[0]) >= self.size:
+            self.inputs -= int(self.parts.popleft()[0].shape[0])
         excess = self.inputs - self.size
-        if excess > 0:  # trim the oldest trace's oldest rows
-            oldest = self.traces.popleft()
-            self.traces.appendleft(_rows(oldest, slice(excess, None)))
+        if excess > 0:  # trim the oldest part's oldest rows
+            logits, labels = self.parts.popleft()
+            self.parts.appendleft((logits[excess:], labels[excess:]))
             self.inputs -= excess
 
-    def trace(self) -> Trace | None:
-        if not self.traces:
+    def trace(self, meta: dict[str, str]) -> Trace | None:
+        if not self.parts:
             return None
-        first = self.traces[0]
-        labels = [t.labels for t in self.traces if t.labels is not None]
-        return Trace(
-            torch.cat([t.logits.cpu() for t in self.traces]),
-            torch.cat([x.cpu() for x in labels]) if len(labels) == len(self.traces) else None,
-            first.costs,
-            meta=first.meta,
-        )
+        logits = torch.cat([part[0].cpu() for part in self.parts])
+        labels = torch.cat([part[1].cpu() for part in self.parts])
+        return Trace(logits, labels, self.costs, meta=meta)
 
 
 class ShiftMonitor:
@@ -414,8 +411,8 @@ class ShiftMonitor:
         self._default_bins = bins
         self._generator = torch.Generator().manual_seed(seed)
         self._audit_credit = 0.0
-        self._feedback = _Window(window)
-        self._proxy = _Window(window)
+        self._feedback = _Window(window, reference.costs)
+        self._proxy = _Window(window, reference.costs)
         self._decayed: tuple[Tensor, Tensor, Tensor] | None = None
         self.reset(policy=policy, reference=reference)
 
@@ -452,6 +449,7 @@ class ShiftMonitor:
         self.log_evalue = 0.0
         self.history: list[tuple[int, float]] = []  # (inputs, log E) at every check
         self.alarm: ShiftAlarm | None = None
+        self._alarm_inputs: int | None = None
 
     @property
     def alarmed(self) -> bool:
@@ -516,13 +514,15 @@ class ShiftMonitor:
             k = int(audited_exit.numel())
             counts.exits[self.num_exits - 1] -= k
             counts.exits.index_add_(0, audited_exit, torch.ones_like(audited_exit))
-            proxy = audited_logits[:, -1].float().argmax(dim=-1)
-            self._proxy.add(
-                Trace(audited_logits.detach(), proxy, self.reference.costs, meta=_PROXY_META)
-            )
+            self._add_proxy(audited_logits)
         self._batches += 1
         if self._batches % self.check_every == 0:
             self.check()
+
+    def _add_proxy(self, logits: Tensor) -> None:
+        """Keep audited rows' logits ``[k, E, C]`` labelled with the last exit's prediction."""
+        logits = logits.detach()
+        self._proxy.add(logits, prediction(logits[:, -1]))
 
     def _device_counts(self, device: torch.device) -> _Counts:
         counts = self._counts
@@ -563,11 +563,8 @@ class ShiftMonitor:
         return log_e
 
     def _raise_alarm(self, inputs: int, log_e: float) -> None:
-        report = self.report()
-        alarm = ShiftAlarm(inputs, self._batches, log_e, self.alpha, report)
-        self.alarm = alarm
-        report = self.report()  # with the alarm in it
-        alarm = ShiftAlarm(inputs, self._batches, log_e, self.alpha, report)
+        self._alarm_inputs = inputs
+        alarm = ShiftAlarm(inputs, self._batches, log_e, self.alpha, self.report())
         self.alarm = alarm
         warnings.warn(alarm.message(), ShiftWarning, stacklevel=3)
         if self.tracker is not None:
@@ -623,8 +620,8 @@ class ShiftMonitor:
             inputs=int(exits.sum()),
             log_evalue=self.log_evalue,
             threshold=self.threshold,
-            alarmed=self.alarm is not None,
-            alarm_inputs=None if self.alarm is None else self.alarm.inputs,
+            alarmed=self._alarm_inputs is not None,
+            alarm_inputs=self._alarm_inputs,
             bins=reach_moves[0],
             exits=exit_moves,
             reach=reach_moves,
@@ -638,24 +635,30 @@ class ShiftMonitor:
 
     # -- recalibration -------------------------------------------------------------------------
 
-    def observe(self, trace: Trace) -> None:
-        """Add labelled feedback: the trace of some served inputs with their true labels.
+    def observe(self, trace: Trace, *, proxy: bool = False) -> None:
+        """Add feedback: the trace of some served inputs with their true labels, or (``proxy``)
+        of audited inputs, labelled here with the last exit's prediction (any labels ignored).
 
         Raises:
-            ValidationError: not a labelled trace of this model's exits and classes.
+            ValidationError: not a trace of this model's exits and classes, or unlabelled
+                without ``proxy``.
         """
-        if not isinstance(trace, Trace) or trace.labels is None:
+        if not isinstance(trace, Trace) or (trace.labels is None and not proxy):
             raise ValidationError(
                 f"expected a labelled adaptix.Trace of served inputs, got {_describe(trace)}. "
-                "Trace them with their labels: model.trace(inputs, labels)."
+                "Trace them with their labels: model.trace(inputs, labels), or pass "
+                "proxy=True for proxy labels."
             )
         if (trace.num_exits, trace.num_classes) != (self.num_exits, self.num_classes):
             raise ValidationError(
                 f"expected a trace of {self.num_exits} exits and {self.num_classes} classes "
                 f"(the reference's), got {trace.num_exits} exits and {trace.num_classes} classes."
             )
-        trace = Trace(trace.logits.cpu(), trace.labels.cpu(), trace.costs, meta=trace.meta)
-        self._feedback.add(trace)
+        if proxy:
+            self._add_proxy(trace.logits)
+            return
+        assert trace.labels is not None  # checked above
+        self._feedback.add(trace.logits, trace.labels)
         if self.decay is not None:
             fresh = self._count(trace)
             tables = (
@@ -671,6 +674,13 @@ class ShiftMonitor:
                     old * weight + new for old, new in zip(self._decayed, tables, strict=True)
                 )
 
+    def forget_feedback(self) -> None:
+        """Drop every labelled and proxy input kept for recalibration (e.g. after a swap, to
+        recalibrate next on data that came after it only)."""
+        self._feedback = _Window(self._feedback.size, self.reference.costs)
+        self._proxy = _Window(self._proxy.size, self.reference.costs)
+        self._decayed = None
+
     def feedback_trace(self, source: Source = "labels") -> Trace:
         """The window's trace: labelled feedback, or audited rows with proxy labels.
 
@@ -680,7 +690,7 @@ class ShiftMonitor:
         window = self._feedback if source == "labels" else self._proxy
         if source not in ("labels", "proxy"):
             raise ValidationError(f"expected source 'labels' or 'proxy', got {source!r}.")
-        trace = window.trace()
+        trace = window.trace(_PROXY_META if source == "proxy" else {"labels": "feedback"})
         if trace is None:
             how = (
                 "pass labelled traces to ShiftMonitor.observe"
@@ -765,9 +775,7 @@ class ShiftMonitor:
             params = self.policy.criterion.params.model_dump()
         needs = self.policy.entry.component.needs_calibration if criterion is None else None
         if needs is None:
-            from adaptix.plugins import get_plugin_manager
-
-            needs = get_plugin_manager().criteria.get(name).needs_calibration
+            needs = resolve_manager(None).criteria.get(name).needs_calibration
         calibration = None
         if needs:
             half = trace.num_inputs // 2

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from adaptix import ValidationError
-from adaptix.data import _MEAN, _STD
+from adaptix.data import FASHION_MNIST_MEAN as MEAN
+from adaptix.data import FASHION_MNIST_STD as STD
 from adaptix.experiment.shifts import (
     DEFAULT_SEVERITIES,
     IMAGE_SHIFTS,
@@ -21,19 +22,19 @@ from adaptix.experiment.shifts import (
     shift_images,
 )
 
-LOW, HIGH = (0.0 - _MEAN) / _STD, (1.0 - _MEAN) / _STD  # the normalised image of [0, 1]
+LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the normalised image of [0, 1]
 
 
 def normalise(pixels: Tensor) -> Tensor:
-    return (pixels - _MEAN) / _STD
+    return (pixels - MEAN) / STD
 
 
 def pixels_of(images: Tensor) -> Tensor:
-    return images * _STD + _MEAN
+    return images * STD + MEAN
 
 
 def shift(images: Tensor, kind: str, severity: float, seed: int = 0) -> Tensor:
-    return shift_images(images, kind, severity, mean=_MEAN, std=_STD, seed=seed)
+    return shift_images(images, kind, severity, mean=MEAN, std=STD, seed=seed)
 
 
 def random_images(*shape: int, seed: int = 0) -> Tensor:
@@ -266,7 +267,7 @@ IMAGES = random_images(2, 1, 4, 4)
 )
 def test_shift_images_rejects_bad_input(arguments: dict[str, Any], message: str) -> None:
     call: dict[str, Any] = {
-        "images": IMAGES, "kind": "gaussian_noise", "severity": 0.1, "mean": _MEAN, "std": _STD,
+        "images": IMAGES, "kind": "gaussian_noise", "severity": 0.1, "mean": MEAN, "std": STD,
     }  # fmt: skip
     call.update(arguments)
     with pytest.raises(ValidationError, match=message):

@@ -5,7 +5,8 @@ shift (a class-prior shift) acts on which rows are sampled, through per-row samp
 Each comes at several severities (`DEFAULT_SEVERITIES`), mildest first.
 
 Image shifts work in pixel space: the images are un-normalised with the dataset's ``mean`` and
-``std`` (for Fashion-MNIST, ``adaptix.data._MEAN`` and ``_STD``), shifted, clipped to ``[0, 1]``
+``std`` (for Fashion-MNIST, ``adaptix.data.FASHION_MNIST_MEAN`` and ``FASHION_MNIST_STD``),
+shifted, clipped to ``[0, 1]``
 and normalised again, so a shifted image is still an image the model could have been given.
 """
 
@@ -27,7 +28,7 @@ IMAGE_SHIFTS: tuple[str, ...] = ("gaussian_noise", "contrast", "rotation")
 #: Four increasing severities per shift: the noise std in pixel units (``[0, 1]``), the share of
 #: contrast removed, the rotation in degrees, and the boost of the boosted classes' prior.
 DEFAULT_SEVERITIES: dict[str, tuple[float, ...]] = {
-    "gaussian_noise": (0.1, 0.2, 0.3, 0.45),
+    "gaussian_noise": (0.05, 0.1, 0.15, 0.2),
     "contrast": (0.3, 0.5, 0.7, 0.85),
     "rotation": (10.0, 20.0, 30.0, 45.0),
     "class_prior": (2.0, 4.0, 8.0, 16.0),
@@ -77,13 +78,15 @@ def shift_images(
         _is_real(mean) and math.isfinite(mean),
         "a finite pixel mean",
         repr(mean),
-        "Pass the mean used to normalise the images (adaptix.data._MEAN for Fashion-MNIST).",
+        "Pass the mean used to normalise the images (adaptix.data.FASHION_MNIST_MEAN for "
+        "Fashion-MNIST).",
     )
     expect(
         _is_real(std) and math.isfinite(std) and std > 0,
         "a finite pixel std > 0",
         repr(std),
-        "Pass the std used to normalise the images (adaptix.data._STD for Fashion-MNIST).",
+        "Pass the std used to normalise the images (adaptix.data.FASHION_MNIST_STD for "
+        "Fashion-MNIST).",
     )
     expect(
         isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
