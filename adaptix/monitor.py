@@ -311,6 +311,13 @@ class _Window:
             return None
         logits = torch.cat([part[0].cpu() for part in self.parts])
         labels = torch.cat([part[1].cpu() for part in self.parts])
+        # Audited rows with NaN or infinite logits (a runner with check_finite=False) have no
+        # confidence to calibrate: they are left out here rather than refused.
+        finite = logits.isfinite().flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            logits, labels = logits[finite], labels[finite]
+        if logits.shape[0] == 0:
+            return None
         return Trace(logits, labels, self.costs, meta=meta)
 
 
@@ -475,7 +482,7 @@ class ShiftMonitor:
         if self.audit == 0.0:
             return None
         self._audit_credit += self.audit * n
-        k = min(int(self._audit_credit), n)
+        k = min(int(self._audit_credit + 1e-9), n)  # 1e-9: 10 × 0.1 is 0.999…
         self._audit_credit -= k
         if k == 0:
             return None
@@ -707,11 +714,11 @@ class ShiftMonitor:
         ``decay`` and labels, the decayed tables rounded to whole counts). From the proxy, its
         accuracies are agreement with the last exit."""
         if source == "labels" and self.decay is not None and self._decayed is not None:
-            counts, correct, conf_sum = self._decayed
+            counts, correct, conf_sum = _whole_counts(*self._decayed)
             template = self._count(self.feedback_trace())
             return Calibration(
-                counts.round(),
-                correct.round(),
+                counts,
+                correct,
                 self.num_classes,
                 confidence_sum=conf_sum,
                 edges=template.edges,
@@ -793,6 +800,24 @@ class ShiftMonitor:
 
 
 _PROXY_META = {"labels": "proxy: the last exit's prediction (agreement, not accuracy)"}
+
+
+def _whole_counts(counts: Tensor, correct: Tensor, conf_sum: Tensor) -> tuple[Tensor, ...]:
+    """Decayed (fractional) tables ``[E, M]`` as whole counts that a `Calibration` accepts:
+    every exit's counts rounded to the same total (every input is counted at every exit) by
+    largest remainders; per bin, the accuracy and the mean confidence kept (k and the
+    confidence sum scaled with n, k rounded, both at most n)."""
+    total = round(float(counts[0].sum()))
+    floor = counts.floor()
+    short = (total - floor.sum(dim=1)).round().long().clamp(min=0)  # units left per exit
+    order = (counts - floor).argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(counts.shape[1]).expand_as(order).contiguous())
+    whole = floor + (ranks < short.unsqueeze(1)).double()
+    scale = torch.where(counts > 0, whole / counts.clamp(min=1e-300), 0.0)
+    hits = torch.minimum((correct * scale).round(), whole)
+    sums = torch.minimum(conf_sum * scale, whole)
+    return whole, hits, sums
 
 
 def _rows(trace: Trace, rows: slice) -> Trace:

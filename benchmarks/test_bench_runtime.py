@@ -17,10 +17,16 @@ the models and caches them under ``.benchmarks/models/``).
 - Finite check: the runner with its default ``check_finite=True`` against the same runner with
   ``check_finite=False`` (the cost of refusing NaN or infinite logits), timed as on, off, off,
   on in every round; the target is no measurable change at batch 64 and above.
+- Shift monitor: the runner with an `adaptix.ShiftMonitor` attached (``check_every=8``, no
+  audit) against the same runner without one, timed as with, without, without, with in every
+  round; the target is 2 % or less at batch 64 and above (issue 12).
 
 The CNN is ``resnet`` size medium trained briefly on Fashion-MNIST, at batch sizes 1, 64 and
 512 and three δ of ``pcee`` (about 30, 60 and 85 % early exits on the test data), in both modes.
-The finite check runs on the CNN in compact mode at the middle δ, at every batch size.
+The finite check runs on the CNN in compact mode at the middle δ, at every batch size; the shift
+monitor on the same runner at batch sizes 64 and 256, 512 rows a round (at batch 64, eight calls:
+every round reads the counts back once; at 256, one round in four does, and a read-back costs
+under a millisecond against a round's seconds).
 MiniLM on BBC News (through the plugin ``adaptix-transformers``; skipped when it is missing) runs
 at the same batch sizes and δ targets in compact mode, plus its no-exit case. Every benchmark
 checks its first call: the runner's exits and predictions against `adaptix.simulate` on the same
@@ -37,8 +43,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -65,7 +71,8 @@ from adaptix.model import profile_from_trace
 CNN = CnnConfig()
 MINILM = MiniLMConfig()
 TARGETS = (0.30, 0.60, 0.85)  # early-exit rates on the test data
-MODES = ("compact", "lockstep")
+Mode = Literal["compact", "lockstep"]
+MODES: tuple[Mode, ...] = ("compact", "lockstep")
 #: Rows timed per round at each batch size (batch size 1 costs a call per row: fewer rows).
 CNN_ROWS = {1: 128, 64: 256, 512: 512}
 MINILM_ROWS = {1: 16, 64: 128, 512: 512}
@@ -75,6 +82,10 @@ ROUNDS = {1: 5, 64: 5, 512: 3}
 WARMUP_ROUNDS = 1
 #: Timed rounds of the finite check: its cost is far below the machine's noise, so more rounds.
 FINITE_CHECK_ROUNDS = {1: 9, 64: 11, 512: 7}
+#: The shift monitor's benchmark: rows timed per round and timed rounds at each batch size.
+MONITOR_ROWS = {64: 512, 256: 512}
+MONITOR_ROUNDS = {64: 7, 256: 7}
+MONITOR_CHECK_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,22 @@ class Paired:
         paired = self.seconds[name][WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
         return statistics.median(r / t for r, t in zip(paired, rounds, strict=True))
 
+    def on_off_cost(self, rounds: list[float]) -> float:
+        """time(on) / time(off) - 1, the median over rounds of on, off, off, on quadruples: the
+        references ``on``, ``off`` and ``off_again`` timed in the setup, then the round (on).
+
+        The ratio of each quadruple cancels a load that drifts steadily over it, which on a
+        shared machine moves a plain pair by more than a small feature costs (the second of two
+        identical runs came out up to 13 % slower at batch 1).
+        """
+        setups = {
+            name: seconds[WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
+            for name, seconds in self.seconds.items()
+        }
+        quadruples = zip(setups["on"], setups["off"], setups["off_again"], rounds, strict=True)
+        ratios = [(on + again) / (off + off_again) for on, off, off_again, again in quadruples]
+        return statistics.median(ratios) - 1
+
 
 @pytest.fixture(scope="session")
 def summary(request: pytest.FixtureRequest) -> Summary:
@@ -149,10 +176,56 @@ def make_cases(trained: Trained, rows_per_batch: dict[int, int]) -> dict[int, Ca
     }
 
 
+@dataclass
+class MonitorCosts:
+    """The shift monitor's measured costs; printed at the end of the session (a pytest plugin,
+    registered by its session fixture, like `Summary`)."""
+
+    costs: list[CheckCost] = field(default_factory=list)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Print the table (pytest hook)."""
+        if not self.costs:
+            return
+        terminalreporter.write_sep("-", "the shift monitor: runner with it vs without it")
+        terminalreporter.write_line(
+            f"cost = time(with) / time(without) - 1 (check_every={MONITOR_CHECK_EVERY}, no "
+            "audit), median over rounds of four runs each (with, without, without, with)"
+        )
+        terminalreporter.write_line(
+            f"{'family':<14} {'batch':>5} {'early':>6} {'cost':>7} {'rounds':>6}"
+        )
+        for cost in sorted(self.costs, key=lambda c: (c.family, c.batch)):
+            terminalreporter.write_line(
+                f"{cost.family:<14} {cost.batch:>5} {cost.early:>6.1%} {cost.cost:>+7.2%} "
+                f"{cost.rounds:>6}"
+            )
+
+
 @pytest.fixture(scope="session")
-def cnn() -> dict[int, Case]:
+def monitor_costs(request: pytest.FixtureRequest) -> MonitorCosts:
+    """The session's shift-monitor costs; the table is printed at the end of the session."""
+    collector = MonitorCosts()
+    request.config.pluginmanager.register(collector, "adaptix-monitor-costs")
+    return collector
+
+
+@pytest.fixture(scope="session")
+def cnn_trained() -> Trained:
+    """The trained CNN, its test inputs, trace and calibration."""
+    return load_cnn(CNN)
+
+
+@pytest.fixture(scope="session")
+def cnn(cnn_trained: Trained) -> dict[int, Case]:
     """The CNN's cases by batch size."""
-    return make_cases(load_cnn(CNN), CNN_ROWS)
+    return make_cases(cnn_trained, CNN_ROWS)
+
+
+@pytest.fixture(scope="session")
+def cnn_monitored(cnn_trained: Trained) -> dict[int, Case]:
+    """The CNN's cases of the shift-monitor benchmark, by batch size."""
+    return make_cases(cnn_trained, MONITOR_ROWS)
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +249,8 @@ def measure(
 ) -> list[float] | None:
     """Seconds of each timed round of ``fn`` (None when benchmarking is disabled)."""
     benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
-    return None if benchmark.disabled else list(benchmark.stats.stats.data)
+    stats = benchmark.stats
+    return None if benchmark.disabled or stats is None else list(stats.stats.data)
 
 
 def skip_repeated_delta(case: Case, target: float) -> float:
@@ -201,13 +275,21 @@ def bench_all_heads(benchmark: BenchmarkFixture, case: Case) -> None:
     benchmark.extra_info.update(family=case.family, batch=case.batch)
 
 
+def assert_simulated(
+    outputs: list[adaptix.RunnerOutput], expected: adaptix.SimulationResult
+) -> None:
+    """The runner's exits and predictions over a case's batches are what simulate says."""
+    assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
+    assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
+
+
 def bench_runner(
     benchmark: BenchmarkFixture,
     summary: Summary,
     case: Case,
     policy: adaptix.ExitPolicy,
     label: str,
-    mode: str,
+    mode: Mode,
 ) -> None:
     """Check the runner's first call against simulate, time it, record its speed-ups.
 
@@ -221,8 +303,7 @@ def bench_runner(
 
     expected = adaptix.simulate(case.trace, policy)
     outputs = run()
-    assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
-    assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
+    assert_simulated(outputs, expected)
     nothing_exits = expected.early_exit_rate == 0.0
     paired = Paired(plain=case.plain, **({"all heads": case.all_exits} if nothing_exits else {}))
     rounds = measure(benchmark, run, case.rounds, setup=paired)
@@ -286,7 +367,7 @@ def test_cnn_pcee(
     summary: Summary,
     cnn: dict[int, Case],
     batch: int,
-    mode: str,
+    mode: Mode,
     target: float,
 ) -> None:
     case = cnn[batch]
@@ -298,7 +379,7 @@ def test_cnn_pcee(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", CNN_ROWS)
 def test_cnn_nothing_exits(
-    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int, mode: str
+    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int, mode: Mode
 ) -> None:
     case = cnn[batch]
     num_exits = case.model.num_exits
@@ -315,9 +396,7 @@ def test_cnn_finite_check(
     """The runner with the finite check against the same runner without it.
 
     Each timed round (check on) follows, in its setup, one more run with the check and two
-    without: on, off, off, on. The ratio of each such quadruple cancels a load that drifts
-    steadily over it, which on a shared machine moves a plain pair by more than the check
-    costs (the second of two identical runs came out up to 13 % slower at batch 1).
+    without: on, off, off, on (`Paired.on_off_cost`).
     """
     case = cnn[batch]
     policy = adaptix.policy("pcee", case.deltas[0.60], case.calibration)
@@ -330,29 +409,62 @@ def test_cnn_finite_check(
     expected = adaptix.simulate(case.trace, policy)
     for runner in (checked, unchecked):
         outputs = run(runner)
-        assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
-        assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
+        assert_simulated(outputs, expected)
     paired = Paired(
-        checked=lambda: run(checked),
-        unchecked=lambda: run(unchecked),
-        unchecked_again=lambda: run(unchecked),
+        on=lambda: run(checked), off=lambda: run(unchecked), off_again=lambda: run(unchecked)
     )
     rounds = measure(benchmark, lambda: run(checked), FINITE_CHECK_ROUNDS[batch], setup=paired)
     benchmark.extra_info.update(
         family=case.family, batch=case.batch, early_exit_rate=expected.early_exit_rate
     )
     if rounds is not None:
-        setups = {
-            name: seconds[WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
-            for name, seconds in paired.seconds.items()
-        }
-        quadruples = zip(
-            setups["checked"], setups["unchecked"], setups["unchecked_again"], rounds, strict=True
-        )
-        ratios = [(on + again) / (off + off_again) for on, off, off_again, again in quadruples]
-        cost = statistics.median(ratios) - 1
+        cost = paired.on_off_cost(rounds)
         benchmark.extra_info.update(finite_check_cost=cost)
         summary.check_costs.append(
+            CheckCost(case.family, case.batch, expected.early_exit_rate, cost, len(rounds))
+        )
+
+
+@pytest.mark.parametrize("batch", MONITOR_ROWS)
+def test_cnn_shift_monitor(
+    benchmark: BenchmarkFixture,
+    monitor_costs: MonitorCosts,
+    cnn_monitored: dict[int, Case],
+    batch: int,
+) -> None:
+    """The runner with a `ShiftMonitor` (``check_every=8``, no audit) against the same runner
+    without one, paired as the finite check is (with, without, without, with)."""
+    case = cnn_monitored[batch]
+    policy = adaptix.policy("pcee", case.deltas[0.60], case.calibration)
+    # The reference is the test trace itself: the stream is a part of it, so nothing alarms.
+    monitor = adaptix.ShiftMonitor(policy, case.trace, check_every=MONITOR_CHECK_EVERY)
+    monitored = adaptix.EarlyExitRunner(case.model, policy, monitor=monitor)
+    plain = adaptix.EarlyExitRunner(case.model, policy)
+
+    def run(runner: adaptix.EarlyExitRunner) -> list[adaptix.RunnerOutput]:
+        return [runner(b) for b in case.batches]
+
+    expected = adaptix.simulate(case.trace, policy)
+    with_monitor, without = run(monitored), run(plain)
+    for outputs in (with_monitor, without):
+        assert_simulated(outputs, expected)
+    monitor.check()
+    assert monitor._host is not None
+    histogram = torch.bincount(expected.exit_index, minlength=case.model.num_exits)
+    assert torch.equal(monitor._host[1], histogram)
+    assert not monitor.alarmed
+    paired = Paired(on=lambda: run(monitored), off=lambda: run(plain), off_again=lambda: run(plain))
+    rounds = measure(benchmark, lambda: run(monitored), MONITOR_ROUNDS[batch], setup=paired)
+    benchmark.extra_info.update(
+        family=case.family,
+        batch=case.batch,
+        early_exit_rate=expected.early_exit_rate,
+        check_every=MONITOR_CHECK_EVERY,
+    )
+    if rounds is not None:
+        cost = paired.on_off_cost(rounds)
+        benchmark.extra_info.update(monitor_cost=cost)
+        monitor_costs.costs.append(
             CheckCost(case.family, case.batch, expected.early_exit_rate, cost, len(rounds))
         )
 

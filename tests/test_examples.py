@@ -36,7 +36,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_tested() -> None:
     tested = {"custom_criterion.py", "log_sweep_to_mlflow.py", "wrap_your_model.py"}
-    tested |= {"minilm_bbc_news.py", "measure_recipe.py"}
+    tested |= {"minilm_bbc_news.py", "measure_recipe.py", "monitor_shift.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -51,6 +51,15 @@ def test_log_sweep_to_mlflow(tmp_path: Path) -> None:
     out = run_example("log_sweep_to_mlflow.py", store, str(tmp_path / "figures"), cwd=tmp_path)
     assert "logged" in out
     assert list((tmp_path / "figures").iterdir())
+
+
+@pytest.mark.slow
+def test_monitor_shift(tmp_path: Path) -> None:
+    out = run_example("monitor_shift.py", "--train-size", "3000", "--epochs", "1", cwd=tmp_path)
+    assert "clean stream: 5000 inputs" in out
+    assert "alarm: False" in out  # nothing moved on clean data
+    assert "noisy stream: ALARM after" in out
+    assert "recertified:" in out
 
 
 @pytest.mark.slow
