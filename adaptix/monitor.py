@@ -166,6 +166,52 @@ class ShiftTest:
         )
 
 
+def segment_threshold(alpha: float, segment: int | Tensor) -> float | Tensor:
+    """log(1/α_j), the alarm line of the j-th test segment (1-based) when the test restarts:
+    α_j = α · 6 / (π² j²), so that the false-alarm probabilities of all segments add up to α
+    (each segment's e-process is valid on its own; a union bound joins them)."""
+    if isinstance(segment, Tensor):
+        return torch.log(math.pi**2 * segment.double() ** 2 / (6 * alpha))
+    return math.log(math.pi**2 * segment**2 / (6 * alpha))
+
+
+def evidence_path(
+    tests: tuple[ShiftTest, ShiftTest],
+    bin_counts: Tensor,
+    exit_counts: Tensor,
+    *,
+    alpha: float,
+    check_inputs: int,
+    restart_every: int | None,
+) -> tuple[Tensor, Tensor]:
+    """What a `ShiftMonitor` computes along a stream checked every ``check_inputs`` inputs:
+    log E and the alarm line after each of T checks, from the cumulative counts at the checks
+    (exit-0 bins ``[T, M]``, exits ``[T, E]``), with the monitor's restarts (a new segment after
+    the check where the current one reached ``restart_every`` inputs). Vectorised: the offline
+    study's path through the monitor's own test."""
+    checks = bin_counts.shape[0]
+    index = torch.arange(checks)
+    if restart_every is None:
+        segment = torch.zeros(checks, dtype=torch.long)
+    else:
+        per_segment = -(-restart_every // check_inputs)  # checks per segment
+        segment = index // per_segment
+    start = segment * (checks if restart_every is None else per_segment)  # first check
+    bins0 = torch.cat((torch.zeros_like(bin_counts[:1]), bin_counts))
+    exits0 = torch.cat((torch.zeros_like(exit_counts[:1]), exit_counts))
+    log_e = combine(
+        [
+            tests[0].log_evalue(bin_counts - bins0[start]),
+            tests[1].log_evalue(exit_counts - exits0[start]),
+        ]
+    )
+    if restart_every is None:
+        return log_e, torch.full((checks,), math.log(1 / alpha), dtype=torch.float64)
+    line = segment_threshold(alpha, segment + 1)
+    assert isinstance(line, Tensor)
+    return log_e, line
+
+
 def combine(log_evalues: list[Tensor]) -> Tensor:
     """log of the average of several e-values (itself an e-value): logsumexp − log m."""
     stacked = torch.stack([value.double() for value in log_evalues])
@@ -188,8 +234,9 @@ class ShiftReport:
 
     Attributes:
         inputs: stream inputs counted since the last reset.
-        log_evalue: log E of the combined test at the last check (0 before any).
-        threshold: log(1/α): an alarm when ``log_evalue`` reaches it.
+        log_evalue: log E of the combined test (its current segment) at the last check (0
+            before any).
+        threshold: the current alarm line, log(1/α_j) (`segment_threshold`).
         alarmed: whether the monitor has alarmed since the last reset.
         alarm_inputs: the inputs counted when it alarmed (None: no alarm).
         bins: every exit-0 confidence bin, reference and live shares.
@@ -269,7 +316,7 @@ class ShiftAlarm:
         moved = ", ".join(f"{m.what} ({m.z:+.1f} sd)" for m in self.report.moved()[:4])
         return (
             f"adaptix: the input distribution shifted (log E = {self.log_evalue:.1f} ≥ "
-            f"log(1/α) = {math.log(1 / self.alpha):.1f} after {self.inputs} inputs; false-alarm "
+            f"{self.report.threshold:.1f} after {self.inputs} inputs; false-alarm "
             f"probability ≤ {self.alpha}). Moved: {moved or 'no single bin by 3 sd'}. The "
             "policy's calibration may no longer hold: recalibrate (ShiftMonitor.recalibrated_"
             "policy / recertify) and swap it in (EarlyExitRunner.swap_policy)."
@@ -360,6 +407,11 @@ class ShiftMonitor:
         audit: the share of rows, in [0, 1), that the runner routes through to the last exit
             (they get its prediction) to label-free proxy-label the early exits.
         concentration: the stream prior's weight κ of `ShiftTest`.
+        restart_every: start a fresh test segment after this many inputs (None: one test
+            over the whole stream). A test over everything since the start reacts ever more
+            slowly to a shift that comes late; segments keep the reaction time bounded. The
+            j-th segment alarms at log(1/α_j), α_j = α · 6 / (π² j²): the false-alarm
+            probability over all segments together stays ≤ α.
         bins: equal-width bins when the policy reads no calibration.
         seed: seeds the choice of audited rows.
 
@@ -387,6 +439,7 @@ class ShiftMonitor:
         decay: float | None = None,
         audit: float = 0.0,
         concentration: float = 100.0,
+        restart_every: int | None = 10_000,
         bins: int = DEFAULT_BINS,
         seed: int = 0,
     ) -> None:
@@ -401,6 +454,8 @@ class ShiftMonitor:
         _check_count(check_every, "check_every")
         _check_count(window, "window")
         _check_count(bins, "bins")
+        if restart_every is not None:
+            _check_count(restart_every, "restart_every")
         if decay is not None:
             _check_open_unit(decay, "decay")
         if isinstance(audit, bool) or not (isinstance(audit, int | float) and 0 <= audit < 1):
@@ -415,6 +470,7 @@ class ShiftMonitor:
         self.decay = decay
         self.audit = float(audit)
         self.concentration = float(concentration)
+        self.restart_every = restart_every
         self._default_bins = bins
         self._generator = torch.Generator().manual_seed(seed)
         self._audit_credit = 0.0
@@ -449,7 +505,9 @@ class ShiftMonitor:
             ShiftTest(self._reference_reach[0, :bins].clone(), self.concentration),
             ShiftTest(self._reference_exits.clone(), self.concentration),
         )
-        self.threshold = math.log(1 / self.alpha)
+        self._segment = 1
+        self._base: tuple[Tensor, Tensor] | None = None  # counts where the segment started
+        self.threshold = self._line()
         self._counts: _Counts | None = None
         self._batches = 0
         self._host: tuple[Tensor, Tensor] | None = None  # counts read at the last check
@@ -558,16 +616,32 @@ class ShiftMonitor:
         exits = host[size:]
         self._host = (reach, exits)
         inputs = int(exits.sum())
+        bins0 = reach[0, : self.bins]
+        segment_bins, segment_exits = bins0, exits
+        if self._base is not None:
+            segment_bins, segment_exits = bins0 - self._base[0], exits - self._base[1]
         log_e = float(
             combine(
-                [self.tests[0].log_evalue(reach[0, : self.bins]), self.tests[1].log_evalue(exits)]
+                [self.tests[0].log_evalue(segment_bins), self.tests[1].log_evalue(segment_exits)]
             )
         )
         self.log_evalue = log_e
         self.history.append((inputs, log_e))
         if log_e >= self.threshold and self.alarm is None:
             self._raise_alarm(inputs, log_e)
+        if self.restart_every is not None and int(segment_exits.sum()) >= self.restart_every:
+            self._base = (bins0.clone(), exits.clone())
+            self._segment += 1
+            self.threshold = self._line()
         return log_e
+
+    def _line(self) -> float:
+        """The current segment's alarm line, log(1/α_j) (log(1/α) without restarts)."""
+        if self.restart_every is None:
+            return math.log(1 / self.alpha)
+        line = segment_threshold(self.alpha, self._segment)
+        assert isinstance(line, float)
+        return line
 
     def _raise_alarm(self, inputs: int, log_e: float) -> None:
         self._alarm_inputs = inputs

@@ -979,3 +979,38 @@ def test_the_audited_share_is_exact_over_single_rows(equal_mass_policy: ExitPoli
     monitor = monitor_for(equal_mass_policy, audit=0.1)
     audited = [i for i in range(1, 41) if monitor.audit_rows(1) is not None]
     assert audited == [10, 20, 30, 40]
+
+
+@pytest.mark.filterwarnings("ignore::adaptix.ShiftWarning")
+def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
+    equal_mass_policy: ExitPolicy,
+) -> None:
+    """The monitor's incremental segments equal `evidence_path` on the same counts, and the
+    alarm lines are log(π² j² / (6α)): α_j adds up to α over all segments."""
+    from adaptix.monitor import evidence_path, segment_threshold
+
+    alpha = 0.05
+    monitor = monitor_for(equal_mass_policy, alpha=alpha, check_every=1, restart_every=50)
+    stream = feedback(400, 21, scale=1.5)  # a mild shift: log E moves, segments restart
+    calibration = equal_mass_policy.calibration
+    assert calibration is not None
+    lines = []
+    for start in range(0, 400, 20):
+        rows = stream.logits[start : start + 20]
+        for e in range(FEEDBACK_EXITS):
+            monitor.count_exit(e, rows[:, e])  # every row reaches every exit: exits all last
+        monitor.end_batch(torch.full((20,), FEEDBACK_EXITS - 1, dtype=torch.long))
+        lines.append(monitor.threshold)
+    bins0 = calibration.bin_index(adaptix.scores.confidence(stream.logits[:, 0]), 0)
+    bin_counts = torch.nn.functional.one_hot(bins0, BINS).cumsum(0)[19::20]
+    exits = torch.full((400,), FEEDBACK_EXITS - 1, dtype=torch.long)
+    exit_counts = torch.nn.functional.one_hot(exits, FEEDBACK_EXITS).cumsum(0)[19::20]
+    log_e, line = evidence_path(
+        monitor.tests, bin_counts, exit_counts, alpha=alpha, check_inputs=20, restart_every=50
+    )
+    assert [v for _, v in monitor.history] == pytest.approx(log_e.tolist(), abs=1e-9)
+    # 50 inputs per segment: three checks of 20 each, then a new segment.
+    segments = [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7]
+    assert line.tolist() == pytest.approx([segment_threshold(alpha, j) for j in segments])
+    assert lines[:-1] == pytest.approx(line.tolist()[1:])  # the monitor's line for the next check
+    assert sum(6 * alpha / (math.pi**2 * j**2) for j in range(1, 100_000)) < alpha

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from adaptix.calibration import calibrate
 from adaptix.errors import ValidationError
 from adaptix.experiment.report import _table
-from adaptix.monitor import ShiftMonitor, ShiftTest, _bins_of, combine
+from adaptix.monitor import ShiftMonitor, ShiftTest, _bins_of, evidence_path
 from adaptix.policy import ExitPolicy, policy
 from adaptix.simulate import simulate
 from adaptix.trace import Trace
@@ -81,6 +81,7 @@ class StudySettings:
         proxy_size: audited inputs for the label-free recalibration.
         repeats: draws of feedback and evaluation rows per shifted split.
         concentration: the monitor's κ.
+        restart_every: the monitor's test segments, in inputs (None: one segment).
         seed: everything random derives from it.
     """
 
@@ -95,6 +96,7 @@ class StudySettings:
     proxy_size: int = 1000
     repeats: int = 100
     concentration: float = 100.0
+    restart_every: int | None = 10_000
     seed: int = 0
 
 
@@ -132,7 +134,7 @@ class ShiftStudyResult:
     settings: StudySettings
     clean_early_accuracy: float
     false_alarms: int
-    null_max_log_evalue: list[float]
+    null_peak_margin: list[float]  # per unshifted stream: max of log E − alarm line
     cells: list[ShiftCell]
     paths: dict[str, list[list[float]]] = field(default_factory=dict)  # plotted trajectories
 
@@ -200,7 +202,7 @@ class ShiftStudyResult:
                 [[t, m, "yes" if ok else "NO"] for t, m, ok in self.targets()],
             ),
         ]
-        quantiles = torch.tensor(self.null_max_log_evalue).quantile(
+        quantiles = torch.tensor(self.null_peak_margin).quantile(
             torch.tensor([0.5, 0.95, 1.0], dtype=torch.float64).float()
         )
         lines += [
@@ -209,9 +211,10 @@ class ShiftStudyResult:
             "",
             f"{self.false_alarms} of {st.streams} streams of {st.null_length:,} inputs alarmed "
             f"(rate {self.false_alarm_rate:.3f}; α = {st.alpha}, α + noise of {st.streams} "
-            f"streams = {self.alarm_band:.3f}). Largest log E reached per stream: median "
-            f"{quantiles[0]:.1f}, 95th percentile {quantiles[1]:.1f}, max {quantiles[2]:.1f} "
-            f"(alarm at log(1/α) = {math.log(1 / st.alpha):.2f}).",
+            f"streams = {self.alarm_band:.3f}). The closest each stream came to an alarm "
+            f"(log E minus the alarm line, an alarm at ≥ 0): median {quantiles[0]:.1f}, 95th "
+            f"percentile {quantiles[1]:.1f}, max {quantiles[2]:.1f}. The test restarts every "
+            f"{st.restart_every or 'never'} inputs; segment j alarms at log(π² j² / (6α)).",
             "",
             "## Detection and early accuracy under shift",
             "",
@@ -236,7 +239,7 @@ class ShiftStudyResult:
                     f"{c.early_accuracy:.4f}",
                     delay,
                     f"{c.detected:.2f}",
-                    *(f"{m.mean_early_accuracy:.4f} ({m.miss_rate:.2f})" for m in c.modes),
+                    *(_mode_cell(m) for m in c.modes),
                 ]
             )
         lines.append(_table(header, rows))
@@ -257,7 +260,7 @@ class ShiftStudyResult:
             "clean_early_accuracy": self.clean_early_accuracy,
             "false_alarms": self.false_alarms,
             "false_alarm_rate": self.false_alarm_rate,
-            "null_max_log_evalue": self.null_max_log_evalue,
+            "null_peak_margin": self.null_peak_margin,
             "cells": [
                 {**asdict(c), "median_delay": _finite_or_none(c.median_delay)} for c in self.cells
             ],
@@ -277,6 +280,13 @@ class ShiftStudyResult:
         return [markdown, document, *write_plots(self, folder)]
 
 
+def _mode_cell(mode: Recalibrated) -> str:
+    """Mean early accuracy (miss rate); "no early exit" when no repeat let any input leave."""
+    if not math.isfinite(mode.mean_early_accuracy):
+        return f"no early exit ({mode.miss_rate:.2f})"
+    return f"{mode.mean_early_accuracy:.4f} ({mode.miss_rate:.2f})"
+
+
 def _check_settings(st: StudySettings) -> None:
     """`ValidationError` unless every setting is in range."""
     problems = []
@@ -292,6 +302,8 @@ def _check_settings(st: StudySettings) -> None:
             f"null_length and delay_length >= check_inputs = {st.check_inputs} (got "
             f"{st.null_length}, {st.delay_length})"
         )
+    if st.restart_every is not None and st.restart_every < 1:
+        problems.append(f"restart_every >= 1 or None (got {st.restart_every})")
     if not (math.isfinite(st.concentration) and st.concentration >= 0):
         problems.append(f"a finite concentration >= 0 (got {st.concentration})")
     if problems:
@@ -313,24 +325,33 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _stream_log_e(
+def _stream_evidence(
     tests: tuple[ShiftTest, ShiftTest],
     bins: Tensor,
     exits: Tensor,
-    check: int,
-    concentration_bins: int,
+    st: StudySettings,
+    num_bins: int,
     num_exits: int,
 ) -> Tensor:
-    """The monitor's combined log E after every ``check`` inputs of a stream whose inputs
-    have exit-0 bins ``bins`` and exits ``exits`` (``[L]`` each)."""
-    bin_counts = torch.nn.functional.one_hot(bins, concentration_bins).cumsum(0)
-    exit_counts = torch.nn.functional.one_hot(exits, num_exits).cumsum(0)
-    at = slice(check - 1, None, check)
-    return combine([tests[0].log_evalue(bin_counts[at]), tests[1].log_evalue(exit_counts[at])])
+    """log E minus the alarm line after every ``check_inputs`` inputs of a stream whose inputs
+    have exit-0 bins ``bins`` and exits ``exits`` (``[L]`` each), as the monitor computes it
+    (`adaptix.monitor.evidence_path`): an alarm where it is ≥ 0."""
+    at = slice(st.check_inputs - 1, None, st.check_inputs)
+    bin_counts = torch.nn.functional.one_hot(bins, num_bins).cumsum(0)[at]
+    exit_counts = torch.nn.functional.one_hot(exits, num_exits).cumsum(0)[at]
+    log_e, line = evidence_path(
+        tests,
+        bin_counts,
+        exit_counts,
+        alpha=st.alpha,
+        check_inputs=st.check_inputs,
+        restart_every=st.restart_every,
+    )
+    return log_e - line
 
 
-def _first_alarm(log_e: Tensor, threshold: float, check: int) -> float:
-    hits = (log_e >= threshold).nonzero(as_tuple=True)[0]
+def _first_alarm(margin: Tensor, check: int) -> float:
+    hits = (margin >= 0).nonzero(as_tuple=True)[0]
     return float((int(hits[0]) + 1) * check) if hits.numel() else math.inf
 
 
@@ -395,8 +416,13 @@ def run_shift_study(
             )
     generator = torch.Generator().manual_seed(st.seed)
     deployed = policy(st.criterion, st.delta, calibrate(calibration))
-    monitor = ShiftMonitor(deployed, calibration, alpha=st.alpha, concentration=st.concentration)
-    threshold = monitor.threshold
+    monitor = ShiftMonitor(
+        deployed,
+        calibration,
+        alpha=st.alpha,
+        concentration=st.concentration,
+        restart_every=st.restart_every,
+    )
     bins = monitor.bins
     last = calibration.num_exits - 1
     columns = bins + 1  # the monitor's extra column for undefined confidences
@@ -420,32 +446,25 @@ def run_shift_study(
             ShiftTest(torch.bincount(test_exits[ref], minlength=last + 1), st.concentration),
         )
         rows = torch.randint(test.num_inputs, (st.null_length,), generator=generator)
-        log_e = _stream_log_e(
-            tests,
-            test_bins[rows].clamp(max=bins - 1),
-            test_exits[rows],
-            st.check_inputs,
-            bins,
-            last + 1,
+        margin = _stream_evidence(
+            tests, test_bins[rows].clamp(max=bins - 1), test_exits[rows], st, bins, last + 1
         )
-        peak = float(log_e.max())
+        peak = float(margin.max())
         null_max.append(peak)
-        alarms += peak >= threshold
+        alarms += peak >= 0
         if s < 20:
-            paths["null"].append(log_e[: st.delay_length // st.check_inputs].tolist())
+            paths["null"].append(margin[: st.delay_length // st.check_inputs].tolist())
         bar.update(1)
     cells = []
     for split in shifted:
-        cells.append(
-            _cell(split, deployed, calibration, monitor, st, generator, codes, paths, threshold)
-        )
+        cells.append(_cell(split, deployed, calibration, monitor, st, generator, codes, paths))
         bar.update(1)
     bar.close()
     return ShiftStudyResult(
         settings=st,
         clean_early_accuracy=math.nan if clean.early_accuracy is None else clean.early_accuracy,
         false_alarms=int(alarms),
-        null_max_log_evalue=null_max,
+        null_peak_margin=null_max,
         cells=cells,
         paths=paths,
     )
@@ -460,7 +479,6 @@ def _cell(
     generator: torch.Generator,
     codes: Any,
     paths: dict[str, list[list[float]]],
-    threshold: float,
 ) -> ShiftCell:
     trace = split.trace
     n = trace.num_inputs
@@ -472,17 +490,17 @@ def _cell(
     key = f"{split.kind} {split.severity:g}"
     for s in range(st.streams):
         rows = _draw(n, st.delay_length, weights, generator, replacement=True)
-        log_e = _stream_log_e(
+        margin = _stream_evidence(
             monitor.tests,
             shifted_bins[rows].clamp(max=bins - 1),
             shifted_exits[rows],
-            st.check_inputs,
+            st,
             bins,
             last + 1,
         )
-        delays.append(_first_alarm(log_e, threshold, st.check_inputs))
+        delays.append(_first_alarm(margin, st.check_inputs))
         if s < 5:
-            paths.setdefault(key, []).append(log_e.tolist())
+            paths.setdefault(key, []).append(margin.tolist())
     delay_tensor = torch.tensor(delays)
     median = float(delay_tensor.median())  # the lower median: inf when half never alarmed
     served = simulate(trace, deployed)
