@@ -233,7 +233,9 @@ class ShiftReport:
     """What `ShiftMonitor.report` says: the test's state and what moved.
 
     Attributes:
-        inputs: stream inputs counted since the last reset.
+        inputs: stream inputs of the test segment described (all since the last reset when
+            the test does not restart).
+        segment: which test segment, 1 for the first (see ``restart_every``).
         log_evalue: log E of the combined test (its current segment) at the last check (0
             before any).
         threshold: the current alarm line, log(1/α_j) (`segment_threshold`).
@@ -245,6 +247,7 @@ class ShiftReport:
     """
 
     inputs: int
+    segment: int
     log_evalue: float
     threshold: float
     alarmed: bool
@@ -266,6 +269,7 @@ class ShiftReport:
 
         return {
             "inputs": self.inputs,
+            "segment": self.segment,
             "log_evalue": self.log_evalue,
             "threshold": self.threshold,
             "alarmed": self.alarmed,
@@ -278,7 +282,8 @@ class ShiftReport:
     def __str__(self) -> str:
         state = f"ALARM at {self.alarm_inputs} inputs" if self.alarmed else "no alarm"
         lines = [
-            f"shift monitor: {self.inputs} inputs, log E = {self.log_evalue:.2f} "
+            f"shift monitor: segment {self.segment}, {self.inputs} inputs, "
+            f"log E = {self.log_evalue:.2f} "
             f"(alarm at {self.threshold:.2f}), {state}",
         ]
         moved = self.moved()
@@ -511,6 +516,7 @@ class ShiftMonitor:
         self._counts: _Counts | None = None
         self._batches = 0
         self._host: tuple[Tensor, Tensor] | None = None  # counts read at the last check
+        self._tested: tuple[Tensor, Tensor, int] | None = None  # the last tested segment's
         self.log_evalue = 0.0
         self.history: list[tuple[int, float]] = []  # (inputs, log E) at every check
         self.alarm: ShiftAlarm | None = None
@@ -616,13 +622,16 @@ class ShiftMonitor:
         exits = host[size:]
         self._host = (reach, exits)
         inputs = int(exits.sum())
-        bins0 = reach[0, : self.bins]
-        segment_bins, segment_exits = bins0, exits
+        segment_reach, segment_exits = reach, exits
         if self._base is not None:
-            segment_bins, segment_exits = bins0 - self._base[0], exits - self._base[1]
+            segment_reach, segment_exits = reach - self._base[0], exits - self._base[1]
+        self._tested = (segment_reach, segment_exits, self._segment)
         log_e = float(
             combine(
-                [self.tests[0].log_evalue(segment_bins), self.tests[1].log_evalue(segment_exits)]
+                [
+                    self.tests[0].log_evalue(segment_reach[0, : self.bins]),
+                    self.tests[1].log_evalue(segment_exits),
+                ]
             )
         )
         self.log_evalue = log_e
@@ -630,7 +639,7 @@ class ShiftMonitor:
         if log_e >= self.threshold and self.alarm is None:
             self._raise_alarm(inputs, log_e)
         if self.restart_every is not None and int(segment_exits.sum()) >= self.restart_every:
-            self._base = (bins0.clone(), exits.clone())
+            self._base = (reach.clone(), exits.clone())
             self._segment += 1
             self.threshold = self._line()
         return log_e
@@ -676,12 +685,14 @@ class ShiftMonitor:
 
     def report(self) -> ShiftReport:
         """The test's state and, per exit-0 bin, exit and reached bin, the reference's and
-        the live shares with a two-proportion z (as of the last check)."""
-        if self._host is None:
+        the live shares with a two-proportion z: those of the test segment checked last (every
+        input since the last reset when the test does not restart)."""
+        if self._tested is None:
             reach = torch.zeros(self.num_exits, self.bins + 1, dtype=torch.int64)
             exits = torch.zeros(self.num_exits, dtype=torch.int64)
+            segment = self._segment
         else:
-            reach, exits = self._host
+            reach, exits, segment = self._tested
         edges = self._edges()
         reach_moves = tuple(
             _moves(
@@ -699,6 +710,7 @@ class ShiftMonitor:
         )
         return ShiftReport(
             inputs=int(exits.sum()),
+            segment=segment,
             log_evalue=self.log_evalue,
             threshold=self.threshold,
             alarmed=self._alarm_inputs is not None,

@@ -59,7 +59,8 @@ def test_monitor_shift(tmp_path: Path) -> None:
     assert "clean stream: 5000 inputs" in out
     assert "alarm: False" in out  # nothing moved on clean data
     assert "noisy stream: ALARM after" in out
-    assert "recertified:" in out
+    assert "re-certified:" in out
+    assert "noisy stream, recalibrated pcee: early accuracy" in out
 
 
 @pytest.mark.slow

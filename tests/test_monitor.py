@@ -1014,3 +1014,7 @@ def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
     assert line.tolist() == pytest.approx([segment_threshold(alpha, j) for j in segments])
     assert lines[:-1] == pytest.approx(line.tolist()[1:])  # the monitor's line for the next check
     assert sum(6 * alpha / (math.pi**2 * j**2) for j in range(1, 100_000)) < alpha
+    # The report describes the segment checked last: the 7th, its 40 inputs so far.
+    report = monitor.report()
+    assert (report.segment, report.inputs) == (7, 40)
+    assert sum(m.live_share for m in report.exits) == pytest.approx(1.0)
