@@ -417,8 +417,12 @@ class _Audit:
     def __init__(self, positions: Tensor, n: int, device: torch.device, last: int) -> None:
         audited = torch.zeros(n, dtype=torch.bool)
         audited[positions] = True
-        # Host work: the positions come from the monitor's CPU generator.
-        self.order = torch.cat((positions, (~audited).nonzero(as_tuple=True)[0])).to(device)
+        # Host work: the positions come from the monitor's CPU generator. On a GPU the copy
+        # goes from pinned memory without blocking: a pageable copy would wait for the stream.
+        order = torch.cat((positions, (~audited).nonzero(as_tuple=True)[0]))
+        if device.type == "cuda":
+            order = order.pin_memory()
+        self.order = order.to(device, non_blocking=True)
         self.size = int(positions.numel())
         self.logits: list[Tensor] = []
         self.last = last
