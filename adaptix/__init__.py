@@ -15,6 +15,7 @@ from adaptix.plugins import get_plugin_manager
 from adaptix.policy import ExitPolicy, policy
 from adaptix.runtime import EarlyExitRunner, RunnerOutput
 from adaptix.simulate import Frontier, FrontierPoint, SimulationResult, simulate, sweep
+from adaptix.statistics import ThresholdCounts, count_thresholds
 from adaptix.trace import Trace
 from adaptix.training import TrainResult, train_exits
 
@@ -39,6 +40,7 @@ __all__ = [
     "ShiftTest",
     "ShiftWarning",
     "SimulationResult",
+    "ThresholdCounts",
     "Trace",
     "TrainResult",
     "ValidationError",
@@ -46,6 +48,7 @@ __all__ = [
     "budget",
     "build_model",
     "calibrate",
+    "count_thresholds",
     "get_plugin_manager",
     "guarantee",
     "hookimpl",

@@ -55,9 +55,8 @@ from adaptix.bounds import (
 )
 from adaptix.errors import ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import ExitPolicy, policy
-from adaptix.scores import prediction
-from adaptix.simulate import exit_indices
+from adaptix.policy import ExitPolicy
+from adaptix.statistics import ThresholdCounts, count_thresholds
 from adaptix.trace import Trace
 
 if TYPE_CHECKING:
@@ -186,6 +185,10 @@ class Certifier:
         certifier = adaptix.Certifier(cal_trace, "confidence")
         policies = [certifier.early_accuracy(d, alpha=0.05) for d in (0.9, 0.95, 0.99)]
 
+    Everything it reads is a count over the calibration inputs
+    (`adaptix.statistics.ThresholdCounts`), so shards counted on separate workers and added
+    give, through `from_counts`, the same certifier as the whole trace.
+
     Args:
         trace: a labelled trace of calibration data.
         criterion: any registered criterion, built-in or third-party.
@@ -209,24 +212,74 @@ class Certifier:
         plugins: AdaptixPluginManager | None = None,
         **params: Any,
     ) -> None:
-        base, grid, exits = _prepare(trace, criterion, calibration, thresholds, plugins, params)
-        strict_first = _strictest_first(base, grid)
-        self.base = base
+        manager = resolve_manager(plugins)
+        values = _candidates(trace, criterion, thresholds, manager)
+        counts = count_thresholds(trace, criterion, values, calibration, plugins=manager, **params)
+        self._fill(counts, calibration, manager)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: ThresholdCounts,
+        *,
+        calibration: Calibration | None = None,
+        plugins: AdaptixPluginManager | None = None,
+    ) -> Certifier:
+        """The certifier of the inputs ``counts`` counted, e.g. shards counted on many workers
+        and added (`adaptix.statistics.count_thresholds`): the same as a `Certifier` of the
+        whole trace with the same thresholds, which goes through its counts too.
+
+        Args:
+            counts: labelled counts of the calibration inputs at the candidate thresholds.
+            calibration: the calibration the counts were made with, if any.
+            plugins: the plugin manager to resolve the criterion with.
+
+        Raises:
+            ValidationError: unlabelled counts, or fewer than 2 exits.
+            CalibrationError: ``calibration`` is not the one counted with.
+            PluginError: the criterion is not installed.
+        """
+        certifier = cls.__new__(cls)
+        certifier._fill(counts, calibration, resolve_manager(plugins))
+        return certifier
+
+    def _fill(
+        self,
+        counts: ThresholdCounts,
+        calibration: Calibration | None,
+        manager: AdaptixPluginManager,
+    ) -> None:
+        """Read the per-threshold quantities of the tests off ``counts``, strictest first."""
+        if not isinstance(counts, ThresholdCounts):
+            raise ValidationError(
+                f"expected adaptix.statistics.ThresholdCounts, got {type(counts).__name__}."
+            )
+        correct, lost, final_correct = counts.correct, counts.lost, counts.final_correct
+        if correct is None or lost is None or final_correct is None:
+            raise ValidationError(
+                "expected labelled counts (counted from a labelled calibration trace), got "
+                "unlabelled ones: certifying accuracy needs the labels of held-out data."
+            )
+        if counts.num_exits < 2:
+            raise ValidationError(
+                f"expected a model with at least 2 exits to exit early, got {counts.num_exits}."
+            )
+        probe = counts.resolve(calibration, plugins=manager)
+        grid = sorted(set(counts.thresholds))
+        column = {t: i for i, t in reversed(list(enumerate(counts.thresholds)))}  # first one
+        strict_first = _strictest_first(probe, grid)
+        self.base = probe.with_threshold(grid[0])
         #: Candidate thresholds, from the strictest (fewest early exits) to the loosest.
         self.thresholds = [grid[i] for i in strict_first]
-        exits = exits[:, strict_first]
-        correct_all = prediction(trace.logits).cpu() == trace.labels.cpu().unsqueeze(1)  # type: ignore[union-attr]  # checked in _prepare
-        correct = correct_all.gather(1, exits)
-        early = exits < trace.num_exits - 1
-        final = correct_all[:, -1:]
-        self.n = trace.num_inputs
-        self._early = early.sum(dim=0).numpy()
-        self._early_correct = (correct & early).sum(dim=0).numpy()
-        self._lost = (final & ~correct).sum(dim=0).numpy()  # final right, policy wrong
-        self._drop = (final.long() - correct.long()).sum(dim=0).numpy() / self.n
-        self._accuracy = correct.double().mean(dim=0).numpy()
-        costs = trace.costs.double().cpu()
-        self._cost = (costs[exits] / costs[-1]).mean(dim=0).numpy()
+        rows = [column[t] for t in self.thresholds]
+        right = correct[rows].sum(dim=1)
+        self.n = counts.num_inputs
+        self._early = counts.early[rows].numpy()
+        self._early_correct = correct[rows, :-1].sum(dim=1).numpy()
+        self._lost = lost[rows].numpy()  # final right, policy wrong
+        self._drop = (final_correct - right).numpy() / self.n
+        self._accuracy = (right.double() / self.n).numpy()
+        self._cost = counts.relative_cost[rows].numpy()
 
     def early_accuracy(
         self, delta: float, *, alpha: float = 0.05, method: Method = "binomial"
@@ -425,15 +478,10 @@ def budget(
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _prepare(
-    trace: Trace,
-    criterion: str,
-    calibration: Calibration | None,
-    thresholds: Any,
-    plugins: AdaptixPluginManager | None,
-    params: dict[str, Any],
-) -> tuple[ExitPolicy, list[float], Tensor]:
-    """Validate the trace, resolve the criterion, and compute exits for every threshold."""
+def _candidates(
+    trace: Trace, criterion: str, thresholds: Any, manager: AdaptixPluginManager
+) -> list[Any]:
+    """Validate the trace and the criterion's name; the candidate thresholds, as given."""
     if not isinstance(trace, Trace):
         raise ValidationError(
             f"expected an adaptix.Trace of labelled calibration data, got {type(trace).__name__}."
@@ -451,16 +499,11 @@ def _prepare(
         )
     if not isinstance(criterion, str):
         raise ValidationError(f"expected a criterion name (str), got {criterion!r}.")
-    manager = resolve_manager(plugins)
     component = manager.criteria.get(criterion)
     values = component.default_thresholds(200) if thresholds is None else _as_list(thresholds)
     if not values:
         raise ValidationError("expected at least one candidate threshold, got none.")
-    probe = policy(criterion, values[0], calibration, plugins=manager, **params)
-    grid = sorted({probe.with_threshold(v).threshold for v in values})
-    base = probe.with_threshold(grid[0])
-    exits = exit_indices(trace, base, grid)
-    return base, grid, exits.cpu()
+    return values
 
 
 def _as_list(thresholds: Any) -> list[Any]:

@@ -1,8 +1,9 @@
 """Offline simulation of early exiting over a stored `Trace`, and vectorised threshold sweeps.
 
 `simulate` applies one policy; `sweep` evaluates many thresholds of many criteria at once. Both
-compute the criterion's scores for every exit once, then decide and measure with tensor ops: no
-Python loop over inputs.
+compute the criterion's scores for every exit once and decide with tensor ops, no Python loop
+over inputs, then measure from the additive counts of `adaptix.statistics` (which shards of a
+trace reproduce exactly).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 from adaptix.errors import PluginError, ValidationError
 from adaptix.files import atomic_write
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
-from adaptix.policy import ExitPolicy, policy
-from adaptix.scores import confidence_and_prediction
+from adaptix.policy import ExitPolicy
+from adaptix.scores import prediction
 from adaptix.trace import Trace
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ def simulate(trace: Trace, policy: ExitPolicy) -> SimulationResult:
         CalibrationError: the policy's calibration was made for another number of exits/classes.
         PluginError: the criterion raised or returned malformed scores.
     """
+    from adaptix.statistics import count_exits  # statistics builds on this module
+
     _check_inputs(trace, policy)
     num_exits = trace.num_exits
     scores = policy.scores(trace.logits)
@@ -152,17 +155,18 @@ def simulate(trace: Trace, policy: ExitPolicy) -> SimulationResult:
     # The last exit always fires; argmax picks the first exit that does.
     last = torch.ones(trace.num_inputs, 1, dtype=torch.bool, device=fired.device)
     exit_index = torch.cat([fired, last], dim=1).to(torch.int8).argmax(dim=1).long()
-    predictions_all = confidence_and_prediction(trace.logits)[1]
-    predictions = predictions_all.gather(1, exit_index.unsqueeze(1)).squeeze(1)
-    metrics = _metrics(exit_index.unsqueeze(1), trace, predictions_all)
+    predictions = prediction(trace.logits).gather(1, exit_index.unsqueeze(1)).squeeze(1)
+    # The metrics of a sweep point, from the same counts: simulate and sweep agree exactly.
+    counts = count_exits(trace, policy, [policy.threshold], exit_index.unsqueeze(1))
+    (point,) = counts.points()
     return SimulationResult(
         exit_index=exit_index,
         predictions=predictions,
-        accuracy=metrics["accuracy"][0],
-        early_accuracy=metrics["early_accuracy"][0],
-        relative_cost=metrics["relative_cost"][0],
-        mean_cost=metrics["mean_cost"][0],
-        exit_histogram=metrics["histogram"][0],
+        accuracy=point.accuracy,
+        early_accuracy=point.early_accuracy,
+        relative_cost=point.relative_cost,
+        mean_cost=point.mean_cost,
+        exit_histogram=counts.exit_shares[0],
     )
 
 
@@ -189,13 +193,17 @@ def sweep(
         progress: show a progress bar over criteria.
 
     Returns:
-        A `Frontier`, criteria in the given order, thresholds in the given order.
+        A `Frontier`, criteria in the given order, thresholds in the given order. Each
+        criterion's points are `adaptix.statistics.count_thresholds` (...).points(): counts of
+        shards of ``trace``, added, give the same points, bit for bit.
 
     Raises:
         ValidationError: no criteria, an empty grid, a threshold the criterion refuses (NaN,
             out of range, not a number), thresholds for a criterion not swept.
         PluginError: an unknown criterion, or one that raised or returned malformed scores.
     """
+    from adaptix.statistics import count_thresholds  # statistics builds on this module
+
     _check_trace(trace)
     manager = resolve_manager(plugins)
     named = _criteria_params(criteria)
@@ -210,28 +218,10 @@ def sweep(
     else:
         shared = _grid(thresholds, "thresholds")
         grids = {name: shared for name in named}
-    predictions_all = confidence_and_prediction(trace.logits)[1]
     points: list[FrontierPoint] = []
     for name, params in tqdm(named.items(), desc="sweep", disable=not progress, unit="criterion"):
-        grid = grids[name]
-        if grid is None:
-            grid = _default_grid(name, manager)
-        base = policy(name, grid[0], calibration, plugins=manager, **params)
-        policies = [base.with_threshold(t) for t in grid]
-        exits = exit_indices(trace, base, [p.threshold for p in policies])
-        metrics = _metrics(exits, trace, predictions_all)
-        for i, pol in enumerate(policies):
-            points.append(
-                FrontierPoint(
-                    criterion=name,
-                    threshold=pol.threshold,
-                    accuracy=metrics["accuracy"][i],
-                    early_accuracy=metrics["early_accuracy"][i],
-                    relative_cost=metrics["relative_cost"][i],
-                    mean_cost=metrics["mean_cost"][i],
-                    exit_histogram=tuple(metrics["histogram"][i].tolist()),
-                )
-            )
+        counts = count_thresholds(trace, name, grids[name], calibration, plugins=manager, **params)
+        points.extend(counts.points())
     return Frontier(points, trace.costs.tolist())
 
 
@@ -283,37 +273,6 @@ def exit_indices(trace: Trace, base: ExitPolicy, grid: Sequence[float]) -> Tenso
     taus = torch.tensor(grid, dtype=torch.float64, device=running.device) * sign
     # side="left" counts running maxima strictly below τ: the index of the first exit that fires.
     return torch.searchsorted(running, taus.expand(n, len(grid)).contiguous(), side="left")
-
-
-def _metrics(exits: Tensor, trace: Trace, predictions_all: Tensor) -> dict[str, list[Any]]:
-    """Metrics for exit indices ``[N, T]`` (one column per threshold): lists of length T."""
-    n, num_thresholds = exits.shape
-    num_exits = trace.num_exits
-    costs = trace.costs.to(exits.device)
-    mean_cost = costs[exits].mean(dim=0)
-    offsets = torch.arange(num_thresholds, device=exits.device).unsqueeze(0) * num_exits
-    counts = torch.bincount((exits + offsets).flatten(), minlength=num_thresholds * num_exits)
-    histogram = counts.view(num_thresholds, num_exits).double() / n
-    accuracy: list[float | None] = [None] * num_thresholds
-    early_accuracy: list[float | None] = [None] * num_thresholds
-    if trace.labels is not None:
-        correct_all = predictions_all == trace.labels.unsqueeze(1)  # [N, E]
-        correct = correct_all.gather(1, exits)  # [N, T]
-        early = exits < num_exits - 1
-        accuracy = (correct.sum(dim=0).double() / n).tolist()
-        early_count = early.sum(dim=0)
-        early_hits = (correct & early).sum(dim=0)
-        early_accuracy = [
-            float(h) / float(c) if c > 0 else None
-            for h, c in zip(early_hits.tolist(), early_count.tolist(), strict=True)
-        ]
-    return {
-        "accuracy": accuracy,
-        "early_accuracy": early_accuracy,
-        "relative_cost": (mean_cost / costs[-1]).tolist(),
-        "mean_cost": mean_cost.tolist(),
-        "histogram": list(histogram),
-    }
 
 
 def _criteria_params(

@@ -1,0 +1,172 @@
+"""Scale-out on Ray Data (`adaptix.distributed`) on a local 2-CPU cluster bound to loopback:
+tracing on an actor pool gives the model's own logits, and the statistics reduced by addition
+equal the single-process ones (counts exactly; float sums within summation-order error)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adaptix
+from adaptix.calibration import count_bins
+from adaptix.errors import AdaptixError, ValidationError
+from adaptix.testing import synthetic_trace
+
+ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'adaptix[ray]'")
+
+from adaptix.distributed import (  # noqa: E402  # after the skip: needs nothing of Ray itself
+    SavedModel,
+    ThresholdSpec,
+    collect_trace,
+    import_ray,
+    reduce_statistics,
+    trace_dataset,
+)
+
+ROWS = 300
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """A local Ray cluster of 2 CPUs, bound to 127.0.0.1 only, shut down after the module."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[SavedModel, adaptix.Trace]:
+    """A small ResNet with exits (seeded weights) saved to a file, and its trace of ROWS
+    random inputs computed here, in this process."""
+    torch.manual_seed(0)
+    model = adaptix.build_model("resnet", num_classes=10, backbone_params={"size": "small"})
+    model.eval()
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(model.state_dict(), path)
+    inputs = torch.randn(ROWS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(10, (ROWS,), generator=torch.Generator().manual_seed(2))
+    trace = model.trace(inputs, labels, 64)
+    factory = SavedModel(str(path), "resnet", 10, backbone_params={"size": "small"})
+    return factory, trace
+
+
+def inputs_dataset(trace: adaptix.Trace) -> Any:
+    inputs = torch.randn(ROWS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert trace.labels is not None
+    return ray.data.from_items(
+        [{"inputs": inputs[i].numpy(), "label": int(trace.labels[i])} for i in range(ROWS)]
+    )
+
+
+def test_tracing_on_an_actor_pool_gives_the_model_s_logits(
+    cluster: None, saved: tuple[SavedModel, adaptix.Trace]
+) -> None:
+    factory, expected = saved
+    logits = trace_dataset(inputs_dataset(expected), factory, batch_size=64, workers=2)
+    got = collect_trace(logits, expected.costs.tolist())
+    assert got.num_inputs == ROWS
+    assert torch.allclose(got.logits, expected.logits, atol=1e-5, rtol=0)
+    assert got.labels is not None
+    assert expected.labels is not None
+    assert torch.equal(got.labels, expected.labels)
+
+
+def test_reduced_statistics_equal_the_single_process_ones(
+    cluster: None, saved: tuple[SavedModel, adaptix.Trace]
+) -> None:
+    """Traced on actors and counted in uneven batches, streaming: the calibration and the
+    per-threshold counts of confidence and pcee equal what one process computes."""
+    factory, trace = saved
+    whole = adaptix.calibrate(trace)
+    logits = trace_dataset(inputs_dataset(trace), factory, batch_size=64, workers=2)
+    specs = [
+        ThresholdSpec("confidence", [0.2, 0.5, 0.9]),
+        ThresholdSpec("pcee", [0.1, 0.3, 0.6]),
+    ]
+    stats = reduce_statistics(
+        logits, trace.costs.tolist(), bins=10, thresholds=specs, calibration=whole, batch_size=70
+    )
+    assert stats.num_inputs == ROWS
+    calibration = stats.calibration
+    assert calibration is not None
+    assert torch.equal(calibration.counts, whole.counts)
+    assert torch.equal(calibration.correct, whole.correct)
+    # Float sums in another order: equal up to float64 rounding.
+    assert torch.allclose(calibration.confidence_sum, whole.confidence_sum, rtol=1e-12, atol=0)
+    from adaptix.statistics import count_thresholds
+
+    for spec in specs:
+        expected = count_thresholds(
+            trace, spec.criterion, spec.thresholds, whole if spec.criterion == "pcee" else None
+        )
+        got = stats.counts[spec.criterion]
+        assert torch.equal(got.exits, expected.exits), spec.criterion
+        assert got.correct is not None
+        assert expected.correct is not None
+        assert torch.equal(got.correct, expected.correct), spec.criterion
+        assert got.points() == expected.points(), spec.criterion
+
+
+def test_counting_with_the_edges_of_another_calibration(cluster: None) -> None:
+    """Equal-mass edges fitted once, every shard counted with them: the distributed tables
+    equal `count_bins` of the whole trace with those edges."""
+    trace = synthetic_trace(900, 4, 6, seed=3)
+    first = adaptix.calibrate(trace, "equal_mass", bins=8)
+    logits = ray.data.from_items(
+        [{"logits": trace.logits[i].numpy(), "label": int(trace.labels[i])} for i in range(900)]  # type: ignore[index]  # labelled
+    )
+    stats = reduce_statistics(
+        logits, trace.costs.tolist(), bins=8, edges=first.edges, batch_size=100
+    )
+    expected = count_bins(trace, 8, edges=first.edges)
+    assert stats.calibration is not None
+    assert torch.equal(stats.calibration.counts, expected.counts)
+    assert torch.equal(stats.calibration.edges, expected.edges)
+
+
+def test_what_cannot_be_reduced_is_an_error(cluster: None) -> None:
+    empty = ray.data.from_items([{"logits": torch.zeros(2, 3).numpy(), "label": 0}]).filter(
+        lambda row: False
+    )
+    with pytest.raises(ValidationError, match="bins or thresholds"):
+        reduce_statistics(empty, [1.0, 2.0])
+    with pytest.raises(ValidationError, match="at least one row"):
+        reduce_statistics(empty, [1.0, 2.0], bins=4)
+    twice = [ThresholdSpec("confidence", [0.5]), ThresholdSpec("confidence", [0.9])]
+    with pytest.raises(ValidationError, match="each criterion once"):
+        reduce_statistics(empty, [1.0, 2.0], thresholds=twice)
+
+
+def test_settings_out_of_range_are_refused_before_anything_runs(
+    saved: tuple[SavedModel, adaptix.Trace],
+) -> None:
+    factory, _ = saved
+    for bad in ({"workers": 0}, {"batch_size": 0}, {"workers": True}):
+        with pytest.raises(ValidationError):
+            trace_dataset(object(), factory, **bad)  # type: ignore[arg-type]  # checked first
+    with pytest.raises(ValidationError, match="callable"):
+        trace_dataset(object(), "not a factory")  # type: ignore[arg-type]  # on purpose
+
+
+def test_saved_model_says_when_its_file_cannot_be_read(tmp_path: Path) -> None:
+    factory = SavedModel(str(tmp_path / "missing.pt"), "resnet", 10)
+    with pytest.raises(ValidationError, match="could not be read"):
+        factory()
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(AdaptixError, match=r"pip install 'adaptix\[ray\]'"):
+        import_ray()
