@@ -72,7 +72,9 @@ class SavedModel:
     """A picklable model factory for `trace_dataset`: `adaptix.build_model` with these
     arguments, then the state dict saved at ``path`` (``torch.save(model.state_dict(), path)``)
     loaded into it, on the worker. ``path`` must be readable where the actors run (a shared
-    file system, or object storage mounted on every node).
+    file system, or object storage mounted on every node). For backbones that adapt a network
+    of yours (``sequential``), ``source`` is that network (pickled with the factory; its weights
+    come from ``path``) and ``example_input`` a small batch, as `adaptix.build_model` takes.
     """
 
     path: str
@@ -81,6 +83,8 @@ class SavedModel:
     head: str = "linear"
     backbone_params: Mapping[str, Any] = field(default_factory=dict)
     head_params: Mapping[str, Any] = field(default_factory=dict)
+    source: Any = None
+    example_input: Any = None
 
     def __call__(self) -> MultiExitModel:
         from adaptix.model import build_model
@@ -88,9 +92,11 @@ class SavedModel:
         model = build_model(
             self.backbone,
             self.num_classes,
+            source=self.source,
             head=self.head,
             backbone_params=dict(self.backbone_params),
             head_params=dict(self.head_params),
+            example_input=self.example_input,
         )
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
@@ -142,6 +148,7 @@ def trace_dataset(
     batch_size: int = 256,
     workers: int = 2,
     threads_per_worker: int | None = 1,
+    cpus_per_worker: float | None = None,
 ) -> Any:
     """A lazy Ray Dataset of every exit's logits (column ``logits``, ``[E, C]`` per row, and
     ``label`` when ``label_column`` is given) for ``dataset``'s inputs.
@@ -155,6 +162,11 @@ def trace_dataset(
         batch_size: rows per forward pass.
         workers: actors in the pool (``ActorPoolStrategy(size=workers)``).
         threads_per_worker: torch threads in each actor (None: torch's default).
+        cpus_per_worker: the CPUs Ray reserves for each actor (default: its threads, or 1).
+            The actors keep their reservation for the whole pass, so leave room for the
+            stages around them: a pool that reserves every CPU of the cluster starves the
+            tasks that read its inputs (``ray.data.range``, files) and the pass waits forever.
+            On a 2-CPU machine, two actors at 0.5 each leave one CPU for the rest.
 
     Raises:
         AdaptixError: Ray is not installed.
@@ -175,7 +187,7 @@ def trace_dataset(
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=threads_per_worker or 1,
+        num_cpus=cpus_per_worker if cpus_per_worker is not None else (threads_per_worker or 1),
     )
 
 
@@ -286,6 +298,9 @@ def reduce_statistics(
         },
         batch_size=batch_size,
         batch_format="numpy",
+        # Counting is light next to tracing; reserving no CPU for it keeps a pipeline whose
+        # tracing actors hold every CPU of the cluster from waiting forever on its counts.
+        num_cpus=0,
     )
     rows = 0
     total_calibration: Calibration | None = None

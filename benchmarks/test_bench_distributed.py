@@ -18,6 +18,7 @@ are a large part of a small job; the design's point is that the driver only ever
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 import adaptix
 
+# Before Ray is imported: bind the local cluster to 127.0.0.1 only, report no usage.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'adaptix[ray]'")
 psutil = pytest.importorskip("psutil", reason="Ray's dependency psutil samples memory")
 
@@ -87,8 +91,8 @@ def table(request: pytest.FixtureRequest) -> Table:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # The workers cannot import this benchmark module: ship its functions by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
@@ -111,7 +115,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[adaptix.MultiExitMo
     ).eval()
     path = tmp_path_factory.mktemp("model") / "mlp.pt"
     torch.save(built.state_dict(), path)
-    return built, SavedModel(str(path), "sequential", 10)
+    factory = SavedModel(
+        str(path), "sequential", 10, source=layers, example_input=torch.zeros(2, FEATURES)
+    )
+    return built, factory
 
 
 def single_process(model: adaptix.MultiExitModel) -> tuple[adaptix.Calibration, Any]:
@@ -122,7 +129,8 @@ def single_process(model: adaptix.MultiExitModel) -> tuple[adaptix.Calibration, 
 
 def on_ray(factory: SavedModel, workers: int, rows: int, costs: list[float]) -> Any:
     inputs = ray.data.range(rows).map_batches(generate, batch_format="numpy", batch_size=BATCH)
-    logits = trace_dataset(inputs, factory, batch_size=BATCH, workers=workers)
+    # Half a CPU reserved per actor: the read of ray.data.range needs a CPU of its own.
+    logits = trace_dataset(inputs, factory, batch_size=BATCH, workers=workers, cpus_per_worker=0.5)
     return reduce_statistics(
         logits, costs, bins=10, thresholds=[ThresholdSpec("confidence", GRID)], batch_size=BATCH
     )

@@ -18,6 +18,9 @@ from adaptix.calibration import count_bins
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.testing import synthetic_trace
 
+# Before Ray is imported: bind the local cluster to 127.0.0.1 only, report no usage.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'adaptix[ray]'")
 
 from adaptix.distributed import (  # noqa: E402  # after the skip: needs nothing of Ray itself
@@ -36,8 +39,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """A local Ray cluster of 2 CPUs, bound to 127.0.0.1 only, shut down after the module."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:

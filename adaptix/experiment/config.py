@@ -318,6 +318,33 @@ class TrackingConfig(FrozenModel):
     experiment: str = "adaptix"
 
 
+class RayConfig(FrozenModel):
+    """Tracing and sweeps on a Ray cluster (`adaptix.distributed`, ``pip install
+    'adaptix[ray]'``): every model's calibration and test splits are traced on an actor pool of
+    ``workers`` actors, and the sweeps are counted by shard and added on the driver. MLflow is
+    written from the driver only. Image datasets only: text inputs (dicts of tensors) do not
+    travel as one tensor column. The actors load each model's weights from
+    ``output_dir/ray/model-<name>.pt``: on a cluster of several machines, ``output_dir`` must be
+    on a file system every node reads.
+    """
+
+    address: str = Field(
+        default="local",
+        description='"local" starts a cluster of `workers` CPUs on this machine; "auto" joins '
+        'the cluster this machine belongs to; "ray://host:port" connects to a remote '
+        "cluster's client server (needs ray[client])",
+    )
+    workers: int = Field(default=2, ge=1, description="actors that trace, one CPU each")
+    batch_size: int = Field(default=256, ge=1, description="rows per forward pass on an actor")
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str) -> str:
+        if value in ("local", "auto") or (value.startswith("ray://") and len(value) > 6):
+            return value
+        raise ValueError('expected "local", "auto" or "ray://host:port" (a Ray client address)')
+
+
 class JobConfig(FrozenModel):
     """Everything ``adaptix run`` does."""
 
@@ -335,6 +362,9 @@ class JobConfig(FrozenModel):
     runtime: RuntimeConfig = Field(default={}, validate_default=True)
     targets: TargetsConfig = Field(default={}, validate_default=True)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig | None = Field(
+        default=None, description="run tracing and sweeps on Ray (None: in this process)"
+    )
     output_dir: Path = Path("adaptix-out")
     threads: int | None = Field(
         default=1,
@@ -361,6 +391,12 @@ class JobConfig(FrozenModel):
             raise ValueError(
                 f"train.augment shifts and flips images; data.dataset {self.data.dataset!r} "
                 "is not images: turn train.augment off"
+            )
+        if self.ray is not None and self.data.dataset != "fashion-mnist":
+            raise ValueError(
+                f"ray traces inputs that are one tensor per row (images); data.dataset "
+                f"{self.data.dataset!r} gives dicts of token tensors: remove the ray section "
+                "to run it in this process"
             )
         if self.targets.criterion not in (None, *self.sweep.criteria):
             raise ValueError(

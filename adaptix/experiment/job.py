@@ -9,6 +9,9 @@
    distinct policies each knob gives over the grid.
 5. Run the batched runtime on the largest model at a few δ and measure wall-clock speed-ups.
 6. Record every trade-off in MLflow, write tables and plots, print the report.
+
+With a ``[ray]`` section (`RayConfig`), steps 3 and 4's sweeps run on Ray (`_trace_on_ray`,
+`_sweep_on_ray`); everything else, MLflow included, stays in this process.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -42,7 +47,7 @@ from adaptix.control import (
 )
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
-from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig
+from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig, RayConfig
 from adaptix.experiment.datasets import JobData, Split, load_job_data
 from adaptix.experiment.report import render_report
 from adaptix.flops import FlopProfile
@@ -352,8 +357,35 @@ def _sweep_all(
         else sorted({reading.threshold(d) for d in deltas})
         for name, reading in readings.items()
     }
-    frontier = sweep(trace, list(readings), grids, calibration, plugins=manager)
+    if config.ray is None:
+        frontier = sweep(trace, list(readings), grids, calibration, plugins=manager)
+    else:
+        frontier = _sweep_on_ray(trace, grids, calibration, config.ray)
     return _one_plain_point_each(frontier, readings)
+
+
+def _sweep_on_ray(
+    trace: Trace, grids: dict[str, list[float]], calibration: Calibration, settings: RayConfig
+) -> Frontier:
+    """`adaptix.sweep` of ``trace`` over ``grids`` counted on Ray, shard by shard
+    (`adaptix.distributed.reduce_statistics`): the counts add exactly, so the points equal the
+    single-process sweep's, bit for bit. The criteria resolve on the workers with their
+    default plugin manager (a third-party criterion must be installed there)."""
+    from adaptix.distributed import ThresholdSpec, reduce_statistics
+
+    labels = trace.labels
+    columns = {"logits": trace.logits.cpu().numpy()}
+    if labels is not None:
+        columns["label"] = labels.cpu().numpy()
+    stats = reduce_statistics(
+        _ray_rows(columns, settings.batch_size),
+        trace.costs.tolist(),
+        thresholds=[ThresholdSpec(name, grid) for name, grid in grids.items()],
+        calibration=calibration,
+        batch_size=settings.batch_size,
+    )
+    points = [point for name in grids for point in stats.counts[name].points()]
+    return Frontier(points, trace.costs.tolist())
 
 
 def _one_plain_point_each(
@@ -593,6 +625,10 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
             f"expected output_dir to be a writable directory, got {str(out)!r} ({err}). "
             "Choose another output_dir."
         ) from err
+    if config.ray is not None:  # fail before training, not after it
+        from adaptix.distributed import import_ray
+
+        import_ray()
     manager = get_plugin_manager()
     # What each criterion's threshold means, read once from its declaration.
     readings = {name: manager.criteria.get(name).accuracy_reading for name in config.sweep.criteria}
@@ -604,9 +640,10 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     training_wall = time.perf_counter() - training_started
     tracking = _open_tracking(config, data, manager) if config.tracking.enabled else None
     try:
-        result = _analyse_family(
-            config, data, cache, manager, readings, trained_here, tracking, log
-        )
+        with _ray_session(config.ray):
+            result = _analyse_family(
+                config, data, cache, manager, readings, trained_here, tracking, log
+            )
         result.training_seconds += training_wall
         _write_family_plot(result)
         if tracking is not None:
@@ -653,8 +690,11 @@ def _analyse_family(
         )
         if not cached and spec.name not in trained_here:
             training_seconds += seconds or 0.0
-        idle = tracking is None or not tracking.pending
-        traces = _trace_splits(model, data, spec.name, every_core=idle)
+        if config.ray is None:
+            idle = tracking is None or not tracking.pending
+            traces = _trace_splits(model, data, spec.name, every_core=idle)
+        else:
+            traces = _trace_on_ray(model, spec, data, config, config.ray)
         outcome = _analyse(spec, *traces, config, manager, readings)
         outcome = dataclasses.replace(outcome, trained_seconds=seconds, cached=cached)
         analysed[spec.name] = outcome
@@ -739,6 +779,117 @@ def _trace_both(model: MultiExitModel, data: JobData, name: str) -> tuple[Trace,
         for split_name, split in (("calibration", data.calibration), ("test", data.test))
     )
     return calibration, test
+
+
+def _trace_on_ray(
+    model: MultiExitModel, spec: ModelConfig, data: JobData, config: JobConfig, settings: RayConfig
+) -> tuple[Trace, Trace]:
+    """The calibration and test traces, traced on Ray's actor pool
+    (`adaptix.distributed.trace_dataset`) from the model's weights saved in the output
+    directory, and collected here; the FLOPs are counted here, on the first batch, as
+    `_trace_both` counts them.
+
+    Raises:
+        ConfigError: inputs that are not one tensor (a tokenizer's dict of tensors).
+    """
+    from adaptix.distributed import SavedModel, collect_trace, trace_dataset
+
+    weights = (config.output_dir / "ray" / f"model-{spec.name}.pt").resolve()
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    factory = SavedModel(
+        str(weights),
+        spec.backbone,
+        data.num_classes,
+        head=spec.head,
+        backbone_params=spec.backbone_params,
+        head_params=spec.head_params,
+    )
+    traces = []
+    for split_name, split in (("calibration", data.calibration), ("test", data.test)):
+        if not isinstance(split.inputs, torch.Tensor):
+            raise ConfigError(
+                f"expected the {split_name} inputs of {data.dataset} to be one tensor to trace "
+                f"on Ray, got {type(split.inputs).__name__}: remove the ray section to trace "
+                "text datasets in this process."
+            )
+        first = take_rows(split.inputs, slice(0, data.batch_size))
+        counted = model.trace(first, None, data.batch_size, flop_batches=1)
+        logits = trace_dataset(
+            _ray_rows(
+                {"inputs": split.inputs.cpu().numpy(), "label": split.labels.numpy()},
+                settings.batch_size,
+            ),
+            factory,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+        )
+        meta = {**counted.meta, "model": spec.name, "split": split_name}
+        traces.append(collect_trace(logits, counted.costs.tolist(), meta))
+    calibration, test = traces
+    return calibration, test
+
+
+def _ray_rows(columns: dict[str, np.ndarray], rows_per_block: int) -> Any:
+    """A Ray Dataset of one row per index of ``columns`` (arrays of equal length; the rows of
+    a multi-dimensional array become tensor cells), backed by the arrays, in blocks of
+    ``rows_per_block`` rows (one block would keep every actor but one idle)."""
+    import pandas as pd  # Ray Data depends on pandas
+
+    from adaptix.distributed import import_ray
+
+    rows = len(next(iter(columns.values())))
+    blocks = [
+        pd.DataFrame(
+            {
+                name: list(a[start : start + rows_per_block])
+                if a.ndim > 1
+                else a[start : start + rows_per_block]
+                for name, a in columns.items()
+            }
+        )
+        for start in range(0, rows, rows_per_block)
+    ]
+    return import_ray().data.from_pandas(blocks)
+
+
+@contextmanager
+def _ray_session(settings: RayConfig | None) -> Iterator[None]:
+    """Ray for the job's tracing and sweeps (nothing without ``settings``): started or joined
+    once for the job, and shut down at the end only when the job started it. Ray Data keeps
+    the rows' order meanwhile, so that the collected traces line up with the splits.
+
+    Raises:
+        ConfigError: no Ray cluster could be joined at ``settings.address``.
+    """
+    if settings is None:
+        yield
+        return
+    from adaptix.distributed import import_ray
+
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if settings.address == "local":
+                ray.init(num_cpus=settings.workers, include_dashboard=False)
+            else:
+                ray.init(address=settings.address)
+        except (ConnectionError, RuntimeError, ValueError) as err:  # ValueError: no ray[client]
+            raise ConfigError(
+                f"expected a Ray cluster at ray.address {settings.address!r}, but Ray could not "
+                f"join it ({err}). Start one (ray start --head), fix the address, or set "
+                'address = "local".'
+            ) from err
+    options = ray.data.DataContext.get_current().execution_options
+    kept = options.preserve_order
+    options.preserve_order = True
+    try:
+        yield
+    finally:
+        options.preserve_order = kept
+        if started:
+            ray.shutdown()
 
 
 def _analyse(
