@@ -10,7 +10,14 @@ from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginEr
 from adaptix.guarantee import Certificate, CertificateWarning, Certifier, budget, guarantee
 from adaptix.hookspecs import hookimpl
 from adaptix.model import MultiExitModel, build_model
-from adaptix.monitor import ShiftAlarm, ShiftMonitor, ShiftReport, ShiftTest, ShiftWarning
+from adaptix.monitor import (
+    ReferenceCounts,
+    ShiftAlarm,
+    ShiftMonitor,
+    ShiftReport,
+    ShiftTest,
+    ShiftWarning,
+)
 from adaptix.plugins import get_plugin_manager
 from adaptix.policy import ExitPolicy, policy
 from adaptix.runtime import EarlyExitRunner, RunnerOutput
@@ -33,6 +40,7 @@ __all__ = [
     "FrontierPoint",
     "MultiExitModel",
     "PluginError",
+    "ReferenceCounts",
     "RunnerOutput",
     "ShiftAlarm",
     "ShiftMonitor",

@@ -37,6 +37,8 @@ import torch
 
 from adaptix.calibration import Calibration, count_bins
 from adaptix.errors import AdaptixError, ValidationError
+from adaptix.monitor import ReferenceCounts, reference_counts
+from adaptix.policy import ExitPolicy
 from adaptix.statistics import ThresholdCounts, count_thresholds
 from adaptix.trace import Trace
 
@@ -209,11 +211,14 @@ class Statistics:
         calibration: the calibration tables (None unless asked).
         counts: per criterion name, its `ThresholdCounts` (`Certifier.from_counts` certifies
             from them; ``.points()`` are `sweep`'s).
+        monitor: the reference counts of a `ShiftMonitor` (None unless asked):
+            ``ShiftMonitor(policy, stats.monitor)``.
     """
 
     num_inputs: int
     calibration: Calibration | None
     counts: dict[str, ThresholdCounts]
+    monitor: ReferenceCounts | None = None
 
 
 def _count_batch(
@@ -223,6 +228,7 @@ def _count_batch(
     edges: Any,
     specs: tuple[ThresholdSpec, ...],
     calibration: Calibration | None,
+    monitor: ExitPolicy | None = None,
 ) -> dict[str, np.ndarray]:
     """One batch of logits -> one row: its row count and its partial statistics, each the
     adaptix object itself (pickled), so that the driver reduces them with their own ``+``
@@ -233,6 +239,8 @@ def _count_batch(
     out: dict[str, np.ndarray] = {"rows": np.array([trace.num_inputs], dtype=np.int64)}
     if bins is not None:
         out["calibration"] = _packed(count_bins(trace, bins, edges=edges))
+    if monitor is not None:
+        out["monitor"] = _packed(reference_counts(trace, monitor))
     for i, spec in enumerate(specs):
         counted = count_thresholds(
             trace, spec.criterion, spec.thresholds, calibration, **dict(spec.params)
@@ -253,6 +261,7 @@ def reduce_statistics(
     edges: Any = None,
     thresholds: Sequence[ThresholdSpec] = (),
     calibration: Calibration | None = None,
+    monitor: ExitPolicy | None = None,
     batch_size: int = 4096,
 ) -> Statistics:
     """Count a Ray Dataset of logits (and labels) in one streaming pass: its calibration tables
@@ -269,6 +278,8 @@ def reduce_statistics(
         edges: bin edges ``[E, M + 1]`` (None: equal-width), as `adaptix.calibration.count_bins`.
         thresholds: the criteria and grids to count (`adaptix.statistics.ThresholdCounts`).
         calibration: the calibration that calibrated criteria (pcee, ...) read.
+        monitor: a policy: also count the dataset as the reference of a `ShiftMonitor` for it
+            (`adaptix.monitor.ReferenceCounts`: build the monitor from them).
         batch_size: rows per partial count.
 
     Raises:
@@ -279,8 +290,8 @@ def reduce_statistics(
     """
     import_ray()
     specs = tuple(thresholds)
-    if bins is None and not specs:
-        raise ValidationError("expected bins or thresholds to count, got neither.")
+    if bins is None and not specs and monitor is None:
+        raise ValidationError("expected bins, thresholds or monitor to count, got none.")
     names = [spec.criterion for spec in specs]
     if len(set(names)) != len(names):
         raise ValidationError(
@@ -295,6 +306,7 @@ def reduce_statistics(
             "edges": edges,
             "specs": specs,
             "calibration": calibration,
+            "monitor": monitor,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -303,6 +315,7 @@ def reduce_statistics(
         num_cpus=0,
     )
     rows = 0
+    total_monitor: ReferenceCounts | None = None
     total_calibration: Calibration | None = None
     totals: list[Any] = [None] * len(specs)
     for part in partials.iter_rows():
@@ -310,13 +323,16 @@ def reduce_statistics(
         if bins is not None:
             piece = pickle.loads(part["calibration"])
             total_calibration = piece if total_calibration is None else total_calibration + piece
+        if monitor is not None:
+            piece = pickle.loads(part["monitor"])
+            total_monitor = piece if total_monitor is None else total_monitor + piece
         for i in range(len(specs)):
             piece = pickle.loads(part[f"counts{i}"])
             totals[i] = piece if totals[i] is None else totals[i] + piece
     if rows == 0:
         raise ValidationError("expected a dataset with at least one row, got none.")
     counts = {spec.criterion: total for spec, total in zip(specs, totals, strict=True)}
-    return Statistics(rows, total_calibration, counts)
+    return Statistics(rows, total_calibration, counts, total_monitor)
 
 
 def collect_trace(

@@ -373,6 +373,76 @@ class _Window:
         return Trace(logits, labels, self.costs, meta=meta)
 
 
+@dataclass(frozen=True, eq=False)
+class ReferenceCounts:
+    """What a `ShiftMonitor` keeps of its reference data: additive counts, so that a reference
+    too large for one machine is counted in shards (`adaptix.distributed.reduce_statistics`)
+    and added with ``+``.
+
+    Attributes:
+        reach: int64 ``[E, M + 1]``: per exit e, the confidence bins of the reference inputs
+            that reach exit e under the policy (the last column: undefined confidences).
+        exits: int64 ``[E]``: the exit each reference input takes under the policy.
+        num_classes: C.
+        costs: the cumulative costs ``[E]`` of the model.
+    """
+
+    reach: Tensor
+    exits: Tensor
+    num_classes: int
+    costs: tuple[float, ...]
+
+    @property
+    def num_exits(self) -> int:
+        """E."""
+        return int(self.exits.numel())
+
+    @property
+    def bins(self) -> int:
+        """M."""
+        return int(self.reach.shape[1]) - 1
+
+    def __add__(self, other: object) -> ReferenceCounts:
+        if not isinstance(other, ReferenceCounts):
+            return NotImplemented
+        if (
+            self.reach.shape != other.reach.shape
+            or self.num_classes != other.num_classes
+            or self.costs != other.costs
+        ):
+            raise ValidationError(
+                "expected reference counts of one model and one binning to add, got "
+                f"[E, M + 1] = {list(self.reach.shape)} and {list(other.reach.shape)}, C = "
+                f"{self.num_classes} and {other.num_classes}, costs {list(self.costs)} and "
+                f"{list(other.costs)}."
+            )
+        return ReferenceCounts(
+            self.reach + other.reach, self.exits + other.exits, self.num_classes, self.costs
+        )
+
+
+def reference_counts(trace: Trace, policy: ExitPolicy, bins: int = DEFAULT_BINS) -> ReferenceCounts:
+    """Count a reference trace as a `ShiftMonitor` for ``policy`` counts it (the policy's
+    calibration's bins, or ``bins`` equal-width bins when it reads none).
+
+    Raises:
+        CalibrationError: the policy's calibration does not fit the trace.
+    """
+    calibration = policy.calibration
+    num_exits = trace.num_exits
+    if calibration is not None:
+        calibration.check_compatible(num_exits, trace.num_classes, "the reference")
+        bins = calibration.bins
+    reference_bins = _bins_of(trace.logits, calibration, bins)  # [N, E]
+    exits = simulate(trace, policy).exit_index.cpu()
+    return ReferenceCounts(
+        _reach_counts(reference_bins, exits, num_exits, bins),
+        torch.bincount(exits, minlength=num_exits),
+        trace.num_classes,
+        tuple(float(c) for c in trace.costs.tolist()),
+    )
+
+
 class ShiftMonitor:
     """Watch a runner's inputs for distribution shift, and recalibrate.
 
@@ -392,10 +462,12 @@ class ShiftMonitor:
         policy: the policy the runner serves. Its calibration's bins (or ``bins`` equal-width
             bins when it reads none) are the bins the monitor counts.
         reference: a trace of data the policy is known to serve (its calibration data, or
-            held-out data like it); labels are not needed. The test is exact when the policy
-            was not fitted on it (pass the held-out half of the calibration data when you can);
-            with the calibration data itself the exit-rate part carries a small selection
-            effect (the policy chose its bins on it).
+            held-out data like it); labels are not needed. Or its `ReferenceCounts`
+            (`reference_counts`, or added up from shards on Ray by
+            `adaptix.distributed.reduce_statistics`): the monitor keeps only these counts.
+            The test is exact when the policy was not fitted on it (pass the held-out half
+            of the calibration data when you can); with the calibration data itself the
+            exit-rate part carries a small selection effect (the policy chose its bins on it).
         alpha: the false-alarm probability over the whole stream, in (0, 1).
         check_every: read the counts back and test every this many batches (one host
             synchronisation each time; the test stays valid whatever the schedule).
@@ -425,7 +497,8 @@ class ShiftMonitor:
     """
 
     policy: ExitPolicy
-    reference: Trace
+    reference: Trace | None  # None when the reference was given as counts
+    _reference: ReferenceCounts
     num_exits: int
     num_classes: int
     bins: int
@@ -433,7 +506,7 @@ class ShiftMonitor:
     def __init__(
         self,
         policy: ExitPolicy,
-        reference: Trace,
+        reference: Trace | ReferenceCounts,
         *,
         alpha: float = 0.05,
         check_every: int = 8,
@@ -450,10 +523,10 @@ class ShiftMonitor:
     ) -> None:
         if not isinstance(policy, ExitPolicy):
             raise ValidationError(f"expected an adaptix.ExitPolicy, got {_describe(policy)}.")
-        if not isinstance(reference, Trace):
+        if not isinstance(reference, Trace | ReferenceCounts):
             raise ValidationError(
-                f"expected the reference as an adaptix.Trace, got {_describe(reference)}. Trace "
-                "the calibration data (model.trace(inputs))."
+                f"expected the reference as an adaptix.Trace (or ReferenceCounts), got "
+                f"{_describe(reference)}. Trace the calibration data (model.trace(inputs))."
             )
         _check_open_unit(alpha, "alpha")
         _check_count(check_every, "check_every")
@@ -479,35 +552,66 @@ class ShiftMonitor:
         self._default_bins = bins
         self._generator = torch.Generator().manual_seed(seed)
         self._audit_credit = 0.0
-        self._feedback = _Window(window, reference.costs)
-        self._proxy = _Window(window, reference.costs)
+        costs = torch.tensor(
+            reference.costs if isinstance(reference, ReferenceCounts) else reference.costs.tolist(),
+            dtype=torch.float64,
+        )
+        self._feedback = _Window(window, costs)
+        self._proxy = _Window(window, costs)
+        self.reference = None
         self._decayed: tuple[Tensor, Tensor, Tensor] | None = None
         self.reset(policy=policy, reference=reference)
 
     # -- set-up --------------------------------------------------------------------------------
 
-    def reset(self, *, policy: ExitPolicy | None = None, reference: Trace | None = None) -> None:
+    def reset(
+        self,
+        *,
+        policy: ExitPolicy | None = None,
+        reference: Trace | ReferenceCounts | None = None,
+    ) -> None:
         """Start a new test: clear the stream's counts and the alarm; optionally against another
         policy (after a swap) and another reference (the data the new policy was calibrated on).
-        Feedback kept for recalibration stays."""
+        Feedback kept for recalibration stays.
+
+        Raises:
+            ValidationError: a new policy with a reference given as counts and no new
+                reference (counts are the old policy's exits: count the reference again).
+        """
+        if reference is None and policy is not None and self.reference is None:
+            raise ValidationError(
+                "expected reference counts for the new policy: the monitor's reference was "
+                "given as counts of the old policy's exits. Pass reference= (a Trace, or "
+                "ReferenceCounts counted with the new policy)."
+            )
         policy = self.policy if policy is None else policy
-        reference = self.reference if reference is None else reference
+        if reference is None:
+            reference = self.reference
+        if isinstance(reference, Trace):
+            counts = reference_counts(reference, policy, self._default_bins)
+            self.reference = reference
+        elif isinstance(reference, ReferenceCounts):
+            counts = reference
+            self.reference = None
+        else:  # the reference is unchanged and given as counts
+            counts = self._reference
         calibration = policy.calibration
-        num_exits = reference.num_exits
         if calibration is not None:
-            calibration.check_compatible(num_exits, reference.num_classes, "the reference")
-        bins = self._default_bins if calibration is None else calibration.bins
-        reference_bins = _bins_of(reference.logits, calibration, bins)  # [N, E]
-        exits = simulate(reference, policy).exit_index
+            calibration.check_compatible(counts.num_exits, counts.num_classes, "the reference")
+            if calibration.bins != counts.bins:
+                raise ValidationError(
+                    f"expected reference counts in the policy's {calibration.bins} bins, got "
+                    f"{counts.bins}. Count them with this policy."
+                )
         self.policy = policy
-        self.reference = reference
-        self.num_exits = num_exits
-        self.num_classes = reference.num_classes
-        self.bins = bins
-        self._reference_reach = _reach_counts(reference_bins, exits, num_exits, bins)
-        self._reference_exits = torch.bincount(exits.cpu(), minlength=num_exits)
+        self._reference = counts
+        self.num_exits = counts.num_exits
+        self.num_classes = counts.num_classes
+        self.bins = counts.bins
+        self._reference_reach = counts.reach
+        self._reference_exits = counts.exits
         self.tests = (
-            ShiftTest(self._reference_reach[0, :bins].clone(), self.concentration),
+            ShiftTest(self._reference_reach[0, : self.bins].clone(), self.concentration),
             ShiftTest(self._reference_exits.clone(), self.concentration),
         )
         self._segment = 1
@@ -770,8 +874,8 @@ class ShiftMonitor:
     def forget_feedback(self) -> None:
         """Drop every labelled and proxy input kept for recalibration (e.g. after a swap, to
         recalibrate next on data that came after it only)."""
-        self._feedback = _Window(self._feedback.size, self.reference.costs)
-        self._proxy = _Window(self._proxy.size, self.reference.costs)
+        self._feedback = _Window(self._feedback.size, self._feedback.costs)
+        self._proxy = _Window(self._proxy.size, self._proxy.costs)
         self._decayed = None
 
     def feedback_trace(self, source: Source = "labels") -> Trace:

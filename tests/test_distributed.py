@@ -137,11 +137,31 @@ def test_counting_with_the_edges_of_another_calibration(cluster: None) -> None:
     assert torch.equal(stats.calibration.edges, expected.edges)
 
 
+def test_a_monitor_reference_counted_on_ray_equals_the_trace_s(cluster: None) -> None:
+    """The shift monitor's reference histograms (exit-0 bins, exits, bins of the inputs that
+    reach each exit), counted in shards: equal to `reference_counts` of the whole trace, and a
+    monitor built from them tests as one built from the trace."""
+    from adaptix.monitor import reference_counts
+
+    trace = synthetic_trace(900, 4, 6, seed=5)
+    policy = adaptix.policy("pcee", 0.7, adaptix.calibrate(trace))
+    logits = ray.data.from_items([{"logits": trace.logits[i].numpy()} for i in range(900)])
+    stats = reduce_statistics(logits, trace.costs.tolist(), monitor=policy, batch_size=128)
+    expected = reference_counts(trace, policy)
+    assert stats.monitor is not None
+    assert torch.equal(stats.monitor.reach, expected.reach)
+    assert torch.equal(stats.monitor.exits, expected.exits)
+    from_counts = adaptix.ShiftMonitor(policy, stats.monitor)
+    from_trace = adaptix.ShiftMonitor(policy, trace)
+    for mine, theirs in zip(from_counts.tests, from_trace.tests, strict=True):
+        assert torch.equal(mine.reference, theirs.reference)
+
+
 def test_what_cannot_be_reduced_is_an_error(cluster: None) -> None:
     empty = ray.data.from_items([{"logits": torch.zeros(2, 3).numpy(), "label": 0}]).filter(
         lambda row: False
     )
-    with pytest.raises(ValidationError, match="bins or thresholds"):
+    with pytest.raises(ValidationError, match="bins, thresholds or monitor"):
         reduce_statistics(empty, [1.0, 2.0])
     with pytest.raises(ValidationError, match="at least one row"):
         reduce_statistics(empty, [1.0, 2.0], bins=4)

@@ -1018,3 +1018,45 @@ def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
     report = monitor.report()
     assert (report.segment, report.inputs) == (7, 40)
     assert sum(m.live_share for m in report.exits) == pytest.approx(1.0)
+
+
+def test_reference_counts_add_over_shards_and_stand_for_the_trace(
+    equal_mass_policy: ExitPolicy,
+) -> None:
+    """A reference counted in shards and added equals the whole trace's counts; a monitor
+    built from counts tests exactly as one built from the trace, and refuses a new policy
+    without a new reference (its counts are the old policy's exits)."""
+    from adaptix.monitor import ReferenceCounts, reference_counts
+
+    reference = synthetic_trace(300, FEEDBACK_EXITS, FEEDBACK_CLASSES, seed=2, labelled=False)
+    whole = reference_counts(reference, equal_mass_policy)
+    shards = [
+        adaptix.Trace(reference.logits[a:b], None, reference.costs)
+        for a, b in ((0, 1), (1, 120), (120, 300))
+    ]
+    total = sum(
+        (reference_counts(shard, equal_mass_policy) for shard in shards[1:]),
+        reference_counts(shards[0], equal_mass_policy),
+    )
+    assert isinstance(total, ReferenceCounts)
+    assert torch.equal(total.reach, whole.reach)
+    assert torch.equal(total.exits, whole.exits)
+    from_counts = ShiftMonitor(equal_mass_policy, total, check_every=1)
+    from_trace = ShiftMonitor(equal_mass_policy, reference, check_every=1)
+    stream = feedback(60, 23, scale=1.5)
+    for monitor in (from_counts, from_trace):
+        for e in range(FEEDBACK_EXITS):
+            monitor.count_exit(e, stream.logits[:, e])
+        monitor.end_batch(adaptix.simulate(stream, equal_mass_policy).exit_index)
+    assert from_counts.history == from_trace.history
+    assert from_counts.reference is None
+    other = equal_mass_policy.with_threshold(0.5)
+    with pytest.raises(ValidationError, match="reference counts for the new policy"):
+        from_counts.reset(policy=other)
+    from_counts.reset(policy=other, reference=reference_counts(reference, other))
+    assert from_counts.policy is other
+    with pytest.raises(ValidationError, match="one model and one binning"):
+        _ = whole + reference_counts(
+            synthetic_trace(10, FEEDBACK_EXITS, FEEDBACK_CLASSES + 1, seed=3),
+            adaptix.policy("confidence", 0.5),
+        )
