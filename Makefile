@@ -44,8 +44,8 @@ bench: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest benchmarks -q --benchmark-autosave $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check adaptix plugins tests benchmarks examples
-	$(VENV)/bin/ruff format --check adaptix plugins tests benchmarks examples
+	$(VENV)/bin/ruff check adaptix adaptix_pytest plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check adaptix adaptix_pytest plugins tests benchmarks examples
 	$(VENV)/bin/mypy
 
 clean:
