@@ -48,7 +48,7 @@ GATES = (
     ("adaptix_speedup_fail", "realised_speedup", "realised speed-up"),
 )
 #: Saved and current runs must agree on these to be compared.
-SAME_SETUP = ("mode", "batch_size", "inputs")
+SAME_SETUP = ("mode", "batch_size", "inputs", "baseline")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -182,10 +182,13 @@ class Collector:
         """Print the session's measurements and checks (pytest hook)."""
         write = terminalreporter.write_line
         if self.measured:
+            from adaptix.testing.speed import PLAIN_MODEL  # adaptix is imported by now
+
             terminalreporter.write_sep("-", "adaptix: early-exit speed")
             write(
-                "realised = time(plain) / time(runner), median of paired rounds; ideal = plain "
-                "FLOPs / FLOPs of the exits taken"
+                "realised = time(baseline) / time(runner), median of paired rounds; ideal = "
+                "baseline FLOPs / FLOPs of the exits taken; the baseline is the plain model "
+                "unless listed"
             )
             width = max(len(m.nodeid) for m in self.measured)
             write(
@@ -202,6 +205,8 @@ class Collector:
                     f"{r.early_exit_rate:>6.1%} {r.ideal_speedup:>5.2f}x {realised:>8} "
                     f"{ratio:>10} {agree:>11}"
                 )
+                if r.baseline != PLAIN_MODEL:
+                    write(f"  baseline: {r.baseline}")
                 for comparison in m.comparisons:
                     flag = "REGRESSED" if comparison.regressed else "ok"
                     write(f"  {flag}: {comparison.line()}")

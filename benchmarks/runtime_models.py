@@ -7,6 +7,7 @@ the same configuration loads them instead of training again.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from torch import Tensor
 import adaptix
 from adaptix.data import load_fashion_mnist
 from adaptix.experiment.cache import cache_key
-from adaptix.rows import take_rows
+from adaptix.rows import batch_size, take_rows
+from adaptix.testing.speed import SpeedResult
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".benchmarks" / "models"
 BINS = 10
@@ -217,17 +219,10 @@ def pcee_deltas(
     return chosen
 
 
-def batches(inputs: Any, rows: Tensor, size: int) -> list[Any]:
-    """The inputs ``rows`` in consecutive batches of ``size``."""
-    chosen = take_rows(inputs, rows)
-    return [take_rows(chosen, slice(start, start + size)) for start in range(0, len(rows), size)]
-
-
-def lockstep_mean_cost(costs: Tensor, exit_index: Tensor, batch: int) -> float:
-    """Mean cost per input in lockstep mode, where a batch of ``batch`` consecutive inputs runs
-    every block and head up to its deepest exit for all its rows."""
-    deepest = torch.cat([chunk.max().expand(len(chunk)) for chunk in exit_index.split(batch)])
-    return float(costs[deepest].mean())
+def batches(inputs: Any, size: int) -> list[Any]:
+    """``inputs`` in consecutive batches of ``size`` rows (as `ExitBenchmark` splits them)."""
+    n = batch_size(inputs)
+    return [take_rows(inputs, slice(start, start + size)) for start in range(0, n, size)]
 
 
 @dataclass(frozen=True)
@@ -236,42 +231,42 @@ class Row:
 
     Attributes:
         family: the model family.
-        mode: the runner's mode.
-        policy: the policy, in words.
-        batch: rows per runner call.
-        early: share of rows that left before the last exit.
-        ideal: plain FLOPs / mean FLOPs of the exits taken.
-        ideal_mode: the same with lockstep's cost (every row up to its batch's deepest exit).
-        seconds: the runner's median seconds per round.
-        calls: runner calls per round.
-        realised: median over rounds of time(plain) / time(runner), each pair measured together.
-        overhead: median of time(runner) / time(every block and head, no decisions) - 1, where
-            measured (the no-exit case).
+        policy: the policy, in the table's words.
+        result: what `ExitBenchmark` measured (through the ``exit_benchmark`` fixture).
+        overhead: time(runner) / time(every block and head, no decisions) - 1, where measured
+            (the no-exit case, whose baseline is every block and head: ``1 / realised - 1``).
     """
 
     family: str
-    mode: str
     policy: str
-    batch: int
-    early: float
-    ideal: float
-    ideal_mode: float
-    seconds: float
-    calls: int
-    realised: float | None
+    result: SpeedResult
     overhead: float | None = None
+
+    @property
+    def against(self) -> str:
+        """The baseline, in the table's words."""
+        return "plain" if self.overhead is None else "all heads"
+
+    @property
+    def ms_per_batch(self) -> float | None:
+        """The runner's median milliseconds per call (None: not timed)."""
+        seconds = self.result.runner_seconds
+        calls = math.ceil(self.result.inputs / self.result.batch_size)
+        return None if seconds is None else 1000 * seconds / calls
 
 
 @dataclass(frozen=True)
 class CheckCost:
-    """The measured cost of the runner's finite check at one batch size.
+    """The measured cost of a runner feature (the finite check, the shift monitor) at one batch
+    size: the runner with it against the same runner without it.
 
     Attributes:
         family: the model family.
         batch: rows per runner call.
         early: share of rows that left before the last exit.
-        cost: median over rounds of time(check on) / time(check off) - 1, each round an
-            on, off, off, on quadruple.
+        cost: ``1 / realised - 1`` from `ExitBenchmark` with the runner without the feature
+            as the baseline: time(on) / time(off) - 1, off timed right before and after every
+            timed round of on (median over rounds).
         rounds: timed rounds.
     """
 
@@ -296,17 +291,21 @@ class Summary:
     def table(self) -> list[str]:
         """The summary, one line a row."""
         lines = [
-            f"{'family':<14} {'mode':<9} {'policy':<18} {'batch':>5} {'early':>6} {'ideal':>6} "
-            f"{'ideal(mode)':>11} {'realised':>8} {'real/ideal':>10} {'ms/batch':>9} "
-            f"{'vs all-heads':>12}"
+            f"{'family':<14} {'mode':<9} {'policy':<18} {'batch':>5} {'against':<9} "
+            f"{'early':>6} {'ideal':>6} {'ideal(mode)':>11} {'realised':>8} {'real/ideal':>10} "
+            f"{'ms/batch':>9} {'vs all-heads':>12}"
         ]
-        for row in sorted(self.rows, key=lambda r: (r.family, r.batch, r.mode, r.policy)):
-            ratio = None if row.realised is None else row.realised / row.ideal
+        rows = sorted(
+            self.rows, key=lambda r: (r.family, r.result.batch_size, r.result.mode, r.policy)
+        )
+        for row in rows:
+            r = row.result
             lines.append(
-                f"{row.family:<14} {row.mode:<9} {row.policy:<18} {row.batch:>5} "
-                f"{row.early:>6.1%} {row.ideal:>6.2f} {row.ideal_mode:>11.2f} "
-                f"{_format(row.realised, '8.2f')} {_format(ratio, '10.2f')} "
-                f"{1000 * row.seconds / row.calls:>9.2f} {_format(row.overhead, '+12.1%')}"
+                f"{row.family:<14} {r.mode:<9} {row.policy:<18} {r.batch_size:>5} "
+                f"{row.against:<9} {r.early_exit_rate:>6.1%} {r.ideal_speedup:>6.2f} "
+                f"{r.ideal_speedup_mode:>11.2f} {_format(r.realised_speedup, '8.2f')} "
+                f"{_format(r.realised_over_ideal, '10.2f')} {_format(row.ms_per_batch, '9.2f')} "
+                f"{_format(row.overhead, '+12.1%')}"
             )
         return lines
 
@@ -315,8 +314,8 @@ class Summary:
         if self.check_costs:
             terminalreporter.write_sep("-", "the runner's finite check: check_finite=True vs False")
             terminalreporter.write_line(
-                "cost = time(check on) / time(check off) - 1, median over rounds of four runs "
-                "each (on, off, off, on)"
+                "cost = time(check on) / time(check off) - 1, median over rounds, the runner "
+                "without the check timed right before and after each round"
             )
             terminalreporter.write_line(
                 f"{'family':<14} {'batch':>5} {'early':>6} {'cost':>7} {'rounds':>6}"
@@ -330,9 +329,11 @@ class Summary:
             return
         terminalreporter.write_sep("-", "early-exit runtime: speed-ups against the plain model")
         terminalreporter.write_line(
-            "ideal = plain FLOPs / mean FLOPs of the exits taken; realised = time(plain) / "
-            "time(runner), median over rounds, the plain model timed right before each round; "
-            "vs all-heads = time(runner) / time(every block and head, no decisions) - 1"
+            "ideal = baseline FLOPs / mean FLOPs of the exits taken; realised = time(baseline) / "
+            "time(runner), median over rounds, the baseline timed right before and after each "
+            "round (adaptix.testing.speed.ExitBenchmark). Baseline: the plain model, or for the "
+            "no-exit policy every block and head without decisions (ideal 1), whence vs "
+            "all-heads = 1 / realised - 1"
         )
         for line in self.table():
             terminalreporter.write_line(line)

@@ -3,23 +3,29 @@
 Run: ``.venv/bin/python -m pytest benchmarks/test_bench_runtime.py -q`` (the first run trains
 the models and caches them under ``.benchmarks/models/``).
 
+Every runner benchmark times through the ``exit_benchmark`` fixture of adaptix's pytest plugin
+(`adaptix.testing.speed.ExitBenchmark`), as a user's CI would, so its figures, saved runs and
+``--adaptix-ratio-fail`` gates are the same:
+
 - Baseline: the plain model a user would otherwise deploy, ``model.forward_plain`` (every block,
   then the final head only).
-- Ideal speed-up at a threshold: plain FLOPs / mean FLOPs of the exits taken, intermediate heads
-  included (``plain_cost / (relative_cost · costs[-1])`` from the trace and `adaptix.simulate`).
-  For lockstep mode, ``ideal(mode)`` charges every row of a batch up to the batch's deepest exit.
-- Realised speed-up: time(plain) / time(runner) on the same inputs in the same run. On a shared
-  machine the load drifts within minutes, so every round of a runner benchmark is paired with a
-  run of the plain model in the round's untimed setup, right before it; the realised speed-up is
-  the median of the per-round ratios. The plain model also has benchmarks of its own.
+- Ideal speed-up at a threshold: baseline FLOPs / mean FLOPs of the exits taken, intermediate
+  heads included (from the trace). For lockstep mode, ``ideal(mode)`` charges every row of a
+  batch up to the batch's deepest exit.
+- Realised speed-up: time(baseline) / time(runner) on the same inputs in the same run. On a
+  shared machine the load drifts within minutes, so the baseline runs right before every timed
+  round of the runner and once more after the last; each round's ratio takes the mean of the two
+  baseline runs around it, and the realised speed-up is the median over rounds. The plain model
+  and every head also have benchmarks of their own.
 - No-exit case: a policy under which nothing exits, against every block and every head run
-  without any decision (the runtime's overhead; the target is 5 % or less), paired the same way.
+  without any decision (ideal 1), for the runtime's overhead ``1 / realised - 1``; the target
+  is 5 % or less.
 - Finite check: the runner with its default ``check_finite=True`` against the same runner with
-  ``check_finite=False`` (the cost of refusing NaN or infinite logits), timed as on, off, off,
-  on in every round; the target is no measurable change at batch 64 and above.
+  ``check_finite=False`` as the baseline (ideal 1; cost ``1 / realised - 1``, the price of
+  refusing NaN or infinite logits); the target is no measurable change at batch 64 and above.
 - Shift monitor: the runner with an `adaptix.ShiftMonitor` attached (``check_every=8``, no
-  audit) against the same runner without one, timed as with, without, without, with in every
-  round; the target is 2 % or less at batch 64 and above (issue 12).
+  audit) against the same runner without one, measured as the finite check is; the target is
+  2 % or less at batch 64 and above (issue 12).
 
 The CNN is ``resnet`` size medium trained briefly on Fashion-MNIST, at batch sizes 1, 64 and
 512 and three δ of ``pcee`` (about 30, 60 and 85 % early exits on the test data), in both modes.
@@ -30,8 +36,8 @@ under a millisecond against a round's seconds).
 MiniLM on BBC News (through the plugin ``adaptix-transformers``; skipped when it is missing) runs
 at the same batch sizes and δ targets in compact mode, plus its no-exit case. Every benchmark
 checks its first call: the runner's exits and predictions against `adaptix.simulate` on the same
-inputs. Speed targets are reported (``extra_info`` and the table at the end of the session),
-never asserted.
+inputs, every row exactly (the rows are chosen clear of every decision boundary). Speed targets
+are reported (``extra_info`` and the tables at the end of the session), never asserted.
 
 The session starts with `adaptix.tune_cpu_allocator` (pass ``--default-allocator`` to keep
 glibc's defaults): big activations then stop page-faulting on every forward pass, for the plain
@@ -40,11 +46,10 @@ model and the runner alike. The table's footer says which allocator ran.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import torch
@@ -59,7 +64,6 @@ from runtime_models import (
     batches,
     load_cnn,
     load_minilm,
-    lockstep_mean_cost,
     pcee_deltas,
     unambiguous_rows,
 )
@@ -67,12 +71,12 @@ from runtime_models import (
 import adaptix
 from adaptix.errors import AdaptixError
 from adaptix.model import profile_from_trace
-from adaptix.rows import batch_size
+from adaptix.rows import batch_size, take_rows
+from adaptix.testing.speed import Agreement, ExitBenchmark, Mode, SpeedResult
 
 CNN = CnnConfig()
 MINILM = MiniLMConfig()
 TARGETS = (0.30, 0.60, 0.85)  # early-exit rates on the test data
-Mode = Literal["compact", "lockstep"]
 MODES: tuple[Mode, ...] = ("compact", "lockstep")
 #: Rows timed per round at each batch size (batch size 1 costs a call per row: fewer rows).
 CNN_ROWS = {1: 128, 64: 256, 512: 512}
@@ -87,69 +91,55 @@ FINITE_CHECK_ROUNDS = {1: 9, 64: 11, 512: 7}
 MONITOR_ROWS = {64: 512, 256: 512}
 MONITOR_ROUNDS = {64: 7, 256: 7}
 MONITOR_CHECK_EVERY = 8
+#: The ``exit_benchmark`` fixture of adaptix's pytest plugin: `ExitBenchmark(...).run(benchmark)`.
+ExitBenchmarkFixture = Callable[..., SpeedResult]
 
 
 @dataclass(frozen=True)
 class Case:
-    """A family's benchmark inputs at one batch size, with their trace and the chosen δ."""
+    """A family's benchmark inputs at one batch size, with their trace and the chosen δ.
+
+    Attributes:
+        inputs: the benchmark's rows (unambiguous: see `unambiguous_rows`), in order.
+        batches: the same rows in consecutive batches of ``batch``, as `ExitBenchmark` runs them.
+        trace: the trace of ``inputs``.
+        rounds: timed rounds of the case's benchmarks.
+    """
 
     family: str
     model: adaptix.MultiExitModel
     batch: int
+    inputs: Any
     batches: list[Any]
     trace: adaptix.Trace
     calibration: adaptix.Calibration
     deltas: dict[float, float]
+    rounds: int
 
-    @property
-    def rounds(self) -> int:
-        return ROUNDS[self.batch]
+    def options(self, rounds: int | None = None) -> dict[str, Any]:
+        """`ExitBenchmark`'s keyword arguments for this case: its batch size, trace (no second
+        trace), labels and rounds."""
+        return {
+            "labels": self.trace.labels,
+            "batch_size": self.batch,
+            "trace": self.trace,
+            "rounds": self.rounds if rounds is None else rounds,
+            "warmup_rounds": WARMUP_ROUNDS,
+        }
 
     def plain(self) -> torch.Tensor:
         """Predictions of the plain model (every block, the final head only)."""
         with torch.inference_mode():
             return torch.cat([self.model.forward_plain(b).argmax(dim=-1) for b in self.batches])
 
+    def every_head(self, batch: Any) -> torch.Tensor:
+        """Every block and every head on one batch, no decisions: logits ``[B, E, C]``."""
+        return torch.stack(list(self.model.iter_exits(batch)), 1)
+
     def all_exits(self) -> torch.Tensor:
-        """Every block and every head, no decisions: logits ``[N, E, C]``."""
+        """`every_head` over every batch: logits ``[N, E, C]``."""
         with torch.inference_mode():
-            return torch.cat([torch.stack(list(self.model.iter_exits(b)), 1) for b in self.batches])
-
-
-class Paired:
-    """Times reference functions in a benchmark's untimed setup, right before every round, so
-    that each round of the benchmarked function has references measured under the same load."""
-
-    def __init__(self, **references: Callable[[], object]) -> None:
-        self.references = references
-        self.seconds: dict[str, list[float]] = {name: [] for name in references}
-
-    def __call__(self) -> None:
-        for name, reference in self.references.items():
-            start = time.perf_counter()
-            reference()
-            self.seconds[name].append(time.perf_counter() - start)
-
-    def ratio(self, name: str, rounds: list[float]) -> float:
-        """Median over rounds of time(reference) / time(round)."""
-        paired = self.seconds[name][WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
-        return statistics.median(r / t for r, t in zip(paired, rounds, strict=True))
-
-    def on_off_cost(self, rounds: list[float]) -> float:
-        """time(on) / time(off) - 1, the median over rounds of on, off, off, on quadruples: the
-        references ``on``, ``off`` and ``off_again`` timed in the setup, then the round (on).
-
-        The ratio of each quadruple cancels a load that drifts steadily over it, which on a
-        shared machine moves a plain pair by more than a small feature costs (the second of two
-        identical runs came out up to 13 % slower at batch 1).
-        """
-        setups = {
-            name: seconds[WARMUP_ROUNDS : WARMUP_ROUNDS + len(rounds)]
-            for name, seconds in self.seconds.items()
-        }
-        quadruples = zip(setups["on"], setups["off"], setups["off_again"], rounds, strict=True)
-        ratios = [(on + again) / (off + off_again) for on, off, off_again, again in quadruples]
-        return statistics.median(ratios) - 1
+            return torch.cat([self.every_head(b) for b in self.batches])
 
 
 @pytest.fixture(scope="session")
@@ -160,21 +150,26 @@ def summary(request: pytest.FixtureRequest) -> Summary:
     return collector
 
 
-def make_cases(trained: Trained, rows_per_batch: dict[int, int]) -> dict[int, Case]:
+def make_cases(
+    trained: Trained, rows_per_batch: dict[int, int], rounds: dict[int, int]
+) -> dict[int, Case]:
     rows = unambiguous_rows(trained.trace, max(rows_per_batch.values()))
     deltas = pcee_deltas(trained.trace, trained.calibration, TARGETS)
-    return {
-        batch: Case(
+    cases = {}
+    for batch, count in rows_per_batch.items():
+        inputs = take_rows(trained.inputs, rows[:count])
+        cases[batch] = Case(
             trained.family,
             trained.model,
             batch,
-            batches(trained.inputs, rows[:count], batch),
+            inputs,
+            batches(inputs, batch),
             trained.trace.subset(rows[:count]),
             trained.calibration,
             deltas,
+            rounds[batch],
         )
-        for batch, count in rows_per_batch.items()
-    }
+    return cases
 
 
 @dataclass
@@ -192,7 +187,8 @@ class MonitorCosts:
         terminalreporter.write_sep("-", "the shift monitor: runner with it vs without it")
         terminalreporter.write_line(
             f"cost = time(with) / time(without) - 1 (check_every={MONITOR_CHECK_EVERY}, no "
-            "audit), median over rounds of four runs each (with, without, without, with)"
+            "audit), median over rounds, the runner without it timed right before and after "
+            "each round"
         )
         terminalreporter.write_line(
             "own work = the monitor's hooks replayed on the same batches / time(without): an "
@@ -226,13 +222,13 @@ def cnn_trained() -> Trained:
 @pytest.fixture(scope="session")
 def cnn(cnn_trained: Trained) -> dict[int, Case]:
     """The CNN's cases by batch size."""
-    return make_cases(cnn_trained, CNN_ROWS)
+    return make_cases(cnn_trained, CNN_ROWS, ROUNDS)
 
 
 @pytest.fixture(scope="session")
 def cnn_monitored(cnn_trained: Trained) -> dict[int, Case]:
     """The CNN's cases of the shift-monitor benchmark, by batch size."""
-    return make_cases(cnn_trained, MONITOR_ROWS)
+    return make_cases(cnn_trained, MONITOR_ROWS, MONITOR_ROUNDS)
 
 
 @pytest.fixture(scope="session")
@@ -245,19 +241,7 @@ def minilm() -> dict[int, Case]:
         plugin.bbc_news_dir()
     except AdaptixError as err:
         pytest.skip(str(err))
-    return make_cases(load_minilm(MINILM), MINILM_ROWS)
-
-
-def measure(
-    benchmark: BenchmarkFixture,
-    fn: Callable[[], object],
-    rounds: int,
-    setup: Callable[[], None] | None = None,
-) -> list[float] | None:
-    """Seconds of each timed round of ``fn`` (None when benchmarking is disabled)."""
-    benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
-    stats = benchmark.stats
-    return None if benchmark.disabled or stats is None else list(stats.stats.data)
+    return make_cases(load_minilm(MINILM), MINILM_ROWS, ROUNDS)
 
 
 def skip_repeated_delta(case: Case, target: float) -> float:
@@ -269,28 +253,35 @@ def skip_repeated_delta(case: Case, target: float) -> float:
     return delta
 
 
+def time_alone(benchmark: BenchmarkFixture, fn: Callable[[], object], rounds: int) -> None:
+    """Time ``fn`` by itself (the plain model's and every head's own benchmarks, unpaired)."""
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
+
+
 def bench_plain(benchmark: BenchmarkFixture, case: Case) -> None:
     assert torch.equal(case.plain(), case.trace.logits[:, -1].argmax(dim=-1))
-    measure(benchmark, case.plain, case.rounds)
+    time_alone(benchmark, case.plain, case.rounds)
     plain_cost = profile_from_trace(case.trace).plain_cost
     benchmark.extra_info.update(family=case.family, batch=case.batch, plain_flops=plain_cost)
 
 
 def bench_all_heads(benchmark: BenchmarkFixture, case: Case) -> None:
     assert torch.equal(case.all_exits().argmax(dim=-1), case.trace.logits.argmax(dim=-1))
-    measure(benchmark, case.all_exits, case.rounds)
+    time_alone(benchmark, case.all_exits, case.rounds)
     benchmark.extra_info.update(family=case.family, batch=case.batch)
 
 
-def assert_simulated(
-    outputs: list[adaptix.RunnerOutput], expected: adaptix.SimulationResult
-) -> None:
-    """The runner's exits and predictions over a case's batches are what simulate says."""
-    assert torch.equal(torch.cat([o.exit_index for o in outputs]), expected.exit_index)
-    assert torch.equal(torch.cat([o.predictions for o in outputs]), expected.predictions)
+def assert_exact(agreement: Agreement) -> None:
+    """Every row agreed with simulate exactly: the benchmark's rows are unambiguous, so even the
+    float noise `ExitBenchmark` forgives would be a bug here."""
+    assert agreement.exact == agreement.inputs, (
+        f"{agreement.within_noise} of {agreement.inputs} unambiguous rows agree only within "
+        "float noise"
+    )
 
 
 def bench_runner(
+    exit_benchmark: ExitBenchmarkFixture,
     benchmark: BenchmarkFixture,
     summary: Summary,
     case: Case,
@@ -298,59 +289,52 @@ def bench_runner(
     label: str,
     mode: Mode,
 ) -> None:
-    """Check the runner's first call against simulate, time it, record its speed-ups.
+    """Time the runner against the plain model through the ``exit_benchmark`` fixture (which
+    first checks its decisions against simulate) and record the figures.
 
-    Nothing leaving early, the round is also paired with every block and head run without
-    decisions, for the runtime's overhead.
+    When nothing leaves early, the baseline is every block and every head run without decisions
+    (FLOPs ``costs[-1]`` per input, so ideal = 1): ``1 / realised - 1`` is the runtime's overhead.
     """
-    runner = adaptix.EarlyExitRunner(case.model, policy, mode=mode)
-
-    def run() -> list[adaptix.RunnerOutput]:
-        return [runner(b) for b in case.batches]
-
-    expected = adaptix.simulate(case.trace, policy)
-    outputs = run()
-    assert_simulated(outputs, expected)
-    nothing_exits = expected.early_exit_rate == 0.0
-    paired = Paired(plain=case.plain, **({"all heads": case.all_exits} if nothing_exits else {}))
-    rounds = measure(benchmark, run, case.rounds, setup=paired)
-
-    costs = case.trace.costs
-    plain_cost = profile_from_trace(case.trace).plain_cost
-    ideal = plain_cost / (expected.relative_cost * float(costs[-1]))
-    ideal_mode = ideal
-    if mode == "lockstep":
-        ideal_mode = plain_cost / lockstep_mean_cost(costs, expected.exit_index, case.batch)
-    benchmark.extra_info.update(
-        family=case.family,
-        mode=mode,
-        policy=label,
-        batch=case.batch,
-        early_exit_rate=expected.early_exit_rate,
-        ideal=ideal,
-        ideal_mode=ideal_mode,
+    nothing_exits = adaptix.simulate(case.trace, policy).early_exit_rate == 0.0
+    baseline: dict[str, Any] = {}
+    if nothing_exits:
+        baseline = {"baseline": case.every_head, "baseline_flops": float(case.trace.costs[-1])}
+    result = exit_benchmark(
+        case.model, policy, case.inputs, mode=mode, **case.options(), **baseline
     )
-    if rounds is not None:
-        realised = paired.ratio("plain", rounds)
-        overhead = 1 / paired.ratio("all heads", rounds) - 1 if nothing_exits else None
-        benchmark.extra_info.update(realised=realised, realised_over_ideal=realised / ideal)
-        if overhead is not None:
-            benchmark.extra_info.update(overhead_vs_all_heads=overhead)
-        summary.rows.append(
-            Row(
-                case.family,
-                mode,
-                label,
-                case.batch,
-                expected.early_exit_rate,
-                ideal,
-                ideal_mode,
-                statistics.median(rounds),
-                len(case.batches),
-                realised,
-                overhead,
-            )
-        )
+    assert_exact(result.agreement)
+    realised = result.realised_speedup
+    overhead = 1 / realised - 1 if nothing_exits and realised is not None else None
+    benchmark.extra_info.update(family=case.family, label=label)
+    if overhead is not None:
+        benchmark.extra_info.update(overhead_vs_all_heads=overhead)
+    if realised is not None:
+        summary.rows.append(Row(case.family, label, result, overhead))
+
+
+def bench_feature(
+    exit_benchmark: ExitBenchmarkFixture,
+    case: Case,
+    on: adaptix.EarlyExitRunner,
+    off: adaptix.EarlyExitRunner,
+    rounds: int,
+) -> tuple[SpeedResult, float | None]:
+    """The runner ``on`` against the same runner with a feature ``off``, both checked against
+    simulate, timed through ``exit_benchmark`` with ``off`` as the baseline (run right before and
+    after every timed round of ``on``; ideal = 1).
+
+    Returns:
+        The result and the feature's cost, time(on) / time(off) - 1 (None: not timed).
+    """
+    assert_exact(ExitBenchmark(case.model, off, case.inputs, **case.options()).check()[0])
+    taken = adaptix.simulate(case.trace, off.policy).exit_index
+    flops = float(case.trace.costs.double()[taken].mean())
+    result = exit_benchmark(
+        case.model, on, case.inputs, baseline=off, baseline_flops=flops, **case.options(rounds)
+    )
+    assert_exact(result.agreement)
+    realised = result.realised_speedup
+    return result, None if realised is None else 1 / realised - 1
 
 
 # ------------------------------------------------------------------------------------- CNN
@@ -370,6 +354,7 @@ def test_cnn_all_heads(benchmark: BenchmarkFixture, cnn: dict[int, Case], batch:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", CNN_ROWS)
 def test_cnn_pcee(
+    exit_benchmark: ExitBenchmarkFixture,
     benchmark: BenchmarkFixture,
     summary: Summary,
     cnn: dict[int, Case],
@@ -380,67 +365,61 @@ def test_cnn_pcee(
     case = cnn[batch]
     delta = skip_repeated_delta(case, target)
     policy = adaptix.policy("pcee", delta, case.calibration)
-    bench_runner(benchmark, summary, case, policy, f"pcee δ={delta:.3f}", mode)
+    bench_runner(exit_benchmark, benchmark, summary, case, policy, f"pcee δ={delta:.3f}", mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", CNN_ROWS)
 def test_cnn_nothing_exits(
-    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int, mode: Mode
+    exit_benchmark: ExitBenchmarkFixture,
+    benchmark: BenchmarkFixture,
+    summary: Summary,
+    cnn: dict[int, Case],
+    batch: int,
+    mode: Mode,
 ) -> None:
     case = cnn[batch]
     num_exits = case.model.num_exits
     # PABEE's streak k_e is at most e <= E - 2 at the early exits: t = E never fires.
     policy = adaptix.policy("patience", num_exits)
     assert adaptix.simulate(case.trace, policy).early_exit_rate == 0.0
-    bench_runner(benchmark, summary, case, policy, f"patience t={num_exits}", mode)
+    bench_runner(exit_benchmark, benchmark, summary, case, policy, f"patience t={num_exits}", mode)
 
 
 @pytest.mark.parametrize("batch", CNN_ROWS)
 def test_cnn_finite_check(
-    benchmark: BenchmarkFixture, summary: Summary, cnn: dict[int, Case], batch: int
+    exit_benchmark: ExitBenchmarkFixture,
+    benchmark: BenchmarkFixture,
+    summary: Summary,
+    cnn: dict[int, Case],
+    batch: int,
 ) -> None:
-    """The runner with the finite check against the same runner without it.
-
-    Each timed round (check on) follows, in its setup, one more run with the check and two
-    without: on, off, off, on (`Paired.on_off_cost`).
-    """
+    """The runner with the finite check against the same runner without it (`bench_feature`)."""
     case = cnn[batch]
     policy = adaptix.policy("pcee", case.deltas[0.60], case.calibration)
     checked = adaptix.EarlyExitRunner(case.model, policy)
     unchecked = adaptix.EarlyExitRunner(case.model, policy, check_finite=False)
-
-    def run(runner: adaptix.EarlyExitRunner) -> list[adaptix.RunnerOutput]:
-        return [runner(b) for b in case.batches]
-
-    expected = adaptix.simulate(case.trace, policy)
-    for runner in (checked, unchecked):
-        outputs = run(runner)
-        assert_simulated(outputs, expected)
-    paired = Paired(
-        on=lambda: run(checked), off=lambda: run(unchecked), off_again=lambda: run(unchecked)
+    result, cost = bench_feature(
+        exit_benchmark, case, checked, unchecked, FINITE_CHECK_ROUNDS[batch]
     )
-    rounds = measure(benchmark, lambda: run(checked), FINITE_CHECK_ROUNDS[batch], setup=paired)
-    benchmark.extra_info.update(
-        family=case.family, batch=case.batch, early_exit_rate=expected.early_exit_rate
-    )
-    if rounds is not None:
-        cost = paired.on_off_cost(rounds)
+    benchmark.extra_info.update(family=case.family)
+    if cost is not None:
         benchmark.extra_info.update(finite_check_cost=cost)
         summary.check_costs.append(
-            CheckCost(case.family, case.batch, expected.early_exit_rate, cost, len(rounds))
+            CheckCost(case.family, case.batch, result.early_exit_rate, cost, result.rounds)
         )
 
 
 @pytest.mark.parametrize("batch", MONITOR_ROWS)
 def test_cnn_shift_monitor(
+    exit_benchmark: ExitBenchmarkFixture,
     benchmark: BenchmarkFixture,
     monitor_costs: MonitorCosts,
     cnn_monitored: dict[int, Case],
     batch: int,
 ) -> None:
     """The runner with a `ShiftMonitor` (``check_every=8``, no audit) against the same runner
-    without one, paired as the finite check is (with, without, without, with)."""
+    without one (`bench_feature`)."""
     case = cnn_monitored[batch]
     policy = adaptix.policy("pcee", case.deltas[0.60], case.calibration)
     # The reference is the test trace itself: the stream is a part of it, so nothing alarms.
@@ -448,32 +427,25 @@ def test_cnn_shift_monitor(
     monitored = adaptix.EarlyExitRunner(case.model, policy, monitor=monitor)
     plain = adaptix.EarlyExitRunner(case.model, policy)
 
-    def run(runner: adaptix.EarlyExitRunner) -> list[adaptix.RunnerOutput]:
-        return [runner(b) for b in case.batches]
-
-    expected = adaptix.simulate(case.trace, policy)
-    with_monitor, without = run(monitored), run(plain)
-    for outputs in (with_monitor, without):
-        assert_simulated(outputs, expected)
+    # The monitor's first pass counts exactly the exits simulate takes; then a fresh test.
+    checker = ExitBenchmark(case.model, monitored, case.inputs, **case.options())
+    _, simulated, _ = checker.check()
     monitor.check()
     assert monitor._host is not None
-    histogram = torch.bincount(expected.exit_index, minlength=case.model.num_exits)
+    histogram = torch.bincount(simulated.exit_index, minlength=case.model.num_exits)
     assert torch.equal(monitor._host[1], histogram)
     assert not monitor.alarmed
-    paired = Paired(on=lambda: run(monitored), off=lambda: run(plain), off_again=lambda: run(plain))
-    rounds = measure(benchmark, lambda: run(monitored), MONITOR_ROUNDS[batch], setup=paired)
-    benchmark.extra_info.update(
-        family=case.family,
-        batch=case.batch,
-        early_exit_rate=expected.early_exit_rate,
-        check_every=MONITOR_CHECK_EVERY,
-    )
-    if rounds is not None:
-        cost = paired.on_off_cost(rounds)
-        share = monitor_share(case, policy, expected, lambda: run(plain))
+    monitor.reset()
+
+    result, cost = bench_feature(exit_benchmark, case, monitored, plain, case.rounds)
+    assert not monitor.alarmed
+    benchmark.extra_info.update(family=case.family, check_every=MONITOR_CHECK_EVERY)
+    if cost is not None:
+        without = ExitBenchmark(case.model, plain, case.inputs, **case.options()).run_runner
+        share = monitor_share(case, policy, simulated, without)
         benchmark.extra_info.update(monitor_cost=cost, monitor_share=share)
         monitor_costs.costs.append(
-            CheckCost(case.family, case.batch, expected.early_exit_rate, cost, len(rounds))
+            CheckCost(case.family, case.batch, result.early_exit_rate, cost, result.rounds)
         )
         monitor_costs.shares.append(share)
 
@@ -527,18 +499,24 @@ def test_minilm_all_heads(benchmark: BenchmarkFixture, minilm: dict[int, Case], 
 
 @pytest.mark.parametrize("batch", MINILM_ROWS)
 def test_minilm_nothing_exits(
-    benchmark: BenchmarkFixture, summary: Summary, minilm: dict[int, Case], batch: int
+    exit_benchmark: ExitBenchmarkFixture,
+    benchmark: BenchmarkFixture,
+    summary: Summary,
+    minilm: dict[int, Case],
+    batch: int,
 ) -> None:
     case = minilm[batch]
     num_exits = case.model.num_exits
     policy = adaptix.policy("patience", num_exits)
     assert adaptix.simulate(case.trace, policy).early_exit_rate == 0.0
-    bench_runner(benchmark, summary, case, policy, f"patience t={num_exits}", "compact")
+    label = f"patience t={num_exits}"
+    bench_runner(exit_benchmark, benchmark, summary, case, policy, label, "compact")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"early{round(100 * t)}")
 @pytest.mark.parametrize("batch", MINILM_ROWS)
 def test_minilm_pcee(
+    exit_benchmark: ExitBenchmarkFixture,
     benchmark: BenchmarkFixture,
     summary: Summary,
     minilm: dict[int, Case],
@@ -548,4 +526,5 @@ def test_minilm_pcee(
     case = minilm[batch]
     delta = skip_repeated_delta(case, target)
     policy = adaptix.policy("pcee", delta, case.calibration)
-    bench_runner(benchmark, summary, case, policy, f"pcee δ={delta:.3f}", "compact")
+    label = f"pcee δ={delta:.3f}"
+    bench_runner(exit_benchmark, benchmark, summary, case, policy, label, "compact")

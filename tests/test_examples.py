@@ -38,6 +38,46 @@ def test_every_example_is_tested() -> None:
     tested = {"custom_criterion.py", "log_sweep_to_mlflow.py", "wrap_your_model.py"}
     tested |= {"minilm_bbc_news.py", "measure_recipe.py", "monitor_shift.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
+    suites = {"user_test_suite"}  # example test suites, run by pytest (test_user_test_suite)
+    assert {path.name for path in EXAMPLES.iterdir() if path.is_dir()} - {"__pycache__"} == suites
+
+
+@pytest.mark.slow
+def test_user_test_suite(tmp_path: Path) -> None:
+    """The user's suite passes as its docstring says to run it: a saved run, then a run compared
+    against it with the ratio gate on (a loose tolerance: two busy cores are noisy)."""
+    storage = f"--benchmark-storage={tmp_path / 'benchmarks'}"
+    suite = str(EXAMPLES / "user_test_suite")
+    first = run_pytest(suite, storage, "--benchmark-autosave", cwd=tmp_path)
+    assert "5 passed" in first
+    assert "adaptix: early-exit speed" in first
+    assert "adaptix: control checks" in first
+    second = run_pytest(
+        suite,
+        storage,
+        "--benchmark-compare",
+        "--adaptix-ratio-fail=90%",
+        "-k",
+        "test_early_exit_speed",
+        cwd=tmp_path,
+    )
+    assert "1 passed" in second
+    assert "ok: realised/ideal" in second  # compared with the saved run, within the gate
+
+
+def run_pytest(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"pytest {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 def test_custom_criterion(tmp_path: Path) -> None:

@@ -17,6 +17,12 @@ matching check, which is how adaptix's own suite covers built-ins and installed 
     def test_contract(kind, name):
         check_component(kind, name)
 
+For users who guard a model of their own in CI (adaptix's pytest plugin runs these):
+`ExitBenchmark` times the runner against the plain model in paired rounds, checks that it
+decides as `adaptix.simulate` does and returns its realised and ideal speed-ups
+(`SpeedResult`); `check_control` checks a policy's promise on a held-out trace
+(`ControlReport`).
+
 `synthetic_trace` builds the seeded traces the checks use (later exits more accurate), handy in
 a plugin's own tests too.
 """
@@ -31,14 +37,20 @@ from adaptix.testing.contracts import (
     check_exit_head,
     contract_cases,
 )
+from adaptix.testing.control_check import ControlReport, check_control
 from adaptix.testing.data import synthetic_trace
+from adaptix.testing.speed import ExitBenchmark, SpeedResult
 
 __all__ = [
     "KINDS",
     "UNKNOWN_PARAM",
+    "ControlReport",
+    "ExitBenchmark",
+    "SpeedResult",
     "check_backbone",
     "check_calibrator",
     "check_component",
+    "check_control",
     "check_criterion",
     "check_exit_head",
     "contract_cases",

@@ -59,6 +59,8 @@ Mode = Literal["compact", "lockstep"]
 NOISE_DRAWS = 32
 #: Disagreeing rows listed in a failure message.
 SHOWN_ROWS = 10
+#: The default baseline's name.
+PLAIN_MODEL = "the plain model"
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,15 @@ class ExitBenchmark:
         inputs: ``N`` rows: a tensor or a dict/tuple of tensors, on the model's device.
         labels: int64 ``[N]``, for accuracy (optional).
         batch_size: rows per call, for the runner and the baseline alike.
-        mode: the runner's mode when ``policy`` is a policy.
+        mode: the runner's mode when ``policy`` is a policy (default ``"compact"``); a runner
+            keeps its own.
         baseline: what the speed-up is measured against: a callable taking a batch (default:
             ``model.forward_plain``, every block then the final head). A smaller model to
             compare against goes here.
         baseline_flops: FLOPs per input of ``baseline`` (default: the plain model's, from the
             trace; for another baseline, counted on its first batch).
+        baseline_name: the baseline in words, for tables and ``extra_info`` (default: "the
+            plain model", or the callable's name).
         trace: the trace of exactly these inputs at this batch size, if you already have one
             (default: ``model.trace(inputs, labels, batch_size)``).
         rounds: timed rounds.
@@ -230,9 +235,10 @@ class ExitBenchmark:
         *,
         labels: Tensor | None = None,
         batch_size: int = 64,
-        mode: Mode = "compact",
+        mode: Mode | None = None,
         baseline: Callable[[Any], object] | None = None,
         baseline_flops: float | None = None,
+        baseline_name: str | None = None,
         trace: Trace | None = None,
         rounds: int = 5,
         warmup_rounds: int = 1,
@@ -268,9 +274,14 @@ class ExitBenchmark:
                     f"{monitor.audit:g}: audited rows go to the last exit by design, so its exits "
                     "cannot equal simulate's. Benchmark the audit's cost separately."
                 )
+            if mode is not None and mode != policy.mode:
+                raise ValidationError(
+                    f"expected no mode, or the runner's own ({policy.mode!r}), got {mode!r}: a "
+                    "runner keeps the mode it was built with."
+                )
             self.runner = policy
         elif isinstance(policy, ExitPolicy):
-            self.runner = EarlyExitRunner(model, policy, mode=mode)
+            self.runner = EarlyExitRunner(model, policy, mode=mode or "compact")
         else:
             raise ValidationError(
                 "expected an adaptix.ExitPolicy or an adaptix.EarlyExitRunner, got "
@@ -302,7 +313,13 @@ class ExitBenchmark:
             take_rows(inputs, slice(start, start + batch_size)) for start in range(0, n, batch_size)
         ]
         self.baseline = baseline if baseline is not None else model.forward_plain
-        self.baseline_name = "the plain model" if baseline is None else _name(baseline)
+        if baseline_name is not None and not isinstance(baseline_name, str):
+            raise ValidationError(f"expected a str baseline_name, got {baseline_name!r}.")
+        if baseline_name is None:
+            baseline_name = PLAIN_MODEL if baseline is None else _name(baseline)
+        if not baseline_name.strip():
+            raise ValidationError("expected a non-empty baseline_name.")
+        self.baseline_name = baseline_name
         self._baseline_flops = baseline_flops
         self._trace = trace
         self.rounds = rounds
@@ -368,7 +385,7 @@ class ExitBenchmark:
                 its rounds (saved, compared and gated by pytest-benchmark), and the figures go
                 to its ``extra_info``. None times with `time.perf_counter`.
         """
-        agreement, simulated, ran = self.check()
+        agreement, _, ran = self.check()
         baseline_times: list[float] = []
 
         def time_baseline() -> None:
@@ -385,7 +402,7 @@ class ExitBenchmark:
                 (timed[i] + timed[i + 1]) / 2 / seconds for i, seconds in enumerate(runner_times)
             ]
             realised = statistics.median(ratios)
-        result = self._result(agreement, simulated, ran, realised, baseline_times, runner_times)
+        result = self._result(agreement, ran, realised, baseline_times, runner_times)
         if benchmark is not None:
             benchmark.extra_info.update(result.extra_info())
         return result
@@ -416,7 +433,6 @@ class ExitBenchmark:
     def _result(
         self,
         agreement: Agreement,
-        simulated: SimulationResult,
         ran: RunnerOutput,
         realised: float | None,
         baseline_times: list[float],
@@ -444,12 +460,14 @@ class ExitBenchmark:
             batch_size=self.batch_size,
             inputs=trace.num_inputs,
             exit_histogram=tuple(int(c) for c in histogram),
-            early_exit_rate=simulated.early_exit_rate,
+            early_exit_rate=1 - int(histogram[-1]) / trace.num_inputs,
             ideal_speedup=ideal,
             ideal_speedup_mode=ideal_mode,
             realised_speedup=realised,
             realised_over_ideal=None if realised is None else realised / ideal,
-            baseline_seconds=statistics.median(baseline_times) if runner_times else None,
+            baseline_seconds=(
+                statistics.median(baseline_times[self.warmup_rounds :]) if runner_times else None
+            ),
             runner_seconds=statistics.median(runner_times) if runner_times else None,
             rounds=len(runner_times),
             accuracy=accuracy,
