@@ -76,7 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if gated and not config.getoption("benchmark_compare", default=None):
         flags = ", ".join("--" + name.replace("_", "-") for name in gated)
         raise pytest.UsageError(
-            f"{flags} compares against a saved run: add --benchmark-compare (the latest saved "
+            f"{flags}: a gate compares against a saved run: add --benchmark-compare (the latest saved "
             "run) or --benchmark-compare=NUM, and save runs with --benchmark-autosave."
         )
     config.pluginmanager.register(Collector(config), "adaptix-collector")

@@ -27,6 +27,7 @@ import adaptix
 from adaptix import AdaptixError, EarlyExitRunner, ExitPolicy, MultiExitModel, ValidationError
 from adaptix.model import profile_from_trace
 from adaptix.runtime import RunnerOutput
+from adaptix.testing import speed
 from adaptix.testing.speed import (
     SHOWN_ROWS,
     ExitBenchmark,
@@ -58,7 +59,14 @@ ALWAYS = {
     "agreement_exact",
     "agreement_within_noise",
 }
-TIMED = {"realised_speedup", "realised_over_ideal", "baseline_seconds", "runner_seconds", "rounds"}
+TIMED = {
+    "realised_speedup",
+    "realised_over_ideal",
+    "baseline_seconds",
+    "runner_seconds",
+    "rounds",
+    "passes_per_round",
+}
 LABELLED = {"accuracy", "baseline_accuracy"}
 
 
@@ -529,7 +537,7 @@ def test_realised_speedup_is_the_median_of_bracketed_ratios(
     time; warm-up passes count for nothing."""
     clock = FakeClock()
     monkeypatch.setattr("adaptix.testing.speed.time", clock)
-    benchmark = bench(trained, "confidence", rounds=3, warmup_rounds=1)
+    benchmark = bench(trained, "confidence", rounds=3, warmup_rounds=1, passes=1)
     # the check's pass, then (baseline, runner) for the warm-up and each round, then a baseline
     baseline = [50.0, 1.0, 1.2, 1.4, 1.6]
     runner = [9.0, 40.0, 0.5, 0.4, 0.8]
@@ -550,10 +558,44 @@ def test_baseline_seconds_leave_out_the_warmup_pass(
     on a cold machine) must not count."""
     clock = FakeClock()
     monkeypatch.setattr("adaptix.testing.speed.time", clock)
-    benchmark = bench(trained, "confidence", rounds=3, warmup_rounds=1)
+    benchmark = bench(trained, "confidence", rounds=3, warmup_rounds=1, passes=1)
     scripted(benchmark, clock, [50.0, 1.0, 1.2, 1.4, 1.6], [9.0, 40.0, 0.5, 0.4, 0.8])
     result = benchmark.run()
     assert result.baseline_seconds == pytest.approx(statistics.median([1.0, 1.2, 1.4, 1.6]))
+
+
+def test_a_fast_model_makes_several_passes_a_round(
+    trained: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes of 3 ms (runner) and 4 ms (baseline): the shorter needs 50 / 3 = 16.7 passes to
+    last `MIN_ROUND_SECONDS`, rounded up to 32; the times and ratios are per pass."""
+    clock = FakeClock()
+    monkeypatch.setattr("adaptix.testing.speed.time", clock)
+    assert speed.MIN_ROUND_SECONDS == 0.05
+    benchmark = bench(trained, "confidence", rounds=2, warmup_rounds=0)
+    passes = 32
+    # the check's runner pass; the calibration's baseline and runner pass; then two rounds
+    # and the closing baseline, 32 passes each
+    baseline = [0.004] + [0.004] * passes + [0.006] * passes + [0.004] * passes
+    runner = [0.003, 0.003] + [0.003] * passes + [0.002] * passes
+    scripted(benchmark, clock, baseline, runner)
+    result = benchmark.run()
+    assert baseline == runner == []
+    assert result.passes == passes
+    assert result.extra_info()["passes_per_round"] == passes
+    assert result.runner_seconds == pytest.approx(statistics.median([0.003, 0.002]))
+    ratios = [(0.004 + 0.006) / 2 / 0.003, (0.006 + 0.004) / 2 / 0.002]
+    assert result.realised_speedup == pytest.approx(statistics.median(ratios))
+
+
+def test_a_slow_model_makes_one_pass_a_round(
+    trained: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("adaptix.testing.speed.time", clock)
+    benchmark = bench(trained, "confidence", rounds=1, warmup_rounds=0)
+    scripted(benchmark, clock, [0.2, 0.2, 0.2], [0.1, 0.1, 0.1])
+    assert benchmark.run().passes == 1
 
 
 class FakeBenchmark:
@@ -608,7 +650,7 @@ def test_an_enabled_benchmark_supplies_the_runners_rounds(
     clock = FakeClock()
     monkeypatch.setattr("adaptix.testing.speed.time", clock)
     fake = FakeBenchmark(disabled=False, runner_times=[0.5, 0.25])
-    benchmark = bench(trained, "confidence", rounds=2, warmup_rounds=0)
+    benchmark = bench(trained, "confidence", rounds=2, warmup_rounds=0, passes=1)
     # pytest-benchmark times the runner itself: only the baseline passes advance the clock
     scripted(benchmark, clock, [1.0, 1.5, 2.0], [0.0] * 3)
     result = benchmark.run(fake)

@@ -23,7 +23,9 @@ How it measures (the same for every caller, so that figures compare):
   last round is followed by one more: round i's realised speed-up is the mean of the baseline
   runs around it over the runner's time, which cancels a load that drifts steadily across the
   round (a shared machine drifts within minutes). The realised speed-up is the median over
-  rounds. Under pytest-benchmark the runner's rounds are the benchmark's own (``pedantic``), so
+  rounds. A round makes as many passes over the inputs as it takes for the faster of the two to
+  last 50 ms (a power of two, measured once), so that one pause of the OS scheduler cannot swing
+  a small model's ratio. Under pytest-benchmark the runner's rounds are the benchmark's own (``pedantic``), so
   ``--benchmark-autosave``, ``--benchmark-compare`` and ``--benchmark-compare-fail`` see the
   runner's times.
 - **Ideal speed-up.** Baseline FLOPs / mean FLOPs of the exits the rows took, intermediate heads
@@ -59,6 +61,11 @@ Mode = Literal["compact", "lockstep"]
 NOISE_DRAWS = 32
 #: Disagreeing rows listed in a failure message.
 SHOWN_ROWS = 10
+#: A round repeats the passes over the inputs until the faster of baseline and runner takes at
+#: least this long, so that one pause of the OS scheduler (4–17 ms seen on a loaded machine)
+#: cannot swing a round's ratio.
+MIN_ROUND_SECONDS = 0.05
+MAX_PASSES = 1024
 #: The default baseline's name.
 PLAIN_MODEL = "the plain model"
 
@@ -106,8 +113,9 @@ class SpeedResult:
             is disabled (``--benchmark-disable``).
         realised_over_ideal: realised / ideal; None with ``realised_speedup``.
         baseline_seconds: median seconds of one baseline pass over the inputs (None: not timed).
-        runner_seconds: median seconds of one runner pass (None: not timed).
+        runner_seconds: median seconds of one runner pass over them (None: not timed).
         rounds: timed rounds (0: not timed).
+        passes: passes over the inputs in every round (pytest-benchmark's times are per round).
         accuracy: the runner's accuracy, if labels were given.
         baseline_accuracy: the plain model's (last exit's) accuracy, if labels were given and
             the baseline is the plain model.
@@ -128,6 +136,7 @@ class SpeedResult:
     baseline_seconds: float | None
     runner_seconds: float | None
     rounds: int
+    passes: int
     accuracy: float | None
     baseline_accuracy: float | None
     agreement: Agreement
@@ -161,6 +170,7 @@ class SpeedResult:
         info.update({key: value for key, value in optional.items() if value is not None})
         if self.rounds:
             info["rounds"] = self.rounds
+            info["passes_per_round"] = self.passes
         return info
 
     def table(self) -> str:
@@ -218,6 +228,11 @@ class ExitBenchmark:
             (default: ``model.trace(inputs, labels, batch_size)``).
         rounds: timed rounds.
         warmup_rounds: untimed rounds first.
+        passes: passes over the inputs in every round (default: the power of two that makes a
+            round of the faster of baseline and runner last at least `MIN_ROUND_SECONDS`,
+            measured once; 1 for any model slower than that). pytest-benchmark saves the time
+            of a round, so pin ``passes`` when you compare seconds across runs
+            (``--benchmark-compare-fail``); the speed-ups are per pass either way.
         tolerance: the relative logit perturbation under which a differing decision still
             counts as agreement (raise it for TF32 or half precision).
 
@@ -242,6 +257,7 @@ class ExitBenchmark:
         trace: Trace | None = None,
         rounds: int = 5,
         warmup_rounds: int = 1,
+        passes: int | None = None,
         tolerance: float = 1e-4,
     ) -> None:
         if not isinstance(model, MultiExitModel):
@@ -256,6 +272,8 @@ class ExitBenchmark:
         _check_count(batch_size, "batch_size", 1)
         _check_count(rounds, "rounds", 1)
         _check_count(warmup_rounds, "warmup_rounds", 0)
+        if passes is not None:
+            _check_count(passes, "passes", 1)
         if (
             isinstance(tolerance, bool)
             or not isinstance(tolerance, (int, float))
@@ -324,6 +342,7 @@ class ExitBenchmark:
         self._trace = trace
         self.rounds = rounds
         self.warmup_rounds = warmup_rounds
+        self.passes = passes
         self.tolerance = float(tolerance)
         self._device = batch_device(inputs)
 
@@ -386,14 +405,21 @@ class ExitBenchmark:
                 to its ``extra_info``. None times with `time.perf_counter`.
         """
         agreement, _, ran = self.check()
+        disabled = benchmark is not None and bool(getattr(benchmark, "disabled", False))
+        passes = 1 if disabled else self.passes or self._auto_passes()
         baseline_times: list[float] = []
 
         def time_baseline() -> None:
             start = time.perf_counter()
-            self.run_baseline()
-            baseline_times.append(time.perf_counter() - start)
+            for _ in range(passes):
+                self.run_baseline()
+            baseline_times.append((time.perf_counter() - start) / passes)
 
-        runner_times = self._time_rounds(benchmark, time_baseline)
+        def run_runner() -> None:
+            for _ in range(passes):
+                self.run_runner()
+
+        runner_times = [t / passes for t in self._time_rounds(benchmark, run_runner, time_baseline)]
         realised = None
         if runner_times:
             time_baseline()  # after the last round: every round has a baseline on each side
@@ -402,24 +428,40 @@ class ExitBenchmark:
                 (timed[i] + timed[i + 1]) / 2 / seconds for i, seconds in enumerate(runner_times)
             ]
             realised = statistics.median(ratios)
-        result = self._result(agreement, ran, realised, baseline_times, runner_times)
+        result = self._result(agreement, ran, realised, baseline_times, runner_times, passes)
         if benchmark is not None:
             benchmark.extra_info.update(result.extra_info())
         return result
 
-    def _time_rounds(self, benchmark: Any, before: Callable[[], None]) -> list[float]:
-        """Seconds of each timed runner round, each preceded by ``before``; [] when disabled."""
+    def _auto_passes(self) -> int:
+        """Passes per round so that a round of the faster of baseline and runner lasts at least
+        `MIN_ROUND_SECONDS`: a power of two, so that it rarely changes between runs."""
+        start = time.perf_counter()
+        self.run_baseline()
+        middle = time.perf_counter()
+        self.run_runner()
+        shortest = min(middle - start, time.perf_counter() - middle)
+        if shortest >= MIN_ROUND_SECONDS:
+            return 1
+        wanted = MIN_ROUND_SECONDS / max(shortest, 1e-9)
+        return min(2 ** math.ceil(math.log2(wanted)), MAX_PASSES)
+
+    def _time_rounds(
+        self, benchmark: Any, run_runner: Callable[[], None], before: Callable[[], None]
+    ) -> list[float]:
+        """Seconds of each timed round of ``run_runner``, each preceded by ``before``; [] when
+        benchmarking is disabled."""
         if benchmark is None:
             times = []
             for round_ in range(self.warmup_rounds + self.rounds):
                 before()
                 start = time.perf_counter()
-                self.run_runner()
+                run_runner()
                 if round_ >= self.warmup_rounds:
                     times.append(time.perf_counter() - start)
             return times
         benchmark.pedantic(
-            self.run_runner,
+            run_runner,
             setup=before,
             rounds=self.rounds,
             warmup_rounds=self.warmup_rounds,
@@ -437,6 +479,7 @@ class ExitBenchmark:
         realised: float | None,
         baseline_times: list[float],
         runner_times: list[float],
+        passes: int,
     ) -> SpeedResult:
         trace = self.trace
         costs = trace.costs.double().cpu()
@@ -470,6 +513,7 @@ class ExitBenchmark:
             ),
             runner_seconds=statistics.median(runner_times) if runner_times else None,
             rounds=len(runner_times),
+            passes=passes,
             accuracy=accuracy,
             baseline_accuracy=baseline_accuracy,
             agreement=agreement,
