@@ -76,8 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if gated and not config.getoption("benchmark_compare", default=None):
         flags = ", ".join("--" + name.replace("_", "-") for name in gated)
         raise pytest.UsageError(
-            f"{flags}: a gate compares against a saved run: add --benchmark-compare (the latest saved "
-            "run) or --benchmark-compare=NUM, and save runs with --benchmark-autosave."
+            f"{flags}: a gate compares against a saved run: add --benchmark-compare (the latest "
+            "saved run) or --benchmark-compare=NUM, and save runs with --benchmark-autosave."
         )
     config.pluginmanager.register(Collector(config), "adaptix-collector")
 
@@ -152,7 +152,9 @@ class Collector:
             saved = benches.get(nodeid)
             extra = (saved or {}).get("extra_info") or {}
             if saved is None or "realised_over_ideal" not in extra:
-                measured.notes.append(f"{source} holds no exit_benchmark figures for this test")
+                measured.notes.append(
+                    f"{source} holds no timed exit_benchmark figures for this test"
+                )
                 continue
             differs = [k for k in SAME_SETUP if extra.get(k) != info.get(k)]
             if differs:

@@ -25,9 +25,10 @@ How it measures (the same for every caller, so that figures compare):
   round (a shared machine drifts within minutes). The realised speed-up is the median over
   rounds. A round makes as many passes over the inputs as it takes for the faster of the two to
   last 50 ms (a power of two, measured once), so that one pause of the OS scheduler cannot swing
-  a small model's ratio. Under pytest-benchmark the runner's rounds are the benchmark's own (``pedantic``), so
-  ``--benchmark-autosave``, ``--benchmark-compare`` and ``--benchmark-compare-fail`` see the
-  runner's times.
+  a small model's ratio. Under pytest-benchmark the runner's rounds are the benchmark's own
+  (``pedantic``), so ``--benchmark-autosave``, ``--benchmark-compare`` and
+  ``--benchmark-compare-fail`` see the runner's times (a round's: pin ``passes`` to compare
+  seconds across runs).
 - **Ideal speed-up.** Baseline FLOPs / mean FLOPs of the exits the rows took, intermediate heads
   included (the trace's costs). In lockstep mode ``ideal_speedup_mode`` charges every row up to
   its batch's deepest exit. ``realised_over_ideal`` = realised / ideal: how much of the compute
