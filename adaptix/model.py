@@ -190,7 +190,7 @@ class MultiExitModel(nn.Module):
         """Logits ``[n, C]`` of head ``index`` on the output of block ``index``."""
         try:
             return self.heads[index](self.features(state))
-        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as err:
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AttributeError) as err:
             raise ValidationError(
                 f"head {index} failed on the output of block {index} ({type(err).__name__}: "
                 f"{err}). Check that the head fits the block's features and sits on the same "
@@ -413,6 +413,14 @@ def _measure_feature_dims(parts: BackboneParts, example: Any, backbone: str) -> 
     with torch.inference_mode():
         dims = []
         for features in probe.iter_exits(example):
+            if not isinstance(features, torch.Tensor):
+                raise ValidationError(
+                    f"backbone '{backbone}' produces features of type "
+                    f"{type(features).__name__}; heads read a tensor [n, d]. Choose a feature "
+                    "function that turns the block's output into one (e.g. feature='mean' or "
+                    "'cls' for {'hidden': ...} states), or pass MultiExitModel(blocks, heads, "
+                    "feature=your_function)."
+                )
             if features.dim() != 2:
                 raise ValidationError(
                     f"backbone '{backbone}' produces features of shape {list(features.shape)}; "

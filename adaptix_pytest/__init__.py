@@ -22,16 +22,19 @@ compares seconds; these compare the figures in ``extra_info``):
   fell by more than 10 % of the saved run's;
 - ``--adaptix-speedup-fail=10%``: the same for the realised speed-up.
 
-A test is gated only against a saved run of the same test (pytest node id), mode, batch size
-and number of inputs; anything else is listed as not compared. The end of the session prints a
-table of every measurement and check.
+A test is gated only against a saved run of the same test (pytest node id), mode, batch size,
+number of inputs and baseline; anything else is listed as not compared. A gate with
+``--benchmark-compare=NUM`` that matches no saved run fails the test (a pinned baseline went
+missing); with a bare ``--benchmark-compare`` and no saved run yet, nothing is compared. The
+end of the session prints a table of every measurement and check.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +128,7 @@ class Collector:
         self.config = config
         self.measured: list[Measured] = []
         self.checks: list[tuple[str, ControlReport]] = []
+        self.missing_baseline: str | None = None
 
     def saved_runs(self) -> dict[str, dict[str, Any]]:
         """Saved benchmarks by source file, each {node id: saved benchmark}, as loaded by
@@ -146,7 +150,11 @@ class Collector:
             return measured
         info = result.extra_info()
         runs = self.saved_runs()
-        if not runs:
+        wanted = self.config.getoption("benchmark_compare", default=None)
+        if not runs and gates and wanted is not True:
+            measured.notes.append(f"--benchmark-compare={wanted} matched no saved run")
+            self.missing_baseline = str(wanted)
+        elif not runs:
             measured.notes.append("no saved run to compare with")
         for source, benches in runs.items():
             saved = benches.get(nodeid)
@@ -209,6 +217,11 @@ class Collector:
                 )
                 if r.baseline != PLAIN_MODEL:
                     write(f"  baseline: {r.baseline}")
+                if r.mode == "lockstep":
+                    write(
+                        f"  ideal in lockstep mode (every row up to its batch's deepest exit): "
+                        f"{r.ideal_speedup_mode:.2f}x"
+                    )
                 for comparison in m.comparisons:
                     flag = "REGRESSED" if comparison.regressed else "ok"
                     write(f"  {flag}: {comparison.line()}")
@@ -224,15 +237,17 @@ class Collector:
 @pytest.fixture
 def control_check(request: pytest.FixtureRequest) -> Callable[..., ControlReport]:
     """``control_check(trace, policy, *, early_accuracy=None, accuracy_drop=None,
-    relative_cost=None, alpha=0.05, strict=False, min_early_exit_rate=0.0)``: fail the test,
-    with the table, when the held-out ``trace`` breaks ``policy``'s promise
-    (`adaptix.testing.control_check.check_control`); returns the `ControlReport`."""
+    relative_cost=None, alpha=0.05, strict=False, min_early_exit_rate=0.0,
+    require_certified=True)``: fail the test, with the table, when the held-out ``trace``
+    breaks ``policy``'s promise (`adaptix.testing.control_check.check_control`); returns the
+    `ControlReport`. Bad arguments fail the test with adaptix's message."""
     from adaptix.testing.control_check import check_control
 
     collector = _collector(request.config)
 
     def check(trace: Any, policy: Any, **options: Any) -> ControlReport:
-        report = check_control(trace, policy, **options)
+        with _input_errors_fail():
+            report = check_control(trace, policy, **options)
         collector.checks.append((request.node.nodeid, report))
         if not report.holds:
             pytest.fail(report.table(), pytrace=False)
@@ -248,18 +263,36 @@ if importlib.util.find_spec("pytest_benchmark") is not None:
         benchmark: Any, request: pytest.FixtureRequest
     ) -> Callable[..., SpeedResult]:
         """``exit_benchmark(model, policy, inputs, *, labels=None, batch_size=64,
-        mode="compact", baseline=None, baseline_flops=None, trace=None, rounds=5,
-        warmup_rounds=1, tolerance=1e-4)``: the runner against the plain model, timed through
-        pytest-benchmark (`adaptix.testing.speed.ExitBenchmark`); returns the `SpeedResult`.
-        Once per test, as pytest-benchmark's fixture."""
+        mode=None, baseline=None, baseline_flops=None, baseline_name=None, trace=None,
+        rounds=5, warmup_rounds=1, passes=None, tolerance=1e-4)``: the runner against the plain
+        model, timed through pytest-benchmark (`adaptix.testing.speed.ExitBenchmark`); returns
+        the `SpeedResult` (``realised_speedup`` is None under ``--benchmark-disable``). Once per
+        test, as pytest-benchmark's fixture. Bad arguments fail the test with adaptix's
+        message."""
         from adaptix.testing.speed import ExitBenchmark
 
         collector = _collector(request.config)
+        calls: list[bool] = []
 
         def measure(model: Any, policy: Any, inputs: Any, **options: Any) -> SpeedResult:
-            result = ExitBenchmark(model, policy, inputs, **options).run(benchmark)
+            if calls:
+                pytest.fail(
+                    "exit_benchmark measures once per test (pytest-benchmark keeps one timing "
+                    "per test): parametrize the test, or split it, to measure more.",
+                    pytrace=False,
+                )
+            calls.append(True)
+            with _input_errors_fail():
+                result = ExitBenchmark(model, policy, inputs, **options).run(benchmark)
             measured = collector.gate(request.node.nodeid, result)
             regressions = [c for c in measured.comparisons if c.regressed]
+            if collector.missing_baseline is not None:
+                pytest.fail(
+                    f"adaptix gate: --benchmark-compare={collector.missing_baseline} matched no "
+                    "saved run, so the gate has nothing to compare with (a pinned baseline that "
+                    "is missing, e.g. a CI cache not restored). Check --benchmark-storage.",
+                    pytrace=False,
+                )
             if regressions:
                 pytest.fail(
                     "adaptix gate: early-exit speed regressed\n"
@@ -282,6 +315,19 @@ else:
             "pip install pytest-benchmark",
             pytrace=False,
         )
+
+
+@contextmanager
+def _input_errors_fail() -> Iterator[None]:
+    """Bad input (adaptix's ValidationError and CalibrationError) fails the test with the
+    message alone: the traceback into adaptix's checks would only hide it. A plugin's own
+    error (PluginError) keeps its traceback."""
+    from adaptix.errors import CalibrationError, ValidationError
+
+    try:
+        yield
+    except (ValidationError, CalibrationError) as err:
+        pytest.fail(f"{type(err).__name__}: {err}", pytrace=False)
 
 
 def _collector(config: pytest.Config) -> Collector:

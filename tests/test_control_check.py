@@ -404,10 +404,21 @@ def test_an_uncertified_policy_that_stopped_exiting_fails_the_floor(
         warnings.simplefilter("ignore", CertificateWarning)
         policy = adaptix.guarantee(small, "confidence", early_accuracy=0.999)
     assert not policy.exits_early
-    assert check_control(test_trace, policy).holds  # nothing left early: nothing broken
+    # nothing left early, so nothing of the promise is broken, but nothing was certified
+    report = check_control(test_trace, policy)
+    assert not report.holds
+    assert report.reason.startswith("broken: the policy's certificate certified nothing")
+    assert report.reason.endswith(
+        "; the promise itself holds (no input left early, so early accuracy ≥ 0.999 cannot be "
+        "broken)"
+    )
+    assert report.policy == "confidence (no early exit) (uncertified)"
+    assert check_control(test_trace, policy, require_certified=False).holds
     report = check_control(test_trace, policy, min_early_exit_rate=0.05)
     assert not report.holds
     assert "below the floor of 5.0%" in report.reason
+    with pytest.raises(ValidationError, match="require_certified to be True or False"):
+        check_control(test_trace, policy, require_certified="yes")  # type: ignore[arg-type]  # the error under test
 
 
 def test_the_floor_says_whether_the_promise_itself_held() -> None:
@@ -416,7 +427,7 @@ def test_the_floor_says_whether_the_promise_itself_held() -> None:
     assert not kept.holds
     assert kept.early_exit_rate == pytest.approx(0.2)
     assert kept.reason.endswith(
-        "; the promise itself holds (holds: the held-out estimate meets early accuracy ≥ 0.8)"
+        "; the promise itself holds (the held-out estimate meets early accuracy ≥ 0.8)"
     )
     met = check_control(trace, CONFIDENCE, early_accuracy=0.8, min_early_exit_rate=0.2)
     assert met.holds

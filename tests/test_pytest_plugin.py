@@ -120,7 +120,7 @@ def test_control(model, policy, held_out, control_check):
     assert report.holds
 """
 
-SPEED_ID = "test_speed.py::test_speed"
+SPEED_ID = "test_project_speed.py::test_speed"
 #: Milliseconds added to every runner call by PLUGIN_TEST_SLOW_MS. A pass of the runner over
 #: 8 batches takes 5 to 25 ms, depending on the machine's load, so this makes it several
 #: times slower: a drop in realised speed-up far beyond the timing noise (the realised speed-up
@@ -152,7 +152,7 @@ def _interpreter_warmed_up() -> None:
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
     """The user's project: the shared conftest, a speed test and a control test."""
     pytester.makeconftest(PROJECT_MODEL + PROJECT_FIXTURES)
-    pytester.makepyfile(test_speed=SPEED_TEST, test_control=CONTROL_TEST)
+    pytester.makepyfile(test_project_speed=SPEED_TEST, test_project_control=CONTROL_TEST)
     return pytester
 
 
@@ -251,7 +251,7 @@ def test_exit_benchmark_records_its_figures_and_summarises_them(
             "test*batch*mode*early*ideal*realised*real/ideal*agree",
             f"{SPEED_ID}*64 compact*x*x*512/512",
             "*adaptix: control checks*",
-            "test_control.py::test_control: passed: pcee 0.9, holds*",
+            "test_project_control.py::test_control: passed: pcee 0.9, holds*",
         ]
     )
 
@@ -305,7 +305,7 @@ def test_a_gate_fails_a_slowed_runner(
         [
             "*adaptix: early-exit speed*",
             f"  REGRESSED: {words} * -> * against {saved.name}: beyond the 10% allowed",
-            f"FAILED {SPEED_ID} - Failed: adaptix gate: early-exit speed*",
+            f"FAILED {SPEED_ID} - Failed: adaptix gate: *",
         ]
     )
 
@@ -355,6 +355,66 @@ def test_gating_without_a_saved_run_passes_and_says_so(run: Run) -> None:
     result.stdout.fnmatch_lines([f"{SPEED_ID}*", "  no saved run to compare with"])
 
 
+@pytest.mark.filterwarnings("ignore:Can't compare:pytest_benchmark.logger.PytestBenchmarkWarning")
+def test_a_pinned_baseline_that_is_missing_fails_the_gate(run: Run) -> None:
+    """A CI cache that was not restored must not switch the gate off in silence."""
+    result = run("--benchmark-compare=0042", "--adaptix-ratio-fail=10%")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "adaptix gate: --benchmark-compare=0042 matched no saved run, so the gate has "
+            "nothing to compare with*",
+            "  --benchmark-compare=0042 matched no saved run",
+        ]
+    )
+
+
+MISUSE_TEST = """
+def test_twice(model, policy, held_out, exit_benchmark):
+    inputs, labels = held_out
+    exit_benchmark(model, policy, inputs, rounds=1, passes=1)
+    exit_benchmark(model, policy, inputs, rounds=1, passes=1)
+
+
+def test_bad_labels(model, policy, held_out, exit_benchmark):
+    inputs, labels = held_out
+    exit_benchmark(model, policy, inputs, labels=labels[:-1])
+
+
+def test_bad_target(policy, held_out, model, control_check):
+    control_check(model.trace(*held_out), policy, early_accuracy=1.5)
+
+
+def test_lockstep(model, policy, held_out, exit_benchmark):
+    exit_benchmark(model, policy, held_out[0], mode="lockstep", rounds=1, passes=1)
+"""
+
+
+def test_misuse_fails_with_adaptix_message_alone(run: Run, project: pytest.Pytester) -> None:
+    project.makepyfile(test_misuse=MISUSE_TEST)
+    result = run("test_misuse.py")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_twice _*",
+            "exit_benchmark measures once per test *parametrize the test, or split it*",
+            "*_ test_bad_labels _*",
+            "ValidationError: expected labels of shape [[]512[]], got (511,).",
+            "*_ test_bad_target _*",
+            "ValidationError: expected early_accuracy in (0, 1], got 1.5.",
+        ]
+    )
+    # the message alone: no traceback into adaptix's checks
+    assert "speed.py" not in result.stdout.str()
+    assert "control_check.py" not in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "test_misuse.py::test_lockstep * lockstep *",
+            "  ideal in lockstep mode (every row up to its batch's deepest exit): *x",
+        ]
+    )
+
+
 def test_a_run_with_another_batch_size_is_not_compared(
     run: Run, storage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -389,11 +449,11 @@ def test_disabled_benchmarks_still_run_but_are_not_timed(run: Run) -> None:
 def test_benchmark_skip_and_only_select_the_tests(run: Run) -> None:
     skipped = run("--benchmark-skip", "-rs")
     skipped.assert_outcomes(passed=1, skipped=1)
-    skipped.stdout.fnmatch_lines(["SKIPPED*test_speed.py*--benchmark-skip*"])
+    skipped.stdout.fnmatch_lines(["SKIPPED*test_project_speed.py*--benchmark-skip*"])
     skipped.stdout.no_fnmatch_line("*adaptix: early-exit speed*")
     only = run("--benchmark-only", "-rs")
     only.assert_outcomes(passed=1, skipped=1)
-    only.stdout.fnmatch_lines(["SKIPPED*test_control.py*--benchmark-only*"])
+    only.stdout.fnmatch_lines(["SKIPPED*test_project_control.py*--benchmark-only*"])
     only.stdout.no_fnmatch_line("*adaptix: control checks*")
 
 
@@ -408,7 +468,7 @@ def test_a_broken_promise_fails_with_the_table(run: Run, project: pytest.Pyteste
             control_check(model.trace(inputs, (labels + 1) % 4), policy)
         """
     )
-    result = run("test_shifted.py", "test_control.py")
+    result = run("test_shifted.py", "test_project_control.py")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -431,7 +491,7 @@ def test_a_broken_promise_fails_with_the_table(run: Run, project: pytest.Pyteste
         [
             "*adaptix: control checks*",
             "test_shifted.py::test_after_a_label_shift: FAILED: pcee 0.9, broken: *",
-            "test_control.py::test_control: passed: pcee 0.9, holds*",
+            "test_project_control.py::test_control: passed: pcee 0.9, holds*",
         ]
     )
 

@@ -536,3 +536,29 @@ def test_trace_refuses_a_batch_size_that_is_not_a_positive_integer(batch: object
     model = MultiExitModel(nn.ModuleList([nn.Linear(3, 3)]), nn.ModuleList([nn.Linear(3, 2)]))
     with pytest.raises(ValidationError, match="integer batch_size >= 1"):
         model.trace(torch.randn(4, 3), None, batch)  # type: ignore[arg-type]
+
+
+class _DictBlock(nn.Module):
+    """A block whose state is a dict (as a transformer's often is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"x": self.linear(state["x"]), "mask": state["mask"]}
+
+
+@pytest.mark.parametrize("feature", ["identity", "flatten", "avgpool"])
+def test_a_feature_function_that_cannot_read_a_dict_state_is_refused(feature: str) -> None:
+    """Measuring feature sizes on dict states was a raw AttributeError ('dict' has no 'dim')."""
+    example = {"x": torch.zeros(2, 4), "mask": torch.ones(2, 4, dtype=torch.bool)}
+    message = "produces features of type dict|failed on the output of block 0 .AttributeError"
+    with pytest.raises(ValidationError, match=message):
+        adaptix.build_model(
+            "sequential",
+            3,
+            source=nn.Sequential(_DictBlock(), _DictBlock()),
+            backbone_params={"feature": feature},
+            example_input=example,
+        )

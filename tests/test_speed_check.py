@@ -598,6 +598,23 @@ def test_a_slow_model_makes_one_pass_a_round(
     assert benchmark.run().passes == 1
 
 
+def test_a_tiny_baseline_against_a_slow_runner_keeps_rounds_short(
+    trained: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 ms baseline would want 64 passes, but 64 passes of a 300 ms runner would make a round
+    last 19 s: the passes stop at what keeps the slower within `MAX_ROUND_SECONDS` (2)."""
+    clock = FakeClock()
+    monkeypatch.setattr("adaptix.testing.speed.time", clock)
+    assert speed.MAX_ROUND_SECONDS == 1.0
+    benchmark = bench(trained, "confidence", rounds=1, warmup_rounds=0)
+    passes = 2
+    baseline = [0.001] + [0.001] * passes * 2
+    runner = [0.3, 0.3] + [0.3] * passes
+    scripted(benchmark, clock, baseline, runner)
+    assert benchmark.run().passes == passes
+    assert baseline == runner == []
+
+
 class FakeBenchmark:
     """pytest-benchmark's ``benchmark`` fixture as `ExitBenchmark` uses it."""
 

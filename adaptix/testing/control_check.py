@@ -32,7 +32,8 @@ level ``alpha`` (default 0.05):
 ``strict=True`` compares the point estimate instead (fails whenever it misses the target): right
 for a fixed trace that is large enough that noise cannot matter, or a gate meant to be tight.
 ``min_early_exit_rate`` also fails a policy that has stopped exiting early, which keeps every
-accuracy promise vacuously.
+accuracy promise vacuously; for the same reason a policy whose certificate certified nothing
+fails unless ``require_certified=False``.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def check_control(
     alpha: float = 0.05,
     strict: bool = False,
     min_early_exit_rate: float = 0.0,
+    require_certified: bool = True,
 ) -> ControlReport:
     """Check ``policy``'s promise on the held-out ``trace`` (see the module docstring).
 
@@ -185,6 +187,9 @@ def check_control(
         alpha: the level at which the held-out data must reject the promise to fail it.
         strict: compare the held-out point estimate instead of testing.
         min_early_exit_rate: also fail when fewer inputs than this share leave early.
+        require_certified: fail a policy whose certificate certified nothing (such a policy
+            sends every input to the last exit, so its accuracy promises hold vacuously while
+            the speed is gone); False accepts it.
 
     Raises:
         ValidationError: not a trace or not a policy, more than one target, no promise to
@@ -200,8 +205,9 @@ def check_control(
     if not strict:
         _unit(alpha, "alpha", open_low=True, open_high=True)
     _unit(min_early_exit_rate, "min_early_exit_rate", open_low=False, open_high=False)
-    if not isinstance(strict, bool):
-        raise ValidationError(f"expected strict to be True or False, got {strict!r}.")
+    for name, flag in (("strict", strict), ("require_certified", require_certified)):
+        if not isinstance(flag, bool):
+            raise ValidationError(f"expected {name} to be True or False, got {flag!r}.")
     if target != "relative_cost" and trace.labels is None:
         raise ValidationError(
             f"expected a labelled trace to check {QUANTITY[target]} {level:g}, got an unlabelled "
@@ -232,18 +238,25 @@ def check_control(
     rate = early / n  # from counts: a sum of float shares can miss a floor met exactly
     reason = _reason(target, level, estimate, bound, pvalue, test_alpha, broken)
     holds = not broken
+    certificate = policy.certificate
     if early < min_early_exit_rate * n:
         holds = False
         reason = (
             f"broken: {rate:.1%} of inputs left early, below the floor of "
             f"{min_early_exit_rate:.1%} (min_early_exit_rate)"
-            + ("" if broken else f"; the promise itself holds ({reason})")
+            + ("" if broken else f"; the promise itself holds ({_detail(reason)})")
+        )
+    elif certificate is not None and not certificate.certified and require_certified:
+        holds = False
+        reason = (
+            "broken: the policy's certificate certified nothing, so every input goes to the "
+            "last exit (pass require_certified=False to accept that)"
+            + ("" if broken else f"; the promise itself holds ({_detail(reason)})")
         )
     last_accuracy = None
     if trace.labels is not None:
         last = trace.logits[:, -1].argmax(dim=-1)
         last_accuracy = float((last == trace.labels).double().mean())
-    certificate = policy.certificate
     return ControlReport(
         policy=describe(policy),
         target=target,
@@ -371,6 +384,11 @@ def _reason(
             f"α = {alpha:g}"
         )
     return f"holds: the held-out estimate meets {promise}"
+
+
+def _detail(reason: str) -> str:
+    """A reason without its leading verdict ("holds: ...")."""
+    return reason.split(": ", 1)[1] if ": " in reason else reason
 
 
 def _unit(value: Any, name: str, *, open_low: bool, open_high: bool) -> float:

@@ -66,6 +66,8 @@ SHOWN_ROWS = 10
 #: least this long, so that one pause of the OS scheduler (4–17 ms seen on a loaded machine)
 #: cannot swing a round's ratio.
 MIN_ROUND_SECONDS = 0.05
+#: ... unless the slower of the two would then take longer than this a round.
+MAX_ROUND_SECONDS = 1.0
 MAX_PASSES = 1024
 #: The default baseline's name.
 PLAIN_MODEL = "the plain model"
@@ -231,7 +233,8 @@ class ExitBenchmark:
         warmup_rounds: untimed rounds first.
         passes: passes over the inputs in every round (default: the power of two that makes a
             round of the faster of baseline and runner last at least `MIN_ROUND_SECONDS`,
-            measured once; 1 for any model slower than that). pytest-benchmark saves the time
+            measured once, as long as the slower stays within `MAX_ROUND_SECONDS`; 1 for any
+            model slower than that). pytest-benchmark saves the time
             of a round, so pin ``passes`` when you compare seconds across runs
             (``--benchmark-compare-fail``); the speed-ups are per pass either way.
         tolerance: the relative logit perturbation under which a differing decision still
@@ -406,6 +409,7 @@ class ExitBenchmark:
                 to its ``extra_info``. None times with `time.perf_counter`.
         """
         agreement, _, ran = self.check()
+        self._baseline_flops_per_input()  # fails before timing when they cannot be counted
         disabled = benchmark is not None and bool(getattr(benchmark, "disabled", False))
         passes = 1 if disabled else self.passes or self._auto_passes()
         baseline_times: list[float] = []
@@ -442,10 +446,13 @@ class ExitBenchmark:
         middle = time.perf_counter()
         self.run_runner()
         shortest = min(middle - start, time.perf_counter() - middle)
+        longest = max(middle - start, time.perf_counter() - middle)
         if shortest >= MIN_ROUND_SECONDS:
             return 1
-        wanted = MIN_ROUND_SECONDS / max(shortest, 1e-9)
-        return min(2 ** math.ceil(math.log2(wanted)), MAX_PASSES)
+        wanted = 2 ** math.ceil(math.log2(MIN_ROUND_SECONDS / max(shortest, 1e-9)))
+        # A tiny baseline against a slow runner must not make the runner's rounds last minutes.
+        affordable = 2 ** max(0, math.floor(math.log2(MAX_ROUND_SECONDS / max(longest, 1e-9))))
+        return max(1, min(wanted, affordable, MAX_PASSES))
 
     def _time_rounds(
         self, benchmark: Any, run_runner: Callable[[], None], before: Callable[[], None]
@@ -588,7 +595,10 @@ def lockstep_mean_cost(costs: Tensor, exit_index: Tensor, batch: int) -> float:
 
 def describe(policy: ExitPolicy) -> str:
     """A policy in words: criterion and threshold (and certification)."""
-    text = f"{policy.name} {policy.threshold:g}"
+    if not policy.exits_early:
+        text = f"{policy.name} (no early exit)"
+    else:
+        text = f"{policy.name} {policy.threshold:g}"
     certificate = policy.certificate
     if certificate is not None:
         text += " (certified)" if certificate.certified else " (uncertified)"
