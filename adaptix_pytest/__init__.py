@@ -145,12 +145,11 @@ class Collector:
             (key, words, self.config.getoption(name, default=None)) for name, key, words in GATES
         ]
         gates = [(key, words, allowed) for key, words, allowed in gates if allowed is not None]
-        compare = bool(self.config.getoption("benchmark_compare", default=None))
-        if not compare:
+        wanted = self.config.getoption("benchmark_compare", default=None)  # True: the latest
+        if not wanted:
             return measured
         info = result.extra_info()
         runs = self.saved_runs()
-        wanted = self.config.getoption("benchmark_compare", default=None)
         if not runs and gates and wanted is not True:
             measured.notes.append(f"--benchmark-compare={wanted} matched no saved run")
             self.missing_baseline = str(wanted)
