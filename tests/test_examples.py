@@ -20,9 +20,18 @@ EXAMPLES = REPO / "examples"
 
 
 def run_example(name: str, *args: str, cwd: Path) -> str:
+    return run_python(str(EXAMPLES / name), *args, cwd=cwd)
+
+
+def run_pytest(*args: str, cwd: Path) -> str:
+    return run_python("-m", "pytest", "-p", "no:cacheprovider", "-q", *args, cwd=cwd)
+
+
+def run_python(*args: str, cwd: Path) -> str:
+    """``python *args`` as a user runs it; its output, after asserting that it succeeded."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
+        [sys.executable, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -30,7 +39,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
 
@@ -63,21 +72,6 @@ def test_user_test_suite(tmp_path: Path) -> None:
     )
     assert "1 passed" in second
     assert "ok: realised/ideal" in second  # compared with the saved run, within the gate
-
-
-def run_pytest(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, f"pytest {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def test_custom_criterion(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ runs, gates and the end-of-session summary."""
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,23 +14,22 @@ import pytest
 
 pytest_plugins = ("pytester",)
 
-# The user's model, policy and held-out data. Also run once in this interpreter (see
-# _interpreter_warmed_up), so it is plain code, without pytest fixtures. The layers are wide
-# enough that a pass of the plain model takes milliseconds: with a narrower model the pass is
-# shorter than the time slices of a loaded machine, and the realised speed-up swings tenfold.
-PROJECT_MODEL = """
+# The user's model, policy and held-out data: an MLP on Gaussian clusters, as code for a
+# conftest.py (string.Template: $width, $depth, $spread, $lr, $calibration). Also run once in
+# this interpreter (see _interpreter_warmed_up), so it is plain code, without pytest fixtures.
+MODEL_TEMPLATE = string.Template("""
 import torch
 from torch import nn
 
 import adaptix
 
 torch.set_num_threads(1)
-CLASSES, FEATURES, WIDTH = 4, 8, 256
+CLASSES, FEATURES, WIDTH, DEPTH = 4, 8, $width, $depth
 
 
 def clusters(n, seed):
-    \"\"\"Gaussian clusters, noisy enough that some rows need the last exit.\"\"\"
-    centres = torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(0)) * 1.5
+    \"\"\"Gaussian clusters, $spread apart.\"\"\"
+    centres = torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(0)) * $spread
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(CLASSES, (n,), generator=generator)
     return centres[labels] + torch.randn(n, FEATURES, generator=generator), labels
@@ -41,18 +41,22 @@ def build_family():
     x, y = clusters(512, seed=1)
     source = nn.Sequential(
         nn.Sequential(nn.Linear(FEATURES, WIDTH), nn.ReLU()),
-        *(nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(3)),
+        *(nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(DEPTH - 1)),
     )
     model = adaptix.build_model(
         "sequential", num_classes=CLASSES, source=source, head="linear", example_input=x[:2]
     )
     adaptix.train_exits(
-        model, (x, y), mode="joint", epochs=3, lr=1e-2, batch_size=64, progress=False
+        model, (x, y), mode="joint", epochs=3, lr=$lr, batch_size=64, progress=False
     )
     model.eval()
-    calibration = adaptix.calibrate(model.trace(*clusters(512, seed=2)))
+    calibration = adaptix.calibrate(model.trace(*clusters($calibration, seed=2)))
     return model, adaptix.policy("pcee", 0.9, calibration), clusters(512, seed=3)
-"""
+""")
+# The project's model: noisy enough that some rows need the last exit, and wide enough that a
+# pass of the plain model takes milliseconds (with a narrower model the pass is shorter than the
+# time slices of a loaded machine, and the realised speed-up swings tenfold).
+PROJECT_MODEL = MODEL_TEMPLATE.substitute(width=256, depth=4, spread=1.5, lr=1e-2, calibration=512)
 
 # The project's fixtures. Environment variables (read when the fixtures run, so an in-process
 # run sees the test's monkeypatched values) vary the project between runs of the same test ids:
@@ -554,42 +558,7 @@ README_SECTION = "### Guarding your early-exit model in CI: the pytest plugin"
 
 # The README's user: a deep MLP on well-separated clusters, where most rows leave at the first
 # exit and exiting pays on CPU (realised 1.9x here), as the README's test asserts.
-README_MODEL = """
-import torch
-from torch import nn
-
-import adaptix
-
-torch.set_num_threads(1)
-CLASSES, FEATURES, WIDTH, DEPTH = 4, 8, 512, 8
-
-
-def clusters(n, seed):
-    \"\"\"Well-separated Gaussian clusters: most rows can leave at the first exit.\"\"\"
-    centres = torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(0)) * 2
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(CLASSES, (n,), generator=generator)
-    return centres[labels] + torch.randn(n, FEATURES, generator=generator), labels
-
-
-def build_family():
-    \"\"\"(model, pcee 0.9 policy, held-out (inputs, labels)): a deep MLP where exiting pays.\"\"\"
-    torch.manual_seed(0)
-    x, y = clusters(512, seed=1)
-    source = nn.Sequential(
-        nn.Sequential(nn.Linear(FEATURES, WIDTH), nn.ReLU()),
-        *(nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(DEPTH - 1)),
-    )
-    model = adaptix.build_model(
-        "sequential", num_classes=CLASSES, source=source, head="linear", example_input=x[:2]
-    )
-    adaptix.train_exits(
-        model, (x, y), mode="joint", epochs=3, lr=1e-3, batch_size=64, progress=False
-    )
-    model.eval()
-    calibration = adaptix.calibrate(model.trace(*clusters(1024, seed=2)))
-    return model, adaptix.policy("pcee", 0.9, calibration), clusters(512, seed=3)
-"""
+README_MODEL = MODEL_TEMPLATE.substitute(width=512, depth=8, spread=2, lr=1e-3, calibration=1024)
 
 # What a user supplies around the README's test: their own fixtures, by the names it uses.
 README_FIXTURES = """
