@@ -562,3 +562,19 @@ def test_a_feature_function_that_cannot_read_a_dict_state_is_refused(feature: st
             backbone_params={"feature": feature},
             example_input=example,
         )
+
+
+def test_a_token_mask_under_another_key_is_refused_by_the_mean() -> None:
+    """feature='mean' reads the mask at 'attention_mask'; one under 'mask' was silently ignored
+    and the padding averaged in."""
+    from adaptix.features import TokenPool
+
+    hidden = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    pool = TokenPool("mean")
+    with pytest.raises(ValidationError, match="under 'mask'"):
+        pool({"hidden": hidden, "mask": mask})
+    masked = pool({"hidden": hidden, "attention_mask": mask})
+    assert torch.allclose(masked[0], hidden[0, :2].mean(dim=0))
+    assert torch.allclose(pool({"hidden": hidden}), hidden.mean(dim=1))  # no mask: plain mean
+    assert torch.equal(TokenPool("cls")({"hidden": hidden, "mask": mask}), hidden[:, 0])
