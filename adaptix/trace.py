@@ -12,6 +12,7 @@ import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,6 +80,17 @@ class Trace:
             f"Trace(N={self.num_inputs}, E={self.num_exits}, C={self.num_classes}, {labelled}, "
             f"costs={[round(float(c), 4) for c in self.costs]})"
         )
+
+    def row_digests(self) -> Tensor:
+        """int64 ``[N]``: a 64-bit fingerprint of each row (its logits at every exit, compared
+        as float64 values, and its label), the same on any device and for any float dtype.
+
+        Two traces share a row when they share its digest: this is how adaptix sees that a
+        calibration was counted on the rows being certified (`adaptix.guarantee`), or that a
+        study was given one trace twice. Distinct rows collide with probability about 2⁻⁶⁴
+        per pair.
+        """
+        return row_digests(self.logits, self.labels)
 
     def subset(self, index: Tensor | slice) -> Trace:
         """The trace of a subset of inputs.
@@ -181,6 +193,37 @@ class Trace:
             "The file is corrupt: re-create it with Trace.save.",
         )
         return cls(payload["logits"], payload["labels"], payload["costs"], payload.get("meta"))
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    values = values ^ (values >> np.uint64(30))
+    values = values * np.uint64(0xBF58476D1CE4E5B9)
+    values = values ^ (values >> np.uint64(27))
+    values = values * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def row_digests(logits: Tensor, labels: Tensor | None) -> Tensor:
+    """The digests of `Trace.row_digests` for logits ``[N, ...]`` and labels ``[N]`` (or None).
+
+    Each value (as float64, with -0.0 read as 0.0) is mixed with its position and the mixes are
+    summed, so a row's digest does not depend on how the rows are batched or ordered.
+    """
+    n = int(logits.shape[0])
+    values = (logits.detach().reshape(n, -1).double().cpu() + 0.0).numpy()
+    bits = values.view(np.uint64)
+    position = np.arange(bits.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        digests = _mix(bits ^ position).sum(axis=1, dtype=np.uint64)
+        label = np.full(n, -1, dtype=np.int64) if labels is None else labels.cpu().numpy()
+        digests = _mix(digests ^ _mix(label.astype(np.int64).view(np.uint64) + np.uint64(1)))
+    return torch.from_numpy(digests.view(np.int64).copy())
+
+
+def shared_rows(first: Tensor, second: Tensor) -> Tensor:
+    """bool ``[len(first)]``: which digests of ``first`` also occur in ``second``."""
+    return torch.from_numpy(np.isin(first.cpu().numpy(), second.cpu().numpy()))
 
 
 def _check_logits(logits: object) -> Tensor:
