@@ -56,11 +56,17 @@ from adaptix.bounds import (
 from adaptix.errors import ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy
+from adaptix.simulate import default_grid
 from adaptix.statistics import ThresholdCounts, count_thresholds
 from adaptix.trace import Trace
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
+
+#: Candidate thresholds of certification's default grid (the criterion's
+#: ``default_thresholds(CANDIDATES)``), the same on every path: `guarantee`, `budget`, `Certifier`
+#: and counts reduced on workers for `Certifier.from_counts`.
+CANDIDATES = 200
 
 Target = Literal["early_accuracy", "accuracy_drop", "relative_cost"]
 Method = Literal["binomial", "hoeffding_bentkus"]
@@ -193,7 +199,7 @@ class Certifier:
         trace: a labelled trace of calibration data.
         criterion: any registered criterion, built-in or third-party.
         calibration: for criteria that read one.
-        thresholds: candidate thresholds (default: the criterion's `default_thresholds(200)`).
+        thresholds: candidate thresholds (default: `default_thresholds(CANDIDATES)`, 200).
         plugins: the plugin manager to resolve ``criterion`` with.
         **params: the criterion's own parameters.
 
@@ -401,7 +407,7 @@ def guarantee(
         alpha: the error level, in (0, 1).
         calibration: for criteria that read one (``pcee``, ``pcee_ws``, ``pcee_lcb``), built on
             data disjoint from ``trace``: the test then holds conditionally on it.
-        thresholds: candidate thresholds (default: the criterion's `default_thresholds(200)`).
+        thresholds: candidate thresholds (default: `default_thresholds(CANDIDATES)`, 200).
         method: ``"binomial"`` (exact binomial tail) or ``"hoeffding_bentkus"``.
         plugins: the plugin manager to resolve ``criterion`` with.
         **params: the criterion's own parameters.
@@ -456,7 +462,7 @@ def budget(
         relative_cost: the budget, in (0, 1]: mean cost / cost of the last exit.
         alpha: the error level, in (0, 1).
         calibration: for criteria that read one.
-        thresholds: candidate thresholds (default: the criterion's `default_thresholds(200)`).
+        thresholds: candidate thresholds (default: `default_thresholds(CANDIDATES)`, 200).
         plugins: the plugin manager to resolve ``criterion`` with.
         **params: the criterion's own parameters.
 
@@ -499,8 +505,9 @@ def _candidates(
         )
     if not isinstance(criterion, str):
         raise ValidationError(f"expected a criterion name (str), got {criterion!r}.")
-    component = manager.criteria.get(criterion)
-    values = component.default_thresholds(200) if thresholds is None else _as_list(thresholds)
+    values = (
+        default_grid(criterion, manager, CANDIDATES) if thresholds is None else _as_list(thresholds)
+    )
     if not values:
         raise ValidationError("expected at least one candidate threshold, got none.")
     return values

@@ -341,10 +341,18 @@ def _grid(chosen: object, what: str) -> list[Any] | None:
     return values
 
 
-def _default_grid(name: str, manager: AdaptixPluginManager) -> list[Any]:
-    """The criterion's own grid, for a sweep that gives none."""
+#: Points of a sweep's default grid (`ExitCriterion.default_thresholds`).
+SWEEP_GRID_SIZE = 50
+
+
+def default_grid(
+    name: str, manager: AdaptixPluginManager, size: int = SWEEP_GRID_SIZE
+) -> list[Any]:
+    """The criterion's own grid of ``size`` thresholds, for a computation that gives none:
+    `SWEEP_GRID_SIZE` for sweeps, `adaptix.guarantee.CANDIDATES` for certification, on every
+    path (single process or distributed)."""
     entry = manager.criteria.entry(name)
-    grid = call_plugin(entry, "default_thresholds", entry.component.default_thresholds)
+    grid = call_plugin(entry, "default_thresholds", entry.component.default_thresholds, size)
     fix = f"criterion '{name}' from plugin '{entry.plugin}' gives no usable default thresholds"
     try:
         values = _grid(grid, f"{entry.component.__qualname__}.default_thresholds()")

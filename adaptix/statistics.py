@@ -31,8 +31,8 @@ from adaptix.simulate import (
     FrontierPoint,
     _check_inputs,
     _check_trace,
-    _default_grid,
     _grid,
+    default_grid,
     exit_indices,
 )
 from adaptix.trace import Trace
@@ -275,7 +275,7 @@ def count_thresholds(
     manager = resolve_manager(plugins)
     grid = _grid(thresholds, "thresholds")
     if grid is None:
-        grid = _default_grid(criterion, manager)
+        grid = default_grid(criterion, manager)
     base = policy(criterion, grid[0], calibration, plugins=manager, **params)
     validated = [base.with_threshold(t).threshold for t in grid]
     return count_exits(trace, base, validated, exit_indices(trace, base, validated))
