@@ -9,6 +9,7 @@ mismatched file is always an error.
 
 from __future__ import annotations
 
+import base64
 import json
 import operator
 import os
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,7 +34,9 @@ if TYPE_CHECKING:
 _FORMAT = "adaptix.calibration"
 # Version 2 records the bin edges ("edges": null for equal-width bins, which keeps the files of
 # the default calibrator small); version 1 files, from before edges existed, load as equal-width.
-_VERSION = 2
+# Version 3 records the fingerprints of the rows counted ("rows": base64 of little-endian int64
+# digests, sorted; null when unknown); version 2 and 1 files load with rows unknown.
+_VERSION = 3
 _KEYS_V1 = (
     "method",
     "num_exits",
@@ -43,7 +47,7 @@ _KEYS_V1 = (
     "confidence_sum",
     "meta",
 )
-_KEYS = {1: _KEYS_V1, 2: (*_KEYS_V1, "edges")}
+_KEYS = {1: _KEYS_V1, 2: (*_KEYS_V1, "edges"), 3: (*_KEYS_V1, "edges", "rows")}
 # Float64 sums of float32 confidences in [0, 1] may exceed n[e, m] by rounding: allow this much
 # per counted input (far above the rounding of any realistic sum, far below one confidence).
 _SUM_TOLERANCE = 1e-6
@@ -76,6 +80,11 @@ class Calibration:
             mean too (see `equal_width`).
         method: the calibrator that produced the tables.
         meta: string metadata (model, split, ...): keys and values must be strings.
+        rows: the fingerprints (`Trace.row_digests`) of the rows counted, as a 1-D integer
+            tensor (stored sorted and unique), or None when unknown. `count_bins` (and so every
+            built-in calibrator and `adaptix.calibrate`) records them; sums of calibrations
+            record the union, or None if a part is unknown. `adaptix.guarantee` reads them to
+            refuse certifying a criterion on the rows its calibration was counted on.
 
     Raises:
         CalibrationError: if the tables are inconsistent (see `_validate`).
@@ -90,6 +99,7 @@ class Calibration:
         "meta",
         "method",
         "num_classes",
+        "rows",
     )
 
     def __init__(
@@ -102,7 +112,9 @@ class Calibration:
         edges: Tensor | None = None,
         method: str = "reliability",
         meta: Mapping[str, str] | None = None,
+        rows: Tensor | None = None,
     ) -> None:
+        self.rows = None if rows is None else _check_rows(rows)
         self.counts = _as_table(counts, "counts")
         self.correct = _as_table(correct, "correct")
         self.confidence_sum = (
@@ -329,6 +341,11 @@ class Calibration:
             edges=self.edges,
             method=self.method,
             meta={key: value for key, value in self.meta.items() if other.meta.get(key) == value},
+            rows=(
+                None
+                if self.rows is None or other.rows is None
+                else torch.cat([self.rows, other.rows])
+            ),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -357,6 +374,7 @@ class Calibration:
             "edges": None if self.equal_width else self.edges.tolist(),
             # Checked again: the dict can have been edited since the constructor checked it.
             "meta": check_meta(self.meta, "Calibration", CalibrationError),
+            "rows": None if self.rows is None else _encode_rows(self.rows),
         }
 
     @property
@@ -430,7 +448,7 @@ class Calibration:
         keys = _KEYS.get(version) if type(version) is int else None
         if keys is None:
             raise CalibrationError(
-                f"expected calibration format version {_VERSION} (or 1), got {version!r} in "
+                f"expected calibration format version {_VERSION} (or 2 or 1), got {version!r} in "
                 f"{source}. Re-create it with this adaptix."
             )
         missing = [key for key in (*keys, "sha256") if key not in document]
@@ -456,6 +474,7 @@ class Calibration:
             ),
             method=payload["method"],
             meta=payload["meta"],
+            rows=None if payload.get("rows") is None else _decode_rows(payload["rows"], source),
         )
         declared = (payload["num_exits"], payload["bins"])
         # JSON true is a Python bool, which equals 1: only a JSON integer declares a size.
@@ -499,6 +518,36 @@ def _read_json(source: Path) -> Any:
             f"({type(err).__name__}: {str(err)[:200]}). The file is corrupt: re-create it with "
             "Calibration.save."
         ) from err
+
+
+def _check_rows(rows: object) -> Tensor:
+    """Row fingerprints as a sorted, unique int64 CPU tensor."""
+    if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.int64:
+        got = f"{rows.dtype} {list(rows.shape)}" if isinstance(rows, Tensor) else repr(rows)
+        raise CalibrationError(
+            f"expected rows as a 1-D int64 tensor of row fingerprints (Trace.row_digests), got "
+            f"{reprlib.repr(got)}."
+        )
+    return torch.unique(rows.detach().cpu())
+
+
+def _encode_rows(rows: Tensor) -> str:
+    return base64.b64encode(rows.numpy().astype("<i8").tobytes()).decode("ascii")
+
+
+def _decode_rows(value: object, source: str | Path) -> Tensor:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"a {type(value).__name__}, not a string")
+        data = base64.b64decode(value.encode("ascii"), validate=True)
+        if len(data) % 8:
+            raise ValueError(f"{len(data)} bytes, not a whole number of 64-bit digests")
+    except ValueError as err:
+        raise CalibrationError(
+            f"calibration file {source} has malformed 'rows' ({err}): corrupt. Re-create it "
+            "with Calibration.save."
+        ) from err
+    return torch.from_numpy(np.frombuffer(data, dtype="<i8").astype(np.int64))
 
 
 def _json_table(value: object, name: str, source: str | Path, *, whole: bool) -> Tensor:
@@ -748,6 +797,7 @@ def count_bins(
         edges=binning.edges,
         method=method,
         meta=trace.meta,
+        rows=trace.row_digests(),
     )
 
 

@@ -13,10 +13,11 @@ How the test works, for a target ``early_accuracy=δ``:
    k(λ) of them predicted right give the exact binomial p-value P(Bin(m, δ) ≥ k): valid for the
    hypothesis A(λ) < δ, conditionally on m (given m, the early inputs are m independent draws
    from the distribution of inputs that leave early, each right with probability A(λ)).
-3. Thresholds where so few inputs leave that even m right answers out of m could not reject at
-   level α (δ^m > α) have no power and would stop the sequence at once; the sequence starts at
-   the first threshold with enough early inputs. That start depends on the confidences of the
-   calibration inputs, never on their labels.
+3. Thresholds where so few inputs leave that the method's own test could not reject even with
+   every early input right have no power and would stop the sequence at once; the sequence
+   starts at the first threshold where that best case rejects (binomial: δ^m ≤ α;
+   Hoeffding–Bentkus, which pays for its generality, needs more early inputs). The start is
+   per method and reads m only, never the labels, so the sequence stays valid.
 4. Fixed-sequence testing rejects in order and stops at the first p-value above α, which keeps
    the family-wise error ≤ α; the loosest rejected threshold is the cheapest certified one.
 
@@ -37,14 +38,13 @@ users have. Relative cost is not Bernoulli: `budget` uses Hoeffding–Bentkus.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
 
+from adaptix import scalars
 from adaptix.bounds import (
     binomial_pvalue_at_least,
     binomial_pvalue_at_most,
@@ -53,12 +53,21 @@ from adaptix.bounds import (
     fixed_sequence,
     hoeffding_bentkus_pvalue,
 )
+from adaptix.certificate import (
+    METHODS,
+    Certificate,
+    CertificateWarning,
+    Method,
+    Target,
+    hoeffding_bentkus_upper,
+    rows_digest,
+)
 from adaptix.errors import ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy
 from adaptix.simulate import default_grid
 from adaptix.statistics import ThresholdCounts, count_thresholds
-from adaptix.trace import Trace
+from adaptix.trace import Trace, shared_rows
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
@@ -67,117 +76,6 @@ if TYPE_CHECKING:
 #: ``default_thresholds(CANDIDATES)``), the same on every path: `guarantee`, `budget`, `Certifier`
 #: and counts reduced on workers for `Certifier.from_counts`.
 CANDIDATES = 200
-
-Target = Literal["early_accuracy", "accuracy_drop", "relative_cost"]
-Method = Literal["binomial", "hoeffding_bentkus"]
-METHODS: tuple[Method, ...] = ("binomial", "hoeffding_bentkus")
-
-
-class CertificateWarning(UserWarning):
-    """`guarantee` or `budget` could not certify the target with the data given."""
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """What a certified policy promises, and the evidence for it.
-
-    Attributes:
-        target: ``"early_accuracy"`` (A(π) ≥ level), ``"accuracy_drop"`` (accuracy of the final
-            exit − accuracy of π ≤ level) or ``"relative_cost"`` (mean relative cost ≤ level).
-        level: δ, ε or the budget.
-        alpha: the probability, over the draw of the calibration inputs, that the statement
-            fails (exchangeable calibration and deployment data assumed).
-        n: how many labelled calibration inputs the test used.
-        method: the p-value (``"binomial"`` or ``"hoeffding_bentkus"``).
-        certified: False when no threshold passed the test; the policy then sends every input to
-            the last exit (targets on accuracy) or is the cheapest one, uncertified (budget).
-        threshold: the chosen threshold (None when nothing was certified).
-        estimate: the target quantity at the chosen threshold on the calibration inputs.
-        bound: a one-sided (1 − α) confidence bound of that quantity at the chosen threshold
-            (lower for early accuracy, upper for drop and cost): Clopper–Pearson for binomial
-            counts, Hoeffding–Bentkus for cost. Informative; the statement is the LTT one.
-        early_exit_rate: share of calibration inputs that leave early at the chosen threshold.
-        tested: how many thresholds were tested before the sequence stopped.
-    """
-
-    target: Target
-    level: float
-    alpha: float
-    n: int
-    method: Method
-    certified: bool
-    threshold: float | None
-    estimate: float | None
-    bound: float | None
-    early_exit_rate: float
-    tested: int
-
-    def statement(self) -> str:
-        """The certified statement in one sentence (or why there is none)."""
-        quantity = {
-            "early_accuracy": f"early accuracy ≥ {self.level:g}",
-            "accuracy_drop": f"accuracy drop against the final exit ≤ {self.level:g}",
-            "relative_cost": f"mean relative cost ≤ {self.level:g}",
-        }[self.target]
-        if not self.certified:
-            fallback = (
-                "the cheapest threshold is returned, uncertified"
-                if self.target == "relative_cost"
-                else "every input goes to the last exit"
-            )
-            return (
-                f"nothing certified: no threshold shows {quantity} at α = {self.alpha:g} on "
-                f"{self.n} calibration inputs; {fallback}."
-            )
-        return (
-            f"with probability ≥ {1 - self.alpha:g} over the {self.n} calibration inputs, "
-            f"{quantity} at threshold {self.threshold:g} (calibration estimate "
-            f"{_fmt(self.estimate)}, one-sided bound {_fmt(self.bound)}; {self.method} test)."
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Certificate:
-        """The inverse of `to_dict`.
-
-        Raises:
-            ValidationError: fields missing, unknown or of the wrong type.
-        """
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValidationError(
-                f"expected a certificate with fields {sorted(names)}, got {got}. Save policies "
-                "with ExitPolicy.save."
-            )
-        try:
-            certificate = cls(**data)
-            certificate._check()
-        except (TypeError, ValueError) as err:
-            raise ValidationError(f"malformed certificate {data!r}: {err}") from err
-        return certificate
-
-    def _check(self) -> None:
-        if self.target not in ("early_accuracy", "accuracy_drop", "relative_cost"):
-            raise ValueError(f"unknown target {self.target!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}")
-        for name in ("level", "alpha", "early_exit_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not isinstance(self.certified, bool) or not isinstance(self.n, int):
-            raise ValueError("certified must be a bool and n an int")
-        if self.certified and self.threshold is None:
-            raise ValueError("a certified certificate needs its threshold")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
 
 # ------------------------------------------------------------------------------- the entry points
 
@@ -195,16 +93,28 @@ class Certifier:
     (`adaptix.statistics.ThresholdCounts`), so shards counted on separate workers and added
     give, through `from_counts`, the same certifier as the whole trace.
 
+    **Data reuse.** A calibration records the fingerprints of the rows it was counted on
+    (`Calibration.rows`). Certifying a criterion that reads it on those same rows would test the
+    calibration on its own data, which voids the statement (the bins' accuracies are then
+    optimistic for exactly these rows). So, for a criterion that reads its calibration:
+
+    - every certification row also a calibration row: `ValidationError`;
+    - some: those rows are left out, with a `CertificateWarning` saying how many; the statement
+      rests on the others (``Certificate.n`` counts them);
+    - a calibration without recorded rows (counted by hand, or loaded from a file of an older
+      version) cannot be checked: the caller vouches for disjointness.
+
     Args:
         trace: a labelled trace of calibration data.
         criterion: any registered criterion, built-in or third-party.
-        calibration: for criteria that read one.
+        calibration: for criteria that read one, counted on rows disjoint from ``trace``.
         thresholds: candidate thresholds (default: `default_thresholds(CANDIDATES)`, 200).
         plugins: the plugin manager to resolve ``criterion`` with.
         **params: the criterion's own parameters.
 
     Raises:
-        ValidationError: an unlabelled or empty trace, fewer than 2 exits, bad thresholds.
+        ValidationError: an unlabelled or empty trace, fewer than 2 exits, bad thresholds, or a
+            trace whose every row the calibration was counted on.
         PluginError, CalibrationError: as for `adaptix.policy`.
     """
 
@@ -220,8 +130,11 @@ class Certifier:
     ) -> None:
         manager = resolve_manager(plugins)
         values = _candidates(trace, criterion, thresholds, manager)
+        if manager.criteria.get(criterion).needs_calibration:
+            trace = _disjoint_from(trace, calibration)
         counts = count_thresholds(trace, criterion, values, calibration, plugins=manager, **params)
         self._fill(counts, calibration, manager)
+        self._rows: str | None = rows_digest(trace.row_digests())
 
     @classmethod
     def from_counts(
@@ -233,7 +146,10 @@ class Certifier:
     ) -> Certifier:
         """The certifier of the inputs ``counts`` counted, e.g. shards counted on many workers
         and added (`adaptix.statistics.count_thresholds`): the same as a `Certifier` of the
-        whole trace with the same thresholds, which goes through its counts too.
+        whole trace with the same thresholds, which goes through its counts too. (Count with
+        the default grid ``default_grid(criterion, manager, CANDIDATES)`` to match `guarantee`
+        called without thresholds.) Counts carry no row fingerprints: the caller vouches that
+        the calibration was not counted on these inputs, and the certificate's ``rows`` is None.
 
         Args:
             counts: labelled counts of the calibration inputs at the candidate thresholds.
@@ -247,6 +163,7 @@ class Certifier:
         """
         certifier = cls.__new__(cls)
         certifier._fill(counts, calibration, resolve_manager(plugins))
+        certifier._rows = None
         return certifier
 
     def _fill(
@@ -291,16 +208,14 @@ class Certifier:
         self, delta: float, *, alpha: float = 0.05, method: Method = "binomial"
     ) -> ExitPolicy:
         """The cheapest threshold with P(early accuracy ≥ δ) ≥ 1 − α (see `guarantee`)."""
-        level = _unit(delta, "early_accuracy", open_low=True, open_high=True)
-        alpha, method = _alpha(alpha), _method(method)
+        level = scalars.unit(delta, "early_accuracy")
+        alpha = scalars.unit(alpha, "alpha")
+        method = _method(method)
         m, k = self._early, self._early_correct
-        if method == "binomial":
-            pvalues = binomial_pvalue_at_least(k, m, level)
-        else:
-            # L = 1{early}·(1{wrong} − (1 − δ)) + (1 − δ) ∈ [0, 1]; A < δ ⟺ E[L] > 1 − δ.
-            mean = ((m - k) - (1 - level) * m) / self.n + (1 - level)
-            pvalues = hoeffding_bentkus_pvalue(mean, self.n, 1 - level)
-        start = _first_with_power(m, level, alpha)
+        pvalues = _early_accuracy_pvalues(k, m, self.n, level, method)
+        # The sequence starts where the method's own test could reject with every early input
+        # right: a label-free rule (it reads m only), so the fixed sequence stays valid.
+        start = _first_below(_early_accuracy_pvalues(m, m, self.n, level, method), alpha)
         estimates = np.where(m > 0, k / np.maximum(m, 1), np.nan)
         bounds = clopper_pearson_lower(k, m, alpha)
         return self._choose("early_accuracy", level, alpha, method, pvalues, start, estimates,
@@ -310,43 +225,88 @@ class Certifier:
         self, epsilon: float, *, alpha: float = 0.05, method: Method = "binomial"
     ) -> ExitPolicy:
         """The cheapest threshold with P(accuracy drop ≤ ε) ≥ 1 − α (see `guarantee`)."""
-        level = _unit(epsilon, "accuracy_drop", open_low=False, open_high=True)
-        alpha, method = _alpha(alpha), _method(method)
-        if method == "binomial":
-            pvalues = binomial_pvalue_at_most(self._lost, self.n, level)
-        else:
-            pvalues = hoeffding_bentkus_pvalue(self._lost / self.n, self.n, level)
+        level = scalars.unit(epsilon, "accuracy_drop", open_low=False)
+        alpha = scalars.unit(alpha, "alpha")
+        method = _method(method)
+        pvalues = _accuracy_drop_pvalues(self._lost, self.n, level, method)
+        # Label-free start, as for early accuracy: with no input lost (the best outcome), could
+        # the method reject? If not at the strictest threshold, it cannot anywhere.
+        best = _accuracy_drop_pvalues(np.zeros_like(self._lost), self.n, level, method)
+        start = _first_below(best, alpha)
         bounds = clopper_pearson_upper(self._lost, self.n, alpha)
-        return self._choose("accuracy_drop", level, alpha, method, pvalues, 0, self._drop, bounds)
+        return self._choose("accuracy_drop", level, alpha, method, pvalues, start, self._drop,
+                            bounds)  # fmt: skip
 
     def budget(self, relative_cost: float, *, alpha: float = 0.05) -> ExitPolicy:
         """The most accurate threshold with P(mean relative cost ≤ budget) ≥ 1 − α (`budget`)."""
-        level = _unit(relative_cost, "relative_cost", open_low=True, open_high=False)
-        alpha = _alpha(alpha)
+        level = scalars.unit(relative_cost, "relative_cost", open_high=False)
+        alpha = scalars.unit(alpha, "alpha")
         cheapest_first = np.arange(len(self.thresholds))[::-1]
         cost = self._cost[cheapest_first]
         pvalues = hoeffding_bentkus_pvalue(cost, self.n, level)
         passed = fixed_sequence(pvalues, alpha)
         if passed == 0:
             index = int(cheapest_first[0])
-            certificate = Certificate(
-                "relative_cost", level, alpha, self.n, "hoeffding_bentkus", False, None,
-                float(self._cost[index]), None, self._rate(index), 1,
+            policy = self.base.with_threshold(self.thresholds[index])
+            certificate = self._certificate(
+                policy, index, "relative_cost", level, alpha, "hoeffding_bentkus",
+                certified=False, estimate=float(self._cost[index]), bound=None, tested=1,
             )  # fmt: skip
             _warn(certificate)
-            return self.base.with_threshold(self.thresholds[index]).certified(certificate)
+            return policy.certified(certificate)
         # Most accurate among the certified; on ties, the cheaper (earlier in the sequence).
         index = int(cheapest_first[int(np.argmax(self._accuracy[cheapest_first][:passed]))])
-        certificate = Certificate(
-            "relative_cost", level, alpha, self.n, "hoeffding_bentkus", True,
-            float(self.thresholds[index]), float(self._cost[index]),
-            _hb_upper(float(self._cost[index]), self.n, alpha), self._rate(index),
-            min(passed + 1, len(self.thresholds)),
+        policy = self.base.with_threshold(self.thresholds[index])
+        mean = float(self._cost[index])
+        certificate = self._certificate(
+            policy, index, "relative_cost", level, alpha, "hoeffding_bentkus", certified=True,
+            estimate=mean, bound=hoeffding_bentkus_upper(mean, self.n, alpha),
+            tested=min(passed + 1, len(self.thresholds)),
         )  # fmt: skip
-        return self.base.with_threshold(self.thresholds[index]).certified(certificate)
+        return policy.certified(certificate)
 
-    def _rate(self, index: int) -> float:
-        return float(self._early[index]) / self.n
+    def _certificate(
+        self,
+        policy: ExitPolicy,
+        index: int | None,
+        target: Target,
+        level: float,
+        alpha: float,
+        method: Method,
+        *,
+        certified: bool,
+        estimate: float | None,
+        bound: float | None,
+        tested: int,
+    ) -> Certificate:
+        """The certificate of ``policy`` (candidate ``index``, or None when every input goes to
+        the last exit), bound to it and carrying the counts at that threshold."""
+        calibration = policy.calibration
+        early, early_correct, lost = (
+            (0, 0, 0)
+            if index is None
+            else (int(self._early[index]), int(self._early_correct[index]), int(self._lost[index]))
+        )
+        return Certificate(
+            target=target,
+            level=level,
+            alpha=alpha,
+            n=self.n,
+            method=method,
+            certified=certified,
+            threshold=None if index is None else policy.threshold,
+            estimate=estimate,
+            bound=bound,
+            early_exit_rate=early / self.n,
+            tested=tested,
+            criterion=policy.name,
+            params=policy.criterion.params.model_dump(mode="json"),
+            calibration=None if calibration is None else calibration.checksum,
+            early=early,
+            early_correct=early_correct,
+            lost=lost,
+            rows=self._rows,
+        )
 
     def _choose(
         self,
@@ -363,18 +323,68 @@ class Certifier:
         passed = fixed_sequence(pvalues, alpha, start)
         tested = min(passed + 1, len(self.thresholds) - start)
         if passed == 0:
-            certificate = Certificate(
-                target, level, alpha, self.n, method, False, None, None, None, 0.0, tested
-            )
-            _warn(certificate)
             never = self.base.with_threshold(self.thresholds[0])
+            certificate = self._certificate(
+                never, None, target, level, alpha, method, certified=False, estimate=None,
+                bound=None, tested=tested,
+            )  # fmt: skip
+            _warn(certificate)
             return never.certified(certificate, exits_early=False)
         index = start + passed - 1
-        certificate = Certificate(
-            target, level, alpha, self.n, method, True, float(self.thresholds[index]),
-            _number(estimates[index]), _number(bounds[index]), self._rate(index), tested,
+        policy = self.base.with_threshold(self.thresholds[index])
+        certificate = self._certificate(
+            policy, index, target, level, alpha, method, certified=True,
+            estimate=_number(estimates[index]), bound=_number(bounds[index]), tested=tested,
         )  # fmt: skip
-        return self.base.with_threshold(self.thresholds[index]).certified(certificate)
+        return policy.certified(certificate)
+
+
+def verify_certificate(
+    policy: ExitPolicy, trace: Trace, *, plugins: AdaptixPluginManager | None = None
+) -> None:
+    """Check that ``policy``'s certificate is true of it on ``trace``, its calibration inputs:
+    the certificate is bound to the policy, ``trace`` holds the certified rows (when the
+    certificate recorded them), and recounting the evidence gives the certificate's counts.
+
+    Use it to audit a stored certified policy against the data it was certified on.
+
+    Raises:
+        ValidationError: the policy carries no certificate, it does not match the policy, the
+            trace is another one, or the counts differ.
+    """
+    if not isinstance(policy, ExitPolicy) or policy.certificate is None:
+        raise ValidationError(f"expected a certified adaptix.ExitPolicy, got {policy!r}.")
+    certificate = policy.certificate
+    certificate.check_policy(policy, policy.exits_early)
+    if not isinstance(trace, Trace) or trace.labels is None:
+        raise ValidationError(f"expected the labelled calibration trace, got {trace!r}.")
+    if certificate.rows is not None and rows_digest(trace.row_digests()) != certificate.rows:
+        raise ValidationError(
+            "expected the calibration trace this certificate was computed on, got another: its "
+            "rows' fingerprints differ."
+        )
+    counted = {"n": trace.num_inputs}
+    if certificate.threshold is not None:
+        counts = count_thresholds(
+            trace,
+            policy.name,
+            [certificate.threshold],
+            policy.calibration,
+            plugins=plugins,
+            **policy.criterion.params.model_dump(),
+        )
+        early_correct, lost = counts.early_correct, counts.lost
+        if early_correct is None or lost is None:  # labelled trace: never
+            raise ValidationError("expected labelled counts of the calibration trace.")
+        counted["early"] = int(counts.early[0])
+        counted["early_correct"] = int(early_correct[0])
+        counted["lost"] = int(lost[0])
+    for name, value in counted.items():
+        if getattr(certificate, name) != value:
+            raise ValidationError(
+                f"expected the certificate's evidence to hold on this trace, got {name} = "
+                f"{getattr(certificate, name)} in the certificate and {value} recounted."
+            )
 
 
 def guarantee(
@@ -428,7 +438,7 @@ def guarantee(
             f"expected exactly one target (early_accuracy=δ or accuracy_drop=ε), got "
             f"{sorted(given) or 'none'}."
         )
-    alpha, method = _alpha(alpha), _method(method)
+    alpha, method = scalars.unit(alpha, "alpha"), _method(method)
     certifier = Certifier(
         trace, criterion, calibration=calibration, thresholds=thresholds, plugins=plugins, **params
     )
@@ -474,7 +484,7 @@ def budget(
     Raises:
         ValidationError: budget or α out of range, an unlabelled or empty trace, bad thresholds.
     """
-    alpha = _alpha(alpha)
+    alpha = scalars.unit(alpha, "alpha")
     certifier = Certifier(
         trace, criterion, calibration=calibration, thresholds=thresholds, plugins=plugins, **params
     )
@@ -529,50 +539,58 @@ def _strictest_first(base: ExitPolicy, grid: list[float]) -> list[int]:
     return order[::-1] if base.criterion.direction == "ge" else order
 
 
-def _first_with_power(early_counts: np.ndarray, delta: float, alpha: float) -> int:
-    """The first threshold at which m right answers of m could reject "A < δ" (δ^m ≤ α)."""
-    if delta >= 1.0:
-        return len(early_counts)  # nothing can show an accuracy of 1 with certainty
-    needed = math.ceil(math.log(alpha) / math.log(delta))
-    enough = np.nonzero(early_counts >= needed)[0]
-    return int(enough[0]) if enough.size else len(early_counts)
+def _first_below(pvalues: np.ndarray, alpha: float) -> int:
+    """The first candidate whose p-value is ≤ α (the number of candidates if none is)."""
+    below = np.nonzero(np.asarray(pvalues) <= alpha)[0]
+    return int(below[0]) if below.size else len(pvalues)
 
 
-def _hb_upper(mean: float, n: int, alpha: float) -> float:
-    """The smallest level whose Hoeffding–Bentkus test of "E[L] ≥ level" rejects at α."""
-    lo, hi = float(mean), 1.0
-    if hoeffding_bentkus_pvalue(mean, n, hi - 1e-12) > alpha:
-        return 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if hoeffding_bentkus_pvalue(mean, n, mid) <= alpha:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def _early_accuracy_pvalues(
+    k: np.ndarray, m: np.ndarray, n: int, level: float, method: Method
+) -> np.ndarray:
+    """p-values of "early accuracy < δ" given k right of m early inputs out of n."""
+    if method == "binomial":
+        return binomial_pvalue_at_least(k, m, level)
+    # L = 1{early}·(1{wrong} − (1 − δ)) + (1 − δ) ∈ [0, 1]; A < δ ⟺ E[L] > 1 − δ.
+    mean = ((m - k) - (1 - level) * m) / n + (1 - level)
+    return hoeffding_bentkus_pvalue(mean, n, 1 - level)
 
 
-def _alpha(alpha: Any) -> float:
-    return _unit(alpha, "alpha", open_low=True, open_high=True)
+def _accuracy_drop_pvalues(lost: np.ndarray, n: int, level: float, method: Method) -> np.ndarray:
+    """p-values of "accuracy drop > ε" through the lost count (see the module's docstring)."""
+    if method == "binomial":
+        return binomial_pvalue_at_most(lost, n, level)
+    return hoeffding_bentkus_pvalue(lost / n, n, level)
+
+
+def _disjoint_from(trace: Trace, calibration: Calibration | None) -> Trace:
+    """``trace`` without the rows ``calibration`` was counted on (see `Certifier`)."""
+    if calibration is None or calibration.rows is None:
+        return trace
+    shared = shared_rows(trace.row_digests(), calibration.rows)
+    reused = int(shared.sum())
+    if reused == 0:
+        return trace
+    if reused == trace.num_inputs:
+        raise ValidationError(
+            f"expected calibration inputs disjoint from the calibration of the criterion, got "
+            f"a trace whose {reused} rows all went into that calibration: a calibration tested "
+            "on its own rows certifies an optimistic promise. Split the held-out data in two "
+            "(one part to calibrate, the other to certify)."
+        )
+    warnings.warn(
+        f"{reused} of the {trace.num_inputs} certification rows were also counted in the "
+        f"criterion's calibration; they were left out, and the statement rests on the other "
+        f"{trace.num_inputs - reused}.",
+        CertificateWarning,
+        stacklevel=4,
+    )
+    return trace.subset(~shared.to(trace.logits.device))
 
 
 def _method(method: Any) -> Method:
-    if method not in METHODS:
-        raise ValidationError(f"expected method in {METHODS}, got {method!r}.")
-    chosen: Method = method
+    chosen: Method = scalars.choice(method, "method", METHODS)  # type: ignore[assignment]
     return chosen
-
-
-def _unit(value: Any, name: str, *, open_low: bool, open_high: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValidationError(f"expected {name} to be a number, got {value!r}.")
-    x = float(value)
-    low_ok = x > 0 if open_low else x >= 0
-    high_ok = x < 1 if open_high else x <= 1
-    if not (math.isfinite(x) and low_ok and high_ok):
-        bounds = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
-        raise ValidationError(f"expected {name} in {bounds}, got {value!r}.")
-    return x
 
 
 def _number(value: Any) -> float | None:
@@ -585,9 +603,11 @@ def _warn(certificate: Certificate) -> None:
 
 
 __all__ = [
+    "CANDIDATES",
     "Certificate",
     "CertificateWarning",
     "Certifier",
     "budget",
     "guarantee",
+    "verify_certificate",
 ]

@@ -8,23 +8,25 @@ import os
 import reprlib
 from numbers import Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import torch
 from pydantic_core import PydanticSerializationError
 from torch import Tensor
 
+from adaptix import scalars
 from adaptix.calibration import Calibration
+from adaptix.certificate import Certificate
 from adaptix.components import ExitCriterion, build_params
 from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.files import atomic_write, json_digest
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
-if TYPE_CHECKING:
-    from adaptix.guarantee import Certificate
-
 _FORMAT = "adaptix.policy"
-_VERSION = 1
+# Version 2: certificates are bound to their policy (criterion, parameters, threshold,
+# calibration) and carry their evidence; version 1 files hold unbound certificates and are
+# refused with a message to certify again.
+_VERSION = 2
 
 
 class ExitPolicy:
@@ -37,18 +39,20 @@ class ExitPolicy:
         criterion: the criterion instance (parameters and calibration bound).
         threshold: the validated threshold.
         entry: the registry entry (name, provider) the criterion came from.
-        certificate: what `adaptix.guarantee` or `adaptix.budget` certified (None otherwise).
+        certificate: what `adaptix.guarantee` or `adaptix.budget` certified (None otherwise);
+            read-only, attached only through `certified`, which checks that it certifies this
+            policy.
         exits_early: False for a policy that sends every input to the last exit (a guarantee
-            that could certify nothing); `simulate` and `EarlyExitRunner` honour it.
+            that could certify nothing); `simulate` and `EarlyExitRunner` honour it. Read-only.
     """
 
-    __slots__ = ("certificate", "criterion", "entry", "exits_early", "threshold")
+    __slots__ = ("_certificate", "_exits_early", "criterion", "entry", "threshold")
 
     def __init__(self, criterion: ExitCriterion, threshold: float, entry: Entry[Any]) -> None:
         self.criterion = criterion
         self.entry = entry
-        self.certificate: Certificate | None = None
-        self.exits_early = True
+        self._certificate: Certificate | None = None
+        self._exits_early = True
         value = call_plugin(
             entry, "validate_threshold", type(criterion).validate_threshold, threshold
         )
@@ -58,6 +62,16 @@ class ExitPolicy:
                 "validate_threshold", f"the threshold {reprlib.repr(value)}", "a finite real number"
             )
         self.threshold: float = threshold_value
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """The certificate this policy carries (see the class docstring)."""
+        return self._certificate
+
+    @property
+    def exits_early(self) -> bool:
+        """Whether the policy may exit before the last exit (see the class docstring)."""
+        return self._exits_early
 
     @property
     def name(self) -> str:
@@ -77,12 +91,24 @@ class ExitPolicy:
         """A copy of this policy that carries ``certificate`` (what `adaptix.guarantee` returns).
 
         Args:
-            certificate: the statement and its evidence.
+            certificate: the statement and its evidence, computed for this policy.
             exits_early: False to send every input to the last exit (nothing was certified).
+
+        Raises:
+            ValidationError: ``certificate`` is not a `Certificate`, or it certifies another
+                criterion, parameters, calibration or threshold, or ``exits_early`` is not what
+                it allows (early exits exactly when something was certified, or for a budget).
         """
+        if not isinstance(certificate, Certificate):
+            raise ValidationError(
+                f"expected an adaptix.Certificate, got {type(certificate).__name__}. Certify "
+                "with adaptix.guarantee or adaptix.budget."
+            )
+        early = scalars.flag(exits_early, "exits_early")
+        certificate.check_policy(self, early)
         copy = ExitPolicy(self.criterion, self.threshold, self.entry)
-        copy.certificate = certificate
-        copy.exits_early = bool(exits_early)
+        copy._certificate = certificate
+        copy._exits_early = early
         return copy
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -129,8 +155,6 @@ class ExitPolicy:
             ValidationError: the file is missing, corrupt or of another format.
             PluginError: its criterion is not installed.
         """
-        from adaptix.guarantee import Certificate  # guarantee imports this module
-
         source = Path(path)
         try:
             document = json.loads(source.read_bytes())
@@ -149,10 +173,16 @@ class ExitPolicy:
                 f"expected an '{_FORMAT}' file at {source}, got something else. Pass a file "
                 "that ExitPolicy.save wrote."
             )
-        if document["version"] != _VERSION:
+        if document["version"] not in (1, _VERSION):
             raise ValidationError(
                 f"expected policy format version {_VERSION}, got {document['version']} in "
                 f"{source}. Save the policy again with this adaptix."
+            )
+        if document["version"] == 1 and document.get("certificate") is not None:
+            raise ValidationError(
+                f"policy file {source} holds a certificate of format version 1, which is not "
+                "bound to its policy and cannot be trusted. Certify the policy again "
+                "(adaptix.guarantee or adaptix.budget) and save it."
             )
         missing = [key for key in (*keys, "sha256") if key not in document]
         payload = {key: document.get(key) for key in keys}
@@ -178,11 +208,23 @@ class ExitPolicy:
             **payload["params"],
         )
         if payload["certificate"] is None:
+            if payload["exits_early"] is not True:
+                raise ValidationError(
+                    f"policy file {source} says exits_early={payload['exits_early']!r} without "
+                    "a certificate: only a certificate that certified nothing sends every input "
+                    "to the last exit. The file was edited: save the policy again."
+                )
             return loaded
         if not isinstance(payload["exits_early"], bool):
             raise ValidationError(f"policy file {source} has a malformed 'exits_early'.")
         certificate = Certificate.from_dict(payload["certificate"])
-        return loaded.certified(certificate, exits_early=payload["exits_early"])
+        try:
+            return loaded.certified(certificate, exits_early=payload["exits_early"])
+        except ValidationError as err:
+            raise ValidationError(
+                f"policy file {source} holds a certificate that does not certify its policy "
+                f"({err}). It was edited after it was saved: certify the policy again."
+            ) from err
 
     def fires(self, score: Tensor) -> Tensor:
         """Boolean mask: where ``score`` (compared exactly, in float64) triggers an exit.

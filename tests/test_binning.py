@@ -248,7 +248,7 @@ def test_a_version_1_file_loads_as_equal_width_bins(tmp_path: Path) -> None:
     # Saved again, it is a version-2 file that loads to the same calibration.
     again = Calibration.load(loaded.save(tmp_path / "v2.json"))
     assert again == loaded
-    assert json.loads((tmp_path / "v2.json").read_text())["version"] == 2
+    assert json.loads((tmp_path / "v2.json").read_text())["version"] == 3
 
 
 def test_a_version_1_file_with_edges_added_is_corrupt(tmp_path: Path) -> None:

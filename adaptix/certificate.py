@@ -1,0 +1,382 @@
+"""`Certificate`: what a certified policy promises, bound to that policy and checked against its
+own evidence (``PCEE.md``: Guarantees).
+
+A certificate is produced by `adaptix.guarantee`, `adaptix.budget` or `adaptix.Certifier`. It
+records
+
+- **what it certifies**: the criterion, its parameters, the threshold and the checksum of the
+  calibration the criterion reads, so that `ExitPolicy.certified` and `ExitPolicy.load` refuse
+  to attach it to any other policy (`check_policy`);
+- **the promise**: the target, its level, α, the number n of calibration inputs and the test;
+- **the evidence**: the counts at the chosen threshold (inputs leaving early, those predicted
+  right, those the final exit gets right and the policy wrong), from which the estimate, the
+  bound and the early-exit rate are recomputed on construction. A certificate whose fields
+  contradict each other, or whose ``certified`` flag its own counts do not support (the p-value
+  at the chosen threshold is above α), is refused: a statement only ever says what was tested.
+
+What a certificate cannot know from its own fields is which calibration inputs it was tested on:
+``rows`` carries a digest of their row fingerprints (`Trace.row_digests`), and
+`adaptix.guarantee.verify` recounts the evidence on a trace and refuses one that is not the
+certified one, or counts that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adaptix import scalars
+from adaptix.bounds import (
+    binomial_pvalue_at_least,
+    binomial_pvalue_at_most,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    hoeffding_bentkus_pvalue,
+)
+from adaptix.errors import ValidationError
+
+if TYPE_CHECKING:
+    from adaptix.policy import ExitPolicy
+
+Target = Literal["early_accuracy", "accuracy_drop", "relative_cost"]
+Method = Literal["binomial", "hoeffding_bentkus"]
+TARGETS: tuple[Target, ...] = ("early_accuracy", "accuracy_drop", "relative_cost")
+METHODS: tuple[Method, ...] = ("binomial", "hoeffding_bentkus")
+# Recomputed floats (a Clopper–Pearson bound through scipy, a bisection) may differ from the
+# stored ones in their last bits on another platform; a forged value differs by far more.
+_TOLERANCE = 1e-9
+
+
+class CertificateWarning(UserWarning):
+    """A certification could not certify its target, or left calibration inputs out."""
+
+
+def rows_digest(digests: Tensor) -> str:
+    """SHA-256 of a set of row fingerprints (`Trace.row_digests`), order and repeats ignored."""
+    unique = torch.unique(digests.detach().cpu().to(torch.int64))
+    return hashlib.sha256(unique.numpy().astype("<i8").tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What a certified policy promises, what it promises it about, and the evidence.
+
+    Build certificates with `adaptix.guarantee`, `adaptix.budget` or `adaptix.Certifier`; the
+    constructor checks every field and every relation between them.
+
+    Attributes:
+        target: ``"early_accuracy"`` (A(π) ≥ level), ``"accuracy_drop"`` (accuracy of the final
+            exit − accuracy of π ≤ level) or ``"relative_cost"`` (mean relative cost ≤ level).
+        level: δ in (0, 1), ε in [0, 1) or the budget in (0, 1].
+        alpha: the probability, over the draw of the calibration inputs, that the statement
+            fails (exchangeable calibration and deployment data assumed), in (0, 1).
+        n: how many labelled calibration inputs the test used (≥ 1).
+        method: the p-value (``"binomial"`` or ``"hoeffding_bentkus"``; budgets use the latter).
+        certified: False when no threshold passed the test; the policy then sends every input to
+            the last exit (targets on accuracy) or is the cheapest one, uncertified (budget).
+        threshold: the chosen threshold (None when nothing was certified on an accuracy target).
+        estimate: the target quantity at the chosen threshold on the calibration inputs.
+        bound: a one-sided (1 − α) confidence bound of that quantity at the chosen threshold
+            (lower for early accuracy, upper for drop and cost): Clopper–Pearson for binomial
+            counts, Hoeffding–Bentkus for cost. Informative; the statement is the LTT one.
+        early_exit_rate: share of calibration inputs that leave early at the chosen threshold.
+        tested: how many thresholds were tested before the sequence stopped.
+        criterion: the registry name of the certified criterion.
+        params: its parameters, as JSON (``params.model_dump(mode="json")``).
+        calibration: `Calibration.checksum` of the calibration the policy reads, or None.
+        early: how many calibration inputs leave early at the chosen threshold.
+        early_correct: how many of those are predicted right.
+        lost: how many the final exit predicts right and the policy wrong.
+        rows: `rows_digest` of the calibration inputs' row fingerprints, or None when the
+            certificate was made from counts (`Certifier.from_counts`), which carry no rows.
+
+    Raises:
+        ValidationError: a field of the wrong type or out of range, fields that contradict each
+            other, or ``certified`` where the evidence does not reject at level α.
+    """
+
+    target: Target
+    level: float
+    alpha: float
+    n: int
+    method: Method
+    certified: bool
+    threshold: float | None
+    estimate: float | None
+    bound: float | None
+    early_exit_rate: float
+    tested: int
+    criterion: str
+    params: dict[str, Any]
+    calibration: str | None
+    early: int
+    early_correct: int
+    lost: int
+    rows: str | None
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_evidence(self)
+
+    def statement(self) -> str:
+        """The certified statement in one sentence (or why there is none)."""
+        quantity = {
+            "early_accuracy": f"early accuracy ≥ {self.level:g}",
+            "accuracy_drop": f"accuracy drop against the final exit ≤ {self.level:g}",
+            "relative_cost": f"mean relative cost ≤ {self.level:g}",
+        }[self.target]
+        if not self.certified:
+            fallback = (
+                f"the cheapest threshold ({self.threshold:g}) is returned, uncertified"
+                if self.target == "relative_cost" and self.threshold is not None
+                else "every input goes to the last exit"
+            )
+            return (
+                f"nothing certified: no threshold of '{self.criterion}' shows {quantity} at "
+                f"α = {self.alpha:g} on {self.n} calibration inputs; {fallback}."
+            )
+        return (
+            f"with probability ≥ {1 - self.alpha:g} over the {self.n} calibration inputs, "
+            f"{quantity} for '{self.criterion}' at threshold {self.threshold:g} (calibration "
+            f"estimate {_fmt(self.estimate)}, one-sided bound {_fmt(self.bound)}; "
+            f"{self.method} test)."
+        )
+
+    def check_policy(self, policy: ExitPolicy, exits_early: bool) -> None:
+        """Raise `ValidationError` unless this certificate certifies ``policy`` run with
+        ``exits_early``: same criterion, parameters, calibration and threshold, and early
+        exits exactly where the certificate allows them."""
+        wanted = {
+            "criterion": policy.name,
+            "params": _json_params(policy),
+            "calibration": None if policy.calibration is None else policy.calibration.checksum,
+        }
+        for name, value in wanted.items():
+            if getattr(self, name) != value:
+                raise ValidationError(
+                    f"expected a certificate of this policy, got one whose {name} is "
+                    f"{_short(getattr(self, name))} where the policy's is {_short(value)}. A "
+                    "certificate belongs to the policy it was computed for: certify this "
+                    "policy with adaptix.guarantee or adaptix.budget."
+                )
+        if self.threshold is not None and self.threshold != policy.threshold:
+            raise ValidationError(
+                f"expected a certificate of this policy, got one for threshold "
+                f"{self.threshold!r} where the policy's is {policy.threshold!r}. Certify the "
+                "threshold you run, or use the certified policy as it is."
+            )
+        allowed = self.certified or self.target == "relative_cost"
+        if exits_early != allowed:
+            raise ValidationError(
+                f"expected exits_early={allowed} with this certificate, got {exits_early}: "
+                + (
+                    "nothing was certified, so every input must go to the last exit."
+                    if not allowed
+                    else "the certified policy exits early; that is what was tested."
+                )
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Certificate:
+        """The inverse of `to_dict`.
+
+        Raises:
+            ValidationError: fields missing, unknown, of the wrong type, out of range or
+                contradicting each other.
+        """
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValidationError(
+                f"expected a certificate with fields {sorted(names)}, got {got}. Certificates "
+                "saved before they were bound to their policy cannot be trusted: certify the "
+                "policy again and save it with ExitPolicy.save."
+            )
+        try:
+            return cls(**data)
+        except ValidationError as err:
+            raise ValidationError(f"malformed certificate: {err}") from err
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValidationError(f"malformed certificate {data!r}: {err}") from err
+
+
+def _check_fields(cert: Certificate) -> None:
+    """Types and ranges of each field on its own (normalised in place: frozen dataclass)."""
+
+    def put(name: str, value: Any) -> None:
+        object.__setattr__(cert, name, value)
+
+    scalars.choice(cert.target, "target", TARGETS)
+    scalars.choice(cert.method, "method", METHODS)
+    if cert.target == "relative_cost" and cert.method != "hoeffding_bentkus":
+        raise ValidationError(
+            f"expected method 'hoeffding_bentkus' for a relative-cost certificate (cost is not a "
+            f"Bernoulli loss), got {cert.method!r}."
+        )
+    open_low, open_high = {
+        "early_accuracy": (True, True),
+        "accuracy_drop": (False, True),
+        "relative_cost": (True, False),
+    }[cert.target]
+    put("level", scalars.unit(cert.level, "level", open_low=open_low, open_high=open_high))
+    put("alpha", scalars.unit(cert.alpha, "alpha"))
+    put("n", scalars.count(cert.n, "n", low=1))
+    put("certified", scalars.flag(cert.certified, "certified"))
+    put("tested", scalars.count(cert.tested, "tested"))
+    put("early", scalars.count(cert.early, "early"))
+    put("early_correct", scalars.count(cert.early_correct, "early_correct"))
+    put("lost", scalars.count(cert.lost, "lost"))
+    put("early_exit_rate", scalars.unit(cert.early_exit_rate, "early_exit_rate", open_low=False,
+                                        open_high=False))  # fmt: skip
+    if cert.threshold is not None:
+        put("threshold", scalars.real(cert.threshold, "threshold"))
+    for name in ("estimate", "bound"):
+        value = getattr(cert, name)
+        if value is not None:
+            put(name, scalars.real(value, name, low=-1.0, high=1.0))
+    if not isinstance(cert.criterion, str) or not cert.criterion:
+        raise ValidationError(f"expected criterion to be a name, got {cert.criterion!r}.")
+    if not isinstance(cert.params, dict) or not all(isinstance(k, str) for k in cert.params):
+        raise ValidationError(f"expected params to be a dict by name, got {cert.params!r}.")
+    for name in ("calibration", "rows"):
+        value = getattr(cert, name)
+        if value is not None and not _is_sha256(value):
+            raise ValidationError(f"expected {name} to be a SHA-256 hex digest or None, got "
+                                  f"{value!r}.")  # fmt: skip
+
+
+def _check_evidence(cert: Certificate) -> None:
+    """Relations between the fields: the counts, the derived figures and the test's outcome."""
+    n, m, k, lost = cert.n, cert.early, cert.early_correct, cert.lost
+    if not (k <= m <= n and lost <= n):
+        raise ValidationError(
+            f"expected early_correct ≤ early ≤ n and lost ≤ n, got {k}, {m}, {n} and {lost}."
+        )
+    _same("early_exit_rate", cert.early_exit_rate, m / n)
+    accuracy = cert.target != "relative_cost"
+    if cert.certified and cert.threshold is None:
+        raise ValidationError("expected the threshold of a certified certificate, got None.")
+    if cert.certified and cert.tested < 1:
+        raise ValidationError("expected tested ≥ 1 for a certified certificate, got 0.")
+    if accuracy and not cert.certified:
+        if (cert.threshold, cert.estimate, cert.bound, m, k, lost) != (None, None, None, 0, 0, 0):
+            raise ValidationError(
+                "expected an uncertified accuracy certificate to carry no threshold, estimate, "
+                "bound or counts (every input goes to the last exit), got "
+                f"threshold={cert.threshold!r}, estimate={cert.estimate!r}, "
+                f"bound={cert.bound!r}, early={m}, early_correct={k}, lost={lost}."
+            )
+        return
+    if cert.target == "relative_cost" and cert.threshold is None:
+        raise ValidationError("expected the threshold of a budget certificate, got None.")
+    level, alpha = cert.level, cert.alpha
+    if cert.target == "early_accuracy":
+        _same("estimate", cert.estimate, k / m if m else None)
+        _same("bound", cert.bound, _number(clopper_pearson_lower(k, m, alpha)))
+        if cert.method == "binomial":
+            pvalue = float(binomial_pvalue_at_least(k, m, level))
+        else:
+            mean = ((m - k) - (1 - level) * m) / n + (1 - level)
+            pvalue = float(hoeffding_bentkus_pvalue(mean, n, 1 - level))
+    elif cert.target == "accuracy_drop":
+        if cert.estimate is None or not -1.0 <= cert.estimate <= lost / n + _TOLERANCE:
+            raise ValidationError(
+                f"expected an accuracy-drop estimate in [-1, lost / n = {lost / n:g}] (the drop "
+                f"never exceeds the share the policy loses), got {cert.estimate!r}."
+            )
+        _same("bound", cert.bound, _number(clopper_pearson_upper(lost, n, alpha)))
+        if cert.method == "binomial":
+            pvalue = float(binomial_pvalue_at_most(lost, n, level))
+        else:
+            pvalue = float(hoeffding_bentkus_pvalue(lost / n, n, level))
+    else:
+        if cert.estimate is None or not 0.0 <= cert.estimate <= 1.0:
+            raise ValidationError(
+                f"expected a mean relative cost in [0, 1], got {cert.estimate!r}."
+            )
+        pvalue = float(hoeffding_bentkus_pvalue(cert.estimate, n, level))
+        if cert.certified:
+            _same("bound", cert.bound, hoeffding_bentkus_upper(cert.estimate, n, alpha))
+        elif cert.bound is not None:
+            raise ValidationError(f"expected no bound on an uncertified budget, got {cert.bound}.")
+    if cert.certified and not pvalue <= alpha:
+        raise ValidationError(
+            f"expected evidence that rejects at α = {alpha:g} for a certified certificate, got "
+            f"a p-value of {pvalue:.4g} at its threshold: its counts do not support the "
+            "statement."
+        )
+
+
+def hoeffding_bentkus_upper(mean: float, n: int, alpha: float) -> float:
+    """The smallest level whose Hoeffding–Bentkus test of "E[L] ≥ level" rejects at α."""
+    lo, hi = float(mean), 1.0
+    if hoeffding_bentkus_pvalue(mean, n, hi - 1e-12) > alpha:
+        return 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if hoeffding_bentkus_pvalue(mean, n, mid) <= alpha:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _same(name: str, stored: float | None, recomputed: float | None) -> None:
+    if stored is None or recomputed is None:
+        if stored is not recomputed:
+            raise ValidationError(
+                f"expected {name}={recomputed!r} from the counts, got {stored!r}."
+            )
+        return
+    if not math.isclose(stored, recomputed, rel_tol=_TOLERANCE, abs_tol=_TOLERANCE):
+        raise ValidationError(
+            f"expected {name}={recomputed!r} (recomputed from the certificate's counts), got "
+            f"{stored!r}: the fields contradict each other."
+        )
+
+
+def _number(value: Any) -> float | None:
+    x = float(np.asarray(value))
+    return None if math.isnan(x) else x
+
+
+def _is_sha256(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _json_params(policy: ExitPolicy) -> dict[str, Any]:
+    params: dict[str, Any] = policy.criterion.params.model_dump(mode="json")
+    return params
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+__all__ = [
+    "METHODS",
+    "TARGETS",
+    "Certificate",
+    "CertificateWarning",
+    "Method",
+    "Target",
+    "hoeffding_bentkus_upper",
+    "rows_digest",
+]
