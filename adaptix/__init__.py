@@ -7,7 +7,8 @@ from adaptix._version import __version__
 from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
 from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
-from adaptix.guarantee import Certificate, CertificateWarning, Certifier, budget, guarantee
+from adaptix.certificate import Certificate, CertificateWarning
+from adaptix.guarantee import Certifier, budget, guarantee, verify_certificate
 from adaptix.hookspecs import hookimpl
 from adaptix.model import MultiExitModel, build_model
 from adaptix.monitor import (
@@ -65,4 +66,5 @@ __all__ = [
     "sweep",
     "train_exits",
     "tune_cpu_allocator",
+    "verify_certificate",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adaptix import scalars
 from adaptix.components import build_params
 from adaptix.errors import CalibrationError, PluginError
 from adaptix.files import atomic_write, check_meta, json_digest
@@ -149,11 +150,7 @@ class Calibration:
                 edges of shape [E, M + 1], finite, non-decreasing from 0 to 1, no input in a
                 bin of zero width; at least one input; and every exit counting the same inputs.
         """
-        if not _is_integer(self.num_classes) or operator.index(self.num_classes) < 1:
-            raise CalibrationError(
-                f"expected num_classes to be an integer >= 1, got {self.num_classes!r}. Pass "
-                "the number of classes of the calibrated model."
-            )
+        scalars.count(self.num_classes, "num_classes", low=1, error=CalibrationError)
         if not isinstance(self.method, str) or not self.method:
             raise CalibrationError(
                 f"expected method to be the calibrator's name (a non-empty string), got "
@@ -258,12 +255,8 @@ class Calibration:
 
     def _exit(self, exit_index: int) -> int:
         """``exit_index`` as an int, or `CalibrationError` unless it is an exit 0 … E - 1."""
-        if not _is_integer(exit_index) or not 0 <= operator.index(exit_index) < self.num_exits:
-            raise CalibrationError(
-                f"expected an exit index from 0 to {self.num_exits - 1} (the calibration's "
-                f"exits), got {exit_index!r}."
-            )
-        return operator.index(exit_index)
+        high = self.num_exits - 1
+        return scalars.integer(exit_index, "exit_index", low=0, high=high, error=CalibrationError)
 
     def accuracy(self, window: int = 0) -> Tensor:
         """Calibrated accuracy per exit and bin, float64 ``[E, M]``, NaN where undefined.
@@ -272,12 +265,7 @@ class Calibration:
             window: pool each bin with its ``window`` neighbours on each side (``pcee_ws``'s w).
                 0 gives the plain bin accuracy a[e, m] = k / n (``pcee``).
         """
-        if not _is_integer(window) or operator.index(window) < 0:
-            raise CalibrationError(
-                f"expected a window that is an integer >= 0 (bins pooled on each side), got "
-                f"{window!r}."
-            )
-        window = operator.index(window)
+        window = scalars.count(window, "window", error=CalibrationError)
         n = _pool(self.counts.double(), window)
         k = _pool(self.correct.double(), window)
         return torch.where(n >= 1, k / n.clamp(min=1), torch.full_like(n, float("nan")))
@@ -597,17 +585,6 @@ def _as_table(value: object, name: str) -> Tensor:
         ) from err
 
 
-def _is_integer(value: object) -> bool:
-    """Whether ``value`` is an integer (Python, numpy or 0-d tensor), bool excluded."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)  # type: ignore[arg-type]  # probing: TypeError says no
-    except TypeError:
-        return False
-    return True
-
-
 def _check_whole_numbers(table: Tensor, name: str) -> None:
     """`CalibrationError` unless every entry of ``table`` is a whole number int64 holds."""
     if table.dtype == torch.bool or table.dtype.is_complex:
@@ -823,11 +800,8 @@ def calibrate(
         PluginError: unknown method, or the calibrator raised or returned something other than
             a `Calibration` of the trace's exits and classes with ``bins`` bins.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= _MAX_BINS:
-        raise CalibrationError(
-            f"expected bins to be an integer from 1 to 2**24, got {reprlib.repr(bins)}. bin(c) "
-            "is computed in float32, which cannot tell more bins apart; PCEE uses 10."
-        )
+    bins = scalars.integer(bins, "bins (float32 bins: at most 2**24)", low=1, high=_MAX_BINS,
+                           error=CalibrationError)  # fmt: skip
     from adaptix.plugins import call_plugin, resolve_manager  # the host imports this module
 
     manager = resolve_manager(plugins)

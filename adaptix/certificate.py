@@ -8,11 +8,12 @@ records
   calibration the criterion reads, so that `ExitPolicy.certified` and `ExitPolicy.load` refuse
   to attach it to any other policy (`check_policy`);
 - **the promise**: the target, its level, α, the number n of calibration inputs and the test;
-- **the evidence**: the counts at the chosen threshold (inputs leaving early, those predicted
-  right, those the final exit gets right and the policy wrong), from which the estimate, the
-  bound and the early-exit rate are recomputed on construction. A certificate whose fields
-  contradict each other, or whose ``certified`` flag its own counts do not support (the p-value
-  at the chosen threshold is above α), is refused: a statement only ever says what was tested.
+- **the evidence**: the counts at the chosen threshold (inputs leaving at each exit, those
+  predicted right there, the final exit's right answers and those of them the policy gets
+  wrong; the exits' costs for a budget), from which the estimate, the bound and the early-exit
+  rate are recomputed on construction. A certificate whose fields contradict each other, or
+  whose ``certified`` flag its own counts do not support (the p-value at the chosen threshold
+  is above α), is refused: a statement only ever says what was tested.
 
 What a certificate cannot know from its own fields is which calibration inputs it was tested on:
 ``rows`` carries a digest of their row fingerprints (`Trace.row_digests`), and
@@ -90,9 +91,13 @@ class Certificate:
         criterion: the registry name of the certified criterion.
         params: its parameters, as JSON (``params.model_dump(mode="json")``).
         calibration: `Calibration.checksum` of the calibration the policy reads, or None.
-        early: how many calibration inputs leave early at the chosen threshold.
-        early_correct: how many of those are predicted right.
-        lost: how many the final exit predicts right and the policy wrong.
+        exits: per exit, how many calibration inputs leave there at the chosen threshold (all
+            at the last exit when nothing was certified on an accuracy target); they sum to n.
+        correct: per exit, how many of those are predicted right.
+        final_correct: how many calibration inputs the last exit predicts right.
+        lost: how many the last exit predicts right and the policy wrong.
+        costs: the exits' cumulative costs, for a budget (None for accuracy targets, whose
+            statements do not depend on them).
         rows: `rows_digest` of the calibration inputs' row fingerprints, or None when the
             certificate was made from counts (`Certifier.from_counts`), which carry no rows.
 
@@ -115,10 +120,22 @@ class Certificate:
     criterion: str
     params: dict[str, Any]
     calibration: str | None
-    early: int
-    early_correct: int
+    exits: tuple[int, ...]
+    correct: tuple[int, ...]
+    final_correct: int
     lost: int
+    costs: tuple[float, ...] | None
     rows: str | None
+
+    @property
+    def early(self) -> int:
+        """How many calibration inputs leave before the last exit at the chosen threshold."""
+        return self.n - self.exits[-1]
+
+    @property
+    def early_correct(self) -> int:
+        """How many of those are predicted right."""
+        return sum(self.correct[:-1])
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -233,9 +250,14 @@ def _check_fields(cert: Certificate) -> None:
     put("n", scalars.count(cert.n, "n", low=1))
     put("certified", scalars.flag(cert.certified, "certified"))
     put("tested", scalars.count(cert.tested, "tested"))
-    put("early", scalars.count(cert.early, "early"))
-    put("early_correct", scalars.count(cert.early_correct, "early_correct"))
+    put("exits", _counts(cert.exits, "exits"))
+    put("correct", _counts(cert.correct, "correct"))
+    put("final_correct", scalars.count(cert.final_correct, "final_correct"))
     put("lost", scalars.count(cert.lost, "lost"))
+    if cert.costs is not None:
+        if isinstance(cert.costs, (str, bytes)) or not hasattr(cert.costs, "__iter__"):
+            raise ValidationError(f"expected costs as a list of numbers, got {cert.costs!r}.")
+        put("costs", tuple(scalars.real(c, "costs", low=0.0) for c in cert.costs))
     put("early_exit_rate", scalars.unit(cert.early_exit_rate, "early_exit_rate", open_low=False,
                                         open_high=False))  # fmt: skip
     if cert.threshold is not None:
@@ -257,24 +279,26 @@ def _check_fields(cert: Certificate) -> None:
 
 def _check_evidence(cert: Certificate) -> None:
     """Relations between the fields: the counts, the derived figures and the test's outcome."""
+    _check_counts(cert)
     n, m, k, lost = cert.n, cert.early, cert.early_correct, cert.lost
-    if not (k <= m <= n and lost <= n):
-        raise ValidationError(
-            f"expected early_correct ≤ early ≤ n and lost ≤ n, got {k}, {m}, {n} and {lost}."
-        )
     _same("early_exit_rate", cert.early_exit_rate, m / n)
     accuracy = cert.target != "relative_cost"
     if cert.certified and cert.threshold is None:
         raise ValidationError("expected the threshold of a certified certificate, got None.")
     if cert.certified and cert.tested < 1:
         raise ValidationError("expected tested ≥ 1 for a certified certificate, got 0.")
+    if accuracy != (cert.costs is None):
+        raise ValidationError(
+            "expected costs on a budget certificate and on no other, got "
+            f"costs={cert.costs!r} on a {cert.target!r} one."
+        )
     if accuracy and not cert.certified:
-        if (cert.threshold, cert.estimate, cert.bound, m, k, lost) != (None, None, None, 0, 0, 0):
+        if (cert.threshold, cert.estimate, cert.bound, m) != (None, None, None, 0):
             raise ValidationError(
-                "expected an uncertified accuracy certificate to carry no threshold, estimate, "
-                "bound or counts (every input goes to the last exit), got "
+                "expected an uncertified accuracy certificate to carry no threshold, estimate "
+                "or bound, and every input at the last exit, got "
                 f"threshold={cert.threshold!r}, estimate={cert.estimate!r}, "
-                f"bound={cert.bound!r}, early={m}, early_correct={k}, lost={lost}."
+                f"bound={cert.bound!r}, early={m}."
             )
         return
     if cert.target == "relative_cost" and cert.threshold is None:
@@ -289,21 +313,14 @@ def _check_evidence(cert: Certificate) -> None:
             mean = ((m - k) - (1 - level) * m) / n + (1 - level)
             pvalue = float(hoeffding_bentkus_pvalue(mean, n, 1 - level))
     elif cert.target == "accuracy_drop":
-        if cert.estimate is None or not -1.0 <= cert.estimate <= lost / n + _TOLERANCE:
-            raise ValidationError(
-                f"expected an accuracy-drop estimate in [-1, lost / n = {lost / n:g}] (the drop "
-                f"never exceeds the share the policy loses), got {cert.estimate!r}."
-            )
+        _same("estimate", cert.estimate, (cert.final_correct - sum(cert.correct)) / n)
         _same("bound", cert.bound, _number(clopper_pearson_upper(lost, n, alpha)))
         if cert.method == "binomial":
             pvalue = float(binomial_pvalue_at_most(lost, n, level))
         else:
             pvalue = float(hoeffding_bentkus_pvalue(lost / n, n, level))
     else:
-        if cert.estimate is None or not 0.0 <= cert.estimate <= 1.0:
-            raise ValidationError(
-                f"expected a mean relative cost in [0, 1], got {cert.estimate!r}."
-            )
+        _same("estimate", cert.estimate, relative_cost(cert.exits, cert.costs or ()))
         pvalue = float(hoeffding_bentkus_pvalue(cert.estimate, n, level))
         if cert.certified:
             _same("bound", cert.bound, hoeffding_bentkus_upper(cert.estimate, n, alpha))
@@ -315,6 +332,55 @@ def _check_evidence(cert: Certificate) -> None:
             f"a p-value of {pvalue:.4g} at its threshold: its counts do not support the "
             "statement."
         )
+
+
+def _check_counts(cert: Certificate) -> None:
+    """The relations every row of counts obeys (`adaptix.statistics.ThresholdCounts`)."""
+    exits, correct, n = cert.exits, cert.correct, cert.n
+    problems = []
+    if len(exits) < 2 or len(correct) != len(exits):
+        problems.append(f"one count per exit (at least 2) in exits and correct, got "
+                        f"{len(exits)} and {len(correct)}")  # fmt: skip
+    elif sum(exits) != n:
+        problems.append(f"exits summing to n = {n}, got {sum(exits)}")
+    elif any(c > e for c, e in zip(correct, exits, strict=True)):
+        problems.append("correct[e] ≤ exits[e] at every exit")
+    if cert.costs is not None and (
+        len(cert.costs) != len(exits)
+        or any(b < a for a, b in zip(cert.costs, cert.costs[1:], strict=False))
+        or not cert.costs[-1] > 0
+    ):
+        problems.append("one non-decreasing cost per exit, the last > 0")
+    if not problems:
+        right, final, lost = sum(correct), cert.final_correct, cert.lost
+        # lost = #(last right, policy wrong): at most the early inputs predicted wrong, at most
+        # the last exit's right answers outside those that leave there, and it closes the gap
+        # between the last exit's right answers and the policy's.
+        high = min(cert.early - cert.early_correct, final - correct[-1], n - right)
+        if final > n or not max(0, final - right) <= lost <= high:
+            problems.append(
+                f"final_correct ≤ n and max(0, final_correct − right) ≤ lost ≤ {high}, got "
+                f"final_correct={final}, lost={lost}, right={right}"
+            )
+    if problems:
+        raise ValidationError(
+            f"expected counts that can be, got: {'; '.join(problems)}. The certificate is corrupt."
+        )
+
+
+def relative_cost(exits: tuple[int, ...], costs: tuple[float, ...]) -> float:
+    """Mean cost of the exits taken over the last exit's, summed in exit order exactly as
+    `ThresholdCounts.relative_cost` sums it (the same bits on both sides)."""
+    total = 0.0
+    for count, cost in zip(exits, costs, strict=True):
+        total = total + float(count) * cost
+    return total / sum(exits) / costs[-1]
+
+
+def _counts(values: Any, name: str) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise ValidationError(f"expected {name} as a list of counts, got {values!r}.")
+    return tuple(scalars.count(v, name) for v in values)
 
 
 def hoeffding_bentkus_upper(mean: float, n: int, alpha: float) -> float:
@@ -378,5 +444,6 @@ __all__ = [
     "Method",
     "Target",
     "hoeffding_bentkus_upper",
+    "relative_cost",
     "rows_digest",
 ]

@@ -197,6 +197,10 @@ class Certifier:
         rows = [column[t] for t in self.thresholds]
         right = correct[rows].sum(dim=1)
         self.n = counts.num_inputs
+        self._exits = counts.exits[rows]
+        self._correct = correct[rows]
+        self._final_correct = int(final_correct)
+        self._costs = counts.costs
         self._early = counts.early[rows].numpy()
         self._early_correct = correct[rows, :-1].sum(dim=1).numpy()
         self._lost = lost[rows].numpy()  # final right, policy wrong
@@ -282,11 +286,15 @@ class Certifier:
         """The certificate of ``policy`` (candidate ``index``, or None when every input goes to
         the last exit), bound to it and carrying the counts at that threshold."""
         calibration = policy.calibration
-        early, early_correct, lost = (
-            (0, 0, 0)
-            if index is None
-            else (int(self._early[index]), int(self._early_correct[index]), int(self._lost[index]))
-        )
+        if index is None:  # every input at the last exit
+            size = len(self._costs)
+            exits = (0,) * (size - 1) + (self.n,)
+            correct = (0,) * (size - 1) + (self._final_correct,)
+            lost = 0
+        else:
+            exits = tuple(self._exits[index].tolist())
+            correct = tuple(self._correct[index].tolist())
+            lost = int(self._lost[index])
         return Certificate(
             target=target,
             level=level,
@@ -297,14 +305,16 @@ class Certifier:
             threshold=None if index is None else policy.threshold,
             estimate=estimate,
             bound=bound,
-            early_exit_rate=early / self.n,
+            early_exit_rate=(self.n - exits[-1]) / self.n,
             tested=tested,
             criterion=policy.name,
             params=policy.criterion.params.model_dump(mode="json"),
             calibration=None if calibration is None else calibration.checksum,
-            early=early,
-            early_correct=early_correct,
+            exits=exits,
+            correct=correct,
+            final_correct=self._final_correct,
             lost=lost,
+            costs=tuple(self._costs) if target == "relative_cost" else None,
             rows=self._rows,
         )
 
@@ -363,22 +373,23 @@ def verify_certificate(
             "expected the calibration trace this certificate was computed on, got another: its "
             "rows' fingerprints differ."
         )
-    counted = {"n": trace.num_inputs}
+    counts = count_thresholds(
+        trace,
+        policy.name,
+        [policy.threshold],
+        policy.calibration,
+        plugins=plugins,
+        **policy.criterion.params.model_dump(),
+    )
+    if counts.correct is None or counts.lost is None:  # a labelled trace: never
+        raise ValidationError("expected labelled counts of the calibration trace.")
+    counted: dict[str, Any] = {"n": trace.num_inputs, "final_correct": counts.final_correct}
+    if certificate.costs is not None:
+        counted["costs"] = tuple(counts.costs)
     if certificate.threshold is not None:
-        counts = count_thresholds(
-            trace,
-            policy.name,
-            [certificate.threshold],
-            policy.calibration,
-            plugins=plugins,
-            **policy.criterion.params.model_dump(),
-        )
-        early_correct, lost = counts.early_correct, counts.lost
-        if early_correct is None or lost is None:  # labelled trace: never
-            raise ValidationError("expected labelled counts of the calibration trace.")
-        counted["early"] = int(counts.early[0])
-        counted["early_correct"] = int(early_correct[0])
-        counted["lost"] = int(lost[0])
+        counted["exits"] = tuple(counts.exits[0].tolist())
+        counted["correct"] = tuple(counts.correct[0].tolist())
+        counted["lost"] = int(counts.lost[0])
     for name, value in counted.items():
         if getattr(certificate, name) != value:
             raise ValidationError(

@@ -74,6 +74,7 @@ def real(
     open_low: bool = False,
     open_high: bool = False,
     finite: bool = True,
+    error: type[ValidationError] = ValidationError,
 ) -> float:
     """``value`` as a float, checked against optional bounds.
 
@@ -85,6 +86,7 @@ def real(
         open_low: exclude ``low`` itself.
         open_high: exclude ``high`` itself.
         finite: refuse ±inf (NaN is refused always).
+        error: the `ValidationError` subclass to raise (e.g. `CalibrationError`).
 
     Raises:
         ValidationError: a bool, a string or another non-number, NaN, ±inf where ``finite``, or
@@ -92,32 +94,46 @@ def real(
     """
     item = _scalar(value)
     if _is_bool(item) or not isinstance(item, numbers.Real):
-        raise ValidationError(f"expected {name} to be a real number, got {_show(value)}.")
+        raise error(f"expected {name} to be a real number, got {_show(value)}.")
     try:
         x = float(item)
     except OverflowError:  # an int beyond the float range
         x = math.inf if item > 0 else -math.inf
     if math.isnan(x) or (finite and math.isinf(x)):
-        raise ValidationError(f"expected {name} to be a finite real number, got {value!r}.")
+        raise error(f"expected {name} to be a finite real number, got {value!r}.")
     too_low = low is not None and (x <= low if open_low else x < low)
     too_high = high is not None and (x >= high if open_high else x > high)
     if too_low or too_high:
-        raise ValidationError(
+        raise error(
             f"expected {name} in {_interval(low, high, open_low, open_high)}, got {value!r}."
         )
     return x
 
 
-def unit(value: Any, name: str, *, open_low: bool = True, open_high: bool = True) -> float:
+def unit(
+    value: Any,
+    name: str,
+    *,
+    open_low: bool = True,
+    open_high: bool = True,
+    error: type[ValidationError] = ValidationError,
+) -> float:
     """``value`` as a float in the unit interval, open at both ends by default (levels α, δ).
 
     Raises:
         ValidationError: as `real`, or outside the interval.
     """
-    return real(value, name, low=0.0, high=1.0, open_low=open_low, open_high=open_high)
+    return real(value, name, low=0.0, high=1.0, open_low=open_low, open_high=open_high, error=error)
 
 
-def integer(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+def integer(
+    value: Any,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    error: type[ValidationError] = ValidationError,
+) -> int:
     """``value`` as an int (an integral type: Python or numpy), within ``[low, high]``.
 
     Raises:
@@ -125,23 +141,25 @@ def integer(value: Any, name: str, *, low: int | None = None, high: int | None =
     """
     item = _scalar(value)
     if _is_bool(item) or not isinstance(item, numbers.Integral):
-        raise ValidationError(f"expected {name} to be an integer, got {_show(value)}.")
+        raise error(f"expected {name} to be an integer, got {_show(value)}.")
     x = int(item)
     if (low is not None and x < low) or (high is not None and x > high):
-        raise ValidationError(
+        raise error(
             f"expected {name} to be an integer in {_interval(low, high, False, False)}, "
             f"got {value!r}."
         )
     return x
 
 
-def count(value: Any, name: str, *, low: int = 0) -> int:
+def count(
+    value: Any, name: str, *, low: int = 0, error: type[ValidationError] = ValidationError
+) -> int:
     """``value`` as a count: an integer ≥ ``low`` (0 by default; 1 for "at least one").
 
     Raises:
         ValidationError: as `integer`.
     """
-    return integer(value, name, low=low)
+    return integer(value, name, low=low, error=error)
 
 
 def flag(value: Any, name: str) -> bool:

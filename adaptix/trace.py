@@ -6,7 +6,6 @@ on construction, so everything downstream can trust its shapes, dtypes and value
 
 from __future__ import annotations
 
-import math
 import os
 import reprlib
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adaptix import scalars
 from adaptix.errors import ValidationError, expect
 from adaptix.files import atomic_write, check_meta
 
@@ -112,13 +112,8 @@ class Trace:
         Scaling by a factor above 1 makes every head more confident without changing a single
         prediction: the overconfidence stress of ``PCEE.md``.
         """
-        valid = isinstance(factor, (int, float)) and not isinstance(factor, bool)
-        if not valid or not 0 < _as_float(factor) < math.inf:
-            raise ValidationError(
-                f"expected a finite factor > 0 to scale the logits by, got "
-                f"{reprlib.repr(factor)}. Pass a number such as 2.0."
-            )
-        logits = self.logits * float(factor)
+        factor = scalars.real(factor, "factor", low=0.0, open_low=True)
+        logits = self.logits * factor
         if not bool(torch.isfinite(logits).all()):
             raise ValidationError(
                 f"expected a factor that keeps the {self.logits.dtype} logits finite, got "
@@ -328,14 +323,6 @@ def _check_costs(costs: object, e: int) -> Tensor:
         "Relative cost divides by the last exit's cost.",
     )
     return tensor
-
-
-def _as_float(number: float) -> float:
-    """``float(number)``, or inf for an integer too large for a float."""
-    try:
-        return float(number)
-    except OverflowError:
-        return math.inf
 
 
 def _check_index(index: object, n: int, device: torch.device) -> Tensor | slice:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,12 +249,18 @@ def test_scaled_sharpens_without_changing_predictions() -> None:
 
 @pytest.mark.parametrize(
     "factor",
-    [0.0, -1.0, float("inf"), float("nan"), 10**400, "2", None, True, torch.tensor(2.0)],
+    [0.0, -1.0, float("inf"), float("nan"), 10**400, "2", None, True, torch.tensor([2.0])],
     ids=["zero", "negative", "inf", "nan", "10**400", "string", "none", "bool", "tensor"],
 )
 def test_scaled_refuses_a_bad_factor(factor: float) -> None:
-    with pytest.raises(ValidationError, match="finite factor > 0"):
+    with pytest.raises(ValidationError, match="expected factor"):
         synthetic_trace(5, 2, 3).scaled(factor)
+
+
+def test_scaled_takes_numpy_and_0d_tensor_factors() -> None:
+    trace = synthetic_trace(5, 2, 3)
+    for factor in (np.float32(2.0), torch.tensor(2.0), 2):
+        assert torch.equal(trace.scaled(factor).logits, trace.logits * 2.0)
 
 
 def test_scaled_refuses_a_factor_that_overflows_the_logits() -> None:
