@@ -22,6 +22,7 @@ import ctypes.util
 import sys
 
 from adaptix.errors import ValidationError
+from adaptix.scalars import integer
 
 #: ``mallopt`` parameters of glibc (``malloc.h``).
 _M_TRIM_THRESHOLD = -1
@@ -64,8 +65,7 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         ValidationError: ``threshold_bytes`` out of range, or glibc refused the setting.
     """
     global _applied
-    if isinstance(threshold_bytes, bool) or not isinstance(threshold_bytes, int):
-        raise ValidationError(f"expected threshold_bytes as an int, got {threshold_bytes!r}.")
+    threshold_bytes = integer(threshold_bytes, "threshold_bytes")
     if not (1 << 20) <= threshold_bytes <= _MAX_THRESHOLD:
         raise ValidationError(
             f"expected threshold_bytes between 1 MiB and 1 GiB, got {threshold_bytes}."

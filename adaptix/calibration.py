@@ -800,8 +800,8 @@ def calibrate(
         PluginError: unknown method, or the calibrator raised or returned something other than
             a `Calibration` of the trace's exits and classes with ``bins`` bins.
     """
-    bins = scalars.integer(bins, "bins (float32 bins: at most 2**24)", low=1, high=_MAX_BINS,
-                           error=CalibrationError)  # fmt: skip
+    # bin(c) is computed in float32, which cannot tell more than 2**24 bins apart.
+    bins = scalars.integer(bins, "bins", low=1, high=_MAX_BINS, error=CalibrationError)
     from adaptix.plugins import call_plugin, resolve_manager  # the host imports this module
 
     manager = resolve_manager(plugins)

@@ -7,22 +7,23 @@ plain methods on the hot path. Each component class owns a pydantic model of its
 
 from __future__ import annotations
 
-import math
-import numbers
 import reprlib
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from torch import Tensor, nn
 
-from adaptix._frozen import FrozenModel
+from adaptix._frozen import FrozenModel, describe_problem
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.kernels.types import ExitKind
+from adaptix.scalars import flag, integer, real, unit
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
@@ -30,11 +31,64 @@ if TYPE_CHECKING:
 
 
 class ParamsModel(FrozenModel):
-    """Base of every component's parameter model: frozen, unknown keys rejected."""
+    """Base of every component's parameter model: frozen, unknown keys rejected, and numbers
+    read by adaptix's one rule (`adaptix.scalars`), not pydantic's lax coercion.
+
+    A field declared ``int`` refuses a bool, a float (even ``3.0``) and a string; ``float``
+    refuses a bool, a string and NaN; ``bool`` refuses 0/1 and ``"true"``; numpy scalars and
+    0-d arrays are accepted as numbers. The same holds inside ``X | None`` and in the items of
+    ``tuple[X, ...]`` and ``list[X]``. Fields of any other type are validated by pydantic alone,
+    so a plugin's own types and validators are untouched.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_rule_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or "value"
+        field = cls.model_fields.get(name)
+        check = None if field is None else _number_rule(field.annotation)
+        return value if check is None else check(value, name)
 
 
 class NoParams(ParamsModel):
     """For components without parameters."""
+
+
+_Check = Callable[[Any, str], Any]
+_NUMBERS: dict[Any, _Check] = {
+    int: integer,
+    float: lambda value, name: real(value, name, finite=False),  # pydantic's float admits inf
+    bool: flag,
+}
+
+
+def _number_rule(annotation: Any) -> _Check | None:
+    """The `adaptix.scalars` check of a field declared with ``annotation`` (None: the field holds
+    no number, or not only numbers, and pydantic alone validates it)."""
+    if get_origin(annotation) is Annotated:
+        return _number_rule(get_args(annotation)[0])
+    if annotation in _NUMBERS:
+        return _NUMBERS[annotation]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        kinds = [arg for arg in args if arg is not type(None)]
+        if len(kinds) != 1:
+            return None  # e.g. int | str: a string may be meant
+        inner = _number_rule(kinds[0])
+        if inner is None:
+            return None
+        return lambda value, name: None if value is None else inner(value, name)
+    homogeneous = origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+    item = _number_rule(args[0]) if homogeneous else None
+    if item is None:
+        return None
+
+    def items(value: Any, name: str) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value  # not a sequence: pydantic says so, or a plugin's own validator reads it
+        return type(value)(item(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+    return items
 
 
 def build_params(model: type[ParamsModel], params: Mapping[str, Any], owner: str) -> ParamsModel:
@@ -58,10 +112,7 @@ def build_params(model: type[ParamsModel], params: Mapping[str, Any], owner: str
     try:
         return model(**params)
     except PydanticValidationError as err:
-        problems = "; ".join(
-            f"{owner}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
-        )
+        problems = "; ".join(describe_problem(owner, e) for e in err.errors())
         raise ValidationError(
             f"invalid parameters for {owner}: {problems}. Accepted parameters: {accepted}."
         ) from err
@@ -119,9 +170,8 @@ class AccuracyReading:
         Raises:
             ValidationError: δ is not a number in [0, 1].
         """
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 <= delta <= 1:
-            raise ValidationError(f"expected an accuracy target δ in [0, 1], got {delta!r}.")
-        return round(1.0 - float(delta), 12) if self.complement else float(delta)
+        value = unit(delta, "an accuracy target δ", open_low=False, open_high=False)
+        return round(1.0 - value, 12) if self.complement else value
 
     def target(self, threshold: float) -> float:
         """The target δ that ``threshold`` reads as: the inverse of `threshold`."""
@@ -290,16 +340,26 @@ class Backbone(Component):
 
 
 def _real(value: object, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValidationError(f"criterion '{owner}' expects a real threshold, got {value!r}.")
-    result = float(value)
-    if math.isnan(result):
-        raise ValidationError(f"criterion '{owner}' got a NaN threshold.")
-    return result
+    """A threshold as a float by the rule of `adaptix.scalars` (infinities are left to the range
+    check), refused in the words sweeps and policies have always used."""
+    try:
+        return real(value, "threshold", finite=False)
+    except ValidationError:
+        if isinstance(value, (float, np.floating)) and np.isnan(value):
+            raise ValidationError(
+                f"criterion '{owner}' expects a real threshold, got a NaN threshold."
+            ) from None
+        raise ValidationError(
+            f"criterion '{owner}' expects a real threshold, got {reprlib.repr(value)} "
+            f"({type(value).__name__})."
+        ) from None
 
 
 def integer_threshold(value: object, owner: str, minimum: int = 1) -> float:
-    """Validate an integer-valued threshold (e.g. patience) given as int or integral float."""
+    """Validate an integer-valued threshold (e.g. patience) given as int or integral float.
+
+    A threshold is a real number everywhere (grids, sweeps, saved policies hold floats), so an
+    integral float such as ``2.0`` is accepted here, unlike for a count."""
     result = _real(value, owner)
     if not result.is_integer() or result < minimum:
         raise ValidationError(

@@ -12,7 +12,6 @@ summarised from its per-δ points by the same computation (`summarise_control`).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from torch import Tensor
 from adaptix.components import AccuracyReading
 from adaptix.errors import ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
+from adaptix.scalars import real, unit
 from adaptix.simulate import Frontier, FrontierPoint
 
 
@@ -268,29 +268,33 @@ def _reading(criterion: str, plugins: AdaptixPluginManager | None) -> AccuracyRe
     return reading
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-
-
 def _check_deltas(deltas: Sequence[float], *, allow_empty: bool) -> None:
-    bad = [d for d in deltas if not (_is_number(d) and 0.0 <= d <= 1.0)]
-    if bad or not (len(deltas) or allow_empty):
+    try:
+        for i, delta in enumerate(deltas):
+            unit(delta, f"δ[{i}]", open_low=False, open_high=False)
+        problem = "" if len(deltas) or allow_empty else "no δ"
+    except ValidationError as err:
+        problem = str(err)
+    if problem:
         raise ValidationError(
-            f"expected a grid of targets δ, numbers in [0, 1], got {list(deltas)!r}. Pass e.g. "
-            "[0.8, 0.85, 0.9]."
+            f"expected a grid of targets δ, numbers in [0, 1], got {list(deltas)!r} "
+            f"({problem.rstrip('.')}). "
+            "Pass e.g. [0.8, 0.85, 0.9]."
         )
 
 
 def _check_curve(points: Sequence[tuple[float, float]], bound: float, name: str) -> None:
-    if not _is_number(bound):
-        raise ValidationError(f"expected {name} to be a number, got {bound!r}.")
-    bad = [
-        p
-        for p in points
-        if not (isinstance(p, Sequence) and len(p) == 2 and all(_is_number(v) for v in p))
-    ]
-    if bad:
+    real(bound, name, finite=False)
+    for point in points:
+        problem = "not a pair"
+        if isinstance(point, Sequence) and len(point) == 2:
+            try:
+                real(point[0], "the cost", finite=False)
+                real(point[1], "the accuracy", finite=False)
+                continue
+            except ValidationError as err:
+                problem = str(err).rstrip(".")
         raise ValidationError(
-            f"expected (cost, accuracy) pairs of numbers, got {bad[:3]!r}. Leave out points "
-            "whose accuracy is undefined (None)."
+            f"expected (cost, accuracy) pairs of numbers, got {point!r} ({problem}). Leave out "
+            "points whose accuracy is undefined (None)."
         )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from adaptix.errors import ValidationError
+from adaptix.scalars import real
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class FlopProfile:
                 f"expected finite, non-negative FLOP counts, got {bad[0]!r}. Measure them with "
                 "MultiExitModel.flop_profile."
             )
+        # numpy scalars and 0-d tensors are accepted; the profile holds plain floats.
+        object.__setattr__(self, "blocks", tuple(real(v, "a FLOP count") for v in self.blocks))
+        object.__setattr__(self, "heads", tuple(real(v, "a FLOP count") for v in self.heads))
 
     @property
     def exit_costs(self) -> list[float]:
@@ -100,6 +103,9 @@ class FlopMeter:
 
 
 def _is_flop_count(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Whether ``value`` is a finite number >= 0 by adaptix's one rule (`adaptix.scalars`)."""
+    try:
+        real(value, "a FLOP count", low=0.0)
+    except ValidationError:
         return False
-    return math.isfinite(value) and value >= 0
+    return True

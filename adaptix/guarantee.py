@@ -38,13 +38,12 @@ users have. Relative cost is not Bernoulli: `budget` uses Hoeffding–Bentkus.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
 
-from adaptix import scalars
+from adaptix import callsite, scalars
 from adaptix.bounds import (
     binomial_pvalue_at_least,
     binomial_pvalue_at_most,
@@ -589,12 +588,11 @@ def _disjoint_from(trace: Trace, calibration: Calibration | None) -> Trace:
             "on its own rows certifies an optimistic promise. Split the held-out data in two "
             "(one part to calibrate, the other to certify)."
         )
-    warnings.warn(
+    callsite.warn(
         f"{reused} of the {trace.num_inputs} certification rows were also counted in the "
         f"criterion's calibration; they were left out, and the statement rests on the other "
         f"{trace.num_inputs - reused}.",
         CertificateWarning,
-        stacklevel=4,
     )
     return trace.subset(~shared.to(trace.logits.device))
 
@@ -610,7 +608,7 @@ def _number(value: Any) -> float | None:
 
 
 def _warn(certificate: Certificate) -> None:
-    warnings.warn(certificate.statement(), CertificateWarning, stacklevel=3)
+    callsite.warn(certificate.statement(), CertificateWarning)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from adaptix.flops import FlopMeter, FlopProfile
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 from adaptix.rows import batch_device, batch_size, take_rows
 from adaptix.rows import batch_size as batch_size_of
+from adaptix.scalars import count, flag
 from adaptix.trace import Trace
 
 
@@ -270,14 +271,10 @@ class MultiExitModel(nn.Module):
                 padded to one length), but not when cost varies with the input (text padded
                 per batch: keep None).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValidationError(f"expected an integer batch_size >= 1, got {batch_size!r}.")
-        if flop_batches is not None and (
-            isinstance(flop_batches, bool) or not isinstance(flop_batches, int) or flop_batches < 1
-        ):
-            raise ValidationError(
-                f"expected flop_batches to be an integer >= 1 or None, got {flop_batches!r}."
-            )
+        batch_size = count(batch_size, "batch_size", low=1)
+        if flop_batches is not None:
+            flop_batches = count(flop_batches, "flop_batches", low=1)
+        progress = flag(progress, "progress")
         was_training = self.training
         self.eval()
         try:
@@ -333,14 +330,16 @@ def _check_input_shape(shape: object) -> tuple[int, ...] | None:
     """``input_shape`` as a tuple of positive ints (None: not declared)."""
     if shape is None:
         return None
-    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
-    ):
-        raise ValidationError(
-            f"expected input_shape as a tuple of positive integers (one input, no batch "
-            f"dimension), got {shape!r}. For 28 × 28 grey images: input_shape=(1, 28, 28)."
-        )
-    return tuple(shape)
+    expected = (
+        "expected input_shape as a tuple of positive integers (one input, no batch dimension)"
+    )
+    fix = "For 28 × 28 grey images: input_shape=(1, 28, 28)."
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise ValidationError(f"{expected}, got {shape!r}. {fix}")
+    try:
+        return tuple(count(d, f"input_shape[{i}]", low=1) for i, d in enumerate(shape))
+    except ValidationError as err:
+        raise ValidationError(f"{expected}, got {shape!r}: {err} {fix}") from None
 
 
 def build_model(
@@ -367,8 +366,7 @@ def build_model(
             declare them.
         plugins: the plugin manager (default: the shared one).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValidationError(f"expected num_classes to be an integer >= 1, got {num_classes!r}.")
+    num_classes = count(num_classes, "num_classes", low=1)
     manager = resolve_manager(plugins)
     backbone_entry = manager.backbones.entry(backbone)
     maker = backbone_entry.component(

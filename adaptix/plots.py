@@ -10,13 +10,13 @@ threads or on machines without a display.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptix.errors import AdaptixError, ValidationError
+from adaptix.scalars import real
 
 if TYPE_CHECKING:
     from adaptix.calibration import Calibration
@@ -360,22 +360,19 @@ def _check_curves(
     """Raise unless every point of every curve is an (x, y) pair of finite numbers."""
     for name, curve in curves.items():
         for point in curve:
-            pair = isinstance(point, Sequence) and len(point) == 2
-            x_ok = pair and _finite(point[0]) and (point[0] > 0 or not x_positive)
-            y_ok = pair and (_finite(point[1]) or (y_optional and point[1] is None))
-            if not (x_ok and y_ok):
-                raise ValidationError(
-                    f"expected the points of {name!r} as {shape} pairs of finite numbers, got "
-                    f"{point!r}."
-                )
-
-
-def _finite(value: object) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+            problem = "not a pair"
+            if isinstance(point, Sequence) and len(point) == 2:
+                try:
+                    real(point[0], "x", low=0.0 if x_positive else None, open_low=x_positive)
+                    if not (y_optional and point[1] is None):
+                        real(point[1], "y")
+                    continue
+                except ValidationError as err:
+                    problem = str(err).rstrip(".")
+            raise ValidationError(
+                f"expected the points of {name!r} as {shape} pairs of finite numbers, got "
+                f"{point!r} ({problem})."
+            )
 
 
 def _xy(curve: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -23,8 +22,10 @@ import pluggy
 
 from adaptix import hookspecs
 from adaptix._version import __version__
+from adaptix.callsite import warn
 from adaptix.components import Backbone, Calibrator, Component, ExitCriterion, ExitHead
 from adaptix.errors import AdaptixError, PluginError, ValidationError
+from adaptix.scalars import flag
 from adaptix.settings import Settings
 
 ENTRY_POINT_GROUP = "adaptix"
@@ -255,12 +256,11 @@ class AdaptixPluginManager(pluggy.PluginManager):
         known = set(BUILTIN_PLUGINS) | self._entry_point_names | set(self._infos)
         unknown = [name for name in self.blocked_names() if name not in known]
         if unknown:
-            warnings.warn(
+            warn(
                 f"ADAPTIX_DISABLE_PLUGINS / disable= names {unknown}, which match no plugin, so "
                 f"they block nothing. Known plugins: {', '.join(sorted(known))}. Check the "
                 "spelling against `adaptix plugins`.",
                 AdaptixPluginWarning,
-                stacklevel=3,
             )
 
     def _broken(self, info: PluginInfo, err: Exception, what: str) -> None:
@@ -268,7 +268,7 @@ class AdaptixPluginManager(pluggy.PluginManager):
         message = f"adaptix plugin '{info.name}' from {info.distribution} {what}: {err!r}"
         if self.settings.strict_plugins or info.distribution == "adaptix":
             raise PluginError(message) from err
-        warnings.warn(message, AdaptixPluginWarning, stacklevel=3)
+        warn(message, AdaptixPluginWarning)
 
     # -- registries ------------------------------------------------------------------------
 
@@ -379,13 +379,8 @@ def get_plugin_manager(
         ("trace_plugins", "trace", trace),
         ("strict_plugins", "strict", strict),
     ):
-        if value is None:
-            continue
-        if not isinstance(value, bool):
-            raise ValidationError(
-                f"expected {argument}= True, False or None, got {value!r} ({type(value).__name__})."
-            )
-        overrides[field_name] = value
+        if value is not None:
+            overrides[field_name] = flag(value, argument)
     if disable is not None:
         overrides["disable_plugins"] = _plugin_names(disable)
     manager = AdaptixPluginManager(base.model_copy(update=overrides))

@@ -23,6 +23,7 @@ from adaptix.kernels.dispatch import BACKENDS
 from adaptix.model import MultiExitModel
 from adaptix.policy import ExitPolicy
 from adaptix.rows import batch_device, take_rows
+from adaptix.scalars import count, flag
 from adaptix.scores import prediction, probabilities
 
 if TYPE_CHECKING:
@@ -85,8 +86,8 @@ class EarlyExitRunner:
 
     Raises:
         ValidationError: not a `MultiExitModel` or not an `ExitPolicy`, blocks and heads on
-            different devices, an unknown mode or backend, or a monitor built for another
-            policy (or auditing in lockstep mode).
+            different devices, an unknown mode or backend, a flag that is not a bool, or a
+            monitor built for another policy (or auditing in lockstep mode).
         CalibrationError: the policy's calibration was made for another model.
     """
 
@@ -111,11 +112,11 @@ class EarlyExitRunner:
         if backend not in BACKENDS:
             raise ValidationError(f"expected backend in {BACKENDS}, got {backend!r}.")
         self.model = model
-        self.return_probabilities = return_probabilities
+        self.return_probabilities = flag(return_probabilities, "return_probabilities")
         self.mode = mode
         self.backend = backend
-        self.fused = fused
-        self.check_finite = check_finite
+        self.fused = flag(fused, "fused")
+        self.check_finite = flag(check_finite, "check_finite")
         self._device = model.check_devices()
         self._checked_classes: int | None = None
         self._plan = self._prepare(policy)
@@ -603,8 +604,7 @@ def time_exits(model: MultiExitModel, batches: list[Any], repeats: int = 2) -> E
     """
     if not batches:
         raise ValidationError("expected at least one batch to time, got none.")
-    if not (isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1):
-        raise ValidationError(f"expected repeats to be an integer >= 1, got {repeats!r}.")
+    repeats = count(repeats, "repeats", low=1)
     sizes = [model.check_input(batch) for batch in batches]
     rows = sum(sizes)
     synchronise = torch.cuda.synchronize if model.check_devices().type == "cuda" else None

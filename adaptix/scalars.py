@@ -98,7 +98,7 @@ def real(
     try:
         x = float(item)
     except OverflowError:  # an int beyond the float range
-        x = math.inf if item > 0 else -math.inf
+        x = math.inf if int(item) > 0 else -math.inf
     if math.isnan(x) or (finite and math.isinf(x)):
         raise error(f"expected {name} to be a finite real number, got {value!r}.")
     too_low = low is not None and (x <= low if open_low else x < low)
@@ -144,10 +144,8 @@ def integer(
         raise error(f"expected {name} to be an integer, got {_show(value)}.")
     x = int(item)
     if (low is not None and x < low) or (high is not None and x > high):
-        raise error(
-            f"expected {name} to be an integer in {_interval(low, high, False, False)}, "
-            f"got {value!r}."
-        )
+        wanted = f"≥ {low}" if high is None else f"in {_interval(low, high, False, False)}"
+        raise error(f"expected {name} to be an integer {wanted}, got {value!r}.")
     return x
 
 
@@ -186,9 +184,13 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     return value
 
 
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _interval(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
-    left = "(-inf" if low is None else ("(" if open_low else "[") + f"{low:g}"
-    right = "inf)" if high is None else f"{high:g}" + (")" if open_high else "]")
+    left = "(-inf" if low is None else ("(" if open_low else "[") + _number(low)
+    right = "inf)" if high is None else _number(high) + (")" if open_high else "]")
     return f"{left}, {right}"
 
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 from pydantic import field_validator
 
-from adaptix._frozen import FrozenModel
+from adaptix._frozen import FrozenModel, describe_problem
 from adaptix.errors import ConfigError
+from adaptix.scalars import flag_field
+
+# A flag is a bool, never 0/1 or "yes" (`adaptix.scalars`); the environment's words are read by
+# `_flag`. mypy reads the type as the bool it validates.
+if TYPE_CHECKING:
+    Flag = bool
+else:
+    Flag = flag_field()
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -50,18 +58,15 @@ class Settings(FrozenModel):
     """
 
     disable_plugins: tuple[str, ...] = ()
-    autoload_plugins: bool = True
-    trace_plugins: bool = False
-    strict_plugins: bool = False
+    autoload_plugins: Flag = True
+    trace_plugins: Flag = False
+    strict_plugins: Flag = False
 
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except PydanticValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                for e in err.errors()
-            )
+            problems = "; ".join(describe_problem("", e) for e in err.errors())
             raise ConfigError(f"invalid adaptix settings: {problems}.") from err
 
     @field_validator("disable_plugins", mode="before")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from adaptix.errors import ValidationError
 from adaptix.model import MultiExitModel
 from adaptix.rows import _leaves, take_rows, to_device
 from adaptix.rows import batch_size as rows_in
+from adaptix.scalars import choice, count, flag, integer, real, unit
 from adaptix.scores import prediction
 
 Data = tuple[Any, Tensor]
@@ -148,11 +148,8 @@ class RandomCropFlip:
     """
 
     def __init__(self, pad: int = 2, flip: float = 0.5) -> None:
-        if not (_is_int(pad) and pad >= 0):
-            raise ValidationError(f"expected pad to be an integer >= 0, got {pad!r}.")
-        if not (_is_finite(flip) and 0 <= flip <= 1):
-            raise ValidationError(f"expected flip to be a probability in [0, 1], got {flip!r}.")
-        self.pad, self.flip = int(pad), float(flip)
+        self.pad = count(pad, "pad")
+        self.flip = unit(flip, "flip", open_low=False, open_high=False)
 
     def __repr__(self) -> str:
         return f"RandomCropFlip(pad={self.pad}, flip={self.flip:g})"
@@ -194,8 +191,7 @@ def _cached_features(model: MultiExitModel, inputs: Any, batch: int) -> list[Ten
 def exit_accuracy(model: MultiExitModel, data: Data, batch_size: int = 256) -> list[float]:
     """Accuracy of every exit on ``(inputs, labels)``."""
     inputs, labels, top_label = _check_data(data, "data")
-    if not (_is_int(batch_size) and batch_size >= 1):
-        raise ValidationError(f"expected batch_size to be an integer >= 1, got {batch_size!r}.")
+    batch_size = count(batch_size, "batch_size", low=1)
     was_training = model.training
     model.eval()
     device = model.check_devices()
@@ -270,26 +266,32 @@ def train_exits(
             training loss that became NaN or inf (the message names the epoch; the model's
             weights are then no longer usable).
     """
-    weights = _check_options(
+    options = _Options.checked(
         model,
-        mode,
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        loss_weights,
-        distillation,
-        temperature,
-        patience,
+        mode=mode,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        loss_weights=loss_weights,
+        distillation=distillation,
+        temperature=temperature,
+        patience=patience,
+        seed=seed,
+        progress=progress,
+        label_smoothing=label_smoothing,
     )
-    _check_recipe(mode, label_smoothing, schedule, augment)
+    epochs, batch_size, lr, seed = options.epochs, options.batch_size, options.lr, options.seed
+    patience = options.patience
+    weights = options.loss_weights
+    _check_recipe(mode, schedule, augment)
     inputs, labels, top_label = _check_data(train, "training data")
     val_data = None if val is None else _check_data(val, "validation data")[:2]
     device = model.check_devices()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     forward = _ExitForward(model, inputs, mode, device, batch_size, augment)
-    optimizer = torch.optim.AdamW(forward.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(forward.parameters(), lr=lr, weight_decay=options.weight_decay)
     n = labels.numel()
     steps = max(epochs * ((n + batch_size - 1) // batch_size), 1)
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -300,15 +302,17 @@ def train_exits(
     loss_of = functools.partial(
         _loss,
         weights=weights,
-        distillation=distillation,
-        temperature=temperature,
+        distillation=options.distillation,
+        temperature=options.temperature,
         top_label=top_label,
-        label_smoothing=label_smoothing,
+        label_smoothing=options.label_smoothing,
     )
 
     result = TrainResult(val_accuracy=None)
     best = _BestEpoch()
-    bar = tqdm(range(epochs), desc=f"train exits ({mode})", disable=not progress, unit="epoch")
+    bar = tqdm(
+        range(epochs), desc=f"train exits ({mode})", disable=not options.progress, unit="epoch"
+    )
     for epoch in bar:
         order = torch.randperm(n, generator=generator)
         loss = _train_epoch(forward, labels, order, batch_size, loss_of, optimizer, scheduler)
@@ -340,56 +344,89 @@ def train_exits(
     return result
 
 
-def _check_options(
-    model: MultiExitModel,
-    mode: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    loss_weights: Sequence[float] | None,
-    distillation: float,
-    temperature: float,
-    patience: int | None,
-) -> list[float]:
-    """Raise unless every option of `train_exits` is in range; the per-exit loss weights."""
-    if mode not in ("frozen", "joint"):
-        raise ValidationError(f"expected mode 'frozen' or 'joint', got {mode!r}.")
-    checks = [
-        ("epochs", epochs, _is_int(epochs) and epochs >= 1, "an integer >= 1"),
-        ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an integer >= 1"),
-        ("lr", lr, _is_finite(lr) and lr > 0, "a finite number > 0"),
-        ("weight_decay", weight_decay, _is_finite(weight_decay) and weight_decay >= 0,
-         "a finite number >= 0"),
-        ("distillation", distillation, _is_finite(distillation) and 0 <= distillation < 1,
-         "a number in [0, 1)"),
-        ("temperature", temperature, _is_finite(temperature) and temperature > 0,
-         "a finite number > 0"),
-        ("patience", patience, patience is None or (_is_int(patience) and patience >= 1),
-         "an integer >= 1 or None"),
-    ]  # fmt: skip
-    bad = [f"{name} to be {wanted} (got {value!r})" for name, value, ok, wanted in checks if not ok]
-    if bad:
-        raise ValidationError(f"expected {'; '.join(bad)}.")
-    weights = list(loss_weights) if loss_weights is not None else [1.0] * model.num_exits
-    if len(weights) != model.num_exits or not all(_is_finite(w) and w >= 0 for w in weights):
+@dataclass(frozen=True)
+class _Options:
+    """The numeric options of `train_exits`, checked (`adaptix.scalars`) and normalised."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    loss_weights: list[float]
+    distillation: float
+    temperature: float
+    patience: int | None
+    seed: int
+    progress: bool
+    label_smoothing: float
+
+    @classmethod
+    def checked(
+        cls,
+        model: MultiExitModel,
+        *,
+        mode: str,
+        loss_weights: Sequence[float] | None,
+        patience: int | None,
+        **values: Any,
+    ) -> _Options:
+        """Raise a `ValidationError` naming every option out of range, or return them checked.
+
+        Args:
+            model: the model (its exits size ``loss_weights``).
+            mode: ``"frozen"`` or ``"joint"``.
+            loss_weights: one weight per exit, or None (all 1).
+            patience: an integer >= 1, or None.
+            values: the other options of `train_exits`, by name.
+        """
+        choice(mode, "mode", ("frozen", "joint"))
+        checks: dict[str, Callable[[], Any]] = {
+            "epochs": lambda: count(values["epochs"], "epochs", low=1),
+            "batch_size": lambda: count(values["batch_size"], "batch_size", low=1),
+            "lr": lambda: real(values["lr"], "lr", low=0.0, open_low=True),
+            "weight_decay": lambda: real(values["weight_decay"], "weight_decay", low=0.0),
+            "distillation": lambda: real(
+                values["distillation"], "distillation", low=0.0, high=1.0, open_high=True
+            ),
+            "temperature": lambda: real(
+                values["temperature"], "temperature", low=0.0, open_low=True
+            ),
+            "patience": lambda: None if patience is None else count(patience, "patience", low=1),
+            "seed": lambda: integer(values["seed"], "seed"),
+            "progress": lambda: flag(values["progress"], "progress"),
+            "label_smoothing": lambda: real(
+                values["label_smoothing"], "label_smoothing", low=0.0, high=1.0, open_high=True
+            ),
+            "loss_weights": lambda: _loss_weights(loss_weights, model.num_exits),
+        }
+        checked: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, check in checks.items():
+            try:
+                checked[name] = check()
+            except ValidationError as err:
+                problems.append(str(err).rstrip("."))
+        if problems:
+            raise ValidationError("; ".join(problems) + ".")
+        return cls(**checked)
+
+
+def _loss_weights(loss_weights: Sequence[float] | None, num_exits: int) -> list[float]:
+    """One finite, non-negative weight per exit (all 1 when None)."""
+    if loss_weights is None:
+        return [1.0] * num_exits
+    weights = list(loss_weights) if isinstance(loss_weights, Sequence) else None
+    if weights is None or isinstance(loss_weights, str) or len(weights) != num_exits:
         raise ValidationError(
-            f"expected loss_weights to be {model.num_exits} finite, non-negative numbers (one "
-            f"per exit), got {weights}."
+            f"expected loss_weights to be {num_exits} finite, non-negative numbers (one per "
+            f"exit), got {loss_weights!r}."
         )
-    return [float(w) for w in weights]
+    return [real(w, f"loss_weights[{e}]", low=0.0) for e, w in enumerate(weights)]
 
 
-def _check_recipe(
-    mode: str, label_smoothing: float, schedule: str, augment: Callable[[Any], Any] | None
-) -> None:
+def _check_recipe(mode: str, schedule: str, augment: Callable[[Any], Any] | None) -> None:
     """Raise unless the recipe options of `train_exits` are in range and fit ``mode``."""
-    if not (_is_finite(label_smoothing) and 0 <= label_smoothing < 1):
-        raise ValidationError(
-            f"expected label_smoothing to be a number in [0, 1), got {label_smoothing!r}."
-        )
-    if schedule not in ("cosine", "onecycle"):
-        raise ValidationError(f"expected schedule 'cosine' or 'onecycle', got {schedule!r}.")
+    choice(schedule, "schedule", ("cosine", "onecycle"))
     if augment is not None and not callable(augment):
         raise ValidationError(
             f"expected augment to be a callable on a batch of inputs, got {type(augment).__name__}."
@@ -399,18 +436,6 @@ def _check_recipe(
             "augment needs mode='joint': in the frozen mode the backbone's features are computed "
             "once, so an augmentation would never reach them."
         )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite(value: object) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 class _ExitForward:

@@ -286,7 +286,7 @@ def test_exits_that_count_different_inputs_are_refused() -> None:
 
 @pytest.mark.parametrize("num_classes", [2.5, "3", True, None, 0, -1])
 def test_num_classes_must_be_a_positive_integer(num_classes) -> None:
-    with pytest.raises(CalibrationError, match="num_classes to be an integer >= 1"):
+    with pytest.raises(CalibrationError, match="num_classes to be an integer"):
         Calibration(COUNTS, CORRECT, num_classes)
 
 
@@ -337,7 +337,7 @@ def test_an_unlabelled_trace_cannot_be_calibrated(plugins) -> None:
 
 @pytest.mark.parametrize("bins", [0, -1, 1.5, True, "10", 2**24 + 1, 10**12, 2**62])
 def test_bins_must_be_a_positive_integer(plugins, bins) -> None:
-    with pytest.raises(CalibrationError, match=r"bins to be an integer from 1 to 2\*\*24"):
+    with pytest.raises(CalibrationError, match=r"bins to be an integer"):
         adaptix.calibrate(synthetic_trace(10, 2, 3), bins=bins, plugins=plugins)
 
 
@@ -378,13 +378,13 @@ def test_a_calibrator_that_fits_another_model_is_a_plugin_error(manager_with, ex
 
 
 def test_a_negative_window_is_refused(calibration) -> None:
-    with pytest.raises(CalibrationError, match="window that is an integer >= 0"):
+    with pytest.raises(CalibrationError, match="window to be an integer"):
         calibration.accuracy(-1)
 
 
 @pytest.mark.parametrize("window", [1.5, True, "1", None])
 def test_a_window_that_is_not_an_integer_is_refused(calibration, window) -> None:
-    with pytest.raises(CalibrationError, match="window that is an integer >= 0"):
+    with pytest.raises(CalibrationError, match="window to be an integer"):
         calibration.accuracy(window)
 
 

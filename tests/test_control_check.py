@@ -257,10 +257,10 @@ def test_more_than_one_target_is_refused(
     [
         ({"early_accuracy": 0.0}, r"early_accuracy in \(0, 1\]"),
         ({"early_accuracy": 1.5}, r"early_accuracy in \(0, 1\]"),
-        ({"early_accuracy": True}, r"early_accuracy in \(0, 1\]"),
+        ({"early_accuracy": True}, r"early_accuracy to be a real number, got True \(bool\)"),
         ({"accuracy_drop": -0.01}, r"accuracy_drop in \[0, 1\]"),
         ({"relative_cost": 0.0}, r"relative_cost in \(0, 1\]"),
-        ({"relative_cost": float("nan")}, r"relative_cost in \(0, 1\]"),
+        ({"relative_cost": float("nan")}, r"relative_cost to be a finite real number, got nan"),
         ({"early_accuracy": 0.9, "alpha": 0.0}, r"alpha in \(0, 1\)"),
         ({"early_accuracy": 0.9, "alpha": 1.0}, r"alpha in \(0, 1\)"),
         ({"early_accuracy": 0.9, "min_early_exit_rate": 1.5}, r"min_early_exit_rate in \[0, 1\]"),

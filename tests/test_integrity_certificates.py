@@ -436,3 +436,16 @@ def test_numpy_scalars_pass_and_strings_fail_at_the_certifying_entry_points() ->
             adaptix.guarantee(CERT, "confidence", early_accuracy=0.8, alpha=bad)
         with pytest.raises(ValidationError, match="alpha"):
             adaptix.budget(CERT, "confidence", relative_cost=0.8, alpha=bad)
+
+
+def test_certificate_warnings_point_at_the_callers_line() -> None:
+    tiny = CERT.subset(slice(0, 30))
+    with pytest.warns(CertificateWarning) as record:
+        adaptix.guarantee(tiny, "confidence", early_accuracy=0.99)
+    assert record[0].filename == __file__
+    with pytest.warns(CertificateWarning) as record:
+        Certifier(tiny, "confidence").early_accuracy(0.99)
+    assert record[0].filename == __file__
+    with pytest.warns(CertificateWarning) as record:
+        adaptix.budget(tiny, "confidence", relative_cost=0.01)
+    assert record[0].filename == __file__

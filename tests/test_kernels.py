@@ -998,7 +998,7 @@ def test_bin_edges_bucketize_exactly_as_bin_index(bins: int) -> None:
 @pytest.mark.parametrize(
     ("threshold", "kind", "table", "backend", "message"),
     [
-        (math.nan, "confidence", None, "auto", "finite threshold"),
+        (math.nan, "confidence", None, "auto", "threshold to be a finite real number"),
         (0.5, "margin", None, "auto", "kind in"),
         (0.5, "table", None, "auto", "table of bin accuracies"),
         (0.5, "confidence", torch.rand(10), "auto", "no table"),
@@ -1082,9 +1082,9 @@ def test_bad_bin_edges_are_refused(kind: str, edges: object, message: str, entry
         (torch.ones(2, 5, dtype=torch.int64), 0.5, "confidence", None, "float32, float16"),
         (torch.randn(2, 0), 0.5, "confidence", None, "C >= 1"),
         ([[0.1, 0.9]], 0.5, "confidence", None, "torch.Tensor"),
-        (torch.randn(2, 5), math.nan, "confidence", None, "finite threshold"),
-        (torch.randn(2, 5), math.inf, "entropy", None, "finite threshold"),
-        (torch.randn(2, 5), True, "confidence", None, "real threshold"),
+        (torch.randn(2, 5), math.nan, "confidence", None, "threshold to be a finite real number"),
+        (torch.randn(2, 5), math.inf, "entropy", None, "threshold to be a finite real number"),
+        (torch.randn(2, 5), True, "confidence", None, "threshold to be a real number, got True"),
         (torch.randn(2, 5), torch.tensor(0.5), "confidence", None, "real threshold"),
         (torch.randn(2, 5), 0.5, "margin", None, "kind in"),
         (torch.randn(2, 5), 0.5, "table", None, "table of bin accuracies"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import reprlib
-from numbers import Real
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from adaptix.errors import ValidationError, expect
 from adaptix.kernels.types import ExitDecision, ExitKind
+from adaptix.scalars import real
 from adaptix.scores import (
     bin_index,
     confidence_and_prediction,
@@ -91,13 +91,12 @@ def check_exit_rule(
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
     expect(
-        isinstance(threshold, Real) and not isinstance(threshold, bool),
-        "a real threshold (a Python float)",
+        not isinstance(threshold, Tensor),
+        "a real threshold (a Python or numpy number)",
         type(threshold).__name__,
         "Pass a number, e.g. float(threshold); a tensor would force a device synchronisation.",
     )
-    value = float(threshold)
-    expect(math.isfinite(value), "a finite threshold", value, "Pass a number in [0, 1].")
+    value = real(threshold, "the threshold")
     expect(kind in EXIT_KINDS, f"kind in {EXIT_KINDS}", repr(kind), "Choose one of them.")
     if kind != "table":
         expect(

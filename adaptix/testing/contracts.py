@@ -26,6 +26,7 @@ from adaptix.components import (
 from adaptix.errors import AdaptixError, CalibrationError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, Entry, resolve_manager
 from adaptix.policy import ExitPolicy, policy
+from adaptix.scalars import count
 from adaptix.simulate import simulate
 from adaptix.testing.data import synthetic_trace
 from adaptix.trace import Trace
@@ -328,7 +329,9 @@ def check_calibrator(
 
     Raises:
         AssertionError: the calibrator breaks the contract; the message says how.
+        ValidationError: ``bins`` is not an integer >= 1.
     """
+    bins = count(bins, "bins", low=1)
     manager = resolve_manager(plugins)
     entry = manager.calibrators.entry(name)
     owner = f"calibrator '{name}'"

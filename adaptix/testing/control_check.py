@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from adaptix.bounds import binomial_pvalue_at_most, clopper_pearson_lower, clopper_pearson_upper
 from adaptix.errors import ValidationError
 from adaptix.policy import ExitPolicy
+from adaptix.scalars import flag, unit
 from adaptix.simulate import simulate
 from adaptix.testing.speed import describe
 from adaptix.trace import Trace
@@ -202,12 +203,13 @@ def check_control(
     if not isinstance(policy, ExitPolicy):
         raise ValidationError(f"expected an adaptix.ExitPolicy, got {type(policy).__name__}.")
     target, level, source = _promise(policy, early_accuracy, accuracy_drop, relative_cost)
-    if not strict:
-        _unit(alpha, "alpha", open_low=True, open_high=True)
-    _unit(min_early_exit_rate, "min_early_exit_rate", open_low=False, open_high=False)
-    for name, flag in (("strict", strict), ("require_certified", require_certified)):
-        if not isinstance(flag, bool):
-            raise ValidationError(f"expected {name} to be True or False, got {flag!r}.")
+    strict = flag(strict, "strict")
+    require_certified = flag(require_certified, "require_certified")
+    test_alpha = None if strict else unit(alpha, "alpha")
+    min_early_exit_rate = unit(
+        min_early_exit_rate, "min_early_exit_rate", open_low=False, open_high=False
+    )
+    _check_fits(trace, policy)
     if target != "relative_cost" and trace.labels is None:
         raise ValidationError(
             f"expected a labelled trace to check {QUANTITY[target]} {level:g}, got an unlabelled "
@@ -230,7 +232,6 @@ def check_control(
         )
         for e in range(trace.num_exits)
     )
-    test_alpha = None if strict else float(alpha)
     estimate, bound, pvalue, broken = _evidence(
         target, level, trace, exits, right, relative, test_alpha
     )
@@ -268,7 +269,7 @@ def check_control(
         pvalue=pvalue,
         alpha=test_alpha,
         early_exit_rate=rate,
-        min_early_exit_rate=float(min_early_exit_rate),
+        min_early_exit_rate=min_early_exit_rate,
         holds=holds,
         reason=reason,
         exits=rows,
@@ -302,7 +303,7 @@ def _promise(
         ((name, value),) = given.items()
         target: Target = name  # type: ignore[assignment]  # one of the three literal keys
         open_low = name != "accuracy_drop"
-        return target, _unit(value, name, open_low=open_low, open_high=False), "given"
+        return target, unit(value, name, open_low=open_low, open_high=False), "given"
     certificate = policy.certificate
     if certificate is not None:
         return certificate.target, float(certificate.level), "certificate"
@@ -391,16 +392,16 @@ def _detail(reason: str) -> str:
     return reason.split(": ", 1)[1] if ": " in reason else reason
 
 
-def _unit(value: Any, name: str, *, open_low: bool, open_high: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        low = value > 0 if open_low else value >= 0
-        high = value < 1 if open_high else value <= 1
-        ok = low and high
-    if not ok:
-        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
-        raise ValidationError(f"expected {name} in {interval}, got {value!r}.")
-    return float(value)
+def _check_fits(trace: Trace, policy: ExitPolicy) -> None:
+    """Refuse a held-out trace of another model than the policy's, naming exits and classes."""
+    try:
+        policy.check_model(trace.num_exits, trace.num_classes)
+    except ValidationError as err:  # a CalibrationError from the built-ins, or a plugin's own
+        raise type(err)(
+            f"expected a held-out trace of the model that {describe(policy)} was calibrated "
+            f"for, got a trace of {trace.num_exits} exits and {trace.num_classes} classes, "
+            f"which the policy does not fit: {err}"
+        ) from err
 
 
 def _source(source: str) -> str:

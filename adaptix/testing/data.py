@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from adaptix.scalars import count, flag, integer
 from adaptix.trace import Trace
 
 
@@ -30,7 +31,16 @@ def synthetic_trace(
         num_classes: C.
         seed: seeds every random draw: the same arguments give the same trace.
         labelled: attach the labels (False gives an unlabelled trace of the same logits).
+
+    Raises:
+        ValidationError: a size below 1 (2 for the classes), or an argument of the wrong type
+            (`adaptix.scalars`).
     """
+    num_inputs = count(num_inputs, "num_inputs", low=1)
+    num_exits = count(num_exits, "num_exits", low=1)
+    num_classes = count(num_classes, "num_classes", low=2)
+    seed = integer(seed, "seed")
+    labelled = flag(labelled, "labelled")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(num_classes, (num_inputs,), generator=generator)
     ease = 1.5 - torch.rand(num_inputs, 1, generator=generator)

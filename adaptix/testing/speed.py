@@ -54,6 +54,7 @@ from adaptix.model import MultiExitModel, profile_from_trace
 from adaptix.policy import ExitPolicy
 from adaptix.rows import batch_device, batch_size, take_rows
 from adaptix.runtime import EarlyExitRunner, RunnerOutput
+from adaptix.scalars import count, real
 from adaptix.simulate import SimulationResult, simulate
 from adaptix.trace import Trace
 
@@ -71,6 +72,9 @@ MAX_ROUND_SECONDS = 1.0
 MAX_PASSES = 1024
 #: The default baseline's name.
 PLAIN_MODEL = "the plain model"
+#: A given trace's logits of the first batch must match the model's own to this share of the
+#: row's largest logit (at least 1): far above float noise, far below another model's logits.
+TRACE_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -273,17 +277,12 @@ class ExitBenchmark:
                 "expected the model in eval mode, got it in training mode (dropout and batch "
                 "norm would make every pass differ). Call model.eval() first."
             )
-        _check_count(batch_size, "batch_size", 1)
-        _check_count(rounds, "rounds", 1)
-        _check_count(warmup_rounds, "warmup_rounds", 0)
+        batch_size = count(batch_size, "batch_size", low=1)
+        rounds = count(rounds, "rounds", low=1)
+        warmup_rounds = count(warmup_rounds, "warmup_rounds")
         if passes is not None:
-            _check_count(passes, "passes", 1)
-        if (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, (int, float))
-            or not (0 <= tolerance < 1)
-        ):
-            raise ValidationError(f"expected a tolerance in [0, 1), got {tolerance!r}.")
+            passes = count(passes, "passes", low=1)
+        tolerance = real(tolerance, "tolerance", low=0.0, high=1.0, open_high=True)
         if isinstance(policy, EarlyExitRunner):
             if policy.model is not model:
                 raise ValidationError(
@@ -311,22 +310,14 @@ class ExitBenchmark:
             )
         if baseline is not None and not callable(baseline):
             raise ValidationError(f"expected a callable baseline, got {type(baseline).__name__}.")
-        if baseline_flops is not None and not (
-            isinstance(baseline_flops, (int, float))
-            and not isinstance(baseline_flops, bool)
-            and math.isfinite(baseline_flops)
-            and baseline_flops > 0
-        ):
-            raise ValidationError(f"expected baseline_flops > 0, got {baseline_flops!r}.")
+        if baseline_flops is not None:
+            baseline_flops = real(baseline_flops, "baseline_flops", low=0.0, open_low=True)
         n = batch_size_of(inputs)
         if labels is not None and (
             not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != n
         ):
             shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValidationError(f"expected labels of shape [{n}], got {shape}.")
-        if trace is not None and (not isinstance(trace, Trace) or trace.num_inputs != n):
-            got = f"{trace.num_inputs} inputs" if isinstance(trace, Trace) else type(trace).__name__
-            raise ValidationError(f"expected the trace of these {n} inputs, got {got}.")
         self.model = model
         self.inputs = inputs
         self.labels = labels
@@ -334,6 +325,8 @@ class ExitBenchmark:
         self.batches = [
             take_rows(inputs, slice(start, start + batch_size)) for start in range(0, n, batch_size)
         ]
+        if trace is not None:
+            _check_given_trace(trace, model, self.batches[0], n, labels)
         self.baseline = baseline if baseline is not None else model.forward_plain
         if baseline_name is not None and not isinstance(baseline_name, str):
             raise ValidationError(f"expected a str baseline_name, got {baseline_name!r}.")
@@ -347,7 +340,7 @@ class ExitBenchmark:
         self.rounds = rounds
         self.warmup_rounds = warmup_rounds
         self.passes = passes
-        self.tolerance = float(tolerance)
+        self.tolerance = tolerance
         self._device = batch_device(inputs)
 
     @property
@@ -633,9 +626,57 @@ def _disagreement_message(
     return "\n".join(lines)
 
 
-def _check_count(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"expected an integer {name} >= {minimum}, got {value!r}.")
+def _check_given_trace(
+    trace: object, model: MultiExitModel, first: Any, n: int, labels: Tensor | None
+) -> None:
+    """Refuse a ``trace=`` that is not the trace of these inputs through this model, naming
+    what differs: its rows, exits, classes, labels, or the logits of the first batch (run once
+    here, so that the benchmark never compares the runner with another model's decisions)."""
+    fix = (
+        "Pass the trace of these very inputs through this model "
+        "(model.trace(inputs, labels, batch_size=batch_size)), or leave trace= out."
+    )
+    if not isinstance(trace, Trace):
+        raise ValidationError(f"expected trace= an adaptix.Trace, got {type(trace).__name__}.")
+    if trace.num_inputs != n:
+        raise ValidationError(
+            f"expected the trace of these {n} inputs, got {trace.num_inputs} inputs. {fix}"
+        )
+    if trace.num_exits != model.num_exits:
+        raise ValidationError(
+            f"expected the trace of this model's {model.num_exits} exits, got a trace of "
+            f"{trace.num_exits} exits (a trace of another model). {fix}"
+        )
+    if labels is not None:
+        if trace.labels is None:
+            raise ValidationError(
+                f"expected a trace with the labels given (labels=), got an unlabelled trace. {fix}"
+            )
+        differ = (trace.labels.cpu() != labels.cpu()).nonzero().flatten().tolist()
+        if differ:
+            raise ValidationError(
+                f"expected a trace with the labels given (labels=), got one whose labels differ "
+                f"at {len(differ)} rows (first {differ[:SHOWN_ROWS]}). {fix}"
+            )
+    with torch.inference_mode():
+        logits = torch.stack(model(first), dim=1).float().cpu()
+    classes = int(logits.shape[-1])
+    if trace.num_classes != classes:
+        raise ValidationError(
+            f"expected the trace of this model's {classes} classes, got a trace of "
+            f"{trace.num_classes} classes (a trace of another model). {fix}"
+        )
+    given = trace.logits[: logits.shape[0]].float().cpu()
+    scale = given.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    far = ((logits - given).abs() > TRACE_TOLERANCE * scale).any(dim=-1).any(dim=-1)
+    rows = far.nonzero().flatten().tolist()
+    if rows:
+        raise ValidationError(
+            f"expected the trace of these inputs through this model, got one whose logits "
+            f"differ from the model's at {len(rows)} of the first {len(far)} rows (first "
+            f"{rows[:SHOWN_ROWS]}), beyond float noise: a trace of another model, of other "
+            f"inputs, or of this model before it changed. {fix}"
+        )
 
 
 def _name(fn: Callable[..., object]) -> str:
