@@ -33,6 +33,13 @@ null is composite (p is unknown) and the alternative unspecified, and the e-proc
 neither, stays valid under optional stopping and continuous monitoring, and is computed from the
 cumulative counts alone.
 
+**The reference belongs to its policy and model.** Which exit a reference input takes, and in
+which bins it is counted, depend on the policy, so `ReferenceCounts` record the policy they were
+counted for (criterion, parameters, threshold, ``exits_early``, calibration) and the model's
+classes; a monitor, its `ShiftMonitor.reset` (what `EarlyExitRunner.swap_policy` calls) and
+``+`` refuse counts of another policy or model, or of no input (a test that could never alarm).
+A reference given as a path is loaded with `Trace.load`; nothing given as a reference is ignored.
+
 **Recalibration.** Labelled feedback (`ShiftMonitor.observe`) accumulates into a running
 calibration over a sliding window of the latest inputs or with exponential decay. Label-free,
 the runner can route a share of rows (``audit``) through to the last exit and the monitor keeps
@@ -46,6 +53,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import reprlib
 import tempfile
 import warnings
 from collections import deque
@@ -61,8 +70,16 @@ from adaptix.calibration import Calibration, count_bins
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.plugins import call_plugin, resolve_manager
 from adaptix.policy import ExitPolicy
+from adaptix.scalars import choice, count, flag, integer, real, unit
 from adaptix.scores import bin_index, confidence, prediction
 from adaptix.simulate import simulate
+from adaptix.statistics import (
+    check_costs,
+    check_params,
+    criterion_params,
+    describe_difference,
+    is_sum_start,
+)
 from adaptix.trace import Trace
 
 if TYPE_CHECKING:
@@ -73,6 +90,13 @@ JEFFREYS = 0.5
 #: Bins of the exit-0 test when the policy reads no calibration (whose bins it would use).
 DEFAULT_BINS = 10
 Source = Literal["labels", "proxy"]
+SOURCES: tuple[Source, ...] = ("labels", "proxy")
+#: The seeds a torch generator takes.
+_SEEDS = (-(2**63), 2**64 - 1)
+#: What `ReferenceCounts` record of the policy they were counted for: its decisions.
+POLICY_FIELDS = ("criterion", "params", "threshold", "exits_early", "calibration")
+#: What must agree, besides the policy, for two `ReferenceCounts` to add: the model, the bins.
+_MODEL_FIELDS = ("num_classes", "num_exits", "bins", "costs")
 
 
 class ShiftWarning(UserWarning):
@@ -110,31 +134,33 @@ class ShiftTest:
     """The two-sample e-process of the module docstring, for one categorical variable.
 
     Args:
-        reference: int64 ``[K]`` counts of the reference sample.
+        reference: int64 ``[K]`` counts of the reference sample (integer counts, at least one
+            input: with none, E_t ≤ 1 for every stream and the test could never alarm).
         concentration: κ, the weight of the reference in the stream's prior β = J + κ · (r + J)
             / Σ(r + J): 0 gives the plain Jeffreys prior; a larger κ spends less evidence when
             the stream is close to the reference and reaches an alarm faster on moderate
-            shifts. Fixed before the stream starts, as validity requires.
+            shifts. Fixed before the stream starts, as validity requires. A finite real ≥ 0
+            (Python or numpy; never a bool or a string).
+
+    Raises:
+        ValidationError: reference counts that are not a 1-d tensor of non-negative integers
+            with a positive total, or a concentration that is not a finite real ≥ 0.
     """
 
     reference: Tensor
     concentration: float = 0.0
 
     def __post_init__(self) -> None:
-        ref = self.reference
-        if not (isinstance(ref, Tensor) and ref.dim() == 1 and ref.numel() >= 1):
+        ref = _check_counts_tensor(self.reference, "reference counts", dims=1)
+        if int(ref.sum()) == 0:
             raise ValidationError(
-                f"expected reference counts as a 1-d tensor, got {_describe(ref)}."
+                "expected reference counts of at least one input, got all zeros: against an "
+                "empty reference E_t ≤ 1 for every stream, so the test could never alarm. "
+                "Count a reference sample of the data the policy serves."
             )
-        if ref.is_floating_point() or ref.is_complex() or ref.dtype == torch.bool:
-            raise ValidationError(f"expected integer reference counts, got dtype {ref.dtype}.")
-        if bool((ref < 0).any()):
-            raise ValidationError("expected non-negative reference counts, got a negative one.")
-        if not (math.isfinite(self.concentration) and self.concentration >= 0):
-            raise ValidationError(
-                f"expected a finite concentration >= 0, got {self.concentration!r}."
-            )
+        concentration = real(self.concentration, "concentration", low=0.0)
         object.__setattr__(self, "reference", ref.detach().to("cpu", torch.int64))
+        object.__setattr__(self, "concentration", concentration)
 
     @property
     def categories(self) -> int:
@@ -151,11 +177,15 @@ class ShiftTest:
 
     def log_evalue(self, stream: Tensor) -> Tensor:
         """log E_t for stream counts ``[..., K]`` (every leading index is one stream state),
-        float64 on the CPU."""
-        if stream.shape[-1:] != (self.categories,):
-            raise ValidationError(
-                f"expected stream counts [..., {self.categories}], got {tuple(stream.shape)}."
-            )
+        float64 on the CPU.
+
+        Raises:
+            ValidationError: not a tensor of K non-negative integer counts per state.
+        """
+        if not isinstance(stream, Tensor) or stream.shape[-1:] != (self.categories,):
+            got = tuple(stream.shape) if isinstance(stream, Tensor) else _describe(stream)
+            raise ValidationError(f"expected stream counts [..., {self.categories}], got {got}.")
+        _check_counts_tensor(stream, "stream counts")
         s = stream.detach().to("cpu", torch.float64)
         r = self.reference.double()
         jeffreys = torch.full((self.categories,), JEFFREYS, dtype=torch.float64)
@@ -169,9 +199,15 @@ class ShiftTest:
 def segment_threshold(alpha: float, segment: int | Tensor) -> float | Tensor:
     """log(1/α_j), the alarm line of the j-th test segment (1-based) when the test restarts:
     α_j = α · 6 / (π² j²), so that the false-alarm probabilities of all segments add up to α
-    (each segment's e-process is valid on its own; a union bound joins them)."""
+    (each segment's e-process is valid on its own; a union bound joins them).
+
+    Raises:
+        ValidationError: ``alpha`` outside (0, 1), or a segment that is not an integer ≥ 1.
+    """
+    alpha = unit(alpha, "alpha")
     if isinstance(segment, Tensor):
         return torch.log(math.pi**2 * segment.double() ** 2 / (6 * alpha))
+    segment = count(segment, "segment", low=1)
     return math.log(math.pi**2 * segment**2 / (6 * alpha))
 
 
@@ -188,7 +224,43 @@ def evidence_path(
     log E and the alarm line after each of T checks, from the cumulative counts at the checks
     (exit-0 bins ``[T, M]``, exits ``[T, E]``), with the monitor's restarts (a new segment after
     the check where the current one reached ``restart_every`` inputs). Vectorised: the offline
-    study's path through the monitor's own test."""
+    study's path through the monitor's own test.
+
+    Raises:
+        ValidationError: ``alpha`` outside (0, 1), ``check_inputs`` or ``restart_every`` not
+            an integer ≥ 1, or counts that are not ``[T, K]`` non-negative integers of the
+            tests' categories.
+    """
+    alpha = unit(alpha, "alpha")
+    check_inputs = count(check_inputs, "check_inputs", low=1)
+    if restart_every is not None:
+        restart_every = count(restart_every, "restart_every", low=1)
+    if not (
+        isinstance(tests, tuple)
+        and len(tests) == 2
+        and all(isinstance(test, ShiftTest) for test in tests)
+    ):
+        raise ValidationError(
+            f"expected tests as a tuple of two ShiftTests (exit-0 bins, exits), got "
+            f"{reprlib.repr(tests)}."
+        )
+    for name, counts, test in (
+        ("bin_counts", bin_counts, tests[0]),
+        ("exit_counts", exit_counts, tests[1]),
+    ):
+        if (
+            not isinstance(counts, Tensor)
+            or counts.dim() != 2
+            or counts.shape[1] != test.categories
+        ):
+            raise ValidationError(
+                f"expected {name} as a [T, {test.categories}] tensor, got {_describe(counts)}."
+            )
+    if bin_counts.shape[0] != exit_counts.shape[0]:
+        raise ValidationError(
+            f"expected bin_counts and exit_counts at the same {bin_counts.shape[0]} checks, got "
+            f"{exit_counts.shape[0]} checks of exits."
+        )
     checks = bin_counts.shape[0]
     index = torch.arange(checks)
     if restart_every is None:
@@ -257,7 +329,12 @@ class ShiftReport:
     reach: tuple[tuple[Move, ...], ...]
 
     def moved(self, z: float = 3.0) -> list[Move]:
-        """The exit-0 bins, exits and reached bins whose |z| ≥ ``z``, largest first."""
+        """The exit-0 bins, exits and reached bins whose |z| ≥ ``z``, largest first.
+
+        Raises:
+            ValidationError: ``z`` is not a real ≥ 0.
+        """
+        z = real(z, "z", low=0.0)
         every = [*self.bins, *self.exits, *(m for moves in self.reach[1:] for m in moves)]
         return sorted((m for m in every if abs(m.z) >= z), key=lambda m: -abs(m.z))
 
@@ -377,20 +454,47 @@ class _Window:
 class ReferenceCounts:
     """What a `ShiftMonitor` keeps of its reference data: additive counts, so that a reference
     too large for one machine is counted in shards (`adaptix.distributed.reduce_statistics`)
-    and added with ``+``.
+    and added with ``+`` (or ``sum(shards)``).
+
+    The counts depend on the policy's decisions (which exit each input takes, in which bins),
+    so they record the policy they were counted for; a monitor refuses counts of another
+    policy, and two counts of different policies, models or bins do not add. Build them with
+    `reference_counts`.
 
     Attributes:
         reach: int64 ``[E, M + 1]``: per exit e, the confidence bins of the reference inputs
             that reach exit e under the policy (the last column: undefined confidences).
         exits: int64 ``[E]``: the exit each reference input takes under the policy.
-        num_classes: C.
+        num_classes: C, the number of classes of the model counted.
         costs: the cumulative costs ``[E]`` of the model.
+        criterion: the policy's criterion (registry name).
+        params: its parameters (``params.model_dump()`` items, sorted by name).
+        threshold: the policy's threshold.
+        exits_early: the policy's ``exits_early`` (False: every input went to the last exit).
+        calibration: `Calibration.checksum` of the policy's calibration (whose bins were
+            counted, whether or not its criterion reads it), or None without one.
+
+    Raises:
+        ValidationError: a field of the wrong type, shape or range; counts of no input (a
+            monitor could never alarm against them); or counts that contradict each other
+            (the inputs reaching exit e are not those leaving at e or later, or a policy
+            that does not exit early with inputs leaving early).
     """
 
     reach: Tensor
     exits: Tensor
     num_classes: int
     costs: tuple[float, ...]
+    criterion: str
+    params: tuple[tuple[str, Any], ...]
+    threshold: float
+    exits_early: bool
+    calibration: str | None
+
+    def __post_init__(self) -> None:
+        for name, value in _reference_fields(self).items():  # frozen: set through object
+            object.__setattr__(self, name, value)
+        _check_reference_counts(self)
 
     @property
     def num_exits(self) -> int:
@@ -402,32 +506,104 @@ class ReferenceCounts:
         """M."""
         return int(self.reach.shape[1]) - 1
 
+    @property
+    def num_inputs(self) -> int:
+        """N, the reference inputs counted."""
+        return int(self.exits.sum())
+
+    def check_policy(self, policy: ExitPolicy) -> None:
+        """Raise `ValidationError` unless these counts were counted for ``policy``: the same
+        criterion, parameters, threshold, ``exits_early`` and calibration (the message names
+        the first that differs)."""
+        if not isinstance(policy, ExitPolicy):
+            raise ValidationError(f"expected an adaptix.ExitPolicy, got {_describe(policy)}.")
+        wanted = policy_record(policy)
+        for key in POLICY_FIELDS:
+            mine, theirs = getattr(self, key), wanted[key]
+            if mine != theirs:
+                raise ValidationError(
+                    f"expected reference counts of the monitored policy, got counts of another "
+                    f"{key}: {describe_difference(mine, theirs)} (counted, monitored). The "
+                    "reference's exits and bins are those of the policy it was counted for: "
+                    "count it with this policy (reference_counts(trace, policy)) or pass the "
+                    "reference trace."
+                )
+
     def __add__(self, other: object) -> ReferenceCounts:
+        """The counts of both sets of reference inputs.
+
+        Raises:
+            ValidationError: ``other`` is not `ReferenceCounts`, or the two were counted for
+                another policy (criterion, parameters, threshold, ``exits_early``,
+                calibration), model (classes, exits, costs) or binning; the message names
+                the field.
+        """
         if not isinstance(other, ReferenceCounts):
-            return NotImplemented
-        if (
-            self.reach.shape != other.reach.shape
-            or self.num_classes != other.num_classes
-            or self.costs != other.costs
-        ):
             raise ValidationError(
-                "expected reference counts of one model and one binning to add, got "
-                f"[E, M + 1] = {list(self.reach.shape)} and {list(other.reach.shape)}, C = "
-                f"{self.num_classes} and {other.num_classes}, costs {list(self.costs)} and "
-                f"{list(other.costs)}."
+                f"expected ReferenceCounts to add to ReferenceCounts, got "
+                f"{reprlib.repr(other)} ({type(other).__name__})."
             )
+        for key in (*POLICY_FIELDS, *_MODEL_FIELDS):
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                raise ValidationError(
+                    f"expected reference counts of one policy, model and binning to add, got "
+                    f"another {key}: {describe_difference(mine, theirs)}. Count every shard "
+                    "with the same policy on the same model."
+                )
         return ReferenceCounts(
-            self.reach + other.reach, self.exits + other.exits, self.num_classes, self.costs
+            self.reach + other.reach,
+            self.exits + other.exits,
+            self.num_classes,
+            self.costs,
+            **{key: getattr(self, key) for key in POLICY_FIELDS},
         )
+
+    def __radd__(self, other: object) -> ReferenceCounts:
+        """``0 + counts`` is ``counts``, so that ``sum(shards)`` adds them.
+
+        Raises:
+            ValidationError: anything but the integer 0 (``sum``'s start) or `ReferenceCounts`.
+        """
+        if is_sum_start(other):
+            return self
+        return self.__add__(other)
+
+    def __repr__(self) -> str:
+        return (
+            f"ReferenceCounts({self.criterion!r} at {self.threshold!r}, N={self.num_inputs}, "
+            f"E={self.num_exits}, M={self.bins}, C={self.num_classes})"
+        )
+
+
+def policy_record(policy: ExitPolicy) -> dict[str, Any]:
+    """What `ReferenceCounts` record of ``policy`` (the fields of `POLICY_FIELDS`)."""
+    calibration = policy.calibration
+    return {
+        "criterion": policy.name,
+        "params": criterion_params(policy),
+        "threshold": policy.threshold,
+        "exits_early": policy.exits_early,
+        "calibration": None if calibration is None else calibration.checksum,
+    }
 
 
 def reference_counts(trace: Trace, policy: ExitPolicy, bins: int = DEFAULT_BINS) -> ReferenceCounts:
     """Count a reference trace as a `ShiftMonitor` for ``policy`` counts it (the policy's
-    calibration's bins, or ``bins`` equal-width bins when it reads none).
+    calibration's bins, or ``bins`` equal-width bins when it reads none), recording the policy.
 
     Raises:
+        ValidationError: not a trace and a policy, ``bins`` not an integer ≥ 1, or a policy
+            whose criterion does not fit the trace's model.
         CalibrationError: the policy's calibration does not fit the trace.
     """
+    if not isinstance(trace, Trace):
+        raise ValidationError(
+            f"expected the reference as an adaptix.Trace, got {_describe(trace)}."
+        )
+    if not isinstance(policy, ExitPolicy):
+        raise ValidationError(f"expected an adaptix.ExitPolicy, got {_describe(policy)}.")
+    bins = count(bins, "bins", low=1)
     calibration = policy.calibration
     num_exits = trace.num_exits
     if calibration is not None:
@@ -440,7 +616,82 @@ def reference_counts(trace: Trace, policy: ExitPolicy, bins: int = DEFAULT_BINS)
         torch.bincount(exits, minlength=num_exits),
         trace.num_classes,
         tuple(float(c) for c in trace.costs.tolist()),
+        **policy_record(policy),
     )
+
+
+def _reference_fields(counts: ReferenceCounts) -> dict[str, Any]:
+    """The fields of ``counts`` checked and normalised (Python scalars, CPU tensors)."""
+    reach, exits = counts.reach, counts.exits
+    if not isinstance(reach, Tensor) or reach.dtype != torch.int64 or reach.dim() != 2:
+        raise ValidationError(
+            f"expected reach as an int64 tensor [E, M + 1], got {_describe(reach)}."
+        )
+    if reach.shape[0] < 1 or reach.shape[1] < 2:
+        raise ValidationError(
+            f"expected reach [E, M + 1] with E >= 1 exits and M >= 1 bins, got {list(reach.shape)}."
+        )
+    if (
+        not isinstance(exits, Tensor)
+        or exits.dtype != torch.int64
+        or exits.shape != reach.shape[:1]
+    ):
+        raise ValidationError(
+            f"expected exits as an int64 tensor [{reach.shape[0]}] (one count per exit of "
+            f"reach), got {_describe(exits)}."
+        )
+    for name, table in (("reach", reach), ("exits", exits)):
+        if bool((table < 0).any()):
+            raise ValidationError(f"expected non-negative counts in {name}, got negative ones.")
+    if not isinstance(counts.criterion, str) or not counts.criterion:
+        raise ValidationError(
+            f"expected criterion as a registry name (a non-empty str), got "
+            f"{reprlib.repr(counts.criterion)}."
+        )
+    calibration = counts.calibration
+    if calibration is not None and (not isinstance(calibration, str) or not calibration):
+        raise ValidationError(
+            f"expected calibration as a checksum (a non-empty str) or None, got "
+            f"{reprlib.repr(calibration)}."
+        )
+    costs = check_costs(counts.costs)
+    if len(costs) != reach.shape[0]:
+        raise ValidationError(
+            f"expected {reach.shape[0]} costs (one per exit of reach), got {len(costs)}."
+        )
+    return {
+        "reach": reach.detach().cpu(),
+        "exits": exits.detach().cpu(),
+        "num_classes": count(counts.num_classes, "num_classes", low=1),
+        "costs": costs,
+        "params": check_params(counts.params),
+        "threshold": real(counts.threshold, "threshold"),
+        "exits_early": flag(counts.exits_early, "exits_early"),
+    }
+
+
+def _check_reference_counts(counts: ReferenceCounts) -> None:
+    """`ValidationError` unless the (normalised) counts agree with each other."""
+    if counts.num_inputs == 0:
+        raise ValidationError(
+            "expected reference counts of at least one input, got none: a monitor against an "
+            "empty reference could never alarm. Count a reference sample of the data the "
+            "policy serves."
+        )
+    reached = counts.exits.flip(0).cumsum(0).flip(0)  # inputs leaving at exit e or later
+    sums = counts.reach.sum(dim=1)
+    if not torch.equal(sums, reached):
+        e = int((sums != reached).nonzero()[0])
+        raise ValidationError(
+            f"expected reach[{e}] to count the {int(reached[e])} inputs leaving at exit {e} or "
+            f"later (exits {counts.exits.tolist()}), got {int(sums[e])}: the counts contradict "
+            "each other; count them again with reference_counts."
+        )
+    if not counts.exits_early and bool((counts.exits[:-1] > 0).any()):
+        raise ValidationError(
+            f"expected every input at the last exit for a policy that does not exit early "
+            f"(exits_early False), got exits {counts.exits.tolist()}."
+        )
 
 
 class ShiftMonitor:
@@ -462,20 +713,25 @@ class ShiftMonitor:
         policy: the policy the runner serves. Its calibration's bins (or ``bins`` equal-width
             bins when it reads none) are the bins the monitor counts.
         reference: a trace of data the policy is known to serve (its calibration data, or
-            held-out data like it); labels are not needed. Or its `ReferenceCounts`
+            held-out data like it); labels are not needed. Or the path of such a trace saved
+            with `Trace.save` (loaded with `Trace.load`). Or its `ReferenceCounts`
             (`reference_counts`, or added up from shards on Ray by
-            `adaptix.distributed.reduce_statistics`): the monitor keeps only these counts.
+            `adaptix.distributed.reduce_statistics`): the monitor keeps only these counts,
+            which must have been counted for ``policy`` (same criterion, parameters,
+            threshold, ``exits_early`` and calibration).
             The test is exact when the policy was not fitted on it (pass the held-out half
             of the calibration data when you can); with the calibration data itself the
             exit-rate part carries a small selection effect (the policy chose its bins on it).
-        alpha: the false-alarm probability over the whole stream, in (0, 1).
+        alpha: the false-alarm probability over the whole stream, in (0, 1) (a Python or numpy
+            real; numbers below are the same: never a bool, never a string).
         check_every: read the counts back and test every this many batches (one host
             synchronisation each time; the test stays valid whatever the schedule).
         on_alarm: called once with a `ShiftAlarm` when the test first alarms (again after
             `reset`). An exception it raises propagates.
-        tracker: an `adaptix.tracking.Tracker`; an alarm logs its metrics and report to
+        tracker: an `adaptix.tracking.Tracker` (or an object with its ``start_run``,
+            ``log_metrics`` and ``log_artifact``); an alarm logs its metrics and report to
             ``run_id`` (which the monitor starts, named ``shift-monitor``, when not given).
-        run_id: the MLflow run to log alarms to.
+        run_id: the MLflow run to log alarms to (a str).
         window: labelled (and proxy) feedback kept for recalibration: the latest this many
             inputs (a sliding window).
         decay: instead of a window, weigh the labelled feedback's counts by ``decay`` per input
@@ -483,17 +739,26 @@ class ShiftMonitor:
             numbers when a calibration is built. `recertify` then still uses the window.
         audit: the share of rows, in [0, 1), that the runner routes through to the last exit
             (they get its prediction) to label-free proxy-label the early exits.
-        concentration: the stream prior's weight κ of `ShiftTest`.
+        concentration: the stream prior's weight κ of `ShiftTest`, a finite real ≥ 0.
         restart_every: start a fresh test segment after this many inputs (None: one test
             over the whole stream). A test over everything since the start reacts ever more
             slowly to a shift that comes late; segments keep the reaction time bounded. The
             j-th segment alarms at log(1/α_j), α_j = α · 6 / (π² j²): the false-alarm
             probability over all segments together stays ≤ α.
         bins: equal-width bins when the policy reads no calibration.
-        seed: seeds the choice of audited rows.
+        seed: seeds the choice of audited rows (an integer, as `torch.Generator.manual_seed`
+            takes).
 
     Raises:
-        ValidationError: an argument out of range, or a reference that does not fit the policy.
+        ValidationError: an argument of the wrong type or out of range (checked here, before
+            any work); a reference that does not fit the policy: counts of another policy,
+            of no input, of another number of exits or classes than the policy's
+            calibration or criterion accepts; a path that is not a trace file.
+        CalibrationError: the policy's calibration does not fit the reference trace.
+
+    A runner the monitor is attached to refuses a monitor of another policy or number of
+    exits; the number of classes is checked on the first batch after each `reset` (the model
+    declares none), against the reference's.
     """
 
     policy: ExitPolicy
@@ -506,7 +771,7 @@ class ShiftMonitor:
     def __init__(
         self,
         policy: ExitPolicy,
-        reference: Trace | ReferenceCounts,
+        reference: Trace | ReferenceCounts | str | os.PathLike[str],
         *,
         alpha: float = 0.05,
         check_every: int = 8,
@@ -523,44 +788,42 @@ class ShiftMonitor:
     ) -> None:
         if not isinstance(policy, ExitPolicy):
             raise ValidationError(f"expected an adaptix.ExitPolicy, got {_describe(policy)}.")
-        if not isinstance(reference, Trace | ReferenceCounts):
-            raise ValidationError(
-                f"expected the reference as an adaptix.Trace (or ReferenceCounts), got "
-                f"{_describe(reference)}. Trace the calibration data (model.trace(inputs))."
-            )
-        _check_open_unit(alpha, "alpha")
-        _check_count(check_every, "check_every")
-        _check_count(window, "window")
-        _check_count(bins, "bins")
-        if restart_every is not None:
-            _check_count(restart_every, "restart_every")
-        if decay is not None:
-            _check_open_unit(decay, "decay")
-        if isinstance(audit, bool) or not (isinstance(audit, int | float) and 0 <= audit < 1):
-            raise ValidationError(f"expected audit as a share in [0, 1), got {audit!r}.")
+        self.alpha = unit(alpha, "alpha")
+        self.check_every = count(check_every, "check_every", low=1)
+        window = count(window, "window", low=1)
+        self._default_bins = count(bins, "bins", low=1)
+        self.restart_every = (
+            None if restart_every is None else count(restart_every, "restart_every", low=1)
+        )
+        self.decay = None if decay is None else unit(decay, "decay")
+        self.audit = real(audit, "audit", low=0.0, high=1.0, open_high=True)
+        self.concentration = real(concentration, "concentration", low=0.0)
+        seed = integer(seed, "seed", low=_SEEDS[0], high=_SEEDS[1])
         if on_alarm is not None and not callable(on_alarm):
             raise ValidationError(f"expected on_alarm to be callable, got {_describe(on_alarm)}.")
-        self.alpha = float(alpha)
-        self.check_every = check_every
+        _check_tracker(tracker)
+        if run_id is not None and not isinstance(run_id, str):
+            raise ValidationError(f"expected run_id to be a str or None, got {_describe(run_id)}.")
+        given = _as_reference(reference)  # after the cheap checks: a path is loaded
+        if given is None:
+            raise ValidationError(
+                "expected the reference as an adaptix.Trace, the path of a saved trace or "
+                "ReferenceCounts, got None. Trace the calibration data (model.trace(inputs))."
+            )
         self.on_alarm = on_alarm
         self.tracker = tracker
         self.run_id = run_id
-        self.decay = decay
-        self.audit = float(audit)
-        self.concentration = float(concentration)
-        self.restart_every = restart_every
-        self._default_bins = bins
         self._generator = torch.Generator().manual_seed(seed)
         self._audit_credit = 0.0
         costs = torch.tensor(
-            reference.costs if isinstance(reference, ReferenceCounts) else reference.costs.tolist(),
+            given.costs if isinstance(given, ReferenceCounts) else given.costs.tolist(),
             dtype=torch.float64,
         )
         self._feedback = _Window(window, costs)
         self._proxy = _Window(window, costs)
         self.reference = None
         self._decayed: tuple[Tensor, Tensor, Tensor] | None = None
-        self.reset(policy=policy, reference=reference)
+        self.reset(policy=policy, reference=given)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -568,41 +831,44 @@ class ShiftMonitor:
         self,
         *,
         policy: ExitPolicy | None = None,
-        reference: Trace | ReferenceCounts | None = None,
+        reference: Trace | ReferenceCounts | str | os.PathLike[str] | None = None,
     ) -> None:
         """Start a new test: clear the stream's counts and the alarm; optionally against another
-        policy (after a swap) and another reference (the data the new policy was calibrated on).
-        Feedback kept for recalibration stays.
+        policy (after a swap) and another reference (the data the new policy was calibrated on:
+        a `Trace`, the path of one saved with `Trace.save`, or `ReferenceCounts` counted for
+        the new policy). Feedback kept for recalibration stays. Everything is checked before
+        anything changes: a refused reset leaves the monitor as it was.
 
         Raises:
-            ValidationError: a new policy with a reference given as counts and no new
-                reference (counts are the old policy's exits: count the reference again).
+            ValidationError: ``policy`` is not an `ExitPolicy`; ``reference`` is none of the
+                above (it is never ignored), or a path that holds no trace; counts of another
+                policy (the message names the field that differs), of no input, or of another
+                number of exits or classes than the monitor's model; a new policy with a
+                reference given as counts and no new reference (counts are the old policy's
+                exits: count the reference again).
+            CalibrationError: the policy's calibration does not fit the reference.
         """
-        if reference is None and policy is not None and self.reference is None:
+        if policy is not None and not isinstance(policy, ExitPolicy):
+            raise ValidationError(f"expected an adaptix.ExitPolicy, got {_describe(policy)}.")
+        given = _as_reference(reference)
+        if given is None and policy is not None and self.reference is None:
             raise ValidationError(
                 "expected reference counts for the new policy: the monitor's reference was "
                 "given as counts of the old policy's exits. Pass reference= (a Trace, or "
                 "ReferenceCounts counted with the new policy)."
             )
         policy = self.policy if policy is None else policy
-        if reference is None:
-            reference = self.reference
-        if isinstance(reference, Trace):
-            counts = reference_counts(reference, policy, self._default_bins)
-            self.reference = reference
-        elif isinstance(reference, ReferenceCounts):
-            counts = reference
-            self.reference = None
-        else:  # the reference is unchanged and given as counts
-            counts = self._reference
-        calibration = policy.calibration
-        if calibration is not None:
-            calibration.check_compatible(counts.num_exits, counts.num_classes, "the reference")
-            if calibration.bins != counts.bins:
-                raise ValidationError(
-                    f"expected reference counts in the policy's {calibration.bins} bins, got "
-                    f"{counts.bins}. Count them with this policy."
-                )
+        trace = self.reference if given is None else given
+        if isinstance(trace, Trace):
+            counts = reference_counts(trace, policy, self._default_bins)
+        else:
+            counts = self._reference if trace is None else trace
+        self._check_reference(policy, counts)
+        tests = (
+            ShiftTest(counts.reach[0, : counts.bins].clone(), self.concentration),
+            ShiftTest(counts.exits.clone(), self.concentration),
+        )
+        self.reference = trace if isinstance(trace, Trace) else None
         self.policy = policy
         self._reference = counts
         self.num_exits = counts.num_exits
@@ -610,10 +876,7 @@ class ShiftMonitor:
         self.bins = counts.bins
         self._reference_reach = counts.reach
         self._reference_exits = counts.exits
-        self.tests = (
-            ShiftTest(self._reference_reach[0, : self.bins].clone(), self.concentration),
-            ShiftTest(self._reference_exits.clone(), self.concentration),
-        )
+        self.tests = tests
         self._segment = 1
         self._base: tuple[Tensor, Tensor] | None = None  # counts where the segment started
         self.threshold = self._line()
@@ -625,6 +888,33 @@ class ShiftMonitor:
         self.history: list[tuple[int, float]] = []  # (inputs, log E) at every check
         self.alarm: ShiftAlarm | None = None
         self._alarm_inputs: int | None = None
+
+    def _check_reference(self, policy: ExitPolicy, counts: ReferenceCounts) -> None:
+        """`ValidationError` (or `CalibrationError`) unless ``counts`` can be the reference of
+        a test of ``policy`` on this monitor's model."""
+        counts.check_policy(policy)
+        model = getattr(self, "num_exits", None), getattr(self, "num_classes", None)
+        if model != (None, None) and model != (counts.num_exits, counts.num_classes):
+            raise ValidationError(
+                f"expected a reference of the monitor's model ({model[0]} exits, {model[1]} "
+                f"classes), got one of {counts.num_exits} exits and {counts.num_classes} "
+                "classes. Build a new ShiftMonitor for another model."
+            )
+        policy.check_model(counts.num_exits, counts.num_classes)
+        calibration = policy.calibration
+        if calibration is not None:
+            calibration.check_compatible(counts.num_exits, counts.num_classes, "the reference")
+            if calibration.bins != counts.bins:
+                raise ValidationError(
+                    f"expected reference counts in the policy's {calibration.bins} bins, got "
+                    f"{counts.bins}. Count them with this policy."
+                )
+        if int(counts.reach[0, : counts.bins].sum()) == 0:
+            raise ValidationError(
+                "expected reference inputs with a defined exit-0 confidence, got none (every "
+                "one in the undefined column): the bin test could never alarm. Count a "
+                "reference of finite logits."
+            )
 
     @property
     def alarmed(self) -> bool:
@@ -658,7 +948,19 @@ class ShiftMonitor:
 
     def count_exit(self, exit_index: int, logits: Tensor, reach: Tensor | None = None) -> None:
         """Count the confidence bins of the rows at exit ``exit_index`` (``reach``: a bool mask
-        of the rows that count, None: all). Device work only, no synchronisation."""
+        of the rows that count, None: all). Device work only, no synchronisation.
+
+        Raises:
+            ValidationError: on the first call after a `reset`, logits of another number of
+                classes than the reference's (the model the runner serves is not the one the
+                reference was counted on). Checked once per reset, not per batch.
+        """
+        if self._counts is None and int(logits.shape[-1]) != self.num_classes:
+            raise ValidationError(
+                f"expected logits of the reference's {self.num_classes} classes, got "
+                f"{int(logits.shape[-1])} at exit {exit_index}: the monitor's reference was "
+                "counted on another model. Count the reference on this model's outputs."
+            )
         counts = self._device_counts(logits.device)
         cells = _bins_of_exit(logits, self.policy.calibration, exit_index, self.bins)
         ones = (
@@ -837,9 +1139,10 @@ class ShiftMonitor:
         of audited inputs, labelled here with the last exit's prediction (any labels ignored).
 
         Raises:
-            ValidationError: not a trace of this model's exits and classes, or unlabelled
-                without ``proxy``.
+            ValidationError: not a trace of this model's exits and classes, unlabelled
+                without ``proxy``, or ``proxy`` not a bool.
         """
+        proxy = flag(proxy, "proxy")
         if not isinstance(trace, Trace) or (trace.labels is None and not proxy):
             raise ValidationError(
                 f"expected a labelled adaptix.Trace of served inputs, got {_describe(trace)}. "
@@ -882,11 +1185,11 @@ class ShiftMonitor:
         """The window's trace: labelled feedback, or audited rows with proxy labels.
 
         Raises:
+            ValidationError: ``source`` is not ``"labels"`` or ``"proxy"``.
             CalibrationError: no such feedback yet.
         """
+        choice(source, "source", SOURCES)
         window = self._feedback if source == "labels" else self._proxy
-        if source not in ("labels", "proxy"):
-            raise ValidationError(f"expected source 'labels' or 'proxy', got {source!r}.")
         trace = window.trace(_PROXY_META if source == "proxy" else {"labels": "feedback"})
         if trace is None:
             how = (
@@ -902,7 +1205,13 @@ class ShiftMonitor:
     def calibration(self, source: Source = "labels") -> Calibration:
         """A calibration of the feedback, with the policy's bins: the window's (or, with
         ``decay`` and labels, the decayed tables rounded to whole counts). From the proxy, its
-        accuracies are agreement with the last exit."""
+        accuracies are agreement with the last exit.
+
+        Raises:
+            ValidationError: ``source`` is not ``"labels"`` or ``"proxy"``.
+            CalibrationError: no such feedback yet.
+        """
+        choice(source, "source", SOURCES)
         if source == "labels" and self.decay is not None and self._decayed is not None:
             counts, correct, conf_sum = _whole_counts(*self._decayed)
             template = self._count(self.feedback_trace())
@@ -963,9 +1272,19 @@ class ShiftMonitor:
             source: ``"labels"``, or ``"proxy"`` (then the target is agreement with the last
                 exit, not accuracy).
             **params: the criterion's parameters (default: the served policy's).
+
+        Raises:
+            ValidationError: ``criterion`` is not a name, ``source`` is not ``"labels"`` or
+                ``"proxy"``, or what `adaptix.guarantee` refuses.
+            CalibrationError: no feedback of that source yet.
         """
         from adaptix.guarantee import guarantee  # the guarantee module imports the policy one
 
+        if criterion is not None and not isinstance(criterion, str):
+            raise ValidationError(
+                f"expected criterion as a registry name (a str) or None, got "
+                f"{_describe(criterion)}."
+            )
         trace = self.feedback_trace(source)
         name = self.policy.name if criterion is None else criterion
         if criterion is None and not params:
@@ -1057,17 +1376,52 @@ def _moves(reference: Tensor, live: Tensor, names: list[str]) -> tuple[Move, ...
     return tuple(moves)
 
 
-def _check_open_unit(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ValidationError(f"expected {name} in (0, 1), got {value!r}.")
+def _as_reference(reference: object) -> Trace | ReferenceCounts | None:
+    """A reference as a `Trace` or `ReferenceCounts` (None stays None): a path is loaded with
+    `Trace.load`, anything else refused (never ignored)."""
+    if reference is None or isinstance(reference, Trace | ReferenceCounts):
+        return reference
+    if isinstance(reference, str | os.PathLike):
+        return Trace.load(reference)
+    raise ValidationError(
+        f"expected the reference as an adaptix.Trace, the path of a trace saved with "
+        f"Trace.save, or ReferenceCounts (reference_counts), got {_describe(reference)}. "
+        "Trace the data the policy was calibrated on (model.trace(inputs))."
+    )
 
 
-def _check_count(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"expected {name} to be an integer >= 1, got {value!r}.")
+def _check_tracker(tracker: object) -> None:
+    """`ValidationError` unless ``tracker`` is None or has a `Tracker`'s logging methods."""
+    needed = ("start_run", "log_metrics", "log_artifact")
+    if tracker is not None and not all(callable(getattr(tracker, m, None)) for m in needed):
+        raise ValidationError(
+            f"expected tracker to be an adaptix.tracking.Tracker (or an object with "
+            f"{', '.join(needed)}), got {_describe(tracker)}. Build one: "
+            "adaptix.tracking.Tracker('adaptix')."
+        )
+
+
+def _check_counts_tensor(counts: object, name: str, dims: int | None = None) -> Tensor:
+    """``counts`` as a tensor of non-negative integer counts (``dims`` dimensions, at least
+    one entry), or `ValidationError` naming ``name``."""
+    if not isinstance(counts, Tensor) or (dims is not None and counts.dim() != dims):
+        shape = f"a {dims}-d tensor" if dims is not None else "a tensor"
+        raise ValidationError(f"expected {name} as {shape}, got {_describe(counts)}.")
+    if counts.numel() == 0:
+        raise ValidationError(f"expected {name} with at least one category, got none.")
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+        raise ValidationError(
+            f"expected integer {name}, got dtype {counts.dtype} (counts are whole numbers: "
+            "never NaN, fractions or flags)."
+        )
+    if bool((counts < 0).any()):
+        raise ValidationError(f"expected non-negative {name}, got a negative one.")
+    return counts
 
 
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    if isinstance(value, str | bytes | int | float):
+        return f"{reprlib.repr(value)} (a {type(value).__name__})"
     return f"a {type(value).__name__}"

@@ -14,10 +14,10 @@ exits in order) run on the summed counts, the same numbers on both paths.
 
 from __future__ import annotations
 
-import math
 import reprlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy, policy
+from adaptix.scalars import count, real
 from adaptix.scores import prediction
 from adaptix.simulate import (
     FrontierPoint,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from adaptix.calibration import Calibration
 
 #: The fields that must be equal for two counts to add, in the order they are compared.
-_KEYS = ("criterion", "params", "thresholds", "costs", "calibration")
+_KEYS = ("criterion", "params", "thresholds", "costs", "calibration", "num_classes")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,16 +50,39 @@ class ThresholdCounts:
     """Additive per-threshold counts of one criterion over a set of inputs (a shard).
 
     Counts of shards of a data set, made with the same criterion, parameters, thresholds,
-    costs and calibration, add with ``+`` to the counts of the whole (reduce a list of them
-    with ``functools.reduce(operator.add, shards)``). They pickle, so they travel between
-    workers.
+    costs, calibration and number of classes, add with ``+`` to the counts of the whole
+    (``sum(shards)`` works too, as does ``functools.reduce(operator.add, shards)``). They
+    pickle, so they travel between workers.
+
+    Every relation that holds between the counts of real inputs is checked on construction,
+    so counts that no data set could produce (edited, corrupted, or made by another tool) are
+    refused rather than certified or reported. Per threshold t, with F = ``final_correct``,
+    a = ``correct[t, E-1]`` (right at the last exit: the last exit's own predictions),
+    m = ``early[t]`` and k = ``early_correct[t]``:
+
+    - ``exits[t]`` sums to N, and 0 ≤ ``correct`` ≤ ``exits`` cell by cell;
+    - a ≤ F ≤ a + m (the inputs the last exit gets right are the ones right there, plus some
+      that left early), and ``final_correct`` ≤ N;
+    - with f = F − a (of those, how many left early): max(0, f − k) ≤ ``lost[t]`` ≤
+      min(f, m − k), which implies max(0, F − right[t]) ≤ ``lost[t]`` ≤ min(F, N − right[t])
+      for right[t] = ``correct[t].sum()``: an accuracy drop is never estimated above the
+      loss that certifies it;
+    - with one class (C = 1) every prediction is right: ``correct`` = ``exits``, F = N.
+
+    Across thresholds (every criterion decides from scores computed once, so a looser
+    threshold sends every input to the same exit or an earlier one): sorted by threshold, the
+    inputs leaving at or before each exit change in one direction only, equal thresholds give
+    equal counts, and between two thresholds the right and the wrong predictions at each exit,
+    and ``lost``, change by no more than the inputs that move (so two thresholds that send the
+    same numbers to every exit send the same inputs, with the same counts).
 
     Attributes:
         criterion: the criterion's registry name.
         params: the criterion's parameters (``params.model_dump()`` items), sorted by name.
-        thresholds: the thresholds as the criterion validated them, in the caller's order
-            (repeats allowed); T of them.
-        costs: the cumulative cost of each of the E exits (the trace's ``costs``).
+        thresholds: the thresholds as the criterion validated them (finite reals), in the
+            caller's order (repeats allowed); T of them.
+        costs: the cumulative cost of each of the E exits (the trace's ``costs``: finite,
+            non-negative, non-decreasing, the last > 0).
         calibration: `Calibration.checksum` of the calibration the criterion reads, or None
             for a criterion that reads none (``needs_calibration`` False: confidence counted
             with or without a calibration adds).
@@ -69,10 +93,14 @@ class ThresholdCounts:
         lost: int64 ``[T]``: inputs the last exit predicts right and the policy wrong (None
             without labels).
         final_correct: inputs the last exit predicts right (None without labels).
+        num_classes: C, the number of classes of the model counted (at least 1).
+
+    Numbers may be Python or numpy scalars (stored as Python ones); a bool is never a number.
 
     Raises:
-        ValidationError: fields of the wrong type or shape, or counts that contradict each
-            other (rows of ``exits`` not summing to N, more right predictions than inputs).
+        ValidationError: a field of the wrong type, shape or range (a non-numeric or NaN
+            threshold, decreasing costs, a negative count, a bool), or counts that contradict
+            each other by any relation above; the message names the field and the threshold.
     """
 
     criterion: str
@@ -85,13 +113,14 @@ class ThresholdCounts:
     correct: Tensor | None
     lost: Tensor | None
     final_correct: int | None
+    num_classes: int
 
     def __post_init__(self) -> None:
+        # Frozen: normalised fields (Python scalars, CPU tensors) are set through
+        # object.__setattr__.
+        for name, value in _normalised_fields(self).items():
+            object.__setattr__(self, name, value)
         _check_counts(self)
-        for name in ("exits", "correct", "lost"):  # frozen: set through object.__setattr__
-            table = getattr(self, name)
-            if table is not None:
-                object.__setattr__(self, name, table.cpu())
 
     @property
     def num_exits(self) -> int:
@@ -199,18 +228,22 @@ class ThresholdCounts:
         """The counts of both sets of inputs.
 
         Raises:
-            ValidationError: the two differ in criterion, parameters, thresholds, costs or
-                calibration, or one is labelled and the other not.
+            ValidationError: ``other`` is not `ThresholdCounts`; the two differ in criterion,
+                parameters, thresholds, costs, calibration or number of classes (the message
+                names the field), or one is labelled and the other not.
         """
         if not isinstance(other, ThresholdCounts):
-            return NotImplemented
+            raise ValidationError(
+                f"expected ThresholdCounts to add to ThresholdCounts, got {_kind(other)}. Add "
+                "the counts of shards counted with count_thresholds (sum(shards) works)."
+            )
         for key in _KEYS:
             mine, theirs = getattr(self, key), getattr(other, key)
             if mine != theirs:
                 raise ValidationError(
-                    f"expected counts with the same {key} to add, got {_differ(mine, theirs)}. "
-                    "Count every shard with the same criterion, parameters, thresholds, "
-                    "calibration and model."
+                    f"expected counts with the same {key} to add, got "
+                    f"{describe_difference(mine, theirs)}. Count every shard with the same "
+                    "criterion, parameters, thresholds, calibration and model."
                 )
         if self.labelled != other.labelled:
             raise ValidationError(
@@ -233,7 +266,18 @@ class ThresholdCounts:
                 if self.final_correct is None or other.final_correct is None
                 else self.final_correct + other.final_correct
             ),
+            num_classes=self.num_classes,
         )
+
+    def __radd__(self, other: object) -> ThresholdCounts:
+        """``0 + counts`` is ``counts``, so that ``sum(shards)`` adds them.
+
+        Raises:
+            ValidationError: anything but the integer 0 (``sum``'s start) or `ThresholdCounts`.
+        """
+        if is_sum_start(other):
+            return self
+        return self.__add__(other)
 
     def __repr__(self) -> str:
         labelled = "labelled" if self.labelled else "unlabelled"
@@ -294,8 +338,9 @@ def count_exits(
             device), as `adaptix.simulate.exit_indices` gives them.
 
     Raises:
-        ValidationError: not a trace and a policy, or ``exits`` is not an int64 ``[N, T]``
-            tensor of exit indices.
+        ValidationError: not a trace and a policy, ``exits`` is not an int64 ``[N, T]``
+            tensor of exit indices, or exits that no criterion could decide (an input leaving
+            later at a looser threshold: see `ThresholdCounts`).
         CalibrationError: the policy's calibration was made for another model.
     """
     _check_inputs(trace, pol)
@@ -330,7 +375,7 @@ def count_exits(
         final_correct = int(final.sum())
     return ThresholdCounts(
         criterion=pol.name,
-        params=tuple(sorted(pol.criterion.params.model_dump().items())),
+        params=criterion_params(pol),
         thresholds=tuple(float(t) for t in thresholds),
         costs=tuple(trace.costs.tolist()),
         calibration=_read_checksum(pol),
@@ -339,37 +384,117 @@ def count_exits(
         correct=correct,
         lost=lost,
         final_correct=final_correct,
+        num_classes=trace.num_classes,
     )
 
 
 # ------------------------------------------------------------------------------------ helpers
 
 
+def criterion_params(pol: ExitPolicy) -> tuple[tuple[str, Any], ...]:
+    """The parameters of ``pol``'s criterion as counts record them: ``model_dump()`` items,
+    sorted by name."""
+    return tuple(sorted(pol.criterion.params.model_dump().items()))
+
+
+def is_sum_start(value: object) -> bool:
+    """Whether ``value`` is the integer 0 that ``sum`` starts from (not False, not 0.0)."""
+    return type(value) is int and value == 0
+
+
+def check_params(params: object, name: str = "params") -> tuple[tuple[str, Any], ...]:
+    """``params`` as counts record them: a tuple of (name, value) pairs, sorted by unique names.
+
+    Raises:
+        ValidationError: anything else.
+    """
+    pairs = params if isinstance(params, tuple) else None
+    if pairs is None or not all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in pairs
+    ):
+        raise ValidationError(
+            f"expected {name} as a tuple of (name, value) pairs, got {reprlib.repr(params)}."
+        )
+    names = [pair[0] for pair in pairs]
+    if names != sorted(set(names)):
+        raise ValidationError(
+            f"expected {name} sorted by name, each name once, got the names {names}."
+        )
+    return pairs
+
+
+def check_costs(costs: object, name: str = "costs") -> tuple[float, ...]:
+    """``costs`` as a trace holds them, as a tuple of floats: a non-empty tuple of finite,
+    non-negative, non-decreasing reals, the last > 0.
+
+    Raises:
+        ValidationError: anything else, naming the first bad value.
+    """
+    if not isinstance(costs, tuple) or not costs:
+        raise ValidationError(f"expected {name} as a non-empty tuple, got {reprlib.repr(costs)}.")
+    values = tuple(real(c, f"{name}[{e}]", low=0.0) for e, c in enumerate(costs))
+    if any(later < earlier for earlier, later in pairwise(values)):
+        raise ValidationError(
+            f"expected {name} as a trace holds them (cumulative: non-decreasing), got "
+            f"{reprlib.repr(values)}."
+        )
+    if values[-1] <= 0:
+        raise ValidationError(
+            f"expected {name} as a trace holds them (the last > 0), got {reprlib.repr(values)}."
+        )
+    return values
+
+
+def _normalised_fields(counts: ThresholdCounts) -> dict[str, Any]:
+    """The scalar fields checked and converted to Python values, the tables moved to the CPU.
+
+    Raises:
+        ValidationError: a field of the wrong type or range.
+    """
+    if not isinstance(counts.criterion, str) or not counts.criterion:
+        raise ValidationError(
+            f"expected criterion as a registry name (a non-empty str), got "
+            f"{reprlib.repr(counts.criterion)}."
+        )
+    if not isinstance(counts.thresholds, tuple) or not counts.thresholds:
+        raise ValidationError(
+            f"expected thresholds as a non-empty tuple, got {reprlib.repr(counts.thresholds)}."
+        )
+    calibration = counts.calibration
+    if calibration is not None and (not isinstance(calibration, str) or not calibration):
+        raise ValidationError(
+            f"expected calibration as a checksum (a non-empty str) or None, got "
+            f"{reprlib.repr(calibration)}."
+        )
+    fields: dict[str, Any] = {
+        "params": check_params(counts.params),
+        "thresholds": tuple(real(t, f"thresholds[{i}]") for i, t in enumerate(counts.thresholds)),
+        "costs": check_costs(counts.costs),
+        "num_inputs": count(counts.num_inputs, "num_inputs", low=1),
+        "num_classes": count(counts.num_classes, "num_classes", low=1),
+        "final_correct": (
+            None if counts.final_correct is None else count(counts.final_correct, "final_correct")
+        ),
+    }
+    for name in ("exits", "correct", "lost"):
+        table = getattr(counts, name)
+        fields[name] = table.cpu() if isinstance(table, Tensor) else table
+    return fields
+
+
 def _check_counts(counts: ThresholdCounts) -> None:
-    """`ValidationError` unless the fields of ``counts`` are well formed and consistent."""
-    if not isinstance(counts.criterion, str) or not isinstance(counts.params, tuple):
-        raise ValidationError(
-            f"expected a criterion name and a tuple of parameters, got {counts.criterion!r} and "
-            f"{reprlib.repr(counts.params)}."
-        )
-    for key in ("thresholds", "costs"):
-        values = getattr(counts, key)
-        if not isinstance(values, tuple) or not values:
-            raise ValidationError(f"expected {key} as a non-empty tuple, got {values!r}.")
-    if not all(_is_real(c) and 0 <= c < math.inf for c in counts.costs) or counts.costs[-1] <= 0:
-        raise ValidationError(
-            f"expected costs as a trace holds them (finite, non-negative, the last > 0), got "
-            f"{reprlib.repr(counts.costs)}."
-        )
+    """`ValidationError` unless the fields of ``counts`` (already normalised) are well formed
+    and consistent by every relation of the `ThresholdCounts` docstring."""
     n = counts.num_inputs
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValidationError(f"expected num_inputs to be an integer >= 1, got {n!r}.")
     shape = (len(counts.thresholds), len(counts.costs))
     _check_table(counts.exits, "exits", shape)
-    if bool((counts.exits.sum(dim=1) != n).any()):
+    sums = counts.exits.sum(dim=1)
+    if bool((sums != n).any()):
+        t = int((sums != n).nonzero()[0])
         raise ValidationError(
-            f"expected every threshold's exits to count all {n} inputs, got row sums "
-            f"{reprlib.repr(counts.exits.sum(dim=1).tolist())}."
+            f"expected every threshold's exits to count all {n} inputs (num_inputs), got row "
+            f"sums {reprlib.repr(sums.tolist())} (threshold {t}, {counts.thresholds[t]!r}, "
+            f"counts {int(sums[t])})."
         )
     labelled = {
         name: getattr(counts, name) is not None for name in ("correct", "lost", "final_correct")
@@ -379,28 +504,154 @@ def _check_counts(counts: ThresholdCounts) -> None:
             "expected correct, lost and final_correct all given (labelled counts) or all None "
             f"(unlabelled), got {[name for name, given in labelled.items() if given]} only."
         )
-    if counts.correct is None or counts.lost is None:
-        return
-    _check_table(counts.correct, "correct", shape)
-    _check_table(counts.lost, "lost", shape[:1])
-    final = counts.final_correct
-    if isinstance(final, bool) or not isinstance(final, int) or not 0 <= final <= n:
-        raise ValidationError(
-            f"expected final_correct to be an integer in [0, {n}], got {final!r}."
-        )
-    if bool((counts.correct > counts.exits).any()) or bool((counts.lost > final).any()):
-        raise ValidationError(
-            "expected correct <= exits in every cell and lost <= final_correct, got more right "
-            "(or lost) predictions than inputs: the counts are corrupt."
-        )
+    correct, lost, final = counts.correct, counts.lost, counts.final_correct
+    if correct is not None and lost is not None and final is not None:
+        _check_table(correct, "correct", shape)
+        _check_table(lost, "lost", shape[:1])
+        _check_labelled(counts, correct, lost, final)
+    _check_across_thresholds(counts)
 
 
 def _check_table(table: object, name: str, shape: tuple[int, ...]) -> None:
     if not isinstance(table, Tensor) or table.dtype != torch.int64 or tuple(table.shape) != shape:
         got = f"{table.dtype} {list(table.shape)}" if isinstance(table, Tensor) else table
-        raise ValidationError(f"expected {name} as an int64 tensor {list(shape)}, got {got!r}.")
+        raise ValidationError(
+            f"expected {name} as an int64 tensor {list(shape)}, got {reprlib.repr(got)}."
+        )
     if bool((table < 0).any()):
         raise ValidationError(f"expected non-negative counts in {name}, got negative ones.")
+
+
+def _check_labelled(counts: ThresholdCounts, correct: Tensor, lost: Tensor, final: int) -> None:
+    """The per-threshold relations between ``correct``, ``lost`` and ``final_correct`` (the
+    labelled fields of ``counts``, passed in)."""
+    exits, n = counts.exits, counts.num_inputs
+    if final > n:
+        raise ValidationError(
+            f"expected final_correct in [0, {n}] (num_inputs), got {final}: more right "
+            "predictions than inputs."
+        )
+    _first_violation(
+        correct > exits,
+        counts,
+        lambda t, e: (
+            f"correct <= exits in every cell, got correct[{t}, {e}] = "
+            f"{int(correct[t, e])} right predictions of {int(exits[t, e])} inputs"
+        ),
+    )
+    at_last = correct[:, -1]  # right at the last exit: exactly the last exit's right ones there
+    early = n - exits[:, -1]
+    early_correct = correct[:, :-1].sum(dim=1)
+    left_early = final - at_last  # inputs the last exit gets right that left early
+    _first_violation(
+        (left_early < 0) | (left_early > early),
+        counts,
+        lambda t: (
+            f"final_correct in [correct[{t}, -1], correct[{t}, -1] + early] = "
+            f"[{int(at_last[t])}, {int(at_last[t] + early[t])}] (the inputs the last exit gets "
+            f"right are those right there plus some of the {int(early[t])} that left early), "
+            f"got {final}"
+        ),
+    )
+    low = (left_early - early_correct).clamp(min=0)
+    high = torch.minimum(left_early, early - early_correct)
+    _first_violation(
+        (lost < low) | (lost > high),
+        counts,
+        lambda t: (
+            f"lost[{t}] in [{int(low[t])}, {int(high[t])}] (of the {int(left_early[t])} "
+            f"inputs the last exit gets right that left early, {int(early_correct[t])} right "
+            f"early predictions can save at most that many and the "
+            f"{int(early[t] - early_correct[t])} wrong ones lose at most that many), got "
+            f"{int(lost[t])}: the loss would not match the accuracies (an accuracy drop certified "
+            "on lost would contradict its estimate)"
+        ),
+    )
+    if counts.num_classes == 1 and (not torch.equal(correct, exits) or final != n):
+        raise ValidationError(
+            "expected every prediction right with num_classes = 1 (correct equal to exits, "
+            f"final_correct = num_inputs = {n}), got fewer: counts of a one-class model cannot "
+            "have a wrong prediction."
+        )
+
+
+def _check_across_thresholds(counts: ThresholdCounts) -> None:
+    """The relations between thresholds: see the `ThresholdCounts` docstring.
+
+    Every criterion decides from scores computed once, so as the threshold moves one way the
+    set S_e of inputs leaving at or before exit e only grows (it is nested). Ordered so that
+    it grows, between two consecutive thresholds with D_e = |S_e| growth (D_-1 = D_E-1 = 0):
+    the inputs leaving at exit e gain at most D_e inputs and lose at most D_e-1, so its right
+    and its wrong counts each change within [−D_e-1, D_e]; at most Σ_e D_e inputs change exit,
+    so ``lost`` changes by at most that many. Equal thresholds have D = 0.
+    """
+    order = sorted(range(len(counts.thresholds)), key=lambda t: counts.thresholds[t])
+    if len(order) < 2:
+        return
+    cumulative = counts.exits[order].cumsum(dim=1)[:, :-1]  # |S_e| for e < E - 1
+    step = cumulative[1:] - cumulative[:-1]
+    rises, falls = bool((step > 0).any()), bool((step < 0).any())
+    if rises and falls:
+        raise ValidationError(
+            "expected the inputs leaving at or before each exit to change in one direction as "
+            "the threshold grows (a looser threshold sends every input to the same exit or an "
+            f"earlier one), got both rises and falls over the thresholds "
+            f"{reprlib.repr(sorted(counts.thresholds))}: these exits are not any criterion's."
+        )
+    for a, b in pairwise(order):
+        if counts.thresholds[a] == counts.thresholds[b] and not torch.equal(
+            counts.exits[a], counts.exits[b]
+        ):
+            raise ValidationError(
+                f"expected equal thresholds to give equal exits, got thresholds {a} and {b} "
+                f"(both {counts.thresholds[a]!r}) with exits {counts.exits[a].tolist()} and "
+                f"{counts.exits[b].tolist()}."
+            )
+    if counts.correct is None or counts.lost is None:
+        return
+    if falls:  # order the thresholds so that every S_e grows
+        order = order[::-1]
+        step = -step.flip(0)
+    zero = torch.zeros(len(order) - 1, 1, dtype=torch.int64)
+    gain = torch.cat((step, zero), dim=1)  # [T - 1, E]: at most this many arrive at exit e
+    loss = torch.cat((zero, step), dim=1)  # at most this many leave it (for an earlier exit)
+    correct = counts.correct[order]
+    wrong = counts.exits[order] - correct
+    for name, table in (("correct", correct), ("exits - correct", wrong)):
+        change = table[1:] - table[:-1]
+        bad = ((change > gain) | (change < -loss)).nonzero()
+        if bad.numel():
+            i, e = (int(x) for x in bad[0])
+            a, b = order[i], order[i + 1]
+            raise ValidationError(
+                f"expected {name} at exit {e} to change by at most what moves in and out of "
+                f"it between thresholds {counts.thresholds[a]!r} and {counts.thresholds[b]!r} "
+                f"(at most {int(gain[i, e])} inputs arrive, {int(loss[i, e])} leave; the same "
+                f"inputs stay with the same predictions), got {int(table[i, e])} and "
+                f"{int(table[i + 1, e])}: these counts are not any criterion's."
+            )
+    lost = counts.lost[order]
+    moved = step.sum(dim=1)  # at most this many inputs change exit
+    bad = ((lost[1:] - lost[:-1]).abs() > moved).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        a, b = order[i], order[i + 1]
+        raise ValidationError(
+            f"expected lost to change by at most the {int(moved[i])} inputs that change exit "
+            f"between thresholds {counts.thresholds[a]!r} and {counts.thresholds[b]!r}, got "
+            f"{int(lost[i])} and {int(lost[i + 1])}: these counts are not any criterion's."
+        )
+
+
+def _first_violation(bad: Tensor, counts: ThresholdCounts, expected: Callable[..., str]) -> None:
+    """`ValidationError` at the first cell where ``bad`` holds: ``expected(*cell)`` says what
+    was expected there and what came."""
+    if bool(bad.any()):
+        cell = [int(i) for i in bad.nonzero()[0]]
+        raise ValidationError(
+            f"expected {expected(*cell)} (threshold {counts.thresholds[cell[0]]!r}): the counts "
+            "contradict each other; count them again with count_thresholds."
+        )
 
 
 def _read_checksum(pol: ExitPolicy) -> str | None:
@@ -410,16 +661,12 @@ def _read_checksum(pol: ExitPolicy) -> str | None:
     return held.checksum if held is not None and pol.criterion.needs_calibration else None
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _add(mine: Tensor | None, theirs: Tensor | None) -> Tensor | None:
     return None if mine is None or theirs is None else mine + theirs
 
 
-def _differ(mine: Any, theirs: Any) -> str:
-    """How two values of a field differ, briefly."""
+def describe_difference(mine: Any, theirs: Any) -> str:
+    """How two values of a field differ, briefly (for messages)."""
     if isinstance(mine, tuple) and isinstance(theirs, tuple) and len(mine) == len(theirs):
         i = next(i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
         return f"values that differ first at index {i}: {mine[i]!r} and {theirs[i]!r}"
@@ -430,8 +677,21 @@ def _differ(mine: Any, theirs: Any) -> str:
     return f"{reprlib.repr(mine)} and {reprlib.repr(theirs)}"
 
 
+def _kind(value: object) -> str:
+    return f"{reprlib.repr(value)} ({type(value).__name__})"
+
+
 def _checksum(checksum: str | None) -> str:
     return "none" if checksum is None else f"checksum {checksum[:12]}…"
 
 
-__all__ = ["ThresholdCounts", "count_exits", "count_thresholds"]
+__all__ = [
+    "ThresholdCounts",
+    "check_costs",
+    "check_params",
+    "count_exits",
+    "count_thresholds",
+    "criterion_params",
+    "describe_difference",
+    "is_sum_start",
+]

@@ -1055,8 +1055,11 @@ def test_reference_counts_add_over_shards_and_stand_for_the_trace(
         from_counts.reset(policy=other)
     from_counts.reset(policy=other, reference=reference_counts(reference, other))
     assert from_counts.policy is other
-    with pytest.raises(ValidationError, match="one model and one binning"):
+    with pytest.raises(ValidationError, match=r"one policy, model and binning.*criterion"):
         _ = whole + reference_counts(
             synthetic_trace(10, FEEDBACK_EXITS, FEEDBACK_CLASSES + 1, seed=3),
             adaptix.policy("confidence", 0.5),
         )
+    assert torch.equal(
+        sum(reference_counts(shard, equal_mass_policy) for shard in shards).exits, whole.exits
+    )
