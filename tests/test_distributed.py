@@ -171,14 +171,17 @@ def test_what_cannot_be_reduced_is_an_error(cluster: None) -> None:
 
 
 def test_settings_out_of_range_are_refused_before_anything_runs(
-    saved: tuple[SavedModel, adaptix.Trace],
+    cluster: None, saved: tuple[SavedModel, adaptix.Trace]
 ) -> None:
-    factory, _ = saved
+    factory, trace = saved
+    inputs = inputs_dataset(trace)
     for bad in ({"workers": 0}, {"batch_size": 0}, {"workers": True}):
         with pytest.raises(ValidationError):
-            trace_dataset(object(), factory, **bad)  # type: ignore[arg-type]  # checked first
+            trace_dataset(inputs, factory, **bad)
     with pytest.raises(ValidationError, match="callable"):
-        trace_dataset(object(), "not a factory")  # type: ignore[arg-type]  # on purpose
+        trace_dataset(inputs, "not a factory")  # type: ignore[arg-type]  # on purpose
+    with pytest.raises(ValidationError, match=r"ray\.data\.Dataset"):
+        trace_dataset(object(), factory)
 
 
 def test_saved_model_says_when_its_file_cannot_be_read(tmp_path: Path) -> None:
