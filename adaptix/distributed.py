@@ -608,7 +608,12 @@ def _count(batch: dict[str, np.ndarray], plan: _Plan) -> dict[str, np.ndarray]:
         out["monitor"] = _packed(reference_counts(trace, plan.monitor, plan.monitor_bins))
     for i, spec in enumerate(plan.specs):
         counted = count_thresholds(
-            trace, spec.criterion, spec.thresholds, plan.calibration, **dict(spec.params)
+            trace,
+            spec.criterion,
+            spec.thresholds,
+            plan.calibration,
+            fingerprints=plan.purpose == "certification",  # for Certifier.from_counts
+            **dict(spec.params),
         )
         out[f"counts{i}"] = _packed(counted)
     return out

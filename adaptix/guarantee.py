@@ -131,9 +131,10 @@ class Certifier:
         values = _candidates(trace, criterion, thresholds, manager)
         if manager.criteria.get(criterion).needs_calibration:
             trace = _disjoint_from(trace, calibration)
-        counts = count_thresholds(trace, criterion, values, calibration, plugins=manager, **params)
+        counts = count_thresholds(
+            trace, criterion, values, calibration, plugins=manager, fingerprints=True, **params
+        )
         self._fill(counts, calibration, manager)
-        self._rows: str | None = rows_digest(trace.row_digests())
 
     @classmethod
     def from_counts(
@@ -147,8 +148,14 @@ class Certifier:
         and added (`adaptix.statistics.count_thresholds`): the same as a `Certifier` of the
         whole trace with the same thresholds, which goes through its counts too. (Count with
         the default grid ``default_grid(criterion, manager, CANDIDATES)`` to match `guarantee`
-        called without thresholds.) Counts carry no row fingerprints: the caller vouches that
-        the calibration was not counted on these inputs, and the certificate's ``rows`` is None.
+        called without thresholds.)
+
+        Counts made with ``fingerprints=True`` (as `count_thresholds` makes them for
+        certification, and `adaptix.distributed.reduce_statistics` with its default purpose)
+        carry their rows: a calibration counted on any of them is refused, since counted rows
+        cannot be left out afterwards, and the certificate records them. Counts without rows
+        cannot be checked: the caller vouches for disjointness, and the certificate's ``rows``
+        is None.
 
         Args:
             counts: labelled counts of the calibration inputs at the candidate thresholds.
@@ -156,13 +163,29 @@ class Certifier:
             plugins: the plugin manager to resolve the criterion with.
 
         Raises:
-            ValidationError: unlabelled counts, or fewer than 2 exits.
+            ValidationError: unlabelled counts, fewer than 2 exits, or counts of rows the
+                criterion's calibration was counted on.
             CalibrationError: ``calibration`` is not the one counted with.
             PluginError: the criterion is not installed.
         """
         certifier = cls.__new__(cls)
-        certifier._fill(counts, calibration, resolve_manager(plugins))
-        certifier._rows = None
+        manager = resolve_manager(plugins)
+        certifier._fill(counts, calibration, manager)
+        if (
+            certifier.base.criterion.needs_calibration
+            and calibration is not None
+            and calibration.rows is not None
+            and counts.rows is not None
+        ):
+            reused = int(shared_rows(counts.rows, calibration.rows).sum())
+            if reused:
+                raise ValidationError(
+                    f"expected counts of rows disjoint from the criterion's calibration, got "
+                    f"counts of {counts.num_inputs} inputs of which {reused} went into that "
+                    "calibration: a calibration tested on its own rows certifies an optimistic "
+                    "promise, and counted rows cannot be left out. Count calibration and "
+                    "certification on disjoint rows."
+                )
         return certifier
 
     def _fill(
@@ -206,6 +229,7 @@ class Certifier:
         self._drop = (final_correct - right).numpy() / self.n
         self._accuracy = (right.double() / self.n).numpy()
         self._cost = counts.relative_cost[rows].numpy()
+        self._rows = None if counts.rows is None else rows_digest(counts.rows)
 
     def early_accuracy(
         self, delta: float, *, alpha: float = 0.05, method: Method = "binomial"

@@ -26,7 +26,7 @@ from torch import Tensor
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy, policy
-from adaptix.scalars import count, real
+from adaptix.scalars import count, flag, real
 from adaptix.scores import prediction
 from adaptix.simulate import (
     FrontierPoint,
@@ -94,6 +94,11 @@ class ThresholdCounts:
             without labels).
         final_correct: inputs the last exit predicts right (None without labels).
         num_classes: C, the number of classes of the model counted (at least 1).
+        rows: the fingerprints (`Trace.row_digests`) of the inputs counted, sorted and unique,
+            when counted with ``fingerprints=True`` (certification counts them, so that
+            `adaptix.Certifier.from_counts` can refuse a calibration counted on the same rows
+            and record them in its certificate); None otherwise. Sums carry the union, or None
+            when a part has none. At most N of them (repeated rows share one).
 
     Numbers may be Python or numpy scalars (stored as Python ones); a bool is never a number.
 
@@ -114,6 +119,7 @@ class ThresholdCounts:
     lost: Tensor | None
     final_correct: int | None
     num_classes: int
+    rows: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Frozen: normalised fields (Python scalars, CPU tensors) are set through
@@ -267,6 +273,11 @@ class ThresholdCounts:
                 else self.final_correct + other.final_correct
             ),
             num_classes=self.num_classes,
+            rows=(
+                None
+                if self.rows is None or other.rows is None
+                else torch.cat([self.rows, other.rows])
+            ),
         )
 
     def __radd__(self, other: object) -> ThresholdCounts:
@@ -294,6 +305,7 @@ def count_thresholds(
     calibration: Calibration | None = None,
     *,
     plugins: AdaptixPluginManager | None = None,
+    fingerprints: bool = False,
     **params: Any,
 ) -> ThresholdCounts:
     """Count ``trace`` under ``criterion`` at every threshold, from one computation of the scores.
@@ -305,6 +317,7 @@ def count_thresholds(
             `default_thresholds`, as `adaptix.sweep` uses them.
         calibration: for criteria that read one.
         plugins: the plugin manager to resolve ``criterion`` with.
+        fingerprints: record the rows' fingerprints (``rows``), as certification needs.
         **params: the criterion's own parameters.
 
     Raises:
@@ -322,11 +335,17 @@ def count_thresholds(
         grid = default_grid(criterion, manager)
     base = policy(criterion, grid[0], calibration, plugins=manager, **params)
     validated = [base.with_threshold(t).threshold for t in grid]
-    return count_exits(trace, base, validated, exit_indices(trace, base, validated))
+    exits = exit_indices(trace, base, validated)
+    return count_exits(trace, base, validated, exits, fingerprints=fingerprints)
 
 
 def count_exits(
-    trace: Trace, pol: ExitPolicy, thresholds: Sequence[float], exits: Tensor
+    trace: Trace,
+    pol: ExitPolicy,
+    thresholds: Sequence[float],
+    exits: Tensor,
+    *,
+    fingerprints: bool = False,
 ) -> ThresholdCounts:
     """Count exits already decided: the counting half of `count_thresholds`.
 
@@ -336,6 +355,7 @@ def count_exits(
         thresholds: the T thresholds, validated by the criterion.
         exits: int64 ``[N, T]``, the exit each input took at each threshold (on the trace's
             device), as `adaptix.simulate.exit_indices` gives them.
+        fingerprints: record the rows' fingerprints (``rows``).
 
     Raises:
         ValidationError: not a trace and a policy, ``exits`` is not an int64 ``[N, T]``
@@ -385,6 +405,7 @@ def count_exits(
         lost=lost,
         final_correct=final_correct,
         num_classes=trace.num_classes,
+        rows=trace.row_digests() if flag(fingerprints, "fingerprints") else None,
     )
 
 
@@ -479,6 +500,20 @@ def _normalised_fields(counts: ThresholdCounts) -> dict[str, Any]:
     for name in ("exits", "correct", "lost"):
         table = getattr(counts, name)
         fields[name] = table.cpu() if isinstance(table, Tensor) else table
+    rows = counts.rows
+    if rows is not None:
+        if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.int64:
+            got = f"{rows.dtype} {list(rows.shape)}" if isinstance(rows, Tensor) else rows
+            raise ValidationError(
+                f"expected rows as a 1-D int64 tensor of row fingerprints or None, got "
+                f"{reprlib.repr(got)}."
+            )
+        fields["rows"] = torch.unique(rows.detach().cpu())
+        if fields["rows"].numel() > fields["num_inputs"]:
+            raise ValidationError(
+                f"expected at most num_inputs = {fields['num_inputs']} row fingerprints, got "
+                f"{fields['rows'].numel()}: more rows than inputs counted."
+            )
     return fields
 
 

@@ -114,7 +114,7 @@ def test_certificate_and_exits_early_are_read_only() -> None:
     [
         ("alpha", 1.5, "alpha in"),
         ("alpha", True, "alpha to be a real number"),
-        ("n", -7, "n to be an integer in"),
+        ("n", -7, "n to be an integer ≥ 1"),
         ("n", True, "n to be an integer"),
         ("n", 7.0, "n to be an integer"),
         ("estimate", "0.9", "estimate to be a real number"),
@@ -126,7 +126,7 @@ def test_certificate_and_exits_early_are_read_only() -> None:
         ("exits", [10**9, 0, 0, 0], "exits summing to n"),
         ("exits", [1, 2], "one count per exit"),
         ("lost", 10**6, "lost ≤"),
-        ("final_correct", -1, "final_correct to be an integer in"),
+        ("final_correct", -1, "final_correct to be an integer ≥ 0"),
         ("costs", [1.0, 2.0, 3.0, 4.0], "costs on a budget certificate and on no other"),
         ("criterion", "", "criterion to be a name"),
         ("params", [], "params to be a dict"),

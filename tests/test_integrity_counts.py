@@ -228,7 +228,7 @@ def _forged(counts: ThresholdCounts) -> dict[str, tuple[str, dict[str, Any]]]:
         "final above N": (r"final_correct in \[0, 150\]", {"final_correct": 151}),
         "bool final": ("final_correct to be an integer", {"final_correct": True}),
         "float inputs": ("num_inputs to be an integer", {"num_inputs": 150.0}),
-        "zero classes": (r"num_classes to be an integer in \[1", {"num_classes": 0}),
+        "zero classes": (r"num_classes to be an integer ≥ 1", {"num_classes": 0}),
         "bool classes": ("num_classes to be an integer", {"num_classes": True}),
         "one class, wrong predictions": ("num_classes = 1", {"num_classes": 1}),
         "exits out of order": ("one direction", swapped),

@@ -54,6 +54,30 @@ def _count(trace: adaptix.Trace, name: str, plugins, calibration=None, grid=None
     return count_thresholds(trace, name, grid, calibration, plugins=plugins, **params)
 
 
+def test_counts_without_fingerprints_certify_without_rows(plugins) -> None:
+    total = _count(_trace(), "confidence", plugins)
+    assert total.rows is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CertificateWarning)
+        pol = Certifier.from_counts(total, plugins=plugins).early_accuracy(0.7)
+    assert pol.certificate.rows is None
+
+
+def test_counts_of_calibration_rows_are_refused(plugins) -> None:
+    trace = _trace()
+    calibration = adaptix.calibrate(trace.subset(slice(0, 100)), plugins=plugins)
+    counts = _count(trace, "pcee", plugins, calibration, fingerprints=True)
+    with pytest.raises(adaptix.ValidationError, match="disjoint from the criterion's calib"):
+        Certifier.from_counts(counts, calibration=calibration, plugins=plugins)
+
+
+def test_fingerprinted_counts_add_their_rows(plugins) -> None:
+    trace = _trace()
+    shards = [_count(s, "confidence", plugins, fingerprints=True) for s in _shards(trace)]
+    assert torch.equal(sum(shards).rows, torch.unique(trace.row_digests()))
+    assert (shards[0] + _count(trace, "confidence", plugins)).rows is None
+
+
 def _assert_same_counts(got: ThresholdCounts, expected: ThresholdCounts) -> None:
     for key in ("criterion", "params", "thresholds", "costs", "calibration", "num_inputs"):
         assert getattr(got, key) == getattr(expected, key), key
@@ -155,12 +179,6 @@ def test_counts_pickle_and_still_add(plugins) -> None:
 # ----------------------------------------------------------------------- certifier from counts
 
 
-def _evidence(pol: adaptix.ExitPolicy) -> adaptix.Certificate:
-    """``pol``'s certificate without the row digest, which only a trace's certificate carries
-    (counts have no rows): everything else must be equal, floats bit for bit."""
-    return replace(pol.certificate, rows=None)
-
-
 def _certify(certifier: Certifier) -> list[adaptix.ExitPolicy]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CertificateWarning)
@@ -181,7 +199,8 @@ def test_a_certifier_from_summed_counts_is_the_certifier_of_the_whole(name: str,
     grid = GRIDS[name] or grid
     whole = Certifier(trace, name, calibration=calibration, thresholds=grid, plugins=plugins)
     total = reduce(
-        operator.add, [_count(s, name, plugins, calibration, grid) for s in _shards(trace)]
+        operator.add,
+        [_count(s, name, plugins, calibration, grid, fingerprints=True) for s in _shards(trace)],
     )
     sharded = Certifier.from_counts(total, calibration=calibration, plugins=plugins)
     assert sharded.thresholds == whole.thresholds
@@ -192,8 +211,8 @@ def test_a_certifier_from_summed_counts_is_the_certifier_of_the_whole(name: str,
         whole.base.threshold,
     )
     expected, got = _certify(whole), _certify(sharded)
-    assert [_evidence(p) for p in got] == [_evidence(p) for p in expected]
-    assert all(p.certificate.rows is None for p in got)  # counts carry no rows
+    assert [p.certificate for p in got] == [p.certificate for p in expected]  # rows included
+    assert all(p.certificate.rows is not None for p in got)
     assert [(p.threshold, p.exits_early) for p in got] == [
         (p.threshold, p.exits_early) for p in expected
     ]
@@ -218,13 +237,14 @@ def test_guarantee_and_budget_read_the_same_counts(plugins) -> None:
     trace = _trace()
     grid = plugins.criteria.get("confidence").default_thresholds(200)
     total = reduce(
-        operator.add, [_count(s, "confidence", plugins, grid=grid) for s in _shards(trace)]
+        operator.add,
+        [_count(s, "confidence", plugins, grid=grid, fingerprints=True) for s in _shards(trace)],
     )
     sharded = Certifier.from_counts(total, plugins=plugins)
     pol = adaptix.guarantee(trace, "confidence", early_accuracy=0.8, alpha=0.1)
-    assert _evidence(sharded.early_accuracy(0.8, alpha=0.1)) == _evidence(pol)
+    assert sharded.early_accuracy(0.8, alpha=0.1).certificate == pol.certificate
     cheap = adaptix.budget(trace, "confidence", relative_cost=0.6, alpha=0.1)
-    assert _evidence(sharded.budget(0.6, alpha=0.1)) == _evidence(cheap)
+    assert sharded.budget(0.6, alpha=0.1).certificate == cheap.certificate
     # The estimate is the sweep's relative cost at that threshold, bit for bit.
     (point,) = adaptix.sweep(trace, "confidence", [cheap.threshold], plugins=plugins)
     assert cheap.certificate.estimate == point.relative_cost
