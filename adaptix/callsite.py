@@ -14,6 +14,14 @@ import warnings
 
 #: Frames in files under this folder belong to adaptix, not to its caller.
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: Decorator frames between a caller and adaptix (``torch.no_grad`` on the runner's
+#: ``__call__``, ``contextlib``'s wrappers): skipped too, so the warning lands on the caller.
+_WRAPPERS = ("torch/utils/_contextlib.py", "/contextlib.py", "/functools.py")
+
+
+def _inside(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(PACKAGE_DIR) or path.replace(os.sep, "/").endswith(_WRAPPERS)
 
 
 def caller_stacklevel() -> int:
@@ -21,7 +29,7 @@ def caller_stacklevel() -> int:
     the first frame outside the adaptix package (1 would be the caller itself)."""
     level = 1
     frame = sys._getframe(1)  # the function about to warn
-    while os.path.abspath(frame.f_code.co_filename).startswith(PACKAGE_DIR):
+    while _inside(frame.f_code.co_filename):
         if frame.f_back is None:  # adaptix all the way up (its CLI): its outermost frame
             break
         frame = frame.f_back

@@ -56,7 +56,6 @@ import math
 import os
 import reprlib
 import tempfile
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from adaptix import callsite
 from adaptix.calibration import Calibration, count_bins
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.plugins import call_plugin, resolve_manager
@@ -1062,7 +1062,7 @@ class ShiftMonitor:
         self._alarm_inputs = inputs
         alarm = ShiftAlarm(inputs, self._batches, log_e, self.alpha, self.report())
         self.alarm = alarm
-        warnings.warn(alarm.message(), ShiftWarning, stacklevel=3)
+        callsite.warn(alarm.message(), ShiftWarning)
         if self.tracker is not None:
             self._log_alarm(alarm)
         if self.on_alarm is not None:

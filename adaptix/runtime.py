@@ -27,7 +27,10 @@ from adaptix.scalars import count, flag
 from adaptix.scores import prediction, probabilities
 
 if TYPE_CHECKING:
-    from adaptix.monitor import ShiftMonitor
+    import os
+
+    from adaptix.monitor import ReferenceCounts, ShiftMonitor
+    from adaptix.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -154,19 +157,31 @@ class EarlyExitRunner:
         """The fused exit decision in use (None: the criterion's own score)."""
         return self._plan.fused_kind
 
-    def swap_policy(self, policy: ExitPolicy, *, reference: Any = None) -> None:
+    def swap_policy(
+        self,
+        policy: ExitPolicy,
+        *,
+        reference: Trace | ReferenceCounts | str | os.PathLike[str] | None = None,
+    ) -> None:
         """Run the next batches with ``policy`` (e.g. `ShiftMonitor.recalibrated_policy`).
 
         Everything the new policy needs (its checks, its exit deciders) is prepared first and
         then installed with one assignment, so a batch runs wholly with the old policy or
         wholly with the new one. An attached monitor starts a new test for the new policy
-        (`ShiftMonitor.reset`), against ``reference`` (a `Trace` of the data the new policy
-        was calibrated on) when given.
+        (`ShiftMonitor.reset`), against ``reference`` when given: a `Trace` of the data the new
+        policy was calibrated on, the path of one saved with `Trace.save`, or `ReferenceCounts`
+        counted for the new policy (counts of another policy are refused).
 
         Raises:
-            ValidationError, CalibrationError: as the constructor, for ``policy``; nothing
-                changes then.
+            ValidationError, CalibrationError: as the constructor, for ``policy``; a
+                ``reference`` the monitor refuses, or one given with no monitor attached (it
+                would be ignored); nothing changes then.
         """
+        if reference is not None and self.monitor is None:
+            raise ValidationError(
+                "expected no reference: this runner has no monitor, the only reader of one. "
+                "Attach a ShiftMonitor (monitor=...) or drop the reference."
+            )
         plan = self._prepare(policy)
         if self._checked_classes is not None:
             policy.check_model(self.model.num_exits, self._checked_classes)

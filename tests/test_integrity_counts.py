@@ -875,3 +875,19 @@ def test_fuzz_monitor_arguments(data: st.DataObject) -> None:
         assert any(name in str(error) for name in bad), (bad, str(error))
     else:
         assert isinstance(result, ShiftMonitor), describe(result)
+
+
+def test_swap_policy_refuses_a_reference_without_a_monitor() -> None:
+    """A reference is read by the monitor alone: given to a runner without one, it would be
+    ignored, so it is refused and the runner keeps its policy."""
+    model = adaptix.build_model(
+        "sequential",
+        3,
+        source=[torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)],
+        example_input=torch.randn(2, 4),
+    )
+    runner = adaptix.EarlyExitRunner(model, adaptix.policy("confidence", 0.9))
+    trace = synthetic_trace(20, model.num_exits, 3)
+    with pytest.raises(adaptix.ValidationError, match="no monitor"):
+        runner.swap_policy(adaptix.policy("confidence", 0.5), reference=trace)
+    assert runner.policy.threshold == 0.9

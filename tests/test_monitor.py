@@ -508,6 +508,7 @@ def test_a_far_stream_alarms_once_and_says_what_moved(mlp_family: Family) -> Non
     assert ran is not None
     assert ran < len(batches)  # later batches raise no second alarm
     assert len(warned) == 1
+    assert warned[0].filename == __file__  # the caller's line, not adaptix's
     assert len(alarms) == 1
     alarm = alarms[0]
     assert isinstance(alarm, ShiftAlarm)
