@@ -6,8 +6,8 @@ The public API; everything else is reachable through its submodules.
 from adaptix._version import __version__
 from adaptix.allocator import tune_cpu_allocator
 from adaptix.calibration import Calibration, calibrate
-from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
 from adaptix.certificate import Certificate, CertificateWarning
+from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
 from adaptix.guarantee import Certifier, budget, guarantee, verify_certificate
 from adaptix.hookspecs import hookimpl
 from adaptix.model import MultiExitModel, build_model

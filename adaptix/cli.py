@@ -189,14 +189,16 @@ def _cmd_shift_study(args: argparse.Namespace) -> int:
     from adaptix.experiment.shift_study import StudySettings, shift_job
     from adaptix.experiment.shifts import DEFAULT_SEVERITIES
 
-    config = load_config(args.config, preset=args.preset)
-    if args.output_dir is not None:
-        config = config.model_copy(update={"output_dir": args.output_dir})
     sizes = {"streams": 20, "null_length": 5_000, "delay_length": 5_000, "repeats": 10}
     given = {key: getattr(args, key) for key in sizes if getattr(args, key) is not None}
     if args.quick:
         given = {**sizes, **given}
+    # Every setting is checked before the job's data loads, a model trains or a split traces.
     settings = StudySettings(delta=args.delta, alpha=args.alpha, seed=args.seed, **given)
+    settings.check_criterion()
+    config = load_config(args.config, preset=args.preset)
+    if args.output_dir is not None:
+        config = config.model_copy(update={"output_dir": args.output_dir})
     severities = (
         {kind: levels[1::2] for kind, levels in DEFAULT_SEVERITIES.items()} if args.quick else None
     )

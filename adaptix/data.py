@@ -9,6 +9,7 @@ elsewhere.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,69 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray[Any, Any]:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
+def read_idx_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The shape an IDX file's header declares, read without the data (a few bytes, even of a
+    gzipped file): how many rows a split holds, before loading it.
+
+    Raises:
+        ValidationError: the file is missing, unreadable or not IDX.
+    """
+    source = Path(path)
+    opener = gzip.open if source.suffix == ".gz" else open
+    try:
+        with opener(source, "rb") as handle:
+            head = handle.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            dims = handle.read(4 * ndim)
+    except FileNotFoundError as err:
+        raise ValidationError(f"no IDX file at {source}.") from err
+    except (OSError, EOFError) as err:
+        raise ValidationError(f"could not read IDX file {source}: {err}.") from err
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise ValidationError(f"expected an IDX file at {source}, got another format.")
+    if len(dims) != 4 * ndim:
+        raise ValidationError(f"IDX file {source} is truncated: its header is cut short.")
+    return tuple(int.from_bytes(dims[4 * i : 4 + 4 * i], "big") for i in range(ndim))
+
+
+def data_directory(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Where the IDX files are read from: ``directory``, else ``ADAPTIX_DATA_DIR``, else
+    Debian's path."""
+    return Path(directory or os.environ.get("ADAPTIX_DATA_DIR") or DEFAULT_FASHION_MNIST_DIR)
+
+
+def idx_sizes(directory: str | os.PathLike[str] | None = None) -> tuple[int, int]:
+    """How many (training, test) rows the four IDX files of ``directory`` hold, read from their
+    headers (see `data_directory`).
+
+    Raises:
+        ValidationError: a file is missing or not IDX, or images and labels disagree in rows.
+    """
+    root = data_directory(directory)
+    shapes = {key: read_idx_shape(_find(root, stem)) for key, stem in _FILES.items()}
+    sizes = []
+    for split in ("train", "test"):
+        images, labels = shapes[f"{split}_images"], shapes[f"{split}_labels"]
+        if len(images) != 3 or len(labels) != 1 or images[0] != labels[0]:
+            raise ValidationError(
+                f"expected the {split} IDX files in {root} to hold images [n, height, width] "
+                f"and labels [n] of the same n, got {list(images)} and {list(labels)}."
+            )
+        sizes.append(images[0])
+    return sizes[0], sizes[1]
+
+
+def arrays_digest(arrays: dict[str, np.ndarray[Any, Any]]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order): what was
+    loaded, whatever the files' compression."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.data)  # the buffer itself: no copy of the arrays
+    return digest.hexdigest()
+
+
 def _find(directory: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (directory / name).is_file():
@@ -93,13 +157,33 @@ class Split:
         return self.images, self.labels
 
 
+#: `arrays_digest` of the four Fashion-MNIST IDX files (Debian's dataset-fashion-mnist, gzipped
+#: or not): how `FashionMNIST.is_fashion_mnist` knows the data it loaded.
+FASHION_MNIST_SHA256 = "3afe9b4c8e58f1f5a7112d9e9f292b67d1c76428e4b1075b17b543dc55c3e7e4"
+
+
 @dataclass(frozen=True)
 class FashionMNIST:
-    """Deterministic splits: train, calibration (held out from the 60k), test (official 10k)."""
+    """Deterministic splits of four IDX files: train, calibration (held out of the training
+    images), test (the test file's images).
+
+    Attributes:
+        train, calibration, test: the splits.
+        directory: where the IDX files were read.
+        digest: `arrays_digest` of the four files' contents, as loaded (before splitting).
+    """
 
     train: Split
     calibration: Split
     test: Split
+    directory: Path = DEFAULT_FASHION_MNIST_DIR
+    digest: str = ""
+
+    @property
+    def is_fashion_mnist(self) -> bool:
+        """Whether the files hold Fashion-MNIST itself (their digest is `FASHION_MNIST_SHA256`),
+        rather than other IDX data (MNIST, say)."""
+        return self.digest == FASHION_MNIST_SHA256
 
 
 # Mean and standard deviation of Fashion-MNIST training pixels (scaled to [0, 1]).
@@ -114,20 +198,30 @@ def load_fashion_mnist(
     test_size: int | None = None,
     seed: int = 0,
 ) -> FashionMNIST:
-    """Load Fashion-MNIST and split it deterministically.
+    """Load Fashion-MNIST (or other IDX files of the same layout) and split it deterministically.
 
     Args:
         directory: where the IDX files are (default: ``ADAPTIX_DATA_DIR`` or Debian's path).
-        calibration_size: images held out of the 60,000 training images for calibration.
+        calibration_size: images held out of the training images (60,000 in Fashion-MNIST) for
+            calibration.
         train_size: keep only this many training images (None: all the rest).
-        test_size: keep only the first this-many test images (None: all 10,000).
+        test_size: keep only the first this-many test images (None: all, 10,000 in
+            Fashion-MNIST).
         seed: seeds the permutation that picks the calibration images.
+
+    Raises:
+        ValidationError: missing or corrupt files, or a size the files cannot hold (sizes are
+            never clipped: the message says how many rows there are).
     """
-    root = Path(directory or os.environ.get("ADAPTIX_DATA_DIR") or DEFAULT_FASHION_MNIST_DIR)
+    root = data_directory(directory)
+    problems = split_size_problems(
+        *idx_sizes(root), calibration_size=calibration_size, train_size=train_size,
+        test_size=test_size, where=str(root),
+    )  # fmt: skip
+    if problems:
+        raise ValidationError(" ".join(message for _, message in problems))
     arrays = {key: read_idx(_find(root, stem)) for key, stem in _FILES.items()}
     total = len(arrays["train_labels"])
-    if not 0 < calibration_size < total:
-        raise ValidationError(f"expected 0 < calibration_size < {total}, got {calibration_size}.")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     calibration_idx = order[:calibration_size]
     train_idx = order[calibration_size:]
@@ -143,9 +237,53 @@ def load_fashion_mnist(
             x, y = x[index], y[index]
         return Split(((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).contiguous(), y.contiguous())
 
-    test_index = None if test_size is None else torch.arange(min(test_size, 10_000))
+    test_index = None if test_size is None else torch.arange(test_size)
     return FashionMNIST(
         train=split(arrays["train_images"], arrays["train_labels"], train_idx),
         calibration=split(arrays["train_images"], arrays["train_labels"], calibration_idx),
         test=split(arrays["test_images"], arrays["test_labels"], test_index),
+        directory=root,
+        digest=arrays_digest(arrays),
     )
+
+
+def split_size_problems(
+    train_rows: int,
+    test_rows: int,
+    *,
+    calibration_size: int,
+    train_size: int | None,
+    test_size: int | None,
+    where: str,
+) -> list[tuple[str, str]]:
+    """What keeps the splits asked for from fitting data of ``train_rows`` training and
+    ``test_rows`` test rows, as (size's name, message) pairs (none: they fit): calibration held
+    out of the training rows with some left to train on, and no size beyond what is there (a
+    size is never clipped silently)."""
+    problems = []
+    if not 0 < calibration_size < train_rows:
+        problems.append(
+            (
+                "calibration_size",
+                f"expected calibration_size below the {train_rows} training rows of {where} "
+                f"(some must be left to train on), got {calibration_size}.",
+            )
+        )
+    left = train_rows - calibration_size
+    if train_size is not None and 0 < left < train_size:
+        problems.append(
+            (
+                "train_size",
+                f"expected train_size at most {left}, the training rows of {where} left after "
+                f"calibration_size {calibration_size} of {train_rows}, got {train_size}.",
+            )
+        )
+    if test_size is not None and test_size > test_rows:
+        problems.append(
+            (
+                "test_size",
+                f"expected test_size at most {test_rows}, the test rows of {where}, got "
+                f"{test_size}.",
+            )
+        )
+    return problems

@@ -43,13 +43,12 @@ import csv
 import io
 import json
 import math
-import numbers
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeGuard
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -64,9 +63,10 @@ from adaptix.files import atomic_write, tensor_digest
 from adaptix.guarantee import CertificateWarning, Certifier
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import policy
+from adaptix.scalars import count, integer, real, unit
 from adaptix.scores import prediction
 from adaptix.simulate import FrontierPoint, exit_indices, sweep
-from adaptix.trace import Trace
+from adaptix.trace import Trace, shared_rows
 
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
@@ -150,7 +150,9 @@ class StudyResult:
         rows: scales in the given order, then criteria, then δ ascending.
         seconds: wall time of `run_study`.
         traces: ``"calibration"`` and ``"test"`` -> the trace's inputs, content checksum
-            (sha256 of its tensors) and metadata.
+            (sha256 of its tensors) and metadata, as given; the test trace's also holds
+            ``shared_rows_dropped``, the rows it shared with the calibration trace (dropped
+            before pooling: see `run_study`).
     """
 
     config: StudyConfig
@@ -230,6 +232,9 @@ class StudyResult:
             params[f"{role}_trace.checksum"] = info["checksum"]
             params[f"{role}_trace.inputs"] = info["inputs"]
             params[f"{role}_trace.meta"] = info["meta"]
+        params["test_trace.shared_rows_dropped"] = self.traces["test"].get(
+            "shared_rows_dropped", "0"
+        )
         return params
 
     def to_csv(self, path: str | Path) -> Path:
@@ -357,6 +362,16 @@ def run_study(
         study = run_study(calibration_trace, test_trace, splits=100, calibration_size=5000)
         print(study.to_markdown())
 
+    The two traces must hold different inputs: a row in both could land in a split's
+    calibration and test sides at once, and the study would count calibration rows as test
+    evidence (optimistic, silently). Every row is fingerprinted (`Trace.row_digests`), and:
+
+    - the same trace twice (equal checksums), a test trace whose every row is a calibration
+      row, or a calibration trace whose every row is a test row: `ValidationError`;
+    - a partial overlap: the shared rows are dropped from the test trace, with a
+      `CertificateWarning` saying how many, and the statements rest on the remaining test rows
+      (and the calibration trace); the count is recorded (``test_trace.shared_rows_dropped``).
+
     Args:
         calibration_trace: a labelled trace of the model (pooled with ``test_trace``).
         test_trace: a labelled trace of the same model (same exits, classes and costs).
@@ -373,23 +388,42 @@ def run_study(
         progress: show a progress bar over the splits.
 
     Raises:
-        ValidationError: traces that are not labelled traces of the same model, or a setting
-            out of range.
+        ValidationError: traces that are not labelled traces of the same model, traces of
+            the same inputs (see above), or a setting out of range (`adaptix.scalars`: a bool
+            is never a number, a string never coerced).
         PluginError: an unknown criterion.
+
+    Warns:
+        CertificateWarning: the test trace shared some rows with the calibration trace; they
+            were dropped.
     """
     start = time.perf_counter()
     manager = resolve_manager(plugins)
-    pooled = _pool(calibration_trace, test_trace)
+    # Every setting first: a bad one is refused before the traces are fingerprinted or pooled.
+    checked_splits = count(splits, "splits", low=1)
+    checked_deltas, checked_scales = _deltas(deltas), _scales(scales)
+    checked_alpha = unit(alpha, "alpha")
+    checked_criteria = _criteria(criteria, manager)
+    checked_bins = count(bins, "bins", low=1)
+    checked_seed = integer(seed, "seed", low=0, high=2**63 - 1)
+    identities = {
+        role: _identity(trace, role)
+        for role, trace in (("calibration", calibration_trace), ("test", test_trace))
+    }
+    kept_test, dropped = _without_shared_rows(calibration_trace, test_trace, identities)
+    identities["test"]["shared_rows_dropped"] = str(dropped)
+    pooled = _pool(calibration_trace, kept_test)
+    size = integer(calibration_size, "calibration_size", low=1, high=pooled.num_inputs - 1)
     config = StudyConfig(
-        splits=_count(splits, "splits", 1, None),
-        calibration_size=_count(calibration_size, "calibration_size", 1, pooled.num_inputs - 1),
-        test_size=pooled.num_inputs - int(calibration_size),
-        deltas=_deltas(deltas),
-        scales=_scales(scales),
-        alpha=_open_unit(alpha, "alpha"),
-        criteria=_criteria(criteria, manager),
-        bins=_count(bins, "bins", 1, None),
-        seed=_count(seed, "seed", 0, None),
+        splits=checked_splits,
+        calibration_size=size,
+        test_size=pooled.num_inputs - size,
+        deltas=checked_deltas,
+        scales=checked_scales,
+        alpha=checked_alpha,
+        criteria=checked_criteria,
+        bins=checked_bins,
+        seed=checked_seed,
     )
     drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
     correct = prediction(pooled.logits) == pooled.labels.unsqueeze(1)  # type: ignore[union-attr]  # labelled
@@ -403,11 +437,7 @@ def run_study(
                 study.measure(index, calibration_rows, test_rows)
                 bar.update()
             rows += study.rows(scale)
-    traces = {
-        "calibration": _identity(calibration_trace),
-        "test": _identity(test_trace),
-    }
-    return StudyResult(config, rows, time.perf_counter() - start, traces)
+    return StudyResult(config, rows, time.perf_counter() - start, identities)
 
 
 def log_study(
@@ -663,20 +693,25 @@ def _row(
 # ------------------------------------------------------------------------------------ checks
 
 
+def _check_trace(trace: Trace, role: str) -> Tensor:
+    """The labels of a labelled `Trace` (ValidationError for anything else)."""
+    if not isinstance(trace, Trace):
+        raise ValidationError(
+            f"expected the {role} trace as an adaptix.Trace, got {type(trace).__name__}. "
+            "Load one with adaptix.Trace.load(path)."
+        )
+    if trace.labels is None:
+        raise ValidationError(
+            f"expected a labelled {role} trace, got labels=None: the study measures accuracy."
+        )
+    return trace.labels
+
+
 def _pool(calibration: Trace, test: Trace) -> Trace:
     """Both traces as one, after checking that they come from the same model."""
     labels = []
     for role, trace in (("calibration", calibration), ("test", test)):
-        if not isinstance(trace, Trace):
-            raise ValidationError(
-                f"expected the {role} trace as an adaptix.Trace, got {type(trace).__name__}. "
-                "Load one with adaptix.Trace.load(path)."
-            )
-        if trace.labels is None:
-            raise ValidationError(
-                f"expected a labelled {role} trace, got labels=None: the study measures accuracy."
-            )
-        labels.append(trace.labels.to(calibration.logits.device))
+        labels.append(_check_trace(trace, role).to(calibration.logits.device))
     if (calibration.num_exits, calibration.num_classes) != (test.num_exits, test.num_classes):
         raise ValidationError(
             f"expected two traces of the same model, got E={calibration.num_exits}, "
@@ -695,8 +730,53 @@ def _pool(calibration: Trace, test: Trace) -> Trace:
     return Trace(logits, torch.cat(labels), calibration.costs, calibration.meta)
 
 
-def _identity(trace: Trace) -> dict[str, str]:
+def _without_shared_rows(
+    calibration: Trace, test: Trace, identities: dict[str, dict[str, str]]
+) -> tuple[Trace, int]:
+    """``test`` without the rows it shares with ``calibration`` (`Trace.row_digests`), and how
+    many were dropped; the rule is `run_study`'s (refuse identical or contained traces, drop
+    and warn on a partial overlap)."""
+    if identities["calibration"]["checksum"] == identities["test"]["checksum"]:
+        raise ValidationError(
+            "expected a calibration trace and a test trace of different inputs, got the same "
+            f"trace twice (checksum {identities['test']['checksum']}): the study would count "
+            "its own calibration rows as test evidence. Pass the model's calibration and test "
+            "traces (e.g. trace-<model>-calibration.pt and trace-<model>-test.pt)."
+        )
+    calibration_digests, test_digests = calibration.row_digests(), test.row_digests()
+    shared = shared_rows(test_digests, calibration_digests)
+    dropped = int(shared.sum())
+    if dropped == 0:
+        return test, 0
+    contained = bool(shared_rows(calibration_digests, test_digests).all())
+    if dropped == test.num_inputs or contained:
+        inside, outside = (
+            ("test", "calibration")
+            if dropped == test.num_inputs
+            else (
+                "calibration",
+                "test",
+            )
+        )
+        raise ValidationError(
+            f"expected a calibration trace and a test trace of different inputs, got a {inside} "
+            f"trace whose every row is also in the {outside} trace ({dropped} shared rows): the "
+            "study would count calibration rows as test evidence. Pass traces of disjoint "
+            "inputs."
+        )
+    warnings.warn(
+        f"{dropped} of the test trace's {test.num_inputs} rows are also calibration rows: they "
+        f"were dropped from the test trace, and the study's statements rest on the other "
+        f"{test.num_inputs - dropped} test rows (and the calibration trace).",
+        CertificateWarning,
+        stacklevel=3,
+    )
+    return test.subset(~shared.to(test.logits.device)), dropped
+
+
+def _identity(trace: Trace, role: str) -> dict[str, str]:
     """A trace's size, content checksum and metadata, as strings."""
+    _check_trace(trace, role)
     tensors = {"logits": trace.logits, "labels": trace.labels, "costs": trace.costs}
     checksum = tensor_digest({k: v for k, v in tensors.items() if v is not None})
     return {
@@ -747,47 +827,30 @@ def _oracle_grid(candidates: Sequence[float], deltas: Sequence[float]) -> list[f
     return sorted({*linear, *near_one, *map(float, candidates), *deltas})
 
 
-def _is_real(value: object) -> TypeGuard[numbers.Real]:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _count(value: object, name: str, low: int, high: int | None) -> int:
-    number = int(value) if isinstance(value, numbers.Integral) else None
-    in_range = number is not None and number >= low and (high is None or number <= high)
-    if isinstance(value, bool) or number is None or not in_range:
-        span = f"from {low} to {high}" if high is not None else f"≥ {low}"
-        raise ValidationError(f"expected {name} as an integer {span}, got {value!r}.")
-    return number
-
-
-def _open_unit(value: object, name: str) -> float:
-    number = float(value) if _is_real(value) else math.nan
-    if not 0 < number < 1:
-        raise ValidationError(f"expected {name} in (0, 1), got {value!r}.")
-    return number
+def _numbers(values: Sequence[float], name: str, example: str) -> list[Any]:
+    """``values`` as a non-empty list of distinct entries (each checked by the caller)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValidationError(
+            f"expected {name} as a non-empty list of numbers, got {values!r}. Pass e.g. {example}."
+        )
+    return list(values)
 
 
 def _deltas(deltas: Sequence[float]) -> tuple[float, ...]:
-    values = list(deltas) if isinstance(deltas, Sequence) and not isinstance(deltas, str) else []
-    if not values or not all(_is_real(d) and 0 < float(d) < 1 for d in values):
-        raise ValidationError(
-            f"expected targets δ as a non-empty list of numbers in (0, 1), got {deltas!r}. "
-            "Pass e.g. [0.8, 0.85, 0.9]."
-        )
+    values = [unit(d, "each target δ") for d in _numbers(deltas, "targets δ", "[0.8, 0.9]")]
     if len(set(values)) != len(values):
-        raise ValidationError(f"expected distinct targets δ, got {values!r}.")
-    return tuple(sorted(float(d) for d in values))
+        raise ValidationError(f"expected distinct targets δ, got {list(deltas)!r}.")
+    return tuple(sorted(values))
 
 
 def _scales(scales: Sequence[float]) -> tuple[float, ...]:
-    values = list(scales) if isinstance(scales, Sequence) and not isinstance(scales, str) else []
-    ok = all(_is_real(s) and 0 < float(s) < math.inf for s in values)
-    if not values or not ok or len(set(values)) != len(values):
-        raise ValidationError(
-            f"expected logit scales as a non-empty list of distinct finite numbers > 0, got "
-            f"{scales!r}. Pass e.g. [1, 2, 3]."
-        )
-    return tuple(float(s) for s in values)
+    values = [
+        real(v, "each logit scale", low=0.0, open_low=True)
+        for v in _numbers(scales, "logit scales", "[1, 2, 3]")
+    ]
+    if len(set(values)) != len(values):
+        raise ValidationError(f"expected distinct logit scales, got {list(scales)!r}.")
+    return tuple(values)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -104,8 +104,8 @@ class Fussy(Tiny):
             "guarantee.criterion",
             "unknown criterion 'confidance'. Available: confidence, ",
         ),
-        ({"guarantee": {"alpha": 1.0}}, "guarantee.alpha", "less than 1"),
-        ({"guarantee": {"alpha": 0}}, "guarantee.alpha", "greater than 0"),
+        ({"guarantee": {"alpha": 1.0}}, "guarantee.alpha", "alpha in (0, 1)"),
+        ({"guarantee": {"alpha": 0}}, "guarantee.alpha", "alpha in (0, 1)"),
         (
             {"sweep": {"calibrator": "equal_width"}},
             "sweep.calibrator",

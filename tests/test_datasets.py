@@ -190,7 +190,7 @@ def test_the_test_split_does_not_move_when_the_other_sizes_change(
     ids=["exactly-all", "more-than-all", "default-calibration", "default-test"],
 )
 def test_sizes_that_leave_nothing_to_train_on_are_config_errors(sizes: dict[str, int]) -> None:
-    with pytest.raises(ConfigError, match="leave none to train on"):
+    with pytest.raises(ConfigError, match="left to train on"):
         load_job_data(data_config(dataset="bbc-news", **sizes))
 
 

@@ -17,7 +17,7 @@ import adaptix
 from adaptix.errors import ConfigError
 from adaptix.experiment import job, run_job
 from adaptix.experiment.config import RayConfig, parse_config
-from adaptix.experiment.datasets import JobData, Split
+from adaptix.experiment.datasets import DataSource, JobData, Split
 
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -162,7 +162,8 @@ def test_inputs_that_are_not_one_tensor_are_refused_before_ray_runs(tmp_path: Pa
     model = job._build(spec, 10, 0, job.get_plugin_manager())
     tokens = {"input_ids": torch.zeros(12, 8, dtype=torch.long)}
     split = Split(tokens, torch.zeros(12, dtype=torch.long))
-    data = JobData("bbc-news", "", tuple("abcdefghij"), split, split, split)
+    source = DataSource("tokens", "memory", "0" * 64, {"train": 12, "calibration": 12, "test": 12})
+    data = JobData("bbc-news", "", tuple("abcdefghij"), split, split, split, source)
     assert config.ray is not None
     with pytest.raises(ConfigError, match="got dict: remove the ray section"):
         job._trace_on_ray(model, spec, data, config, config.ray)

@@ -243,7 +243,7 @@ def test_workers_train_in_processes_and_give_the_weights_of_one_process(
         assert not two.models[name].cached
         assert two.models[name].trained_seconds is not None
         spec = next(m for m in config.models if m.name == name)
-        key = job._cache_key(spec, config)
+        key = job._cache_key(spec, config, two.source)
         first = ModelCache(tmp_path / "one" / "cache").load(name, key)
         second = ModelCache(tmp_path / "two" / "cache").load(name, key)
         assert first is not None

@@ -314,9 +314,10 @@ CORRECT = torch.tensor([True, False, True, True, False])
         (LABELS, CORRECT.long(), 1, "bool tensor"),
         (LABELS, CORRECT.tolist(), 1, "bool tensor"),
         (LABELS, CORRECT[:3], 1, "labels' shape"),
-        (LABELS, CORRECT, 0, "count as an int in \\[1, 4\\]"),
-        (LABELS, CORRECT, 5, "count as an int in \\[1, 4\\]"),
-        (LABELS, CORRECT, 2.0, "count as an int"),
+        (LABELS, CORRECT, 0, "count .* integer in \\[1, 4\\]"),
+        (LABELS, CORRECT, 5, "count .* integer in \\[1, 4\\]"),
+        (LABELS, CORRECT, 2.0, "count .* to be an integer"),
+        (LABELS, CORRECT, True, "count .* to be an integer"),
     ],
 )
 def test_hardest_classes_rejects_bad_input(

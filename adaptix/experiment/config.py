@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import yaml
 from pydantic import (
@@ -26,9 +26,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from adaptix._frozen import FrozenModel
-from adaptix.components import build_params
+from adaptix.components import BackboneParts, build_params
 from adaptix.errors import AdaptixError, ConfigError
+from adaptix.experiment.datasets import check_data as check_data_sizes
 from adaptix.plugins import AdaptixPluginManager, Registry, call_plugin, resolve_manager
+from adaptix.scalars import (
+    count_field,
+    flag_field,
+    integer_field,
+    real_field,
+    unit_field,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +92,43 @@ def _not_empty(value: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
     return value
 
 
+# Every number and flag of the configuration has one of these types, built from the one
+# vocabulary of `adaptix.scalars`: a bool is never a number, a string is never coerced, a float
+# is never a count, NaN and ±inf are refused. mypy reads them as the plain types they validate.
+if TYPE_CHECKING:
+    Seed: TypeAlias = int
+    Count: TypeAlias = int
+    AtLeastOne: TypeAlias = int
+    AtLeastTen: TypeAlias = int
+    Tokens: TypeAlias = int
+    Real: TypeAlias = float
+    Positive: TypeAlias = float
+    NonNegative: TypeAlias = float
+    Share: TypeAlias = float
+    Level: TypeAlias = float
+    OpenShare: TypeAlias = float
+    PositiveShare: TypeAlias = float
+    LearningRate: TypeAlias = float
+    Flag: TypeAlias = bool
+else:
+    Seed = integer_field(low=0, high=2**63 - 1)
+    Count = count_field()
+    AtLeastOne = count_field(low=1)
+    AtLeastTen = count_field(low=10)
+    Tokens = integer_field(low=8, high=512)
+    Real = real_field()
+    Positive = real_field(low=0.0, open_low=True)
+    NonNegative = real_field(low=0.0)
+    Share = unit_field(open_low=False, open_high=False)  # [0, 1]
+    Level = unit_field()  # (0, 1)
+    OpenShare = unit_field(open_low=False)  # [0, 1)
+    PositiveShare = unit_field(open_high=False)  # (0, 1]
+    LearningRate = real_field(low=0.0, high=10.0, open_low=True)
+    Flag = flag_field()
+#: The longest δ grid a sweep takes: a tiny ``delta_step`` would otherwise hang the job.
+MAX_DELTAS = 10_000
+
+
 CriterionName = Annotated[str, AfterValidator(_registered(lambda m: m.criteria))]
 BackboneName = Annotated[str, AfterValidator(_registered(lambda m: m.backbones))]
 CalibratorName = Annotated[str, AfterValidator(_registered(lambda m: m.calibrators))]
@@ -98,24 +143,26 @@ class DataConfig(FrozenModel):
         default=None,
         description="fashion-mnist: IDX directory (default: ADAPTIX_DATA_DIR or Debian's path)",
     )
-    calibration_size: int = Field(
-        default=10_000, ge=10, description="fashion-mnist: held out of the 60k training images"
+    calibration_size: AtLeastTen = Field(
+        default=10_000, description="fashion-mnist: held out of the 60k training images"
     )
-    train_size: int | None = Field(
+    train_size: AtLeastTen | None = Field(
         default=None,
-        ge=10,
-        description="training examples kept of those left after calibration (None: all)",
+        description="training examples kept of those left after calibration (None: all); "
+        "more than the data holds is an error",
     )
-    test_size: int | None = Field(
-        default=None, ge=10, description="None: fashion-mnist's 10,000; a quarter of bbc-news"
+    test_size: AtLeastTen | None = Field(
+        default=None,
+        description="None: the whole test split of IDX data; a quarter of bbc-news; more than "
+        "the data holds is an error",
     )
     tokenizer: str = Field(
         default="all-MiniLM-L6-v2",
         min_length=1,
         description="text datasets: the tokenizer's model directory, or all-MiniLM-L6-v2",
     )
-    max_length: int = Field(default=128, ge=8, le=512, description="text: tokens per input")
-    seed: int = 0
+    max_length: Tokens = Field(default=128, description="text: tokens per input (8 to 512)")
+    seed: Seed = 0
 
 
 class ModelConfig(FrozenModel):
@@ -152,36 +199,46 @@ class TrainConfig(FrozenModel):
     measured for the Fashion-MNIST family (README, "The training recipe")."""
 
     mode: Literal["frozen", "joint"] = "joint"
-    epochs: int = Field(default=6, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=1e-2, gt=0, le=10)
-    weight_decay: float = Field(default=1e-4, ge=0)
+    epochs: AtLeastOne = 6
+    batch_size: AtLeastOne = 128
+    lr: LearningRate = 1e-2
+    weight_decay: NonNegative = 1e-4
     schedule: Literal["cosine", "onecycle"] = "onecycle"
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    augment: bool = Field(
+    label_smoothing: OpenShare = 0.1
+    augment: Flag = Field(
         default=False,
-        description="random shifts of up to crop_pad pixels and horizontal flips (images only)",
+        description="random shifts of up to crop_pad pixels and horizontal flips (images only, "
+        "mode joint)",
     )
-    crop_pad: int = Field(default=2, ge=0)
-    flip: float = Field(default=0.5, ge=0, le=1)
-    loss_weights: tuple[float, ...] | None = Field(
-        default=None, description="per-exit loss weights (None: all 1); one per exit"
+    crop_pad: Count = 2
+    flip: Share = 0.5
+    loss_weights: tuple[NonNegative, ...] | None = Field(
+        default=None,
+        description="per-exit loss weights (None: all 1); one per exit of every model",
     )
-    distillation: float = Field(default=0.0, ge=0, lt=1)
-    temperature: float = Field(default=2.0, gt=0)
-    workers: int = Field(
+    distillation: OpenShare = 0.0
+    temperature: Positive = 2.0
+    workers: AtLeastOne = Field(
         default=2,
-        ge=1,
         description="models trained at once, each in its own process on one thread",
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("loss_weights")
     @classmethod
     def _weights(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if value is not None and (not value or any(not 0 <= w < float("inf") for w in value)):
-            raise ValueError("loss weights must be finite and >= 0, one per exit")
+        if value is not None and not value:
+            raise ValueError("loss weights need one entry per exit, got none (None: all 1)")
         return value
+
+    @model_validator(mode="after")
+    def _augment_fits_mode(self) -> TrainConfig:
+        if self.augment and self.mode == "frozen":
+            raise ValueError(
+                "augment needs mode 'joint': in the frozen mode the backbone's features are "
+                "computed once, so an augmentation would never reach them"
+            )
+        return self
 
 
 class SweepConfig(FrozenModel):
@@ -195,16 +252,22 @@ class SweepConfig(FrozenModel):
     # then gives 50 distinct policies over the 50 δ (23 with 10 equal-width bins) and no
     # violation under logits × 2 and × 3 (worst shortfall 1.8 and 2.0 pt with 10 equal-width).
     calibrator: CalibratorName = Field(default="equal_mass", validate_default=True)
-    bins: int = Field(default=50, ge=1)
-    delta_min: float = Field(default=0.5, ge=0, le=1)
-    delta_max: float = Field(default=0.99, ge=0, le=1)
-    delta_step: float = Field(default=0.01, gt=0, le=1)
-    stress_scales: tuple[float, ...] = (2.0, 3.0)
+    bins: AtLeastOne = 50
+    delta_min: Share = 0.5
+    delta_max: Share = 0.99
+    delta_step: PositiveShare = 0.01
+    stress_scales: tuple[Positive, ...] = (2.0, 3.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> SweepConfig:
         if self.delta_min > self.delta_max:
             raise ValueError("delta_min must not exceed delta_max")
+        count = round((self.delta_max - self.delta_min) / self.delta_step) + 1
+        if count > MAX_DELTAS:
+            raise ValueError(
+                f"the δ grid from delta_min to delta_max by delta_step has {count} targets, "
+                f"more than {MAX_DELTAS}: raise delta_step"
+            )
         return self
 
     @field_validator("criteria")
@@ -217,9 +280,10 @@ class SweepConfig(FrozenModel):
 
     @field_validator("stress_scales")
     @classmethod
-    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(v <= 0 for v in value):
-            raise ValueError("logit scales must be > 0")
+    def _distinct_scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"each logit scale once, got {repeated} more than once")
         return value
 
     def deltas(self) -> list[float]:
@@ -237,9 +301,9 @@ class GuaranteeConfig(FrozenModel):
     of ``criterion`` whose early accuracy ≥ δ is certified at level ``alpha`` on the calibration
     split, then simulated on the test split like every swept criterion."""
 
-    enabled: bool = True
+    enabled: Flag = True
     criterion: CriterionName = Field(default="confidence", validate_default=True)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: Level = 0.05
 
 
 class TargetsConfig(FrozenModel):
@@ -251,42 +315,39 @@ class TargetsConfig(FrozenModel):
     """
 
     criterion: CriterionName | None = None
-    final_accuracy: float = Field(
-        default=0.92, ge=0, le=1, description="large at full depth reaches at least this"
+    final_accuracy: Share = Field(
+        default=0.92, description="large at full depth reaches at least this"
     )
-    gap_over_smallest: float = Field(
-        default=0.02, ge=0, le=1, description="large beats small at full depth by at least this"
+    gap_over_smallest: Share = Field(
+        default=0.02, description="large beats small at full depth by at least this"
     )
-    gain_at_smallest_cost: float = Field(
+    gain_at_smallest_cost: Share = Field(
         default=0.015,
-        ge=0,
-        le=1,
         description="at small's cost, large with early exits beats small (and large "
         "truncated) by at least this",
     )
-    full_accuracy_tolerance: float = Field(
+    full_accuracy_tolerance: Share = Field(
         default=0.002,
-        ge=0,
-        le=1,
         description="large with early exits counts as reaching its full-depth accuracy within this",
     )
-    full_accuracy_cost: float = Field(
-        default=0.6, gt=0, le=1, description="... at no more than this share of its cost"
+    full_accuracy_cost: PositiveShare = Field(
+        default=0.6, description="... at no more than this share of its cost"
     )
 
 
 class RuntimeConfig(FrozenModel):
     """Wall-clock measurement of the batched runtime."""
 
-    enabled: bool = True
+    enabled: Flag = True
     model: str | None = Field(default=None, description="default: the last (largest) model")
     criterion: CriterionName = Field(default="pcee", validate_default=True)
-    thresholds: tuple[float, ...] = Field(default=(0.9, 0.95, 0.98), validate_default=True)
-    batch_size: int = Field(default=256, ge=1)
-    repeats: int = Field(default=2, ge=1)
-    inputs: int | None = Field(
+    thresholds: Annotated[tuple[Real, ...], AfterValidator(_not_empty)] = Field(
+        default=(0.9, 0.95, 0.98), validate_default=True
+    )
+    batch_size: AtLeastOne = 256
+    repeats: AtLeastOne = 2
+    inputs: AtLeastOne | None = Field(
         default=2048,
-        ge=1,
         description="time the first this-many test inputs (None: the whole test split); "
         "enough batches for a stable median, and the cached job stays fast",
     )
@@ -313,9 +374,9 @@ class RuntimeConfig(FrozenModel):
 class TrackingConfig(FrozenModel):
     """MLflow tracking (default store: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
 
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "adaptix"
+    enabled: Flag = True
+    uri: str | None = Field(default=None, min_length=1)
+    experiment: str = Field(default="adaptix", min_length=1)
 
 
 class RayConfig(FrozenModel):
@@ -334,8 +395,8 @@ class RayConfig(FrozenModel):
         'the cluster this machine belongs to; "ray://host:port" connects to a remote '
         "cluster's client server (needs ray[client])",
     )
-    workers: int = Field(default=2, ge=1, description="actors that trace, one CPU each")
-    batch_size: int = Field(default=256, ge=1, description="rows per forward pass on an actor")
+    workers: AtLeastOne = Field(default=2, description="actors that trace, one CPU each")
+    batch_size: AtLeastOne = Field(default=256, description="rows per forward pass on an actor")
 
     @field_validator("address")
     @classmethod
@@ -348,8 +409,8 @@ class RayConfig(FrozenModel):
 class JobConfig(FrozenModel):
     """Everything ``adaptix run`` does."""
 
-    name: str = "fashion-mnist-pcee"
-    seed: int = 0
+    name: str = Field(default="fashion-mnist-pcee", min_length=1)
+    seed: Seed = 0
     data: DataConfig = Field(default_factory=DataConfig)
     # Sections that name components default to raw values validated in place, so that a default
     # naming a blocked plugin is reported at its dotted path.
@@ -366,14 +427,13 @@ class JobConfig(FrozenModel):
         default=None, description="run tracing and sweeps on Ray (None: in this process)"
     )
     output_dir: Path = Path("adaptix-out")
-    threads: int | None = Field(
+    threads: AtLeastOne | None = Field(
         default=1,
-        ge=1,
         description="torch intra-op threads for the analysis and the timed runtime (None: "
         "torch's default). Training with workers uses one thread per model; tracing uses every "
         "core while no logging runs",
     )
-    tune_cpu_allocator: bool = Field(
+    tune_cpu_allocator: Flag = Field(
         default=True,
         description="keep large freed CPU buffers for reuse (adaptix.tune_cpu_allocator): "
         "activations of big batches then stop page-faulting on every forward pass",
@@ -381,6 +441,14 @@ class JobConfig(FrozenModel):
     cache_dir: Path | None = Field(
         default=None, description="trained models (default: ADAPTIX_CACHE_DIR or .adaptix-cache)"
     )
+
+    @field_validator("train")
+    @classmethod
+    def _weights_per_exit(cls, value: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        models = info.data.get("models")  # validated before train; absent if it failed
+        if value.loss_weights is not None and models:
+            _weights_fit(value.loss_weights, models, _plugins(info))
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
@@ -428,6 +496,46 @@ class JobConfig(FrozenModel):
     def resolved_cache_dir(self) -> Path:
         """Where trained models are cached."""
         return self.cache_dir or Path(os.environ.get("ADAPTIX_CACHE_DIR", ".adaptix-cache"))
+
+
+def exit_count(spec: ModelConfig, plugins: AdaptixPluginManager | None = None) -> int:
+    """How many exits the model of ``spec`` has: one per block of its backbone, built (without
+    weights or data) to count them.
+
+    Raises:
+        AdaptixError: the backbone cannot be built from its parameters.
+    """
+    entry = resolve_manager(plugins).backbones.entry(spec.backbone)
+    params = build_params(
+        entry.component.Params, spec.backbone_params, f"backbone '{spec.backbone}'"
+    )
+    parts = call_plugin(entry, "build", entry.component(params).build, None)
+    if not isinstance(parts, BackboneParts):
+        raise ConfigError(
+            f"backbone '{spec.backbone}' returned {type(parts).__name__}, expected "
+            "adaptix.components.BackboneParts."
+        )
+    return len(parts.blocks)
+
+
+def _weights_fit(
+    weights: tuple[float, ...], models: tuple[ModelConfig, ...], plugins: AdaptixPluginManager
+) -> None:
+    """ValueError unless ``weights`` has one entry per exit of every model (the training would
+    refuse it after loading the data)."""
+    counts = {}
+    for spec in models:
+        try:
+            counts[spec.name] = exit_count(spec, plugins)
+        except AdaptixError as err:
+            raise ValueError(f"cannot count the exits of model {spec.name!r}: {err}") from err
+    wrong = {name: n for name, n in counts.items() if n != len(weights)}
+    if wrong:
+        raise ValueError(
+            f"loss_weights has {len(weights)} entries, but every model trains with one "
+            f"weight per exit and the models have {counts} exits: give as many weights as "
+            "exits (the same number for every model), or leave loss_weights out"
+        )
 
 
 def _dotted(err: ValidationError) -> str:
@@ -486,15 +594,31 @@ def load_config(
     *,
     preset: str | None = None,
     plugins: AdaptixPluginManager | None = None,
+    check_data: bool = True,
 ) -> JobConfig:
     """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file, or the shipped ``preset``;
     neither gives the defaults (the ``fashion-mnist`` job).
 
-    Component names resolve with ``plugins`` (see `parse_config`).
+    Component names resolve with ``plugins`` (see `parse_config`). With ``check_data`` the
+    split sizes are then checked against the dataset's size, read without loading it
+    (`adaptix.experiment.datasets.check_data`): everything the job would refuse is refused
+    here, before any data loads or any model trains.
 
     Raises:
-        ConfigError: both a path and a preset, an unknown preset, or an invalid file.
+        ConfigError: both a path and a preset, an unknown preset, an invalid file, or (with
+            ``check_data``) sizes the data cannot hold or data that is not there.
     """
+    config = _read_config(path, preset, plugins)
+    if check_data:
+        check_data_sizes(config.data, str(path or f"preset {preset or 'fashion-mnist'}"))
+    return config
+
+
+def _read_config(
+    path: str | os.PathLike[str] | None,
+    preset: str | None,
+    plugins: AdaptixPluginManager | None,
+) -> JobConfig:
     if path is not None and preset is not None:
         raise ConfigError("pass a configuration file or a preset, not both.")
     if preset is not None:

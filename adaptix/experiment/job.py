@@ -48,7 +48,7 @@ from adaptix.control import (
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
 from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig, RayConfig
-from adaptix.experiment.datasets import JobData, Split, load_job_data
+from adaptix.experiment.datasets import DataSource, JobData, Split, check_data, load_job_data
 from adaptix.experiment.report import render_report
 from adaptix.flops import FlopProfile
 from adaptix.guarantee import CertificateWarning, Certifier
@@ -156,7 +156,7 @@ class JobResult:
     models: dict[str, ModelOutcome]
     runtime: list[RuntimePoint]
     exit_times: ExitTimes | None  # per-block times of the runtime's model (None: not run)
-    data: str  # the dataset and its split, in words
+    data: str  # the dataset and its split, in words (from what was loaded)
     hardware: str  # the machine, in words
     training_seconds: float  # wall-clock seconds spent training in this run (0: all cached)
     readings: dict[str, AccuracyReading | None]  # criterion -> its declared accuracy reading
@@ -166,6 +166,7 @@ class JobResult:
     tracking_uri: str | None = None
     tracking_failures: list[str] = field(default_factory=list)
     parent_run_id: str | None = None
+    source: DataSource | None = None  # what was loaded: name, location, checksum, rows
 
 
 def _build(
@@ -191,13 +192,15 @@ def _training_threads(config: JobConfig) -> int | None:
     return 1 if config.train.workers > 1 else config.threads
 
 
-def _cache_key(spec: ModelConfig, config: JobConfig) -> str:
-    """Everything that decides a model's trained weights (not how many trained at once)."""
+def _cache_key(spec: ModelConfig, config: JobConfig, source: DataSource) -> str:
+    """Everything that decides a model's trained weights (not how many trained at once): the
+    data's checksum too, so that other files behind the same path never reuse a model."""
     data = config.data.model_dump(mode="json", exclude={"test_size"})
     return cache_key(
         model=spec.model_dump(mode="json"),
         train=config.train.model_dump(mode="json", exclude={"workers"}),
         data=data,
+        data_sha256=source.sha256,
         threads=_training_threads(config) or torch.get_num_threads(),
         torch=torch.__version__.split("+")[0],
         cache_format=1,
@@ -258,13 +261,13 @@ def _train_in_worker(spec: ModelConfig, config: JobConfig) -> float:
 
     seconds = _train(model, config, data, progress=False, on_epoch=report)
     ModelCache(config.resolved_cache_dir()).save(
-        spec.name, _cache_key(spec, config), model.state_dict(), {"seconds": seconds}
+        spec.name, _cache_key(spec, config, data.source), model.state_dict(), {"seconds": seconds}
     )
     return seconds
 
 
 def _train_missing(
-    config: JobConfig, cache: ModelCache, log: Callable[[str], None]
+    config: JobConfig, source: DataSource, cache: ModelCache, log: Callable[[str], None]
 ) -> dict[str, float]:
     """With ``train.workers`` > 1, train the models missing from the cache in that many
     processes at once (each on one thread), largest first, and cache them; the seconds each
@@ -277,7 +280,7 @@ def _train_missing(
     missing = [
         spec
         for spec in config.models
-        if not cache.path(spec.name, _cache_key(spec, config)).is_file()
+        if not cache.path(spec.name, _cache_key(spec, config, source)).is_file()
     ]
     workers = min(config.train.workers, len(missing))
     if workers < 2:
@@ -317,7 +320,7 @@ def _train_or_load(
     run's cache (models that worker processes trained in this run, ``trained_here``, count as
     trained)."""
     model = _build(spec, data.num_classes, config.train.seed, manager)
-    key = _cache_key(spec, config)
+    key = _cache_key(spec, config, data.source)
     cached = cache.load(spec.name, key)
     if cached is not None:
         state, info = cached
@@ -617,6 +620,7 @@ def run_job(
 
 def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     started = time.perf_counter()
+    check_data(config.data)  # sizes the data cannot hold fail here, before anything loads
     out = config.output_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -636,7 +640,7 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     data = _load_data(config, log)
     cache = ModelCache(config.resolved_cache_dir())
     training_started = time.perf_counter()
-    trained_here = _train_missing(config, cache, log)
+    trained_here = _train_missing(config, data.source, cache, log)
     training_wall = time.perf_counter() - training_started
     tracking = _open_tracking(config, data, manager) if config.tracking.enabled else None
     try:
@@ -713,6 +717,7 @@ def _analyse_family(
         runtime=runtime,
         exit_times=exit_times,
         data=data.description,
+        source=data.source,
         hardware=_hardware(),
         training_seconds=training_seconds,
         readings=readings,
@@ -1026,17 +1031,21 @@ def _open_tracking(config: JobConfig, data: JobData, manager: AdaptixPluginManag
         tracking_uri=uri,
         artifact_location=str((config.output_dir / "mlartifacts").resolve()),
     )
+    # Every run of the job (parent, models, frontier points, certified policies) carries these:
+    # the splits' sizes and the provenance of what was loaded.
     splits = {
         "train_size": len(data.train),
         "calibration_size": len(data.calibration),
         "test_size": len(data.test),
         "seed": config.seed,
+        **data.source.params(),
     }
     parent = tracker.start_run(
         config.name,
         params={"config": config.model_dump_json(), **splits},
         tags={"adaptix.version": adaptix.__version__},
     )
+    _log_datasets(tracker, parent, splits)
     import multiprocessing
 
     # One process logs the model runs (and draws their plots): MLflow's and matplotlib's
@@ -1045,6 +1054,21 @@ def _open_tracking(config: JobConfig, data: JobData, manager: AdaptixPluginManag
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     pool.submit(_start_worker)  # starts the process and its imports while the job loads
     return _Tracking(tracker, parent, splits, manager, config.output_dir, uri, pool, config)
+
+
+def _log_datasets(tracker: Tracker, run: str | None, splits: dict[str, Any]) -> None:
+    """The splits a run read, as MLflow dataset inputs (`Tracker.log_dataset`), from the
+    provenance params in ``splits`` (`DataSource.params`; none there: nothing to record)."""
+    if "data.sha256" not in splits:
+        return
+    for split in ("train", "calibration", "test"):
+        tracker.log_dataset(
+            run,
+            name=f"{splits['data.source']} / {split} ({splits[f'data.{split}_rows']} rows)",
+            location=splits["data.location"],
+            digest=splits["data.sha256"],
+            context=split,
+        )
 
 
 @dataclass
@@ -1116,6 +1140,7 @@ class _Tracking:
                 **self.splits,
             },
         )
+        _log_datasets(tracker, run, self.splits)
         metrics = {f"exit_accuracy_{e}": a for e, a in enumerate(outcome.exit_accuracy)}
         metrics.update({f"exit_flops_{e}": c for e, c in enumerate(outcome.profile.exit_costs)})
         metrics["plain_flops"] = outcome.profile.plain_cost

@@ -42,7 +42,9 @@ from adaptix.calibration import calibrate
 from adaptix.errors import ValidationError
 from adaptix.experiment.report import _table
 from adaptix.monitor import ShiftMonitor, ShiftTest, _bins_of, evidence_path
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy, policy
+from adaptix.scalars import count, integer, real, unit
 from adaptix.simulate import simulate
 from adaptix.trace import Trace
 
@@ -98,6 +100,59 @@ class StudySettings:
     concentration: float = 100.0
     restart_every: int | None = 10_000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Check every setting (`adaptix.scalars`: no bool as a number, no string coerced,
+        nothing non-finite) when the settings are made, before any data is loaded."""
+        checked: dict[str, Any] = {
+            "criterion": self.criterion,
+            "delta": unit(self.delta, "delta"),
+            "alpha": unit(self.alpha, "alpha"),
+            "concentration": real(self.concentration, "concentration", low=0.0),
+            "seed": integer(self.seed, "seed", low=0, high=2**63 - 1),
+        }
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise ValidationError(f"expected criterion as a name, got {self.criterion!r}.")
+        for key in ("streams", "null_length", "delay_length", "check_inputs", "proxy_size"):
+            checked[key] = count(getattr(self, key), key, low=1)
+        checked["repeats"] = count(self.repeats, "repeats", low=1)
+        checked["restart_every"] = (
+            None
+            if self.restart_every is None
+            else count(self.restart_every, "restart_every", low=1)
+        )
+        feedback = self.feedback
+        if isinstance(feedback, (str, bytes)) or not isinstance(feedback, (tuple, list)):
+            raise ValidationError(
+                f"expected feedback as a tuple of sizes, got {type(feedback).__name__}."
+            )
+        if not feedback:
+            raise ValidationError("expected feedback as at least one size >= 1, got none.")
+        checked["feedback"] = tuple(count(size, "feedback", low=1) for size in feedback)
+        shortest = min(checked["null_length"], checked["delay_length"])
+        if shortest < checked["check_inputs"]:
+            raise ValidationError(
+                f"expected null_length and delay_length >= check_inputs = "
+                f"{checked['check_inputs']} (got {self.null_length}, {self.delay_length})."
+            )
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
+
+    def check_criterion(self, plugins: AdaptixPluginManager | None = None) -> None:
+        """Refuse a criterion that is unknown, reads no calibration (the study recalibrates
+        it), or does not take δ as its threshold: before any data loads.
+
+        Raises:
+            PluginError: an unknown criterion.
+            ValidationError: a criterion the study cannot deploy.
+        """
+        entry = resolve_manager(plugins).criteria.get(self.criterion)
+        if not entry.needs_calibration:
+            raise ValidationError(
+                f"expected a criterion that reads a calibration (the study recalibrates it "
+                f"under shift), got {self.criterion!r}. Use e.g. 'pcee'."
+            )
+        entry.validate_threshold(self.delta)
 
 
 @dataclass(frozen=True)
@@ -287,29 +342,6 @@ def _mode_cell(mode: Recalibrated) -> str:
     return f"{mode.mean_early_accuracy:.4f} ({mode.miss_rate:.2f})"
 
 
-def _check_settings(st: StudySettings) -> None:
-    """`ValidationError` unless every setting is in range."""
-    problems = []
-    if not (0 < st.delta < 1 and 0 < st.alpha < 1):
-        problems.append(f"delta and alpha in (0, 1) (got {st.delta}, {st.alpha})")
-    counts = {"streams": st.streams, "repeats": st.repeats, "check_inputs": st.check_inputs}
-    counts["proxy_size"] = st.proxy_size
-    problems += [f"{key} >= 1 (got {value})" for key, value in counts.items() if value < 1]
-    if not st.feedback or min(st.feedback) < 1:
-        problems.append(f"feedback as sizes >= 1 (got {st.feedback})")
-    if min(st.null_length, st.delay_length) < st.check_inputs:
-        problems.append(
-            f"null_length and delay_length >= check_inputs = {st.check_inputs} (got "
-            f"{st.null_length}, {st.delay_length})"
-        )
-    if st.restart_every is not None and st.restart_every < 1:
-        problems.append(f"restart_every >= 1 or None (got {st.restart_every})")
-    if not (math.isfinite(st.concentration) and st.concentration >= 0):
-        problems.append(f"a finite concentration >= 0 (got {st.concentration})")
-    if problems:
-        raise ValidationError("expected shift-study settings with " + "; ".join(problems) + ".")
-
-
 def _json_ready(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
     if isinstance(value, float):
@@ -391,7 +423,7 @@ def run_shift_study(
             raise ValidationError(
                 "expected traces of one model (same exits and classes) for the shift study."
             )
-    _check_settings(st)
+    st.check_criterion()
     largest = max(*st.feedback, st.proxy_size)
     for name, size, weights in (
         ("the test split", test.num_inputs, None),
@@ -654,6 +686,7 @@ def shift_job(
     and the shifted test splits, run the study and write it into ``output_dir/shift-study``.
 
     Image shifts apply to image datasets (a 4-d input tensor); the class-prior shift to any.
+    Every setting (the job's, the study's, the severities) is checked before any data loads.
 
     Args:
         config: an `adaptix.experiment.JobConfig`.
@@ -665,10 +698,11 @@ def shift_job(
     """
     from adaptix.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
     from adaptix.experiment.cache import ModelCache
-    from adaptix.experiment.datasets import load_job_data
+    from adaptix.experiment.datasets import check_data, load_job_data
     from adaptix.experiment.job import _train_or_load
     from adaptix.experiment.shifts import (
         DEFAULT_SEVERITIES,
+        check_severities,
         class_prior_weights,
         hardest_classes,
         shift_images,
@@ -677,7 +711,11 @@ def shift_job(
     from adaptix.scores import prediction
 
     st = settings or StudySettings()
-    severities = DEFAULT_SEVERITIES if severities is None else severities
+    if not isinstance(st, StudySettings):
+        raise ValidationError(f"expected StudySettings, got {type(st).__name__}.")
+    st.check_criterion()
+    severities = check_severities(DEFAULT_SEVERITIES if severities is None else severities)
+    check_data(config.data)
     data = load_job_data(config.data)
     name = config.runtime.model or config.models[-1].name
     spec = next(s for s in config.models if s.name == name)

@@ -13,13 +13,14 @@ and normalised again, so a shifted image is still an image the model could have 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from adaptix.errors import ValidationError, expect
+from adaptix.scalars import integer, real
 
 #: Every shift, image shifts first.
 SHIFTS: tuple[str, ...] = ("gaussian_noise", "contrast", "rotation", "class_prior")
@@ -74,26 +75,11 @@ def shift_images(
     _check_kind(kind)
     _check_severity(kind, severity)
     _check_images(images)
-    expect(
-        _is_real(mean) and math.isfinite(mean),
-        "a finite pixel mean",
-        repr(mean),
-        "Pass the mean used to normalise the images (adaptix.data.FASHION_MNIST_MEAN for "
-        "Fashion-MNIST).",
-    )
-    expect(
-        _is_real(std) and math.isfinite(std) and std > 0,
-        "a finite pixel std > 0",
-        repr(std),
-        "Pass the std used to normalise the images (adaptix.data.FASHION_MNIST_STD for "
-        "Fashion-MNIST).",
-    )
-    expect(
-        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
-        "a seed that is an int in [0, 2**63)",
-        repr(seed),
-        "Pass a non-negative int.",
-    )
+    # The mean and std used to normalise the images (adaptix.data.FASHION_MNIST_MEAN and
+    # FASHION_MNIST_STD for Fashion-MNIST).
+    mean = real(mean, "a finite pixel mean")
+    std = real(std, "a pixel std > 0", low=0.0, open_low=True)
+    seed = integer(seed, "seed", low=0, high=2**63 - 1)
     pixels = images.detach().to(torch.float32) * std + mean
     generator = torch.Generator().manual_seed(seed)
     if kind == "gaussian_noise":
@@ -149,12 +135,7 @@ def class_prior_weights(labels: Tensor, boost: float, classes: Sequence[int]) ->
             repeated or out of range, or no row of a boosted class.
     """
     _check_labels(labels)
-    expect(
-        _is_real(boost) and math.isfinite(boost) and boost >= 1,
-        "a finite boost >= 1",
-        repr(boost),
-        "Pass a factor such as DEFAULT_SEVERITIES['class_prior'][0] (1 leaves the prior as is).",
-    )
+    _check_boost(boost)
     largest = int(labels.max())
     boosted = _check_classes(classes, largest)
     is_boosted = torch.isin(labels, torch.tensor(boosted, device=labels.device))
@@ -207,19 +188,46 @@ def hardest_classes(labels: Tensor, correct: Tensor, count: int) -> list[int]:
     totals = torch.bincount(labels.cpu())
     hits = torch.bincount(labels.cpu(), weights=correct.cpu().to(torch.float64))
     present = [c for c in range(totals.numel()) if int(totals[c]) > 0]
-    expect(
-        isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= len(present),
-        f"count as an int in [1, {len(present)}] (the classes present)",
-        repr(count),
-        "Ask for at most as many classes as the labels contain.",
-    )
+    count = integer(count, "count (at most the classes present)", low=1, high=len(present))
     # Accuracies are ratios of exact integers, so equal accuracies compare equal.
     accuracy = {c: float(hits[c]) / int(totals[c]) for c in present}
     return sorted(present, key=lambda c: (accuracy[c], c))[:count]
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_severities(
+    severities: Mapping[str, Sequence[float]],
+) -> dict[str, tuple[float, ...]]:
+    """``severities`` (shift kind -> its levels) checked as `shift_images` and
+    `class_prior_weights` would check each level, so that a study refuses them before it loads
+    or traces anything.
+
+    Raises:
+        ValidationError: not a mapping, an unknown kind, no level, or a level out of range.
+    """
+    if not isinstance(severities, Mapping):
+        raise ValidationError(
+            f"expected severities as a dict of shift kind -> levels, got "
+            f"{type(severities).__name__}."
+        )
+    checked = {}
+    for kind, levels in severities.items():
+        expect(kind in SHIFTS, f"a shift kind, one of {list(SHIFTS)}", repr(kind), "Pick one.")
+        if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+            raise ValidationError(
+                f"expected the severities of {kind} as a non-empty sequence of numbers, got "
+                f"{levels!r}."
+            )
+        for level in levels:
+            if kind == "class_prior":
+                _check_boost(level)
+            else:
+                _check_severity(kind, level)
+        checked[kind] = tuple(float(level) for level in levels)
+    return checked
+
+
+def _check_boost(boost: float) -> None:
+    real(boost, "the class-prior boost >= 1 (1 leaves the prior as is)", low=1.0)
 
 
 def _check_kind(kind: str) -> None:
@@ -238,22 +246,11 @@ def _check_kind(kind: str) -> None:
 
 
 def _check_severity(kind: str, severity: float) -> None:
-    finite = _is_real(severity) and math.isfinite(severity)
     if kind == "contrast":
-        expect(
-            finite and 0 <= severity <= 1,
-            "a contrast severity in [0, 1] (the share of contrast removed)",
-            repr(severity),
-            f"Pass a share such as {DEFAULT_SEVERITIES[kind]}.",
-        )
+        real(severity, "a contrast severity (the share of contrast removed)", low=0.0, high=1.0)
     else:
         unit = "noise std in pixel units" if kind == "gaussian_noise" else "degrees"
-        expect(
-            finite and severity >= 0,
-            f"a finite {kind} severity >= 0 ({unit})",
-            repr(severity),
-            f"Pass a value such as {DEFAULT_SEVERITIES[kind]}.",
-        )
+        real(severity, f"a {kind} severity >= 0 ({unit})", low=0.0)
 
 
 def _check_images(images: object) -> None:
@@ -304,12 +301,20 @@ def _check_labels(labels: object) -> None:
     )
 
 
+def _is_index(value: object) -> bool:
+    try:
+        integer(value, "class")
+    except ValidationError:
+        return False
+    return True
+
+
 def _check_classes(classes: Sequence[int], largest: int) -> list[int]:
     expect(
         isinstance(classes, Sequence)
         and not isinstance(classes, str)
         and len(classes) >= 1
-        and all(isinstance(c, int) and not isinstance(c, bool) for c in classes),
+        and all(_is_index(c) for c in classes),
         "a non-empty sequence of class indices (ints)",
         repr(classes),
         "Pass e.g. hardest_classes(labels, correct, 2).",
