@@ -322,7 +322,7 @@ def _check_evidence(cert: Certificate) -> None:
     else:
         _same("estimate", cert.estimate, relative_cost(cert.exits, cert.costs or ()))
         pvalue = float(hoeffding_bentkus_pvalue(cert.estimate, n, level))
-        if cert.certified:
+        if cert.certified and cert.estimate is not None:  # set by the _same check above
             _same("bound", cert.bound, hoeffding_bentkus_upper(cert.estimate, n, alpha))
         elif cert.bound is not None:
             raise ValidationError(f"expected no bound on an uncertified budget, got {cert.bound}.")

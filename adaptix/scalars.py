@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import reprlib
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -98,7 +99,7 @@ def real(
     try:
         x = float(item)
     except OverflowError:  # an int beyond the float range
-        x = math.inf if int(item) > 0 else -math.inf
+        x = math.inf if operator.index(item) > 0 else -math.inf  # type: ignore[arg-type]  # an int
     if math.isnan(x) or (finite and math.isinf(x)):
         raise error(f"expected {name} to be a finite real number, got {value!r}.")
     too_low = low is not None and (x <= low if open_low else x < low)

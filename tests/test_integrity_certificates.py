@@ -58,7 +58,8 @@ POLICIES = {target: _certified(target) for target in ("early_accuracy", "accurac
 def test_a_certificate_records_what_it_certifies() -> None:
     pol = POLICIES["early_accuracy"]
     cert = pol.certificate
-    assert cert is not None and cert.certified
+    assert cert is not None
+    assert cert.certified
     assert (cert.criterion, cert.threshold, cert.calibration) == (
         "pcee",
         pol.threshold,
@@ -92,7 +93,8 @@ def test_exits_early_must_be_what_the_certificate_allows() -> None:
         pol.certified(pol.certificate, exits_early=False)
     with pytest.warns(CertificateWarning):
         never = adaptix.guarantee(CERT.subset(slice(0, 30)), "confidence", early_accuracy=0.99)
-    assert never.certificate is not None and not never.exits_early
+    assert never.certificate is not None
+    assert not never.exits_early
     with pytest.raises(ValidationError, match="exits_early=False"):
         never.certified(never.certificate, exits_early=True)
     with pytest.raises(ValidationError, match="True or False"):
@@ -105,7 +107,7 @@ def test_certificate_and_exits_early_are_read_only() -> None:
         pol.certificate = POLICIES["early_accuracy"].certificate  # type: ignore[misc]
     with pytest.raises(AttributeError):
         pol.exits_early = False  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="adaptix.Certificate"):
+    with pytest.raises(ValidationError, match=r"adaptix\.Certificate"):
         pol.certified({"target": "early_accuracy"})  # type: ignore[arg-type]
 
 
@@ -158,7 +160,7 @@ def test_a_version_1_certified_policy_file_is_refused(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     document["version"] = 1
     path.write_text(json.dumps(document))
-    with pytest.raises(ValidationError, match="version 1.*Certify the policy again"):
+    with pytest.raises(ValidationError, match=r"version 1.*Certify the policy again"):
         adaptix.ExitPolicy.load(path)
     uncertified = adaptix.policy("confidence", 0.9).save(tmp_path / "u.json")
     document = json.loads(uncertified.read_text())
@@ -312,7 +314,8 @@ def test_partly_reused_rows_are_left_out_with_a_warning() -> None:
     with pytest.warns(CertificateWarning, match="500 of the 2500 certification rows") as record:
         pol = adaptix.guarantee(mixed, "pcee", early_accuracy=0.8, calibration=CALIBRATION)
     assert record[0].filename == __file__  # points at the caller's line
-    assert pol.certificate is not None and pol.certificate.n == 2000
+    assert pol.certificate is not None
+    assert pol.certificate.n == 2000
     assert pol.certificate == POLICIES["early_accuracy"].certificate
 
 
@@ -326,7 +329,8 @@ def test_calibration_rows_add_save_and_load(tmp_path: Path) -> None:
     halves = [adaptix.calibrate(CAL.subset(slice(a, a + 500))) for a in (0, 500)]
     assert halves[0] + halves[1] == CALIBRATION
     loaded = adaptix.Calibration.load(CALIBRATION.save(tmp_path / "c.json"))
-    assert loaded == CALIBRATION and loaded.rows is not None
+    assert loaded == CALIBRATION
+    assert loaded.rows is not None
     assert torch.equal(loaded.rows, torch.unique(CAL.row_digests()))
     unknown = adaptix.Calibration(CALIBRATION.counts, CALIBRATION.correct, 5)
     assert (unknown + CALIBRATION).rows is None  # a part is unknown: the sum is unknown
@@ -371,7 +375,8 @@ def test_hoeffding_bentkus_certifies_where_it_can_reject(delta: float) -> None:
     big = synthetic_trace(20000, 4, 5, seed=5)
     for method in ("binomial", "hoeffding_bentkus"):
         pol = adaptix.guarantee(big, "confidence", early_accuracy=delta, method=method)
-        assert pol.certificate is not None and pol.certificate.certified, method
+        assert pol.certificate is not None
+        assert pol.certificate.certified, method
         assert pol.certificate.early_exit_rate > 0.3
 
 
@@ -430,7 +435,8 @@ def test_numpy_scalars_pass_and_strings_fail_at_the_certifying_entry_points() ->
         CERT, "pcee", calibration=CALIBRATION, early_accuracy=np.float64(0.8),
         alpha=np.float32(0.05),
     )  # fmt: skip
-    assert pol.certificate is not None and pol.certificate.alpha == pytest.approx(0.05)
+    assert pol.certificate is not None
+    assert pol.certificate.alpha == pytest.approx(0.05)
     for bad in ("0.05", True, float("nan"), 0.0, 1.0):
         with pytest.raises(ValidationError, match="alpha"):
             adaptix.guarantee(CERT, "confidence", early_accuracy=0.8, alpha=bad)

@@ -161,7 +161,7 @@ def test_write_saves_tables_and_plots(study, tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"calibration_size": 600}, "calibration_size to be an integer in [1, 599]"),
-        ({"splits": 0}, "splits to be an integer in [1, inf)"),
+        ({"splits": 0}, "splits to be an integer ≥ 1"),
         ({"splits": True}, "splits to be an integer, got True"),
         ({"deltas": (0.5, 1.0)}, "each target δ in (0, 1)"),
         ({"deltas": ()}, "targets δ as a non-empty list of numbers"),

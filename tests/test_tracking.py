@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -221,6 +222,13 @@ def test_log_certified_logs_the_certificate_and_the_realised_point(store) -> Non
             "bound": str(certificate.bound),
             "calibration_early_exit_rate": str(certificate.early_exit_rate),
             "tested": str(certificate.tested),
+            "calibration": "None",
+            "exits": json.dumps(list(certificate.exits)),
+            "correct": json.dumps(list(certificate.correct)),
+            "final_correct": str(certificate.final_correct),
+            "lost": str(certificate.lost),
+            "costs": "None",
+            "rows": certificate.rows,
             "num_exits": "4",
             "adaptix_version": adaptix.__version__,
             "model": "m",

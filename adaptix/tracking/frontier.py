@@ -4,6 +4,7 @@ one per certified policy (`adaptix.guarantee`, `adaptix.budget`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import tempfile
@@ -210,7 +211,11 @@ def log_certified(
         if not tracker.enabled:
             break
         fields = certificate.to_dict()
+        fields.pop("params")  # logged as criterion.<name>, like every other run's
         fields["calibration_early_exit_rate"] = fields.pop("early_exit_rate")
+        for name in ("exits", "correct", "costs"):  # the evidence, one entry per exit
+            if fields[name] is not None:
+                fields[name] = json.dumps(list(fields[name]))
         mode = "budget" if certificate.target == "relative_cost" else "guarantee"
         metrics = _point_metrics(point, None)
         metrics["target"] = certificate.level
