@@ -22,7 +22,7 @@ import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -858,6 +858,68 @@ def _pool(table: Tensor, window: int) -> Tensor:
     return cumulative[..., hi] - cumulative[..., lo]
 
 
+class BinnedTrace(NamedTuple):
+    """A labelled trace, binned: what every count of a calibration is made from.
+
+    Attributes:
+        bins: int64 ``[N, E]``, the bin of each input's confidence at each exit.
+        correct: bool ``[N, E]``, whether the exit's prediction is right.
+        confidence: float32 ``[N, E]``, the confidence c_e.
+        edges: float64 ``[E, M + 1]``, the bin edges looked up.
+    """
+
+    bins: Tensor
+    correct: Tensor
+    confidence: Tensor
+    edges: Tensor
+
+
+def checked_edges(edges: object, num_exits: int, bins: int) -> Tensor:
+    """Bin edges as `Calibration` keeps them: float64 ``[E, M + 1]``, M equal-width bins for
+    None, else ``edges`` (a tensor or nested lists) checked by the rules of `Calibration`.
+
+    Raises:
+        CalibrationError: the edges break those rules.
+    """
+    shape = (num_exits, bins)
+    given = _equal_width_edges(shape) if edges is None else _as_table(edges, "edges")
+    _check_edges(given, shape)
+    return given.double()
+
+
+def bin_trace(trace: Trace, bins: int, *, edges: object = None) -> BinnedTrace:
+    """The bin, correctness and confidence of every input at every exit of a labelled trace,
+    bins looked up exactly as `Calibration.bin_index` looks them up.
+
+    Args:
+        trace: a labelled trace of held-out data.
+        bins: M, the number of bins.
+        edges: ``[E, M + 1]`` bin edges of every exit, or None for M equal-width bins.
+
+    Raises:
+        CalibrationError: the trace is unlabelled, a float32 softmax of its logits is undefined,
+            or the edges break the rules of `Calibration`.
+    """
+    if trace.labels is None:
+        raise CalibrationError(
+            "expected a labelled trace to calibrate, got labels=None. Trace a held-out "
+            "labelled set (not the training data)."
+        )
+    confidence, prediction = confidence_and_prediction(trace.logits)  # [N, E] each
+    undefined = confidence.isnan()
+    if bool(undefined.any()):
+        raise CalibrationError(
+            f"expected logits whose float32 softmax is defined, got {int(undefined.sum())} "
+            "input-exits without one (float64 logits beyond float32's range?). Scale or "
+            "drop those inputs."
+        )
+    binning = _Binning(checked_edges(edges, trace.num_exits, bins))
+    by_exit = confidence.t().contiguous()  # bucketize copies non-contiguous inputs, and warns
+    columns = [binning.bin_index(by_exit[e], e) for e in range(trace.num_exits)]
+    correct = prediction == trace.labels.unsqueeze(1)
+    return BinnedTrace(torch.stack(columns, dim=1), correct, confidence, binning.edges)
+
+
 def count_bins(
     trace: Trace, bins: int, *, edges: object = None, method: str = "reliability"
 ) -> Calibration:
@@ -878,40 +940,22 @@ def count_bins(
         CalibrationError: the trace is unlabelled, a float32 softmax of its logits is undefined,
             or the edges break the rules of `Calibration`.
     """
-    if trace.labels is None:
-        raise CalibrationError(
-            "expected a labelled trace to calibrate, got labels=None. Trace a held-out "
-            "labelled set (not the training data)."
-        )
-    confidence, prediction = confidence_and_prediction(trace.logits)  # [N, E] each
-    undefined = confidence.isnan()
-    if bool(undefined.any()):
-        raise CalibrationError(
-            f"expected logits whose float32 softmax is defined, got {int(undefined.sum())} "
-            "input-exits without one (float64 logits beyond float32's range?). Scale or "
-            "drop those inputs."
-        )
+    binned = bin_trace(trace, bins, edges=edges)
     num_exits = trace.num_exits
     shape = (num_exits, bins)
-    given = _equal_width_edges(shape) if edges is None else _as_table(edges, "edges")
-    _check_edges(given, shape)
-    binning = _Binning(given.double())
-    by_exit = confidence.t().contiguous()  # bucketize copies non-contiguous inputs, and warns
-    columns = [binning.bin_index(by_exit[e], e) for e in range(num_exits)]
-    correct = prediction == trace.labels.unsqueeze(1)
     # One flat bincount over (exit, bin) cells: no loop over inputs.
-    offsets = (torch.arange(num_exits, device=confidence.device) * bins).unsqueeze(0)
-    cell = (torch.stack(columns, dim=1) + offsets).flatten()
+    offsets = (torch.arange(num_exits, device=binned.bins.device) * bins).unsqueeze(0)
+    cell = (binned.bins + offsets).flatten()
     size = num_exits * bins
     counts = torch.bincount(cell, minlength=size)
-    hits = torch.bincount(cell, weights=correct.flatten().double(), minlength=size)
-    conf_sum = torch.bincount(cell, weights=confidence.flatten().double(), minlength=size)
+    hits = torch.bincount(cell, weights=binned.correct.flatten().double(), minlength=size)
+    conf_sum = torch.bincount(cell, weights=binned.confidence.flatten().double(), minlength=size)
     return Calibration(
         counts.view(shape).cpu(),
         hits.round().long().view(shape).cpu(),
         trace.num_classes,
         confidence_sum=conf_sum.view(shape).cpu(),
-        edges=binning.edges,
+        edges=binned.edges,
         method=method,
         meta=trace.meta,
         rows=trace.row_digests(),
