@@ -557,8 +557,8 @@ class Calibration:
         keys = _KEYS.get(version) if type(version) is int else None
         if keys is None:
             raise CalibrationError(
-                f"expected calibration format version {_VERSION} (or 3, 2 or 1), got {version!r} in "
-                f"{source}. Re-create it with this adaptix."
+                f"expected calibration format version {_VERSION} (or 3, 2 or 1), got {version!r} "
+                f"in {source}. Re-create it with this adaptix."
             )
         missing = [key for key in (*keys, "sha256") if key not in document]
         if missing:
@@ -585,7 +585,9 @@ class Calibration:
             meta=payload["meta"],
             rows=None if payload.get("rows") is None else _decode_rows(payload["rows"], source),
             survivors=(
-                None if version < 4 else SurvivorRule.from_dict(payload["survivors"], source)
+                None
+                if "survivors" not in keys
+                else SurvivorRule.from_dict(payload["survivors"], source)
             ),
         )
         declared = (payload["num_exits"], payload["bins"])

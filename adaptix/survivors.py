@@ -234,18 +234,14 @@ class SurvivorCounts:
             survivors=SurvivorRule(self.criterion, self.params, self.deltas[index]),
         )
 
-    def policy(
-        self, delta: float, *, plugins: AdaptixPluginManager | None = None
-    ) -> ExitPolicy:
+    def policy(self, delta: float, *, plugins: AdaptixPluginManager | None = None) -> ExitPolicy:
         """The criterion, with its parameters, reading `calibration` (``delta``) at ``delta``.
 
         Raises:
             As `calibration`; PluginError: the criterion is not installed.
         """
         calibration = self.calibration(delta)
-        return policy(
-            self.criterion, delta, calibration, plugins=plugins, **dict(self.params)
-        )
+        return policy(self.criterion, delta, calibration, plugins=plugins, **dict(self.params))
 
     def _index(self, delta: float) -> int:
         if not self.complete:
@@ -543,9 +539,10 @@ def _whole(value: Tensor, name: str) -> Tensor:
     """``value`` as int64 on the CPU, refusing fractions, NaN and bool."""
     if value.dtype == torch.bool:
         raise CalibrationError(f"expected '{name}' as whole numbers (int64), got bool.")
-    if value.is_floating_point():
-        if not bool((torch.isfinite(value) & (value == value.round())).all()):
-            raise CalibrationError(f"expected '{name}' as whole numbers, got fractions or NaN.")
+    if value.is_floating_point() and not bool(
+        (torch.isfinite(value) & (value == value.round())).all()
+    ):
+        raise CalibrationError(f"expected '{name}' as whole numbers, got fractions or NaN.")
     return value.detach().cpu().to(torch.int64)
 
 
