@@ -116,6 +116,17 @@ def test_survivors_are_the_inputs_the_policy_sends_on(criterion: str, params: di
     assert all(torch.equal(counts.counts[d, 0], paper.counts[0]) for d in range(len(DELTAS)))
 
 
+@pytest.mark.parametrize(("criterion", "params"), [RULES[0], RULES[2]])
+def test_on_the_calibration_set_early_accuracy_reaches_delta(criterion: str, params: dict) -> None:
+    """Every bin that fires counts exactly the calibration inputs that leave there, at least
+    δ of them right (the bound is below the bin accuracy): so is their mixture."""
+    trace = synthetic_trace(800, 6, 8, seed=4).scaled(3.0)
+    counts = calibrate_survivors(trace, DELTAS[1:], criterion, **params)
+    for delta in counts.deltas:
+        early = adaptix.simulate(trace, counts.policy(delta)).early_accuracy
+        assert early is None or math.isnan(early) or early >= delta, delta
+
+
 @pytest.mark.parametrize(("criterion", "params"), RULES)
 @pytest.mark.parametrize("equal_mass", [False, True])
 def test_shards_add_to_the_single_process_counts_exactly(
