@@ -10,6 +10,10 @@ trace.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -208,6 +212,40 @@ def test_runner_exits_where_simulate_says(criterion: str, params: dict, mode: st
             assert torch.equal(out.exit_index, expected.exit_index), (delta, fused)
             assert torch.equal(out.predictions, expected.predictions), (delta, fused)
     assert spread >= 3, "the grid should spread the exits"
+
+
+def test_triton_kernel_reads_the_survivor_table() -> None:
+    """The fused Triton kernel under the interpreter (a subprocess: TRITON_INTERPRET must be set
+    before triton is first imported) decides like the plain score and the simulation."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch, adaptix
+        from tests.test_survivors import RULES, _model_and_inputs
+        model, x, y = _model_and_inputs()
+        x, y = x[:96], y[:96]
+        trace = model.trace(x, y)
+        for criterion, params in RULES:
+            counts = adaptix.calibrate_survivors(trace, [0.3, 0.5], criterion, **params)
+            for delta in counts.deltas:
+                policy = counts.policy(delta)
+                kernel = adaptix.EarlyExitRunner(model, policy, backend="triton")(x)
+                plain = adaptix.EarlyExitRunner(model, policy, fused=False)(x)
+                expected = adaptix.simulate(trace, policy).exit_index
+                assert torch.equal(kernel.exit_index, plain.exit_index), criterion
+                assert torch.equal(kernel.exit_index, expected), criterion
+                assert torch.equal(kernel.predictions, plain.predictions), criterion
+        print("agree")
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": root}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+        cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "agree" in done.stdout
 
 
 def test_files_round_trip(tmp_path: Path) -> None:
