@@ -24,6 +24,7 @@ from adaptix.policy import ExitPolicy, policy
 from adaptix.runtime import EarlyExitRunner, RunnerOutput
 from adaptix.simulate import Frontier, FrontierPoint, SimulationResult, simulate, sweep
 from adaptix.statistics import ThresholdCounts, count_thresholds
+from adaptix.survivors import SurvivorCounts, calibrate_survivors, count_survivors
 from adaptix.trace import Trace
 from adaptix.training import TrainResult, train_exits
 
@@ -49,6 +50,7 @@ __all__ = [
     "ShiftTest",
     "ShiftWarning",
     "SimulationResult",
+    "SurvivorCounts",
     "ThresholdCounts",
     "Trace",
     "TrainResult",
@@ -57,6 +59,8 @@ __all__ = [
     "budget",
     "build_model",
     "calibrate",
+    "calibrate_survivors",
+    "count_survivors",
     "count_thresholds",
     "get_plugin_manager",
     "guarantee",

@@ -5,6 +5,11 @@ one bin lookup that the criteria, the calibrators and the exit decision (`ExitDe
 fused kernel) read. The tables are sums, so calibrations of several shards with the same edges
 merge by addition. They are saved in a versioned JSON format with a checksum; a corrupt or
 mismatched file is always an error.
+
+A calibration counts either every calibration input at every exit (the paper's reliability
+table) or, made by `adaptix.survivors`, at each exit only the inputs that a rule at a target δ
+sends on from the exits before (`SurvivorRule` records which); the latter does not add (its
+shards' counts, `adaptix.survivors.SurvivorCounts`, do).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import operator
 import os
 import reprlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +43,10 @@ _FORMAT = "adaptix.calibration"
 # the default calibrator small); version 1 files, from before edges existed, load as equal-width.
 # Version 3 records the fingerprints of the rows counted ("rows": base64 of little-endian int64
 # digests, sorted; null when unknown); version 2 and 1 files load with rows unknown.
-_VERSION = 3
+# Version 4 adds "survivors" (`SurvivorRule`) and is written only for survivor calibrations: a
+# calibration of every input is a version 3 document, so its checksum, which certificates and
+# experiment records bind to, is what it was before survivor calibrations existed.
+_VERSION = 4
 _KEYS_V1 = (
     "method",
     "num_exits",
@@ -48,7 +57,12 @@ _KEYS_V1 = (
     "confidence_sum",
     "meta",
 )
-_KEYS = {1: _KEYS_V1, 2: (*_KEYS_V1, "edges"), 3: (*_KEYS_V1, "edges", "rows")}
+_KEYS = {
+    1: _KEYS_V1,
+    2: (*_KEYS_V1, "edges"),
+    3: (*_KEYS_V1, "edges", "rows"),
+    4: (*_KEYS_V1, "edges", "rows", "survivors"),
+}
 # Float64 sums of float32 confidences in [0, 1] may exceed n[e, m] by rounding: allow this much
 # per counted input (far above the rounding of any realistic sum, far below one confidence).
 _SUM_TOLERANCE = 1e-6
@@ -56,6 +70,78 @@ _SUM_TOLERANCE = 1e-6
 _EXACT_FLOAT_INTEGERS = 2.0**53
 # bin(c) = floor(c * M) in float32 (PCEE.md): beyond 2**24 bins, float32 cannot tell them apart.
 _MAX_BINS = 2**24
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+@dataclass(frozen=True)
+class SurvivorRule:
+    """What a survivor calibration was made for (``PCEE.md``: survivor calibration).
+
+    Its exit-e tables count only the calibration inputs that ``criterion``, with ``params``,
+    reading the tables of exits 0 … e − 1 at threshold ``delta``, does not let leave before e.
+    The criterion that reads such a calibration must be that criterion with those parameters,
+    and refuses any threshold other than ``delta``.
+
+    Attributes:
+        criterion: the registry name of the criterion whose rule decided (``pcee``, ...).
+        params: its parameters, ``params.model_dump(mode="json")`` items sorted by name (JSON
+            scalars).
+        delta: δ in [0, 1], the target the earlier exits were decided at.
+
+    Raises:
+        CalibrationError: a field of the wrong type or range.
+    """
+
+    criterion: str
+    params: tuple[tuple[str, Any], ...]
+    delta: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise CalibrationError(
+                f"expected the survivor rule's criterion as a registry name (a non-empty "
+                f"string), got {self.criterion!r}."
+            )
+        params = tuple(self.params) if isinstance(self.params, (tuple, list)) else None
+        if params is None or not all(
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], _JSON_SCALARS)
+            for item in params
+        ):
+            raise CalibrationError(
+                "expected the survivor rule's params as (name, JSON scalar) pairs, got "
+                f"{reprlib.repr(self.params)}."
+            )
+        object.__setattr__(self, "params", tuple(sorted((str(k), v) for k, v in params)))
+        delta = scalars.unit(
+            self.delta,
+            "the survivor rule's δ",
+            open_low=False,
+            open_high=False,
+            error=CalibrationError,
+        )
+        object.__setattr__(self, "delta", delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form that `Calibration.save` writes."""
+        return {"criterion": self.criterion, "params": dict(self.params), "delta": self.delta}
+
+    @classmethod
+    def from_dict(cls, value: object, source: str | Path) -> SurvivorRule:
+        """The rule of a `to_dict` document; `CalibrationError` if it is malformed."""
+        if (
+            not isinstance(value, dict)
+            or set(value) != {"criterion", "params", "delta"}
+            or not isinstance(value["params"], dict)
+            or type(value["delta"]) not in (int, float)
+        ):
+            raise CalibrationError(
+                f"calibration file {source} has malformed 'survivors' ({reprlib.repr(value)}): "
+                "corrupt. Re-create it with Calibration.save."
+            )
+        return cls(value["criterion"], tuple(value["params"].items()), value["delta"])
 
 
 class Calibration:
@@ -86,6 +172,10 @@ class Calibration:
             built-in calibrator and `adaptix.calibrate`) records them; sums of calibrations
             record the union, or None if a part is unknown. `adaptix.guarantee` reads them to
             refuse certifying a criterion on the rows its calibration was counted on.
+        survivors: None (the default) for the paper's tables, which count every calibration
+            input at every exit; for a survivor calibration (`adaptix.survivors`), the
+            `SurvivorRule` whose survivors exit e counts. Its exits then count non-increasing
+            numbers of inputs, exit 0 all of them; it does not add with ``+``.
 
     Raises:
         CalibrationError: if the tables are inconsistent (see `_validate`).
@@ -101,6 +191,7 @@ class Calibration:
         "method",
         "num_classes",
         "rows",
+        "survivors",
     )
 
     def __init__(
@@ -114,7 +205,15 @@ class Calibration:
         method: str = "reliability",
         meta: Mapping[str, str] | None = None,
         rows: Tensor | None = None,
+        survivors: SurvivorRule | None = None,
     ) -> None:
+        if survivors is not None and not isinstance(survivors, SurvivorRule):
+            raise CalibrationError(
+                f"expected survivors as an adaptix.calibration.SurvivorRule or None, got "
+                f"{type(survivors).__name__}. Make survivor calibrations with "
+                "adaptix.calibrate_survivors."
+            )
+        self.survivors = survivors
         self.rows = None if rows is None else _check_rows(rows)
         self.counts = _as_table(counts, "counts")
         self.correct = _as_table(correct, "correct")
@@ -148,7 +247,8 @@ class Calibration:
                 counts and correct whole numbers, confidence sums finite reals; 0 <= k <= n;
                 0 <= confidence sum <= n (confidences lie in [0, 1]; float rounding allowed);
                 edges of shape [E, M + 1], finite, non-decreasing from 0 to 1, no input in a
-                bin of zero width; at least one input; and every exit counting the same inputs.
+                bin of zero width; at least one input; and every exit counting the same inputs
+                (for a survivor calibration: no exit counting more inputs than the one before).
         """
         scalars.count(self.num_classes, "num_classes", low=1, error=CalibrationError)
         if not isinstance(self.method, str) or not self.method:
@@ -190,7 +290,15 @@ class Calibration:
                 "expected a calibration built from at least one input, got empty tables. "
                 "Calibrate on a non-empty, labelled held-out set."
             )
-        if bool((per_exit != per_exit[0]).any()):
+        if self.survivors is not None:
+            if bool((per_exit[1:] > per_exit[:-1]).any()):
+                raise CalibrationError(
+                    "expected a survivor calibration's exits to count no more inputs than the "
+                    f"exit before (survivors only leave), got totals "
+                    f"{[int(v) for v in per_exit.tolist()]} per exit. Make it with "
+                    "adaptix.calibrate_survivors."
+                )
+        elif bool((per_exit != per_exit[0]).any()):
             raise CalibrationError(
                 "expected every exit to count every calibration input (the same total at each "
                 f"exit), got totals {[int(v) for v in per_exit.tolist()]} per exit. Count each "
@@ -209,7 +317,8 @@ class Calibration:
 
     @property
     def num_inputs(self) -> int:
-        """How many calibration inputs the tables count (the same at every exit)."""
+        """How many calibration inputs the tables count (at exit 0; the same at every exit but
+        in a survivor calibration)."""
         return int(self.counts[0].sum())
 
     @property
@@ -265,10 +374,7 @@ class Calibration:
             window: pool each bin with its ``window`` neighbours on each side (``pcee_ws``'s w).
                 0 gives the plain bin accuracy a[e, m] = k / n (``pcee``).
         """
-        window = scalars.count(window, "window", error=CalibrationError)
-        n = _pool(self.counts.double(), window)
-        k = _pool(self.correct.double(), window)
-        return torch.where(n >= 1, k / n.clamp(min=1), torch.full_like(n, float("nan")))
+        return bin_accuracy(self.counts, self.correct, window)
 
     def mean_confidence(self) -> Tensor:
         """Mean confidence per exit and bin, float64 ``[E, M]``, NaN for empty bins."""
@@ -296,10 +402,19 @@ class Calibration:
         one of them, so it is left out of the sum (which makes addition commutative).
 
         Raises:
-            CalibrationError: the two differ in method, exits, classes, bins or bin edges.
+            CalibrationError: the two differ in method, exits, classes, bins or bin edges, or
+                one is a survivor calibration (whose shards decide with the global tables:
+                add their `adaptix.survivors.SurvivorCounts` instead).
         """
         if not isinstance(other, Calibration):
             return NotImplemented
+        if self.survivors is not None or other.survivors is not None:
+            raise CalibrationError(
+                "expected calibrations of every input to add, got a survivor calibration: the "
+                "survivors of a shard are decided by the tables of the whole calibration set, "
+                "so survivor calibrations of shards do not add. Add the shards' SurvivorCounts "
+                "exit by exit (adaptix.survivors.count_survivors) and take .calibration(δ)."
+            )
         if (self.method, self.bins, self.num_classes, self.num_exits) != (
             other.method,
             other.bins,
@@ -344,13 +459,15 @@ class Calibration:
     __hash__ = None  # type: ignore[assignment]  # mutable tensors inside: not hashable
 
     def __repr__(self) -> str:
+        rule = self.survivors
+        survivors = "" if rule is None else f", survivors of {rule.criterion} at δ={rule.delta}"
         return (
             f"Calibration(method={self.method!r}, E={self.num_exits}, C={self.num_classes}, "
-            f"M={self.bins}, inputs={self.num_inputs})"
+            f"M={self.bins}, inputs={self.num_inputs}{survivors})"
         )
 
     def _payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "method": self.method,
             "num_exits": self.num_exits,
             "num_classes": self.num_classes,
@@ -364,6 +481,9 @@ class Calibration:
             "meta": check_meta(self.meta, "Calibration", CalibrationError),
             "rows": None if self.rows is None else _encode_rows(self.rows),
         }
+        if self.survivors is not None:  # version 4; without it, the version 3 payload
+            payload["survivors"] = self.survivors.to_dict()
+        return payload
 
     @property
     def checksum(self) -> str:
@@ -386,7 +506,8 @@ class Calibration:
         """The JSON-ready document `save` writes (format, version, tables, edges, checksum),
         for embedding in another file (`adaptix.ExitPolicy.save` does)."""
         payload = self._payload()
-        return {"format": _FORMAT, "version": _VERSION, **payload, "sha256": json_digest(payload)}
+        version = _VERSION if self.survivors is not None else 3
+        return {"format": _FORMAT, "version": version, **payload, "sha256": json_digest(payload)}
 
     @classmethod
     def load(
@@ -436,8 +557,8 @@ class Calibration:
         keys = _KEYS.get(version) if type(version) is int else None
         if keys is None:
             raise CalibrationError(
-                f"expected calibration format version {_VERSION} (or 2 or 1), got {version!r} in "
-                f"{source}. Re-create it with this adaptix."
+                f"expected calibration format version {_VERSION} (or 3, 2 or 1), got {version!r} "
+                f"in {source}. Re-create it with this adaptix."
             )
         missing = [key for key in (*keys, "sha256") if key not in document]
         if missing:
@@ -463,6 +584,11 @@ class Calibration:
             method=payload["method"],
             meta=payload["meta"],
             rows=None if payload.get("rows") is None else _decode_rows(payload["rows"], source),
+            survivors=(
+                None
+                if "survivors" not in keys
+                else SurvivorRule.from_dict(payload["survivors"], source)
+            ),
         )
         declared = (payload["num_exits"], payload["bins"])
         # JSON true is a Python bool, which equals 1: only a JSON integer declares a size.
@@ -706,16 +832,94 @@ def _check_zero_width_bins(edges: Tensor, counts: Tensor) -> None:
         )
 
 
+def bin_accuracy(counts: Tensor, correct: Tensor, window: int = 0) -> Tensor:
+    """Accuracy per bin from counts n and correct k ``[..., M]``: float64, NaN where undefined.
+
+    The one formula of ``pcee`` (``window`` 0: a = k / n) and ``pcee_ws`` (each bin pooled with
+    its ``window`` neighbours on each side: ã = Σ k / Σ n), for one table or a stack of them.
+
+    Raises:
+        CalibrationError: ``window`` is not an integer ≥ 0.
+    """
+    window = scalars.count(window, "window", error=CalibrationError)
+    n = _pool(counts.double(), window)
+    k = _pool(correct.double(), window)
+    return torch.where(n >= 1, k / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+
 def _pool(table: Tensor, window: int) -> Tensor:
-    """Sum each bin with its ``window`` neighbours on each side (clipped at the edges)."""
+    """Sum each bin (last dimension) with its ``window`` neighbours on each side (clipped at
+    the edges)."""
     if window == 0:
         return table
-    bins = table.shape[1]
-    cumulative = torch.nn.functional.pad(table.cumsum(dim=1), (1, 0))
+    bins = table.shape[-1]
+    cumulative = torch.nn.functional.pad(table.cumsum(dim=-1), (1, 0))
     idx = torch.arange(bins)
     hi = (idx + window + 1).clamp(max=bins)
     lo = (idx - window).clamp(min=0)
-    return cumulative[:, hi] - cumulative[:, lo]
+    return cumulative[..., hi] - cumulative[..., lo]
+
+
+class BinnedTrace(NamedTuple):
+    """A labelled trace, binned: what every count of a calibration is made from.
+
+    Attributes:
+        bins: int64 ``[N, E]``, the bin of each input's confidence at each exit.
+        correct: bool ``[N, E]``, whether the exit's prediction is right.
+        confidence: float32 ``[N, E]``, the confidence c_e.
+        edges: float64 ``[E, M + 1]``, the bin edges looked up.
+    """
+
+    bins: Tensor
+    correct: Tensor
+    confidence: Tensor
+    edges: Tensor
+
+
+def checked_edges(edges: object, num_exits: int, bins: int) -> Tensor:
+    """Bin edges as `Calibration` keeps them: float64 ``[E, M + 1]``, M equal-width bins for
+    None, else ``edges`` (a tensor or nested lists) checked by the rules of `Calibration`.
+
+    Raises:
+        CalibrationError: the edges break those rules.
+    """
+    shape = (num_exits, bins)
+    given = _equal_width_edges(shape) if edges is None else _as_table(edges, "edges")
+    _check_edges(given, shape)
+    return given.double()
+
+
+def bin_trace(trace: Trace, bins: int, *, edges: object = None) -> BinnedTrace:
+    """The bin, correctness and confidence of every input at every exit of a labelled trace,
+    bins looked up exactly as `Calibration.bin_index` looks them up.
+
+    Args:
+        trace: a labelled trace of held-out data.
+        bins: M, the number of bins.
+        edges: ``[E, M + 1]`` bin edges of every exit, or None for M equal-width bins.
+
+    Raises:
+        CalibrationError: the trace is unlabelled, a float32 softmax of its logits is undefined,
+            or the edges break the rules of `Calibration`.
+    """
+    if trace.labels is None:
+        raise CalibrationError(
+            "expected a labelled trace to calibrate, got labels=None. Trace a held-out "
+            "labelled set (not the training data)."
+        )
+    confidence, prediction = confidence_and_prediction(trace.logits)  # [N, E] each
+    undefined = confidence.isnan()
+    if bool(undefined.any()):
+        raise CalibrationError(
+            f"expected logits whose float32 softmax is defined, got {int(undefined.sum())} "
+            "input-exits without one (float64 logits beyond float32's range?). Scale or "
+            "drop those inputs."
+        )
+    binning = _Binning(checked_edges(edges, trace.num_exits, bins))
+    by_exit = confidence.t().contiguous()  # bucketize copies non-contiguous inputs, and warns
+    columns = [binning.bin_index(by_exit[e], e) for e in range(trace.num_exits)]
+    correct = prediction == trace.labels.unsqueeze(1)
+    return BinnedTrace(torch.stack(columns, dim=1), correct, confidence, binning.edges)
 
 
 def count_bins(
@@ -738,40 +942,22 @@ def count_bins(
         CalibrationError: the trace is unlabelled, a float32 softmax of its logits is undefined,
             or the edges break the rules of `Calibration`.
     """
-    if trace.labels is None:
-        raise CalibrationError(
-            "expected a labelled trace to calibrate, got labels=None. Trace a held-out "
-            "labelled set (not the training data)."
-        )
-    confidence, prediction = confidence_and_prediction(trace.logits)  # [N, E] each
-    undefined = confidence.isnan()
-    if bool(undefined.any()):
-        raise CalibrationError(
-            f"expected logits whose float32 softmax is defined, got {int(undefined.sum())} "
-            "input-exits without one (float64 logits beyond float32's range?). Scale or "
-            "drop those inputs."
-        )
+    binned = bin_trace(trace, bins, edges=edges)
     num_exits = trace.num_exits
     shape = (num_exits, bins)
-    given = _equal_width_edges(shape) if edges is None else _as_table(edges, "edges")
-    _check_edges(given, shape)
-    binning = _Binning(given.double())
-    by_exit = confidence.t().contiguous()  # bucketize copies non-contiguous inputs, and warns
-    columns = [binning.bin_index(by_exit[e], e) for e in range(num_exits)]
-    correct = prediction == trace.labels.unsqueeze(1)
     # One flat bincount over (exit, bin) cells: no loop over inputs.
-    offsets = (torch.arange(num_exits, device=confidence.device) * bins).unsqueeze(0)
-    cell = (torch.stack(columns, dim=1) + offsets).flatten()
+    offsets = (torch.arange(num_exits, device=binned.bins.device) * bins).unsqueeze(0)
+    cell = (binned.bins + offsets).flatten()
     size = num_exits * bins
     counts = torch.bincount(cell, minlength=size)
-    hits = torch.bincount(cell, weights=correct.flatten().double(), minlength=size)
-    conf_sum = torch.bincount(cell, weights=confidence.flatten().double(), minlength=size)
+    hits = torch.bincount(cell, weights=binned.correct.flatten().double(), minlength=size)
+    conf_sum = torch.bincount(cell, weights=binned.confidence.flatten().double(), minlength=size)
     return Calibration(
         counts.view(shape).cpu(),
         hits.round().long().view(shape).cpu(),
         trace.num_classes,
         confidence_sum=conf_sum.view(shape).cpu(),
-        edges=binning.edges,
+        edges=binned.edges,
         method=method,
         meta=trace.meta,
         rows=trace.row_digests(),

@@ -91,6 +91,11 @@ def _number_rule(annotation: Any) -> _Check | None:
     return items
 
 
+def params_items(params: ParamsModel) -> tuple[tuple[str, Any], ...]:
+    """Parameters as saved files record them: ``model_dump(mode="json")`` items, sorted."""
+    return tuple(sorted(params.model_dump(mode="json").items()))
+
+
 def build_params(model: type[ParamsModel], params: Mapping[str, Any], owner: str) -> ParamsModel:
     """Validate ``params`` against ``model``; errors name the component and the dotted path.
 
@@ -231,6 +236,35 @@ class ExitCriterion(Component):
     def default_thresholds(cls, count: int = 50) -> list[float]:
         """A grid for sweeps when the user gives none (default: ``count`` points in [0, 1])."""
         return torch.linspace(0.0, 1.0, count, dtype=torch.float64).tolist()
+
+    def check_threshold(self, threshold: float) -> None:
+        """Raise `ValidationError` unless this instance (its parameters and calibration) may
+        decide at ``threshold``, already checked by `validate_threshold`.
+
+        Every valid threshold by default; a criterion reading a survivor calibration accepts
+        only the δ it was made for (`adaptix.calibration.SurvivorRule`).
+        """
+
+    @classmethod
+    def bin_table(cls, params: ParamsModel, counts: Tensor, correct: Tensor) -> Tensor | None:
+        """For a criterion whose score is a table of its calibration's bins: that table from
+        the counts, else None (the default).
+
+        A criterion that returns one scores an input at exit e by the table's entry for its
+        confidence bin and fires where the entry is ≥ the threshold (``fused_kind`` "table",
+        `fused_table` reads it); `adaptix.survivors` reads it to decide, exit by exit, which
+        calibration inputs the criterion lets leave.
+
+        Args:
+            params: the criterion's validated parameters.
+            counts: n, int64 ``[..., E, M]`` (a calibration's tables, or a stack of them).
+            correct: k, of the same shape.
+
+        Returns:
+            float64 ``[..., E, M]``, NaN where the bin's entry is undefined (never fires), or
+            None.
+        """
+        return None
 
     def check_model(self, num_exits: int, num_classes: int) -> None:
         """Raise unless this criterion (and its calibration) fits a model of that shape."""
@@ -381,4 +415,5 @@ __all__: Sequence[str] = (
     "ParamsModel",
     "build_params",
     "integer_threshold",
+    "params_items",
 )

@@ -61,6 +61,7 @@ class ExitPolicy:
             self._malformed(
                 "validate_threshold", f"the threshold {reprlib.repr(value)}", "a finite real number"
             )
+        call_plugin(entry, "check_threshold", criterion.check_threshold, threshold_value)
         self.threshold: float = threshold_value
 
     @property
@@ -341,15 +342,18 @@ def policy(
 
     Args:
         name: any registered criterion, built-in (``confidence``, ``entropy``, ``patience``,
-            ``pcee``, ``pcee_ws``) or from a plugin.
+            ``pcee``, ``pcee_ws``, ``pcee_lcb``) or from a plugin.
         threshold: validated by the criterion itself (built-ins: [0, 1]; patience: integer >= 1).
-        calibration: required by criteria that read one (``pcee``, ``pcee_ws``).
+        calibration: required by criteria that read one (``pcee``, ``pcee_ws``, ``pcee_lcb``):
+            the paper's tables (`adaptix.calibrate`) or a survivor calibration made for this
+            criterion, its parameters and ``threshold`` (`adaptix.calibrate_survivors`).
         plugins: the plugin manager to resolve ``name`` with (default: the shared one).
         **params: the criterion's own parameters (e.g. ``window=2`` for ``pcee_ws``).
 
     Raises:
         PluginError: unknown criterion (the message lists the available ones).
-        ValidationError: threshold or parameters out of range.
+        ValidationError: threshold or parameters out of range, or a threshold other than the δ
+            a survivor calibration was made for.
         CalibrationError: a calibration is needed and missing, or ``calibration`` is not a
             `Calibration`.
     """
