@@ -24,6 +24,7 @@ certified one, or counts that differ.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -140,6 +141,10 @@ class Certificate:
     def __post_init__(self) -> None:
         _check_fields(self)
         _check_evidence(self)
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the params dict: hash the canonical JSON instead.
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     def statement(self) -> str:
         """The certified statement in one sentence (or why there is none)."""

@@ -455,3 +455,11 @@ def test_certificate_warnings_point_at_the_callers_line() -> None:
     with pytest.warns(CertificateWarning) as record:
         adaptix.budget(tiny, "confidence", relative_cost=0.01)
     assert record[0].filename == __file__
+
+
+def test_certificates_hash_by_value() -> None:
+    cert = POLICIES["early_accuracy"].certificate
+    assert cert is not None
+    again = Certificate.from_dict(json.loads(json.dumps(cert.to_dict())))
+    assert again == cert
+    assert len({cert, again}) == 1
