@@ -15,6 +15,9 @@ memory stays flat whatever the number of rows.
   ``logits`` column ``[E, C]`` per row and a ``label`` column) into a `Calibration` and any
   number of `ThresholdCounts`, in one pass; each batch yields its partial counts, which the
   driver adds as they stream in.
+- `reduce_survivors` counts a dataset of logits and labels into survivor calibrations
+  (`adaptix.survivors`) for a grid of δ: one reduction per exit, since exit e's survivors are
+  decided by the tables of the exits before, over the whole dataset.
 - `collect_trace` brings the logits to the driver as a `Trace`, when you ask for them.
 
 Results equal the single-process path on the same rows: the counts are integers and add
@@ -43,6 +46,7 @@ Ray is imported lazily (``pip install 'adaptix[ray]'``); ``import adaptix`` neve
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import pickle
 import re
@@ -66,6 +70,7 @@ from adaptix.policy import ExitPolicy
 from adaptix.scalars import choice, count, flag, integer, real
 from adaptix.simulate import SWEEP_GRID_SIZE, default_grid
 from adaptix.statistics import ThresholdCounts, count_thresholds
+from adaptix.survivors import SurvivorCounts, count_survivors
 from adaptix.trace import Trace
 
 if TYPE_CHECKING:
@@ -816,6 +821,111 @@ def _reduce(partials: Any, plan: _Plan) -> Statistics:
         raise ValidationError("expected a dataset with at least one row, got none.")
     counts = {spec.criterion: total for spec, total in zip(plan.specs, totals, strict=True)}
     return Statistics(rows, total_calibration, counts, total_monitor, plan.purpose)
+
+
+def _count_survivor_batch(
+    batch: dict[str, np.ndarray], costs: tuple[float, ...], counts: SurvivorCounts
+) -> dict[str, np.ndarray]:
+    """One batch of logits -> one row: its survivor counts up to the next exit (pickled),
+    deciding with the whole set's ``counts``. Its `AdaptixError`s leave as carriers."""
+    try:
+        _require(batch, _needed(True))
+        trace = Trace(_tensor(batch[LOGITS]), _labels(batch[LABEL], LABEL), list(costs))
+        return {"counts": _packed(count_survivors(trace, counts))}
+    except AdaptixError as err:
+        raise _carried(err) from err
+
+
+def reduce_survivors(
+    logits: Any,
+    costs: Sequence[float],
+    deltas: Sequence[float],
+    criterion: str = "pcee",
+    *,
+    bins: int = 10,
+    edges: Any = None,
+    params: Mapping[str, Any] | None = None,
+    batch_size: int = 4096,
+) -> SurvivorCounts:
+    """Survivor calibration (`adaptix.calibrate_survivors`) of a Ray Dataset of logits and
+    labels, for every δ of ``deltas`` at once, counted by shard and added on the driver.
+
+    Exit e's counts need the tables of exits 0 … e − 1 over the whole dataset, so the dataset
+    is counted exit by exit: one pass (one reduction) per exit, each batch counted on a worker
+    with `adaptix.count_survivors` from the sums so far, the partial counts added with their
+    own ``+`` as they stream in. The result equals ``calibrate_survivors`` on the whole trace:
+    the counts exactly, the confidence sums up to summation order. The dataset is read E
+    times: ``materialize()`` one that is expensive to recompute (the output of
+    `trace_dataset`) first.
+
+    Args:
+        logits: a Ray Dataset with a ``logits`` column (``[E, C]`` per row) and a ``label``
+            column of integer labels (what `trace_dataset` gives).
+        costs: the model's cumulative costs ``[E]``.
+        deltas: the grid of targets δ, each in [0, 1], distinct.
+        criterion: the rule, a criterion with a bin table (``pcee``, ``pcee_ws``,
+            ``pcee_lcb``); the workers resolve it with their default plugin manager.
+        bins: M (default 10).
+        edges: ``[E, M + 1]`` bin edges (an ``equal_mass`` calibration's ``edges``), or None
+            for M equal-width bins.
+        params: the criterion's own parameters.
+        batch_size: rows per partial count, an integer >= 1.
+
+    Raises:
+        AdaptixError: Ray is not installed; or whatever a worker raised, as itself.
+        ValidationError: not a dataset, an empty one, a missing column, bad costs, a δ grid
+            or size out of range, or parameters the criterion refuses.
+        PluginError, CalibrationError: an unknown criterion or one without a bin table, or
+            edges that break the rules of `Calibration`, before any work.
+    """
+    ray = import_ray()
+    _dataset(logits, ray, "logits")
+    values = _costs(costs)
+    rows = count(batch_size, "batch_size", low=1)
+    if params is not None and not isinstance(params, Mapping):
+        raise ValidationError(
+            f"expected params as a mapping of parameter names to values, got {params!r}."
+        )
+    shape = _logits_shape(logits)
+    _check_logits_shape(shape, len(values))
+    columns = _known_columns(logits)
+    if columns is not None:
+        _require(columns, _needed(True))
+    counts = SurvivorCounts.empty(  # checks the grid, rule, bins and edges before any work
+        deltas,
+        criterion,
+        num_exits=len(values),
+        num_classes=1 if shape is None else shape[1],
+        bins=integer(bins, "bins", low=1, high=_MAX_BINS),
+        edges=edges,
+        **dict(params or {}),
+    )
+    if shape is None:  # the schema is known only by running upstream work: one row's worth
+        with adaptix_errors():
+            first = logits.take(1)
+        if not first:
+            raise ValidationError("expected a dataset with at least one row, got none.")
+        _require(first[0], _needed(True))
+        shape = tuple(np.asarray(first[0][LOGITS]).shape)
+        _check_logits_shape(shape, len(values))
+        counts = dataclasses.replace(counts, num_classes=shape[1])
+    while not counts.complete:
+        partials = logits.map_batches(
+            _count_survivor_batch,
+            fn_kwargs={"costs": values, "counts": counts},
+            batch_size=rows,
+            batch_format="numpy",
+            num_cpus=0,  # light next to tracing, as reduce_statistics's counts
+        )
+        total: SurvivorCounts | None = None
+        with adaptix_errors():
+            for part in partials.iter_rows():
+                piece = pickle.loads(part["counts"])
+                total = piece if total is None else total + piece
+        if total is None:
+            raise ValidationError("expected a dataset with at least one row, got none.")
+        counts = total
+    return counts
 
 
 def collect_trace(

@@ -42,6 +42,7 @@ from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.kernels.reference import table_passes
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 from adaptix.policy import ExitPolicy, policy
+from adaptix.scores import confidence_and_prediction
 from adaptix.statistics import is_sum_start
 from adaptix.trace import Trace
 
@@ -243,6 +244,45 @@ class SurvivorCounts:
         calibration = self.calibration(delta)
         return policy(self.criterion, delta, calibration, plugins=plugins, **dict(self.params))
 
+    def exit_indices(self, trace: Trace, *, plugins: AdaptixPluginManager | None = None) -> Tensor:
+        """The exit every input of ``trace`` takes under the rule at each δ of the grid, each
+        δ reading its own survivor calibration: int64 ``[N, D]``, column d for ``deltas[d]``.
+
+        Column d is what ``simulate(trace, self.policy(deltas[d])).exit_index`` gives, from one
+        softmax and one bin lookup of the trace for the whole grid (``simulate`` per δ redoes
+        both): the vectorised path of a survivor sweep, as `adaptix.simulate.exit_indices` is
+        for one calibration. An input leaves at the first exit e < E − 1 whose table at δ
+        passes its bin (`adaptix.kernels.reference.table_passes`), else at the last exit; an
+        input whose softmax is undefined at an exit never leaves there.
+
+        Raises:
+            ValidationError: ``trace`` is not a trace, or not every exit is counted.
+            CalibrationError: the trace is of another model.
+            PluginError: the criterion is not installed or its bin table is malformed.
+        """
+        if not isinstance(trace, Trace):
+            raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")
+        calibration = self.calibration(self.deltas[0])  # refuses incomplete counts
+        calibration.check_compatible(trace.num_exits, trace.num_classes)
+        entry, built = _resolve(self.criterion, dict(self.params), plugins)
+        device = trace.logits.device
+        # Bin M holds undefined confidences (`Calibration.bin_index`): it never passes.
+        passes = torch.cat(
+            [
+                _passes(_rule_table(entry, built, self.counts, self.correct), self.deltas),
+                torch.zeros(len(self.deltas), self.num_exits, 1, dtype=torch.bool),
+            ],
+            dim=2,
+        ).to(device)  # [D, E, M + 1]
+        confidence = confidence_and_prediction(trace.logits)[0].t().contiguous()  # [E, N]
+        size, n, early = len(self.deltas), trace.num_inputs, self.num_exits - 1
+        fired = torch.ones(size, n, self.num_exits, dtype=torch.bool, device=device)
+        for e in range(early):
+            bins = calibration.bin_index(confidence[e], e).unsqueeze(0).expand(size, n)
+            fired[:, :, e] = passes[:, e].gather(1, bins)
+        # The last exit always fires; argmax picks the first exit that does.
+        return fired.to(torch.int8).argmax(dim=2).t().contiguous().long()
+
     def _index(self, delta: float) -> int:
         if not self.complete:
             raise ValidationError(
@@ -389,10 +429,12 @@ def calibrate_survivors(
     )
     binned = _bin(trace, counts)
     entry, built = _resolve(counts.criterion, dict(counts.params), plugins)
-    rows = trace.row_digests()
-    while not counts.complete:
-        counts = _count_next(binned, counts, entry, built, rows)
-    return counts
+    reach = _Reach(binned, counts)
+    for last in range(counts.num_exits):
+        reach.advance(
+            _passes(_rule_table(entry, built, reach.counts, reach.correct), counts.deltas), last
+        )
+    return reach.survivor_counts(counts, trace.row_digests())
 
 
 def _count_next(
@@ -403,55 +445,126 @@ def _count_next(
     rows: Tensor,
 ) -> SurvivorCounts:
     """The counts of ``binned``'s survivors at exits 0 … k (k = ``counts.counted``), deciding
-    exits 0 … k − 1 with ``counts``' tables: the one arithmetic of shards and single process."""
-    table = _rule_table(entry, params, counts.counts, counts.correct)
-    passes = torch.stack(
-        [table_passes(table[d], delta) for d, delta in enumerate(counts.deltas)]
-    ).to(binned.bins.device)  # [D, E, M]
-    size, num_exits, bins = table.shape
-    n = binned.bins.shape[0]
-    offsets = (torch.arange(size, device=binned.bins.device) * bins).unsqueeze(1)  # [D, 1]
-    alive = torch.ones(size, n, dtype=torch.bool, device=binned.bins.device)
-    new_counts = torch.zeros(size, num_exits, bins, dtype=torch.int64)
-    new_correct = torch.zeros_like(new_counts)
-    new_sum = torch.zeros(size, num_exits, bins, dtype=torch.float64)
-    for e in range(counts.counted + 1):
-        column = binned.bins[:, e].unsqueeze(0).expand(size, n)
-        if e > 0:  # inputs in bins that pass at exit e - 1 leave there
-            alive &= ~passes[:, e - 1].gather(1, binned.bins[:, e - 1].unsqueeze(0).expand(size, n))
-        cell = (column + offsets)[alive]
-        right = (column + offsets)[alive & binned.correct[:, e].unsqueeze(0)]
-        confidence = binned.confidence[:, e].double().unsqueeze(0).expand(size, n)[alive]
-        cells = size * bins
-        new_counts[:, e] = torch.bincount(cell, minlength=cells).view(size, bins).cpu()
-        new_correct[:, e] = torch.bincount(right, minlength=cells).view(size, bins).cpu()
-        new_sum[:, e] = (
-            torch.bincount(cell, weights=confidence, minlength=cells).view(size, bins).cpu()
-        )
-    return SurvivorCounts(
-        criterion=counts.criterion,
-        params=counts.params,
-        deltas=counts.deltas,
-        counted=counts.counted + 1,
-        counts=new_counts,
-        correct=new_correct,
-        confidence_sum=new_sum,
-        edges=counts.edges,
-        num_classes=counts.num_classes,
-        rows=rows,
+    exits 0 … k − 1 with ``counts``' tables: a shard's round (`count_survivors`)."""
+    reach = _Reach(binned, counts)
+    reach.advance(
+        _passes(_rule_table(entry, params, counts.counts, counts.correct), counts.deltas),
+        counts.counted,
     )
+    return reach.survivor_counts(counts, rows)
+
+
+class _Reach:
+    """Which inputs of ``binned`` reach each exit at every δ, and their counts ``[D, E, M]``:
+    the one arithmetic of shards and single process.
+
+    `advance` counts exits 0 … k, deciding exits < k with ``passes``, and keeps the exits it
+    counted before whose earlier decisions did not change. A shard's round starts afresh and
+    counts every exit; `calibrate_survivors` keeps one `_Reach` for all E rounds, so that a
+    round counts only its new exit for a criterion whose exit-e table reads exit e alone (every
+    built-in: O(E) exits counted instead of O(E²)), and counts again from the first decision
+    that changed for any other. The counts equal a fresh count either way.
+    """
+
+    def __init__(self, binned: BinnedTrace, counts: SurvivorCounts) -> None:
+        self.binned = binned
+        size, num_exits, bins = counts.counts.shape
+        device = binned.bins.device
+        self.offsets = (torch.arange(size, device=device) * bins).unsqueeze(1)  # [D, 1]
+        self.alive: list[Tensor] = []  # per exit counted: bool [D, N], the inputs reaching it
+        self.used = torch.zeros(size, num_exits, bins, dtype=torch.bool, device=device)
+        self.counts = torch.zeros(size, num_exits, bins, dtype=torch.int64)
+        self.correct = torch.zeros_like(self.counts)
+        self.confidence_sum = torch.zeros(size, num_exits, bins, dtype=torch.float64)
+
+    def advance(self, passes: Tensor, last: int) -> None:
+        """Count exits 0 … ``last``, deciding exits < ``last`` with ``passes`` ``[D, E, M]``."""
+        passes = passes.to(self.binned.bins.device)
+        keep = min(len(self.alive), 1)  # exit 0 counts every input, whatever the decisions
+        while keep < len(self.alive) and torch.equal(passes[:, keep - 1], self.used[:, keep - 1]):
+            keep += 1
+        del self.alive[keep:]
+        for e in range(keep, last + 1):
+            self._count(e, passes)
+        self.used = passes
+
+    def _count(self, e: int, passes: Tensor) -> None:
+        """Count the inputs that reach exit e: those of exit e − 1 whose bin does not pass."""
+        binned = self.binned
+        size, n = self.offsets.shape[0], binned.bins.shape[0]
+        if e == 0:
+            alive = torch.ones(size, n, dtype=torch.bool, device=binned.bins.device)
+        else:
+            leave = passes[:, e - 1].gather(1, binned.bins[:, e - 1].expand(size, n))
+            alive = self.alive[e - 1] & ~leave
+        self.alive.append(alive)
+        # Weighted counts of every (δ, bin) cell: no compaction of the [D, N] masks, and the
+        # same float64 sums as over the inputs alive alone (the others add exact zeros).
+        cells = (binned.bins[:, e] + self.offsets).flatten()
+        bins = self.counts.shape[2]
+
+        def total(weights: Tensor) -> Tensor:
+            summed = torch.bincount(cells, weights=weights.flatten(), minlength=size * bins)
+            return summed.view(size, bins).cpu()
+
+        weight = alive.double()
+        self.counts[:, e] = total(weight).to(torch.int64)
+        self.correct[:, e] = total(weight * binned.correct[:, e]).to(torch.int64)
+        self.confidence_sum[:, e] = total(weight * binned.confidence[:, e].double())
+
+    def survivor_counts(self, start: SurvivorCounts, rows: Tensor) -> SurvivorCounts:
+        """The counts so far, as `SurvivorCounts` of ``start``'s rule, grid and bins."""
+        return SurvivorCounts(
+            criterion=start.criterion,
+            params=start.params,
+            deltas=start.deltas,
+            counted=len(self.alive),
+            counts=self.counts,
+            correct=self.correct,
+            confidence_sum=self.confidence_sum,
+            edges=start.edges,
+            num_classes=start.num_classes,
+            rows=rows,
+        )
+
+
+def reads_bin_table(criterion: str, *, plugins: AdaptixPluginManager | None = None) -> bool:
+    """Whether survivor calibration can decide with ``criterion``: whether its score is a
+    table of its calibration's bins (`ExitCriterion.bin_table`, asked with its default
+    parameters), as for ``pcee``, ``pcee_ws`` and ``pcee_lcb``.
+
+    Raises:
+        PluginError: ``criterion`` is not installed, or its bin table is malformed.
+    """
+    entry, built = _resolve(criterion, {}, plugins)
+    zeros = torch.zeros(1, 1, dtype=torch.int64)
+    return _bin_table(entry, built, zeros, zeros) is not None
+
+
+def _passes(table: Tensor, deltas: Sequence[float]) -> Tensor:
+    """Which bins let an input leave, per δ: bool ``[D, E, M]`` of a table ``[D, E, M]``."""
+    return torch.stack([table_passes(table[d], delta) for d, delta in enumerate(deltas)])
 
 
 def _rule_table(entry: Entry[Any], params: Any, counts: Tensor, correct: Tensor) -> Tensor:
-    """The criterion's bin table of ``counts`` and ``correct`` ``[D, E, M]``, checked."""
-    component: type[ExitCriterion] = entry.component
-    table = call_plugin(entry, "bin_table", component.bin_table, params, counts, correct)
+    """The criterion's bin table of ``counts`` and ``correct`` ``[D, E, M]``, checked; a
+    `PluginError` for a criterion without one."""
+    table = _bin_table(entry, params, counts, correct)
     if table is None:
         raise PluginError(
             f"expected a criterion whose score is a table of its calibration's bins (pcee, "
             f"pcee_ws, pcee_lcb), got '{entry.name}', whose bin_table returns None: survivor "
             "calibration decides with that table at every exit."
         )
+    return table
+
+
+def _bin_table(entry: Entry[Any], params: Any, counts: Tensor, correct: Tensor) -> Tensor | None:
+    """The criterion's bin table of ``counts`` and ``correct``, checked, or None (none)."""
+    component: type[ExitCriterion] = entry.component
+    table = call_plugin(entry, "bin_table", component.bin_table, params, counts, correct)
+    if table is None:
+        return None
     if (
         not isinstance(table, Tensor)
         or tuple(table.shape) != tuple(counts.shape)
@@ -571,4 +684,4 @@ def _check_counts(counts: SurvivorCounts) -> None:
         )
 
 
-__all__ = ["SurvivorCounts", "calibrate_survivors", "count_survivors"]
+__all__ = ["SurvivorCounts", "calibrate_survivors", "count_survivors", "reads_bin_table"]

@@ -29,6 +29,7 @@ from adaptix.distributed import (  # noqa: E402  # after the skip: needs nothing
     collect_trace,
     import_ray,
     reduce_statistics,
+    reduce_survivors,
     trace_dataset,
 )
 
@@ -135,6 +136,63 @@ def test_counting_with_the_edges_of_another_calibration(cluster: None) -> None:
     assert stats.calibration is not None
     assert torch.equal(stats.calibration.counts, expected.counts)
     assert torch.equal(stats.calibration.edges, expected.edges)
+
+
+@pytest.mark.parametrize(
+    ("criterion", "params", "edges"),
+    [("pcee", {}, False), ("pcee_lcb", {"bonferroni": True}, True)],
+)
+def test_survivor_counts_reduced_on_ray_equal_calibrate_survivors(
+    cluster: None, criterion: str, params: dict[str, Any], edges: bool
+) -> None:
+    """One reduction per exit, shards of uneven size (the last one short): the survivor
+    counts of every δ equal `calibrate_survivors` on the whole trace exactly (confidence
+    sums up to summation order), and so does each δ's calibration."""
+    trace = synthetic_trace(500, 4, 5, seed=7).scaled(2.0)
+    assert trace.labels is not None
+    deltas = [0.5, 0.7, 0.9, 0.95]
+    bin_edges = adaptix.calibrate(trace, "equal_mass", bins=6).edges if edges else None
+    expected = adaptix.calibrate_survivors(
+        trace, deltas, criterion, bins=6, edges=bin_edges, **params
+    )
+    logits = ray.data.from_items(
+        [{"logits": trace.logits[i].numpy(), "label": int(trace.labels[i])} for i in range(500)]
+    )
+    got = reduce_survivors(
+        logits,
+        trace.costs.tolist(),
+        deltas,
+        criterion,
+        bins=6,
+        edges=bin_edges,
+        params=params,
+        batch_size=120,
+    )
+    assert got.complete
+    assert (got.criterion, got.params, got.deltas) == (
+        expected.criterion,
+        expected.params,
+        expected.deltas,
+    )
+    assert torch.equal(got.counts, expected.counts)
+    assert torch.equal(got.correct, expected.correct)
+    assert torch.equal(got.edges, expected.edges)
+    assert got.rows is not None
+    assert expected.rows is not None
+    assert torch.equal(got.rows, expected.rows)
+    assert torch.allclose(got.confidence_sum, expected.confidence_sum, rtol=1e-12, atol=0)
+    # Survivors really leave: the later exits count fewer inputs than exit 0.
+    assert bool((got.counts.sum(dim=2)[:, -1] < 500).any())
+    for delta in deltas:
+        assert got.calibration(delta).counts.equal(expected.calibration(delta).counts)
+
+
+def test_survivor_counting_checks_the_rule_before_reading_a_row(cluster: None) -> None:
+    logits = ray.data.from_items([{"logits": torch.zeros(4, 5).numpy(), "label": 0}])
+    with pytest.raises(adaptix.PluginError, match="whose bin_table returns None"):
+        reduce_survivors(logits, [1.0, 2.0, 3.0, 4.0], [0.9], "confidence")
+    with pytest.raises(ValidationError, match="distinct"):
+        reduce_survivors(logits, [1.0, 2.0, 3.0, 4.0], [0.9, 0.9])
 
 
 def test_a_monitor_reference_counted_on_ray_equals_the_trace_s(cluster: None) -> None:

@@ -141,7 +141,8 @@ def test_every_table_of_the_report_is_well_formed(tiny_job: adaptix.experiment.J
     knob = tables[3]
     assert knob[0] == "| criterion | s: distinct policies | l: distinct policies |"
     assert [row.split("|")[1].strip() for row in knob[2:]] == [
-        "confidence", "entropy", "pcee", "pcee_ws", "pcee_lcb", "guarantee", "hindsight_oracle"
+        "confidence", "entropy", "pcee", "pcee_ws", "pcee_lcb", "guarantee", "hindsight_oracle",
+        "pcee (survivor bins)", "pcee_ws (survivor bins)", "pcee_lcb (survivor bins)",
     ]  # fmt: skip
     for name, outcome in tiny_job.models.items():
         assert set(outcome.knob) == {"confidence", "entropy", "pcee", "pcee_ws", "pcee_lcb",
@@ -261,6 +262,174 @@ def test_mlflow_holds_the_guarantee_runs_with_their_certificates(
             assert run.data.tags["adaptix.certificate"] == certificate.statement()
             assert run.data.metrics["relative_cost"] == pytest.approx(point.point.relative_cost)
             assert run.data.metrics["target"] == pytest.approx(point.delta)
+
+
+SURVIVOR_CRITERIA = ["pcee", "pcee_ws", "pcee_lcb"]  # the swept criteria with a bin table
+
+
+def test_survivor_rows_sit_beside_the_all_input_rows(
+    tiny_job: adaptix.experiment.JobResult,
+) -> None:
+    """Every panel of every model has its criteria with a bin table on survivor bins, in the
+    control table, the knob table, the control figure's data and a frontier CSV each."""
+    out, report = tiny_job.output_dir, tiny_job.report
+    tables = [[_normalised(row) for row in table] for table in markdown_tables(report)]
+    for control in tables[2:4]:  # control on l, then on s
+        rows = [row.split("|")[1:3] for row in control[2:]]
+        for panel in ("natural", "logits ×2"):
+            for criterion in ("pcee", "pcee_lcb"):
+                assert [f" {panel} ", f" {criterion} (survivor bins) "] in rows, panel
+                assert [f" {panel} ", f" {criterion} "] in rows, panel
+    assert "Rows '… (survivor bins)' read, at each δ, the criterion's survivor calibration" in (
+        report
+    )
+    deltas = tiny_job.config.sweep.deltas()
+    for name, outcome in tiny_job.models.items():
+        assert list(outcome.survivors) == ["natural", "logits ×2"]
+        for panel, survivors in outcome.survivors.items():
+            assert list(survivors.counts) == SURVIVOR_CRITERIA
+            assert list(survivors.control) == SURVIVOR_CRITERIA
+            for criterion in SURVIVOR_CRITERIA:
+                assert list(survivors.control[criterion].per_delta) == deltas
+                assert [p.threshold for p in survivors.frontier.of(criterion)] == deltas
+                assert 1 <= survivors.knob[criterion] <= len(deltas)
+            suffix = "" if panel == "natural" else "-logits-x2"
+            csv = (out / f"frontier-{name}{suffix}-survivors.csv").read_text()
+            assert len(csv.splitlines()) == 1 + len(SURVIVOR_CRITERIA) * len(deltas)
+
+
+def test_mlflow_holds_a_run_per_survivor_point_with_its_own_calibration(
+    tiny_job: adaptix.experiment.JobResult,
+) -> None:
+    client = mlflow.MlflowClient(tracking_uri=tiny_job.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    for name, outcome in tiny_job.models.items():
+        (model_run,) = [r for r in runs if r.info.run_name == name]
+        survivors = outcome.survivors["natural"]
+        metrics = model_run.data.metrics
+        for criterion in SURVIVOR_CRITERIA:
+            summary = survivors.control[criterion]
+            assert metrics[f"natural.{criterion}.survivors.worst_shortfall"] == pytest.approx(
+                summary.worst_shortfall
+            )
+            assert metrics[f"x2.{criterion}.survivors.violation_rate"] == pytest.approx(
+                outcome.survivors["logits ×2"].control[criterion].violation_rate
+            )
+            assert (
+                metrics[f"knob.{criterion}.survivors.distinct_policies"]
+                == (survivors.knob[criterion])
+            )
+        logged = {
+            (r.data.params["criterion"], float(r.data.params["threshold"])): r
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id
+            and r.data.params.get("mode") == "survivors"
+        }
+        assert len(logged) == len(survivors.frontier)
+        for point in survivors.frontier:
+            run = logged[(point.criterion, point.threshold)]
+            params = run.data.params
+            calibration = survivors.counts[point.criterion].calibration(point.threshold)
+            assert run.info.run_name == f"survivors:{point.criterion}@{point.threshold:g}"
+            assert params["calibration_checksum"] == calibration.checksum
+            assert params["calibration_method"] == "survivors"
+            assert params["bins"] == "50"
+            assert json.loads(params["calibration_inputs"]) == calibration.counts.sum(1).tolist()
+            assert params["edges_checksum"] == outcome.calibration.checksum
+            assert (params["model"], params["seed"]) == (name, "0")
+            assert run.data.metrics["relative_cost"] == pytest.approx(point.relative_cost)
+            assert run.data.metrics["target"] == pytest.approx(point.threshold)
+            if point.early_accuracy is not None:
+                assert run.data.metrics["shortfall"] == pytest.approx(
+                    point.threshold - point.early_accuracy
+                )
+
+
+def test_survivor_rows_are_each_delta_s_survivor_policy_simulated_on_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `calibrate_survivors` call per criterion and panel for the whole δ grid, with the
+    panel's all-input bins; each δ's row is `simulate` of that δ's survivor policy."""
+    calls: list[tuple[str, int]] = []
+    real = job.calibrate_survivors
+
+    def counted(trace: adaptix.Trace, deltas: list[float], criterion: str, **kw: Any) -> Any:
+        calls.append((criterion, len(deltas)))
+        return real(trace, deltas, criterion, **kw)
+
+    monkeypatch.setattr(job, "calibrate_survivors", counted)
+    config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [3.0]})
+    deltas = config.sweep.deltas()
+    calibration_trace, test_trace = _traced(4, 0).scaled(2.0), _traced(4, 1).scaled(2.0)
+    criteria = ["confidence", "patience", "pcee", "pcee_lcb"]
+    plugins = adaptix.get_plugin_manager()
+    readings = {name: plugins.criteria.get(name).accuracy_reading for name in criteria}
+    outcome = job._analyse(
+        ModelConfig(name="m"), calibration_trace, test_trace, config, plugins, readings
+    )
+    assert calls == [(c, len(deltas)) for _ in ("natural", "x3") for c in ("pcee", "pcee_lcb")]
+    oracle = outcome.control["natural"]["pcee"].per_delta
+    for panel, scale in (("natural", 1.0), ("logits ×3", 3.0)):
+        calib, test = calibration_trace.scaled(scale), test_trace.scaled(scale)
+        all_inputs = adaptix.calibrate(calib, "equal_mass", 50)
+        survivors = outcome.survivors[panel]
+        for criterion in ("pcee", "pcee_lcb"):
+            expected = adaptix.calibrate_survivors(
+                calib, deltas, criterion, bins=50, edges=all_inputs.edges
+            )
+            assert torch.equal(survivors.counts[criterion].counts, expected.counts)
+            row = survivors.control[criterion].per_delta
+            exits = []
+            for delta, point in zip(deltas, survivors.frontier.of(criterion), strict=True):
+                result = adaptix.simulate(test, expected.policy(delta))
+                assert (point.early_accuracy, point.relative_cost) == (
+                    result.early_accuracy,
+                    result.relative_cost,
+                )
+                assert point.exit_histogram == tuple(result.exit_histogram.tolist())
+                assert row[delta][:2] == (result.early_accuracy, result.relative_cost)
+                exits.append(tuple(result.exit_index.tolist()))
+            assert survivors.knob[criterion] == len(set(exits))
+    # The same oracle as the all-input rows: regret / cost is the same hindsight cost.
+    row = outcome.survivors["natural"].control["pcee"].per_delta
+    for delta in deltas:
+        if oracle[delta][1] > 0 and row[delta][1] > 0:
+            assert oracle[delta][1] / oracle[delta][2] == pytest.approx(
+                row[delta][1] / row[delta][2]
+            )
+
+
+def test_log_survivors_refuses_what_is_not_a_survivor_policy_and_its_point() -> None:
+    from adaptix.tracking import log_survivors
+
+    trace = synthetic_trace(200, 3, 4, seed=5)
+    counts = adaptix.calibrate_survivors(trace, [0.8], "pcee")
+    survivor, paper = counts.policy(0.8), adaptix.policy("pcee", 0.8, adaptix.calibrate(trace))
+    (point,) = adaptix.sweep(trace, "pcee", [0.8], survivor.calibration)
+    with pytest.raises(adaptix.ValidationError, match="survivor calibrations"):
+        log_survivors([paper], [point])
+    with pytest.raises(adaptix.ValidationError, match="one point per survivor policy"):
+        log_survivors([survivor], [])
+    with pytest.raises(adaptix.ValidationError, match="FrontierPoints"):
+        log_survivors([survivor], [0.5])  # type: ignore[list-item]  # the refusal under test
+    with pytest.raises(adaptix.ValidationError, match="calibration_checksum"):
+        log_survivors([survivor], [point], params={"calibration_checksum": "x"})
+
+
+def test_survivor_bins_can_be_turned_off_and_the_switch_is_a_flag(tmp_path: Path) -> None:
+    config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [], "survivors": False})
+    plugins = adaptix.get_plugin_manager()
+    readings = {"pcee": plugins.criteria.get("pcee").accuracy_reading}
+    outcome = job._analyse(
+        ModelConfig(name="m"), _traced(3, 0), _traced(3, 1), config, plugins, readings
+    )
+    assert outcome.survivors == {}
+    assert not list(tmp_path.glob("out/*survivors*"))
+    assert parse_config({}).sweep.survivors is True
+    for value in (1, "true", None):
+        with pytest.raises(adaptix.ConfigError, match=r"sweep\.survivors"):
+            parse_config({"sweep": {"survivors": value}})
 
 
 def test_the_guarantee_row_is_the_certified_policy_of_each_delta_on_the_test_split(

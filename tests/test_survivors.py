@@ -9,6 +9,7 @@ trace.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -30,7 +31,10 @@ from adaptix import (
     calibrate_survivors,
     count_survivors,
 )
-from adaptix.calibration import SurvivorRule, count_bins
+from adaptix.calibration import SurvivorRule, bin_accuracy, count_bins
+from adaptix.components import ParamsModel
+from adaptix.default_plugins.criteria import PCEE
+from adaptix.survivors import reads_bin_table
 from adaptix.testing import synthetic_trace
 
 RULES = [("pcee", {}), ("pcee_ws", {"window": 2}), ("pcee_lcb", {"bonferroni": True})]
@@ -214,6 +218,42 @@ def test_runner_exits_where_simulate_says(criterion: str, params: dict, mode: st
     assert spread >= 3, "the grid should spread the exits"
 
 
+@pytest.mark.parametrize(("criterion", "params"), RULES)
+@pytest.mark.parametrize("equal_mass", [False, True])
+def test_exit_indices_are_simulate_at_every_delta(
+    criterion: str, params: dict, equal_mass: bool
+) -> None:
+    """The vectorised exits of the whole grid equal `simulate` of each δ's policy, on another
+    trace than the one counted, one of whose inputs has an undefined softmax at exit 1."""
+    calibration_trace = synthetic_trace(600, 4, 6, seed=21).scaled(2.0)
+    logits = synthetic_trace(400, 4, 6, seed=22).scaled(2.0).logits.double()
+    logits[0, 1, 0] = 1e300  # beyond float32: its softmax is undefined, it never leaves there
+    test_trace = adaptix.Trace(logits, None, [1.0, 2.0, 3.0, 4.0])
+    edges = adaptix.calibrate(calibration_trace, "equal_mass", 8).edges if equal_mass else None
+    counts = calibrate_survivors(
+        calibration_trace, DELTAS, criterion, bins=8, edges=edges, **params
+    )
+    exits = counts.exit_indices(test_trace)
+    assert exits.dtype == torch.int64
+    assert tuple(exits.shape) == (400, len(DELTAS))
+    for d, delta in enumerate(DELTAS):
+        expected = adaptix.simulate(test_trace, counts.policy(delta)).exit_index
+        assert torch.equal(exits[:, d], expected), delta
+    assert len(set(exits[:, 3].tolist())) >= 3, "δ = 0.7 should spread the exits"
+    with pytest.raises(CalibrationError, match="exits"):
+        counts.exit_indices(synthetic_trace(10, 3, 6))
+    empty = SurvivorCounts.empty(DELTAS, criterion, num_exits=4, num_classes=6, **params)
+    with pytest.raises(ValidationError, match="every exit"):
+        empty.exit_indices(test_trace)
+
+
+def test_which_criteria_survivor_calibration_can_decide_with() -> None:
+    assert [reads_bin_table(c) for c in ("pcee", "pcee_ws", "pcee_lcb")] == [True] * 3
+    assert [reads_bin_table(c) for c in ("confidence", "entropy", "patience")] == [False] * 3
+    with pytest.raises(PluginError, match="bogus"):
+        reads_bin_table("bogus")
+
+
 def test_triton_kernel_reads_the_survivor_table() -> None:
     """The fused Triton kernel under the interpreter (a subprocess: TRITON_INTERPRET must be set
     before triton is first imported) decides like the plain score and the simulation."""
@@ -388,3 +428,42 @@ def test_survivor_bins_fall_short_less_on_an_overconfident_trace() -> None:
     assert int((paper > 0).sum()) >= 4
     assert int((survivors > 0).sum()) < int((paper > 0).sum())
     assert float(survivors.max()) < float(paper.max())
+
+
+class _NextExitPCEE(PCEE):
+    """A table that reads the next exit too (each bin pooled with the same bin one exit later):
+    counting exit e + 1 changes exit e's decisions, so one process must count again."""
+
+    name = "pcee_next_exit"
+    description = "bin accuracy pooled with the next exit's (a test criterion)"
+
+    @classmethod
+    def bin_table(
+        cls, params: ParamsModel, counts: torch.Tensor, correct: torch.Tensor
+    ) -> torch.Tensor:
+        later = torch.nn.functional.pad(counts[..., 1:, :], (0, 0, 0, 1))
+        right = torch.nn.functional.pad(correct[..., 1:, :], (0, 0, 0, 1))
+        return bin_accuracy(counts + later, correct + right)
+
+
+def test_one_process_counts_again_when_a_table_reads_later_exits(manager_with) -> None:
+    """`calibrate_survivors` counts only the new exit each round for a table per exit, and from
+    the first changed decision otherwise: it equals the shard path (a fresh count per round)."""
+    manager = manager_with(_NextExitPCEE)
+    trace = synthetic_trace(600, 5, 6, seed=5).scaled(2.0)
+    whole = calibrate_survivors(trace, DELTAS, "pcee_next_exit", plugins=manager)
+    counts = SurvivorCounts.empty(
+        DELTAS, "pcee_next_exit", num_exits=5, num_classes=6, plugins=manager
+    )
+    rounds = []
+    for _ in range(trace.num_exits):
+        counts = count_survivors(trace, counts, plugins=manager)
+        rounds.append(counts)
+    assert torch.equal(counts.counts, whole.counts)
+    assert torch.equal(counts.correct, whole.correct)
+    assert torch.equal(counts.confidence_sum, whole.confidence_sum)
+    # The case is the one meant: some round changed an earlier exit's counts.
+    assert any(
+        not torch.equal(before.counts[:, : before.counted], after.counts[:, : before.counted])
+        for before, after in itertools.pairwise(rounds)
+    )

@@ -242,7 +242,7 @@ class TrainConfig(FrozenModel):
 
 
 class SweepConfig(FrozenModel):
-    """Criteria, the δ grid and the overconfidence stress."""
+    """Criteria, the δ grid, the overconfidence stress and the survivor bins."""
 
     criteria: Annotated[tuple[CriterionName, ...], AfterValidator(_not_empty)] = Field(
         default=("confidence", "entropy", "patience", "pcee", "pcee_ws", "pcee_lcb"),
@@ -257,6 +257,13 @@ class SweepConfig(FrozenModel):
     delta_max: Share = 0.99
     delta_step: PositiveShare = 0.01
     stress_scales: tuple[Positive, ...] = (2.0, 3.0)
+    survivors: Flag = Field(
+        default=True,
+        description="also read every swept criterion whose score is a table of its "
+        "calibration's bins (pcee, pcee_ws, pcee_lcb) on survivor bins "
+        "(adaptix.calibrate_survivors: the same bins, exit e counting only the calibration "
+        "inputs that the rule at δ sends on), side by side with the paper's all-input bins",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SweepConfig:
@@ -294,6 +301,12 @@ class SweepConfig(FrozenModel):
 
 #: The label of the guarantee's row in the control tables, the plots and the knob table.
 GUARANTEE_ROW = "guarantee"
+
+
+def survivor_row(criterion: str) -> str:
+    """The label of ``criterion`` read on survivor bins (``sweep.survivors``) in the control
+    tables, the plots and the knob table (MLflow metrics name it ``<criterion>.survivors``)."""
+    return f"{criterion} (survivor bins)"
 
 
 class GuaranteeConfig(FrozenModel):

@@ -4,14 +4,17 @@
 2. Train every model of the family, or load it from the cache.
 3. Trace the calibration and test splits (logits of every exit, measured FLOPs) and save them.
 4. Calibrate every model; sweep every criterion over the δ grid on the test split, on the
-   natural heads and under the overconfidence stress (logits × 2, × 3); certify the guarantee
-   mode for every δ on the calibration split and simulate it on the test split; count how many
-   distinct policies each knob gives over the grid.
+   natural heads and under the overconfidence stress (logits × 2, × 3); read the criteria
+   with a bin table on survivor bins too (`SurvivorPanel`: one `calibrate_survivors` call per
+   criterion and panel for the whole grid); certify the guarantee mode for every δ on the
+   calibration split and simulate it on the test split; count how many distinct policies
+   each knob gives over the grid.
 5. Run the batched runtime on the largest model at a few δ and measure wall-clock speed-ups.
 6. Record every trade-off in MLflow, write tables and plots, print the report.
 
 With a ``[ray]`` section (`RayConfig`), steps 3 and 4's sweeps run on Ray (`_trace_on_ray`,
-`_sweep_on_ray`); everything else, MLflow included, stays in this process.
+`_sweep_on_ray`); everything else, survivor calibration and MLflow included, stays in this
+process.
 """
 
 from __future__ import annotations
@@ -47,7 +50,13 @@ from adaptix.control import (
 )
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
-from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig, RayConfig
+from adaptix.experiment.config import (
+    GUARANTEE_ROW,
+    JobConfig,
+    ModelConfig,
+    RayConfig,
+    survivor_row,
+)
 from adaptix.experiment.datasets import DataSource, JobData, Split, check_data, load_job_data
 from adaptix.experiment.report import render_report
 from adaptix.flops import FlopProfile
@@ -66,6 +75,8 @@ from adaptix.simulate import (
     simulate,
     sweep,
 )
+from adaptix.statistics import count_exits
+from adaptix.survivors import SurvivorCounts, calibrate_survivors, reads_bin_table
 from adaptix.trace import Trace
 from adaptix.training import RandomCropFlip, train_exits
 
@@ -101,6 +112,32 @@ class CertifiedPoint:
         return self.policy.certificate is not None and self.policy.certificate.certified
 
 
+@dataclass(frozen=True)
+class SurvivorPanel:
+    """The criteria with a bin table read on survivor bins, on one panel (natural logits or a
+    stress), beside the paper's all-input bins (``PCEE.md``: survivor calibration).
+
+    Each criterion whose threshold is the accuracy target itself and whose score is a table of
+    its calibration's bins (`adaptix.survivors.reads_bin_table`: pcee, pcee_ws, pcee_lcb) is
+    calibrated on the calibration split with the panel's all-input bin edges, exit e counting
+    only the inputs that the rule at δ sends on (one `calibrate_survivors` call for the whole
+    δ grid), and read at each δ on its own survivor calibration on the test split.
+
+    Attributes:
+        counts: criterion -> its survivor counts over the δ grid.
+        frontier: one point per (criterion, δ) on the test split, named by the criterion, at
+            threshold δ.
+        control: criterion -> its control over the grid, against the same oracle as the
+            all-input rows.
+        knob: criterion -> distinct policies over the grid on the test split.
+    """
+
+    counts: dict[str, SurvivorCounts]
+    frontier: Frontier
+    control: dict[str, ControlSummary]
+    knob: dict[str, int]
+
+
 @dataclass
 class ModelOutcome:
     """Everything the job learned about one model."""
@@ -119,6 +156,8 @@ class ModelOutcome:
     certified: dict[str, list[CertifiedPoint]]  # panel -> the guarantee mode per δ (or none)
     knob: dict[str, int]  # criterion (and the guarantee mode) -> distinct policies over δ
     trace_paths: tuple[Path, ...]  # the saved calibration and test traces
+    # panel -> the criteria with a bin table on survivor bins (empty: sweep.survivors off)
+    survivors: dict[str, SurvivorPanel] = field(default_factory=dict)
 
     @property
     def full_accuracy(self) -> float:
@@ -410,9 +449,15 @@ def _one_plain_point_each(
     return Frontier(kept, frontier.costs)
 
 
+def _oracle(trace: Trace, config: JobConfig, manager: AdaptixPluginManager) -> dict[float, float]:
+    """The hindsight oracle's cost at every δ of the grid on ``trace`` (`oracle_costs`)."""
+    dense = sweep(trace, "confidence", _ORACLE_GRID, plugins=manager)
+    return oracle_costs(list(dense), config.sweep.deltas())
+
+
 def _control(
     frontier: Frontier,
-    trace: Trace,
+    oracle: dict[float, float],
     config: JobConfig,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
@@ -421,8 +466,6 @@ def _control(
     """Control metrics of every criterion that declares an accuracy reading, then of the
     guarantee mode (when ``certified`` holds its points), against one oracle."""
     deltas = config.sweep.deltas()
-    dense = sweep(trace, "confidence", _ORACLE_GRID, plugins=manager)
-    oracle = oracle_costs(list(dense), deltas)
     summaries = {
         name: control_summary(frontier, name, deltas, oracle, plugins=manager)
         for name, reading in readings.items()
@@ -434,6 +477,53 @@ def _control(
             GUARANTEE_ROW, points, oracle, frontier.of("confidence")
         )
     return summaries
+
+
+def _survivor_panel(
+    calib_trace: Trace,
+    test_trace: Trace,
+    calibration: Calibration,
+    confidence: list[FrontierPoint],
+    oracle: dict[float, float],
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+    readings: dict[str, AccuracyReading | None],
+) -> SurvivorPanel:
+    """`SurvivorPanel` of one panel: its calibration split and all-input ``calibration`` (whose
+    bins the survivor tables keep), its test split, the all-input sweep's ``confidence``
+    points and the test split's ``oracle`` (for the same control metrics as the other rows).
+
+    Each δ's exits come from `SurvivorCounts.exit_indices` (one softmax of the test split for
+    the whole grid; what `simulate` gives, measured 25–35× faster on 10 exits and 50 δ) and
+    its metrics from `count_exits` with that δ's policy, as a sweep point's are.
+    """
+    deltas = config.sweep.deltas()
+    counts: dict[str, SurvivorCounts] = {}
+    control: dict[str, ControlSummary] = {}
+    knob: dict[str, int] = {}
+    points: list[FrontierPoint] = []
+    for name, reading in readings.items():
+        if reading is None or not reading.is_target or not reads_bin_table(name, plugins=manager):
+            continue
+        counted = calibrate_survivors(
+            calib_trace,
+            deltas,
+            name,
+            bins=calibration.bins,
+            edges=calibration.edges,
+            plugins=manager,
+        )
+        exits = counted.exit_indices(test_trace, plugins=manager)
+        by_delta = {}
+        for column, delta in enumerate(deltas):
+            pol = counted.policy(delta, plugins=manager)
+            decided = exits[:, column : column + 1]
+            (by_delta[delta],) = count_exits(test_trace, pol, [pol.threshold], decided).points()
+        counts[name] = counted
+        points += by_delta.values()
+        control[name] = summarise_control(name, by_delta, oracle, confidence)
+        knob[name] = distinct_policies(exits)
+    return SurvivorPanel(counts, Frontier(points, test_trace.costs.tolist()), control, knob)
 
 
 def _certify(
@@ -905,9 +995,10 @@ def _analyse(
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
 ) -> ModelOutcome:
-    """Save the traces and calibrate; sweep every criterion of ``readings`` and certify the
-    guarantee mode, on the test logits as they are and under each overconfidence stress; write
-    the calibration and the frontiers; count the knob's distinct policies."""
+    """Save the traces and calibrate; sweep every criterion of ``readings``, read those with
+    a bin table on survivor bins (``sweep.survivors``) and certify the guarantee mode, on the
+    test logits as they are and under each overconfidence stress; write the calibration and
+    the frontiers; count the knob's distinct policies."""
     out = config.output_dir
     trace_paths = tuple(
         trace.save(out / f"trace-{spec.name}-{split}.pt")
@@ -919,7 +1010,7 @@ def _analyse(
     calibration_path = calibration.save(out / f"calibration-{spec.name}.json")
     frontier = _sweep_all(test_trace, calibration, config, manager, readings)
     frontier.to_csv(out / f"frontier-{spec.name}.csv")
-    panels = {"natural": (calib_trace, test_trace, frontier)}
+    panels = {"natural": ("", calib_trace, test_trace, calibration, frontier)}
     stress: dict[float, Frontier] = {}
     for scale in config.sweep.stress_scales:
         stressed_calib, stressed_test = calib_trace.scaled(scale), test_trace.scaled(scale)
@@ -928,13 +1019,27 @@ def _analyse(
         )
         stress[scale] = _sweep_all(stressed_test, stressed_cal, config, manager, readings)
         stress[scale].to_csv(out / f"frontier-{spec.name}-logits-x{scale:g}.csv")
-        panels[f"logits ×{scale:g}"] = (stressed_calib, stressed_test, stress[scale])
-    control, certified = {}, {}
-    for panel, (calib, test, swept) in panels.items():
+        panels[f"logits ×{scale:g}"] = (
+            f"-logits-x{scale:g}",
+            stressed_calib,
+            stressed_test,
+            stressed_cal,
+            stress[scale],
+        )
+    control, certified, survivors = {}, {}, {}
+    for panel, (suffix, calib, test, cal, swept) in panels.items():
         # A model with one exit has nothing to certify: every input runs all of it.
         if config.guarantee.enabled and calib.num_exits > 1:
             certified[panel] = _certify(calib, test, config, manager)
-        control[panel] = _control(swept, test, config, manager, readings, certified.get(panel, []))
+        oracle = _oracle(test, config, manager)
+        control[panel] = _control(
+            swept, oracle, config, manager, readings, certified.get(panel, [])
+        )
+        if config.sweep.survivors:
+            survivors[panel] = _survivor_panel(
+                calib, test, cal, swept.of("confidence"), oracle, config, manager, readings
+            )
+            survivors[panel].frontier.to_csv(out / f"frontier-{spec.name}{suffix}-survivors.csv")
     knob = _knob(test_trace, calibration, config, manager, readings, certified.get("natural", []))
     return ModelOutcome(
         config=spec,
@@ -951,6 +1056,7 @@ def _analyse(
         certified=certified,
         knob=knob,
         trace_paths=trace_paths,
+        survivors=survivors,
     )
 
 
@@ -975,9 +1081,16 @@ def _write_model_plots(name: str, outcome: ModelOutcome, out: Path) -> None:
 
     panels: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
     for panel, summaries in outcome.control.items():
+        rows = {**summaries}
+        if panel in outcome.survivors:
+            rows.update(
+                {
+                    survivor_row(criterion): summary
+                    for criterion, summary in outcome.survivors[panel].control.items()
+                }
+            )
         panels[panel] = {
-            criterion: [(d, v[0]) for d, v in summary.per_delta.items()]
-            for criterion, summary in summaries.items()
+            row: [(d, v[0]) for d, v in summary.per_delta.items()] for row, summary in rows.items()
         }
     plots.plot_control_panels(
         panels,
@@ -1124,9 +1237,9 @@ class _Tracking:
 
     def log_model(self, name: str, outcome: ModelOutcome, runtime: list[RuntimePoint]) -> None:
         """One model's run: its params, per-exit, control and knob metrics, its frontier points
-        (with the speed-ups measured in ``runtime``), the guarantee mode's certified policies of
-        the natural panel and its plots."""
-        from adaptix.tracking import log_certified, log_frontier
+        (with the speed-ups measured in ``runtime``), the guarantee mode's certified policies and
+        the survivor-bin points of the natural panel, and its plots."""
+        from adaptix.tracking import log_certified, log_frontier, log_survivors
 
         tracker = self.tracker
         run = tracker.start_run(
@@ -1153,8 +1266,18 @@ class _Tracking:
         for panel, points in outcome.certified.items():
             tag = panel.replace("logits ×", "x").replace(" ", "_")
             metrics[f"{tag}.{GUARANTEE_ROW}.uncertified"] = sum(not c.certified for c in points)
+        for panel, survivors in outcome.survivors.items():
+            tag = panel.replace("logits ×", "x").replace(" ", "_")
+            for criterion, s in survivors.control.items():
+                metrics[f"{tag}.{criterion}.survivors.violation_rate"] = s.violation_rate
+                metrics[f"{tag}.{criterion}.survivors.worst_shortfall"] = s.worst_shortfall
+                metrics[f"{tag}.{criterion}.survivors.mean_regret"] = s.mean_regret
         for criterion, count in outcome.knob.items():
             metrics[f"knob.{criterion}.distinct_policies"] = count
+        natural_survivors = outcome.survivors.get("natural")
+        if natural_survivors is not None:
+            for criterion, count in natural_survivors.knob.items():
+                metrics[f"knob.{criterion}.survivors.distinct_policies"] = count
         tracker.log_metrics(run, metrics)
         speedups: dict[tuple[str, float], dict[str, float | None]] = {
             (p.criterion, p.threshold): {
@@ -1182,6 +1305,21 @@ class _Tracking:
             model=name,
             params=self.splits,
         )
+        if natural_survivors is not None:
+            survivor_points = list(natural_survivors.frontier)
+            log_survivors(
+                [
+                    natural_survivors.counts[p.criterion].policy(p.threshold, plugins=self.manager)
+                    for p in survivor_points
+                ],
+                survivor_points,
+                tracker=tracker,
+                parent=run,
+                model=name,
+                # The bins' provenance: the all-input calibration whose edges they keep.
+                params={**self.splits, "edges_checksum": outcome.calibration.checksum},
+                plugins=self.manager,
+            )
         for path in sorted(self.output_dir.glob(f"*-{name}.png")):
             tracker.log_artifact(run, path, "plots")
         tracker.end_run(run)

@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from adaptix.control import best_accuracy_within, cheapest_reaching
+from adaptix.experiment.config import survivor_row
 
 if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
@@ -87,11 +88,15 @@ def _control_table(
 ) -> str:
     rows = []
     for panel, summaries in outcome.control.items():
-        for criterion, s in summaries.items():
+        survivors = outcome.survivors.get(panel)
+        named = {**summaries}
+        if survivors is not None:
+            named.update({survivor_row(c): s for c, s in survivors.control.items()})
+        for row, s in named.items():
             rows.append(
                 [
                     panel,
-                    criterion,
+                    row,
                     _pct(s.violation_rate, 0),
                     _pct(s.worst_shortfall, 2),
                     "" if s.worst_shortfall == 0 else _pct(s.worst_shortfall_early_share, 2),
@@ -105,6 +110,8 @@ def _control_table(
     note = _reading_note(outcome, deltas, readings)
     if outcome.certified:
         note += " " + _guarantee_note(outcome, guarantee)
+    if outcome.survivors:
+        note += " " + _survivor_note(outcome)
     return (
         note
         + "\n\n"
@@ -169,11 +176,42 @@ def _guarantee_note(outcome: ModelOutcome, guarantee: GuaranteeConfig) -> str:
     )
 
 
+def _survivor_note(outcome: ModelOutcome) -> str:
+    """What the survivor rows read, and how many calibration inputs reach the last exit."""
+    natural = next(iter(outcome.survivors.values()))
+    counts = next(iter(natural.counts.values()), None)
+    if counts is None:
+        return "No swept criterion reads a bin table, so no row reads survivor bins."
+    example = min(counts.deltas, key=lambda d: abs(d - 0.9))
+    reached = counts.calibration(example).counts.sum(dim=1)
+    return (
+        f"Rows '… (survivor bins)' read, at each δ, the criterion's survivor calibration at δ "
+        "(adaptix.calibrate_survivors on the calibration split, one call per criterion for the "
+        "whole grid): the same bins, exit e counting only the calibration inputs that the rule "
+        f"at δ sends on from the exits before (for {counts.criterion} at δ = {example:g}, "
+        f"{int(reached[0])} inputs at the first exit, {int(reached[-1])} reach the last); the "
+        "other rows of the same criteria count every calibration input at every exit, as the "
+        "paper does."
+    )
+
+
 def _knob_table(result: JobResult) -> str:
-    """Distinct policies over the δ grid, per criterion (rows) and model (columns)."""
+    """Distinct policies over the δ grid, per criterion (rows) and model (columns), those on
+    survivor bins after the rest."""
     names = list(result.models)
-    criteria = list(dict.fromkeys(c for o in result.models.values() for c in o.knob))
-    rows = [[c, *(str(result.models[n].knob.get(c, "n/a")) for n in names)] for c in criteria]
+    knobs = {
+        name: {
+            **o.knob,
+            **(
+                {survivor_row(c): k for c, k in o.survivors["natural"].knob.items()}
+                if "natural" in o.survivors
+                else {}
+            ),
+        }
+        for name, o in result.models.items()
+    }
+    criteria = list(dict.fromkeys(c for knob in knobs.values() for c in knob))
+    rows = [[c, *(str(knobs[n].get(c, "n/a")) for n in names)] for c in criteria]
     return _table(["criterion", *(f"{n}: distinct policies" for n in names)], rows)
 
 
@@ -501,7 +539,8 @@ def render_report(result: JobResult) -> str:
         "",
         _runtime_table(result),
         "",
-        f"Outputs in {result.output_dir}: report.md, frontier-*.csv, calibration-*.json, "
+        f"Outputs in {result.output_dir}: report.md, frontier-*.csv (frontier-*-survivors.csv: "
+        "on survivor bins), calibration-*.json, "
         "trace-*-calibration.pt, trace-*-test.pt, control-*.png, reliability-*.png, "
         "accuracy-vs-flops.png.",
     ]

@@ -25,14 +25,21 @@ then browse the runs with::
     mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 Certified policies (`adaptix.guarantee`) go in with `log_certified`: one run per policy, with
-its certificate as params and the point it realised on test data as metrics.
+its certificate as params and the point it realised on test data as metrics; policies on
+survivor calibrations (`adaptix.survivors`) with `log_survivors`, one run per δ with its own
+calibration's checksum.
 
 A tracking store that cannot be reached or written never stops the job: the first failure is
 recorded in ``tracker.failures``, warned about once, and later calls are skipped. Pass
 ``strict=True`` to `Tracker` to raise instead.
 """
 
-from adaptix.tracking.frontier import CERTIFICATE_TAG, log_certified, log_frontier
+from adaptix.tracking.frontier import (
+    CERTIFICATE_TAG,
+    log_certified,
+    log_frontier,
+    log_survivors,
+)
 from adaptix.tracking.tracker import (
     INSTALL_HINT,
     PARENT_TAG,
@@ -52,4 +59,5 @@ __all__ = [
     "default_tracking_uri",
     "log_certified",
     "log_frontier",
+    "log_survivors",
 ]

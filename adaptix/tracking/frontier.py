@@ -1,5 +1,6 @@
 """`log_frontier`: one MLflow run per (criterion, threshold) point of a `sweep`; `log_certified`:
-one per certified policy (`adaptix.guarantee`, `adaptix.budget`)."""
+one per certified policy (`adaptix.guarantee`, `adaptix.budget`); `log_survivors`: one per
+policy on a survivor calibration (`adaptix.survivors`)."""
 
 from __future__ import annotations
 
@@ -235,6 +236,115 @@ def log_certified(
             },
             metrics,
             tags={CERTIFICATE_TAG: certificate.statement()},
+        )
+        if run_id is not None:
+            run_ids.append(run_id)
+    return run_ids
+
+
+def log_survivors(
+    policies: Sequence[ExitPolicy],
+    points: Sequence[FrontierPoint],
+    *,
+    tracker: Tracker | None = None,
+    parent: str | None = None,
+    model: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    plugins: AdaptixPluginManager | None = None,
+) -> list[str]:
+    """Log every policy that reads a survivor calibration, with the point it realised on test
+    data, as a finished run.
+
+    ``policies[i]`` is what ``SurvivorCounts.policy(δ)`` returned (`adaptix.survivors`: the
+    criterion at δ reading its survivor calibration at δ), ``points[i]`` its `simulate` on
+    held-out data as a `FrontierPoint`. Each δ reads tables of its own, so each run records
+    its own calibration. Each run is named ``survivors:<criterion>@<δ>`` and holds:
+
+    - params: ``mode`` (``survivors``), ``criterion``, its own parameters as
+      ``criterion.<name>``, ``threshold`` (δ), ``num_exits``, ``adaptix_version``, ``model``
+      (when given), ``bins``, ``calibration_method`` (``survivors``), ``calibration_checksum``
+      (that δ's calibration, `Calibration.checksum`), ``calibration_inputs`` (the calibration
+      inputs its tables count at each exit, a JSON list: the survivors), and every entry of
+      ``params``;
+    - metrics: those of `log_frontier` (accuracy, early accuracy, relative cost, FLOPs, exit
+      shares, early-exit rate, threshold, and ``target`` and ``shortfall`` for a criterion
+      that declares an `AccuracyReading`).
+
+    Args:
+        policies: policies that read survivor calibrations.
+        points: what each policy realised, in the same order.
+        tracker: where to log (default: ``Tracker()``).
+        parent: the parent run id; None logs top-level runs.
+        model: the model's name, logged as a param.
+        params: more params for every run (seed, split sizes, ...).
+        plugins: the plugin manager whose registry declares each criterion's accuracy reading
+            (default: the shared one).
+
+    Returns:
+        The ids of the runs created.
+
+    Raises:
+        ValidationError: a policy that reads no survivor calibration, a point that is not a
+            `FrontierPoint`, sequences of different lengths, or ``params`` that clash with the
+            params set here.
+        PluginError: a policy's criterion is not registered in ``plugins``.
+    """
+    policies, points = list(policies), list(points)
+    if len(policies) != len(points):
+        raise ValidationError(
+            f"expected one point per survivor policy, got {len(policies)} policies and "
+            f"{len(points)} points. Simulate each policy on the test trace once."
+        )
+    checked = []
+    for pol, point in zip(policies, points, strict=True):
+        calibration = pol.calibration if isinstance(pol, ExitPolicy) else None
+        if calibration is None or calibration.survivors is None:
+            raise ValidationError(
+                f"expected policies that read survivor calibrations (SurvivorCounts.policy), "
+                f"got {pol!r}. Log policies on the paper's calibration with log_frontier."
+            )
+        if not isinstance(point, FrontierPoint):
+            raise ValidationError(
+                f"expected FrontierPoints, got a {type(point).__name__}. Build one from what "
+                "adaptix.simulate returned."
+            )
+        checked.append((pol, calibration, point))
+    manager = resolve_manager(plugins)
+    readings = {pol.name: manager.criteria.get(pol.name).accuracy_reading for pol, _, _ in checked}
+    common: dict[str, Any] = {"adaptix_version": __version__}
+    if model is not None:
+        common["model"] = model
+    own = {"mode", "num_exits", "bins", "calibration_method", "calibration_checksum"}
+    own |= {"calibration_inputs", *_POINT_PARAMS, *common}
+    own |= {name for pol, _, _ in checked for name in _prefixed(pol.criterion.params)}
+    clashes = sorted(set(params or {}) & own)
+    if clashes:
+        raise ValidationError(
+            f"expected params that log_survivors does not set itself, got {clashes}. Rename them."
+        )
+    common.update(params or {})
+    tracker = Tracker() if tracker is None else tracker
+    run_ids: list[str] = []
+    for pol, calibration, point in checked:
+        if not tracker.enabled:
+            break
+        threshold = _format_threshold(pol.threshold)
+        run_id = tracker.log_point(
+            parent,
+            f"survivors:{pol.name}@{threshold}",
+            {
+                "mode": "survivors",
+                "criterion": pol.name,
+                "threshold": threshold,
+                **_prefixed(pol.criterion.params),
+                "num_exits": len(point.exit_histogram),
+                "bins": calibration.bins,
+                "calibration_method": calibration.method,
+                "calibration_checksum": calibration.checksum,
+                "calibration_inputs": json.dumps(calibration.counts.sum(dim=1).tolist()),
+                **common,
+            },
+            _point_metrics(point, readings[pol.name]),
         )
         if run_id is not None:
             run_ids.append(run_id)
