@@ -710,7 +710,8 @@ def run_job(
 
 def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     started = time.perf_counter()
-    check_data(config.data)  # sizes the data cannot hold fail here, before anything loads
+    # Sizes the data cannot hold fail here, before anything loads.
+    check_data(config.data, timed_inputs=config.runtime.explicit_inputs)
     out = config.output_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
