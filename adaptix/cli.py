@@ -66,9 +66,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "scales": _numbers(args.scales, "--scales"),
         "deltas": _deltas(args.deltas),
-        "criteria": [name.strip() for name in args.criteria.split(",") if name.strip()],
+        "criteria": _names(args.criteria),
         "bins": args.bins,
         "seed": args.seed,
+        "calibrators": _names(args.calibrators),
+        "survivors": None if args.survivors is None else _names(args.survivors),
+        "bonferroni": args.bonferroni,
     }
     traces = Trace.load(args.calibration_trace), Trace.load(args.test_trace)
     result = run_study(*traces, **settings)
@@ -97,6 +100,11 @@ def _log_study(result: StudyResult, written: list[Path], out: Path) -> None:
         print(f"adaptix: warning: {failure}", file=sys.stderr)
     if run is not None:
         print(f"MLflow run {run} at {uri} (mlflow ui --backend-store-uri {uri})")
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names (empty entries dropped)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _numbers(text: str, option: str) -> list[float]:
@@ -234,7 +242,7 @@ def _log_shift_study(result: Any, written: list[Path], config: Any) -> None:
 
 
 def _add_study(commands: Any) -> None:
-    from adaptix.study import DEFAULT_CRITERIA
+    from adaptix.study import DEFAULT_CALIBRATORS, DEFAULT_CRITERIA, DEFAULT_SURVIVORS
 
     study = commands.add_parser(
         "study",
@@ -258,6 +266,23 @@ def _add_study(commands: Any) -> None:
         "--criteria", default=",".join(DEFAULT_CRITERIA), help="criteria and/or 'guarantee'"
     )
     study.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    study.add_argument(
+        "--calibrators",
+        default=",".join(DEFAULT_CALIBRATORS),
+        help="calibrators whose bins the calibrated criteria use, each a mode (default "
+        "reliability, the paper's equal-width bins; e.g. reliability,equal_mass)",
+    )
+    study.add_argument(
+        "--survivors",
+        help="criteria also measured on survivor tables, beside the paper's (default "
+        f"{','.join(DEFAULT_SURVIVORS)} where studied; '' for none)",
+    )
+    study.add_argument(
+        "--bonferroni",
+        action="store_true",
+        help="also measure pcee_lcb (any criterion with a bonferroni parameter) with the "
+        "Bonferroni correction",
+    )
     study.add_argument("--seed", type=int, default=0, help="seeds the splits (default 0)")
     study.add_argument(
         "--out", type=Path, default=Path("adaptix-out/study"), help="where to write the files"

@@ -13,6 +13,16 @@ criterion measures on the test split what the user would get:
 - ``guarantee``: ``Certifier(calibration_split, "confidence").early_accuracy(δ, alpha=α)``, the
   marginal guarantee; a split where nothing is certified sends every input to the last exit.
 
+A calibrated criterion is measured in every *mode* asked for (`StudyMode`): with each calibrator
+(``reliability``, the paper's equal-width bins, by default; ``equal_mass`` too with
+``calibrators``), with and without the Bonferroni correction (``bonferroni``, for a criterion
+with that parameter: ``pcee_lcb``), and on two kinds of tables: the paper's, which count every
+calibration input at every exit, and, for the criteria in ``survivors`` (``pcee`` and
+``pcee_lcb`` by default), survivor tables (``PCEE.md``: survivor calibration), where exit e
+counts the calibration inputs that reach e under the rule at δ: one
+`adaptix.calibrate_survivors` per split, scale, calibrator and rule serves the whole δ grid, on
+the paper's bins of that calibrator.
+
 What is counted, per split (``m`` is the number of test inputs that left before the last exit):
 
 - *violation*: the test split's early accuracy is below δ. No early exit (m = 0) never violates.
@@ -34,7 +44,9 @@ the number of splits S: α + z·sqrt(α(1 − α)/S) (`noise_band`).
 Everything that does not depend on the split is computed once per scale: predictions, and the
 exits of calibration-free criteria (confidence, the oracle's grid) for every threshold, on the
 whole pool; a split then reads its rows. Calibrated criteria are swept once per split and scale
-over the whole δ grid (`adaptix.sweep`), and one `Certifier` per split and scale serves every δ.
+over the whole δ grid (`adaptix.sweep`), and one `Certifier` per split and scale serves every δ;
+survivor tables are counted for the whole grid at once and their exits looked up for every δ in
+one pass (`adaptix.SurvivorCounts.exit_indices`).
 """
 
 from __future__ import annotations
@@ -56,16 +68,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import adaptix
-from adaptix.calibration import calibrate
+from adaptix.calibration import Calibration, calibrate
 from adaptix.control import oracle_costs
 from adaptix.errors import ValidationError
 from adaptix.files import atomic_write, tensor_digest
 from adaptix.guarantee import CertificateWarning, Certifier
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import policy
-from adaptix.scalars import count, integer, real, unit
+from adaptix.scalars import count, flag, integer, real, unit
 from adaptix.scores import prediction
 from adaptix.simulate import FrontierPoint, exit_indices, sweep
+from adaptix.survivors import calibrate_survivors, reads_bin_table
 from adaptix.trace import Trace, shared_rows
 
 if TYPE_CHECKING:
@@ -77,6 +90,11 @@ CERTIFIED_CRITERION = "confidence"
 DEFAULT_DELTAS: tuple[float, ...] = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0)
 DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE)
+#: The calibrator of the paper's tables (equal-width bins): its modes keep the criterion's name.
+PAPER_CALIBRATOR = "reliability"
+DEFAULT_CALIBRATORS: tuple[str, ...] = (PAPER_CALIBRATOR,)
+#: The criteria measured on survivor tables too, of those studied, unless told otherwise.
+DEFAULT_SURVIVORS: tuple[str, ...] = ("pcee", "pcee_lcb")
 #: One-sided 95 % quantile of the standard normal: the width of both noise allowances.
 NOISE_Z = 1.6448536269514722
 #: How many candidate thresholds the guarantee tests (the criterion's `default_thresholds`).
@@ -91,12 +109,62 @@ def noise_band(alpha: float, splits: int) -> float:
 
 
 @dataclass(frozen=True)
+class StudyMode:
+    """One way a study chooses exits: a criterion, and for a calibrated one its tables.
+
+    Attributes:
+        name: what the tables, figures and metrics call it: the criterion, then
+            ``/bonferroni`` (the Bonferroni correction), ``/<calibrator>`` (any calibrator but
+            the paper's ``reliability``) and ``/survivors`` (survivor tables), e.g. ``pcee``,
+            ``pcee_lcb/survivors``, ``pcee_lcb/bonferroni/equal_mass/survivors``.
+        criterion: the criterion name, or ``"guarantee"``.
+        calibrator: the calibrator whose bins its tables use; None for a mode that reads no
+            calibration.
+        survivors: whether its tables count survivors (`adaptix.calibrate_survivors`) rather
+            than every calibration input (the paper's).
+        bonferroni: whether the criterion takes ``bonferroni=True``.
+    """
+
+    name: str
+    criterion: str
+    calibrator: str | None = None
+    survivors: bool = False
+    bonferroni: bool = False
+
+    @classmethod
+    def of(
+        cls, criterion: str, calibrator: str | None, *, survivors: bool, bonferroni: bool
+    ) -> StudyMode:
+        """The mode with its name made from the other fields (see the attributes)."""
+        parts = [criterion]
+        parts += ["bonferroni"] if bonferroni else []
+        parts += [calibrator] if calibrator not in (None, PAPER_CALIBRATOR) else []
+        parts += ["survivors"] if survivors else []
+        return cls("/".join(parts), criterion, calibrator, survivors, bonferroni)
+
+    @property
+    def paper(self) -> str:
+        """The name of the same mode on the paper's tables (its own name if it is on them)."""
+        return StudyMode.of(
+            self.criterion, self.calibrator, survivors=False, bonferroni=self.bonferroni
+        ).name
+
+    @property
+    def rule(self) -> str:
+        """The rule, whatever the tables and bins: the criterion, ``/bonferroni`` if corrected."""
+        return StudyMode.of(self.criterion, None, survivors=False, bonferroni=self.bonferroni).name
+
+
+@dataclass(frozen=True)
 class StudyRow:
-    """One (scale, criterion, δ) of a study, aggregated over the splits.
+    """One (scale, mode, δ) of a study, aggregated over the splits.
 
     Attributes:
         scale: the factor every logit was multiplied by (1: the model as trained).
         criterion: a criterion name, or ``"guarantee"``.
+        mode: the `StudyMode`'s name (the criterion's, on the paper's tables).
+        calibrator: the calibrator of its tables (None for a mode that reads none).
+        survivors: whether its tables count survivors.
         delta: the target δ.
         splits: how many splits were drawn.
         violation_frequency: share of splits whose test early accuracy is below δ.
@@ -113,6 +181,9 @@ class StudyRow:
 
     scale: float
     criterion: str
+    mode: str
+    calibrator: str | None
+    survivors: bool
     delta: float
     splits: int
     violation_frequency: float
@@ -128,7 +199,8 @@ class StudyRow:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study was run with (the arguments of `run_study`, resolved)."""
+    """What a study was run with (the arguments of `run_study`, resolved), and its modes:
+    every criterion, and every calibrated one per calibrator, correction and kind of tables."""
 
     splits: int
     calibration_size: int
@@ -139,15 +211,24 @@ class StudyConfig:
     criteria: tuple[str, ...]
     bins: int
     seed: int
+    calibrators: tuple[str, ...] = DEFAULT_CALIBRATORS
+    survivors: tuple[str, ...] = ()
+    bonferroni: bool = False
+    modes: tuple[StudyMode, ...] = ()
+
+    @property
+    def mode_names(self) -> tuple[str, ...]:
+        """The modes' names, in the study's order."""
+        return tuple(mode.name for mode in self.modes)
 
 
 @dataclass(frozen=True)
 class StudyResult:
-    """A study's table, one `StudyRow` per (scale, criterion, δ), and how it was made.
+    """A study's table, one `StudyRow` per (scale, mode, δ), and how it was made.
 
     Attributes:
-        config: the study's settings.
-        rows: scales in the given order, then criteria, then δ ascending.
+        config: the study's settings and modes.
+        rows: scales in the given order, then modes (`StudyConfig.modes`), then δ ascending.
         seconds: wall time of `run_study`.
         traces: ``"calibration"`` and ``"test"`` -> the trace's inputs, content checksum
             (sha256 of its tensors) and metadata, as given; the test trace's also holds
@@ -165,12 +246,12 @@ class StudyResult:
         """The miss frequency up to which the guarantee at level α holds (`noise_band`)."""
         return noise_band(self.config.alpha, self.config.splits)
 
-    def of(self, scale: float, criterion: str) -> list[StudyRow]:
-        """The rows of one scale and criterion, δ ascending."""
-        return [r for r in self.rows if r.scale == scale and r.criterion == criterion]
+    def of(self, scale: float, mode: str) -> list[StudyRow]:
+        """The rows of one scale and mode (a criterion's name: its paper mode), δ ascending."""
+        return [r for r in self.rows if r.scale == scale and r.mode == mode]
 
-    def headline(self, scale: float, criterion: str) -> dict[str, float | None]:
-        """The numbers of the markdown table for one scale and criterion, over the δ grid.
+    def headline(self, scale: float, mode: str) -> dict[str, float | None]:
+        """The numbers of the markdown table for one scale and mode, over the δ grid.
 
         Keys: ``max_miss_frequency`` (and ``max_miss_delta``, the first δ where it is
         reached; None when nothing missed), ``max_violation_frequency``, ``worst_shortfall``,
@@ -178,13 +259,13 @@ class StudyResult:
         None but for guarantee).
 
         Raises:
-            ValidationError: the study has no such scale or criterion.
+            ValidationError: the study has no such scale or mode.
         """
-        rows = self.of(scale, criterion)
+        rows = self.of(scale, mode)
         if not rows:
             raise ValidationError(
-                f"expected a scale in {list(self.config.scales)} and a criterion in "
-                f"{list(self.config.criteria)}, got scale {scale!r}, criterion {criterion!r}."
+                f"expected a scale in {list(self.config.scales)} and a mode in "
+                f"{list(self.config.mode_names)}, got scale {scale!r}, mode {mode!r}."
             )
         worst_miss = max(rows, key=lambda r: r.miss_frequency)
         uncertified = [r.uncertified_share for r in rows if r.uncertified_share is not None]
@@ -199,18 +280,19 @@ class StudyResult:
         }
 
     def summary(self) -> dict[str, float]:
-        """The headline numbers, flat: ``"x<scale>.<criterion>.<name>"`` -> value (the
-        defined values of `headline`), plus ``miss_noise_band``, ``splits`` and ``seconds``."""
+        """The headline numbers, flat: ``"x<scale>.<mode>.<name>"`` -> value (the defined
+        values of `headline`; e.g. ``x3.pcee_lcb/survivors.worst_shortfall``), plus
+        ``miss_noise_band``, ``splits`` and ``seconds``."""
         numbers_: dict[str, float] = {
             "miss_noise_band": self.noise_band,
             "splits": float(self.config.splits),
             "seconds": self.seconds,
         }
         for scale in self.config.scales:
-            for criterion in self.config.criteria:
-                for name, value in self.headline(scale, criterion).items():
+            for mode in self.config.mode_names:
+                for name, value in self.headline(scale, mode).items():
                     if value is not None:
-                        numbers_[f"x{scale:g}.{criterion}.{name}"] = value
+                        numbers_[f"x{scale:g}.{mode}.{name}"] = value
         return numbers_
 
     def params(self) -> dict[str, str]:
@@ -227,6 +309,9 @@ class StudyResult:
             "scales": ",".join(f"{s:g}" for s in config.scales),
             "deltas": ",".join(f"{d:g}" for d in config.deltas),
             "noise_z": f"{NOISE_Z:.4f}",
+            "calibrators": ",".join(config.calibrators),
+            "survivors": ",".join(config.survivors),
+            "bonferroni": str(config.bonferroni),
         }
         for role, info in self.traces.items():
             params[f"{role}_trace.checksum"] = info["checksum"]
@@ -257,7 +342,8 @@ class StudyResult:
         return atomic_write(path, write, "study table")
 
     def to_markdown(self) -> str:
-        """A compact table per scale: criteria as rows, the `headline` numbers as columns."""
+        """A compact table per scale (modes as rows, the `headline` numbers as columns), then
+        the paper's tables and survivor tables side by side (`survivor_comparison`)."""
         config = self.config
         deltas = config.deltas
         lines = [
@@ -270,30 +356,98 @@ class StudyResult:
             "inputs that left early. Noise of the number of splits: a miss frequency up to "
             f"α + {NOISE_Z:.3f}·sqrt(α(1 − α)/{config.splits}) = {100 * self.noise_band:.1f} % "
             "is consistent with level α. Frequencies are maxima over δ; cost/oracle and "
-            "relative cost are means over δ; uncertified: mean share of splits over δ.",
+            "relative cost are means over δ; uncertified: mean share of splits over δ. A mode "
+            "is the criterion, then /bonferroni (the Bonferroni correction), /<calibrator> "
+            "(bins other than the paper's equal-width `reliability`), /survivors (survivor "
+            "tables: exit e counts the calibration inputs that reach e at δ).",
         ]
         header = (
-            "| criterion | max miss freq (at δ) | max violation freq | worst shortfall (pt) "
+            "| mode | max miss freq (at δ) | max violation freq | worst shortfall (pt) "
             "| mean cost / oracle | mean relative cost | uncertified |"
         )
         for scale in config.scales:
-            title = "natural logits" if scale == 1 else f"logits × {scale:g}"
-            lines += ["", f"### {title}", "", header, "|---|---|---|---|---|---|---|"]
-            for criterion in config.criteria:
-                h = self.headline(scale, criterion)
+            lines += ["", f"### {_scale_title(scale)}", "", header, "|---|---|---|---|---|---|---|"]
+            for mode in config.mode_names:
+                h = self.headline(scale, mode)
                 uncertified, at = h["uncertified_share"], h["max_miss_delta"]
                 lines.append(
-                    f"| {criterion} | {_pct(h['max_miss_frequency'])}"
+                    f"| {mode} | {_pct(h['max_miss_frequency'])}"
                     f"{'' if at is None else f' ({at:g})'} | {_pct(h['max_violation_frequency'])} "
                     f"| {100 * _defined(h['worst_shortfall']):.2f} "
                     f"| {_defined(h['mean_cost_vs_oracle']):.3f} "
                     f"| {_defined(h['mean_relative_cost']):.3f} "
                     f"| {'—' if uncertified is None else _pct(uncertified)} |"
                 )
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + self._comparison_markdown()) + "\n"
+
+    def survivor_modes(self) -> list[StudyMode]:
+        """The modes on survivor tables, each measured beside its paper mode (`StudyMode.paper`)."""
+        return [mode for mode in self.config.modes if mode.survivors]
+
+    def survivor_comparison(self) -> list[dict[str, Any]]:
+        """The paper's tables and survivor tables side by side: one entry per survivor mode
+        and scale, with ``mode``, ``paper`` (the paper mode's name), ``rule``, ``scale``,
+        ``calibrator``, the paper mode's and the survivor mode's `headline` (``"paper"``,
+        ``"survivors"``), and ``guarantee``, the marginal mode's `headline` at that scale
+        (None when ``guarantee`` was not studied)."""
+        marginal = GUARANTEE in self.config.criteria
+        return [
+            {
+                "mode": mode.name,
+                "paper": mode.paper,
+                "rule": mode.rule,
+                "scale": scale,
+                "calibrator": mode.calibrator,
+                "headline": {
+                    "paper": self.headline(scale, mode.paper),
+                    "survivors": self.headline(scale, mode.name),
+                },
+                "guarantee": self.headline(scale, GUARANTEE) if marginal else None,
+            }
+            for mode in self.survivor_modes()
+            for scale in self.config.scales
+        ]
+
+    def _comparison_markdown(self) -> list[str]:
+        """The side-by-side section of `to_markdown` (nothing without survivor modes)."""
+        entries = self.survivor_comparison()
+        if not entries:
+            return []
+        lines = [
+            "",
+            "### The paper's tables vs survivor tables",
+            "",
+            "Each rule on the paper's tables (every calibration input counted at every exit) → "
+            "on survivor tables (exit e counts the inputs that reach e at δ), same bins; "
+            "guarantee: the marginal certified mode's cost / oracle at that scale.",
+            "",
+            "| rule | bins | logits | max miss freq | worst shortfall (pt) | mean cost / oracle "
+            "| guarantee cost / oracle |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for entry in entries:
+            paper, survivors = entry["headline"]["paper"], entry["headline"]["survivors"]
+            marginal = (
+                "—"
+                if entry["guarantee"] is None
+                else f"{_defined(entry['guarantee']['mean_cost_vs_oracle']):.3f}"
+            )
+            lines.append(
+                f"| {entry['rule']} | {entry['calibrator']} | × {entry['scale']:g} "
+                f"| {_pct(paper['max_miss_frequency'])} → "
+                f"{_pct(survivors['max_miss_frequency'])} "
+                f"| {100 * _defined(paper['worst_shortfall']):.2f} → "
+                f"{100 * _defined(survivors['worst_shortfall']):.2f} "
+                f"| {_defined(paper['mean_cost_vs_oracle']):.3f} → "
+                f"{_defined(survivors['mean_cost_vs_oracle']):.3f} "
+                f"| {marginal} |"
+            )
+        return lines
 
     def write(self, directory: str | Path, *, plots: bool = True) -> list[Path]:
-        """Write ``study.csv``, ``study.md`` and (``plots``) the two figures into ``directory``.
+        """Write ``study.csv``, ``study.md`` and (``plots``) the figures into ``directory``:
+        miss frequency and cost against the oracle per δ, and, when survivor tables were
+        measured, the paper's tables against survivor tables (``study-survivors.png``).
 
         Returns:
             The paths written, the table files first.
@@ -314,10 +468,16 @@ class StudyResult:
             ),
         ]
         if plots:
-            from adaptix.study_plots import plot_cost_vs_oracle, plot_miss_frequency
+            from adaptix.study_plots import (
+                plot_cost_vs_oracle,
+                plot_miss_frequency,
+                plot_survivor_comparison,
+            )
 
             written.append(plot_miss_frequency(self, folder / "study-miss-frequency.png"))
             written.append(plot_cost_vs_oracle(self, folder / "study-cost-vs-oracle.png"))
+            if self.survivor_modes():
+                written.append(plot_survivor_comparison(self, folder / "study-survivors.png"))
         return written
 
 
@@ -352,6 +512,9 @@ def run_study(
     criteria: Sequence[str] = DEFAULT_CRITERIA,
     bins: int = 10,
     seed: int = 0,
+    calibrators: Sequence[str] = DEFAULT_CALIBRATORS,
+    survivors: Sequence[str] | None = None,
+    bonferroni: bool = False,
     plugins: AdaptixPluginManager | None = None,
     progress: bool = True,
 ) -> StudyResult:
@@ -384,14 +547,22 @@ def run_study(
         criteria: criterion names with an accuracy reading, and/or ``"guarantee"``.
         bins: M, the calibration's number of bins.
         seed: seeds the splits.
-        plugins: the plugin manager to resolve criteria with.
+        calibrators: registered calibrators whose bins the calibrated criteria are measured
+            on, each a mode of its own (default ``reliability``, the paper's equal-width bins;
+            add ``equal_mass`` for equal-mass bins).
+        survivors: criteria of ``criteria`` with a bin table to measure on survivor tables
+            too, beside the paper's; None (default): those of ``pcee`` and ``pcee_lcb`` that
+            are studied; an empty list: none.
+        bonferroni: also measure every criterion with a ``bonferroni`` parameter
+            (``pcee_lcb``) with the correction on.
+        plugins: the plugin manager to resolve criteria and calibrators with.
         progress: show a progress bar over the splits.
 
     Raises:
         ValidationError: traces that are not labelled traces of the same model, traces of
             the same inputs (see above), or a setting out of range (`adaptix.scalars`: a bool
             is never a number, a string never coerced).
-        PluginError: an unknown criterion.
+        PluginError: an unknown criterion or calibrator.
 
     Warns:
         CertificateWarning: the test trace shared some rows with the calibration trace; they
@@ -406,6 +577,9 @@ def run_study(
     checked_criteria = _criteria(criteria, manager)
     checked_bins = count(bins, "bins", low=1)
     checked_seed = integer(seed, "seed", low=0, high=2**63 - 1)
+    checked_calibrators = _calibrators(calibrators, manager)
+    checked_survivors = _survivor_criteria(survivors, checked_criteria, manager)
+    checked_bonferroni = flag(bonferroni, "bonferroni")
     identities = {
         role: _identity(trace, role)
         for role, trace in (("calibration", calibration_trace), ("test", test_trace))
@@ -424,6 +598,12 @@ def run_study(
         criteria=checked_criteria,
         bins=checked_bins,
         seed=checked_seed,
+        calibrators=checked_calibrators,
+        survivors=checked_survivors,
+        bonferroni=checked_bonferroni,
+        modes=_modes(
+            checked_criteria, checked_calibrators, checked_survivors, checked_bonferroni, manager
+        ),
     )
     drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
     correct = prediction(pooled.logits) == pooled.labels.unsqueeze(1)  # type: ignore[union-attr]  # labelled
@@ -530,7 +710,14 @@ class _Table:
     def points(self, calibration_rows: Tensor) -> list[FrontierPoint]:
         """The test split's frontier (every input but ``calibration_rows``), one per threshold."""
         held = self._counts(self.cells[calibration_rows], self.right[calibration_rows])
-        inputs, hits = self.total[0] - held[0], self.total[1] - held[1]
+        return self._frontier(self.total[0] - held[0], self.total[1] - held[1])
+
+    def frontier(self) -> list[FrontierPoint]:
+        """The frontier of every input the table holds, one point per threshold."""
+        return self._frontier(*self.total)
+
+    def _frontier(self, inputs: Tensor, hits: Tensor) -> list[FrontierPoint]:
+        """Points from inputs and right predictions per (threshold, exit) ``[T, E]``."""
         n = int(inputs[0].sum())
         early, early_hits = inputs[:, :-1].sum(dim=1).tolist(), hits[:, :-1].sum(dim=1).tolist()
         mean_cost = (inputs.double() @ self.costs / n).tolist()
@@ -564,6 +751,7 @@ class _ScaleStudy:
         self.pooled, self.correct = pooled, correct
         self.config, self.manager = config, manager
         self.params = {name: _params(name, config.alpha, manager) for name in config.criteria}
+        self.calibrated_modes = [mode for mode in config.modes if mode.calibrator is not None]
         self.readings = {
             name: [_reading(name, manager).threshold(d) for d in config.deltas]
             for name in config.criteria
@@ -583,7 +771,7 @@ class _ScaleStudy:
         }
         shape = (len(config.deltas), config.splits)
         self.oracle = np.ones(shape)
-        self.outcomes = {name: _Outcomes.empty(*shape) for name in config.criteria}
+        self.outcomes = {name: _Outcomes.empty(*shape) for name in config.mode_names}
         self.uncertified = np.zeros(shape, dtype=bool)  # guarantee: nothing certified
 
     def _table(self, name: str, params: dict[str, Any], grid: list[float]) -> _Table:
@@ -593,7 +781,9 @@ class _ScaleStudy:
         return _Table(name, thresholds, exits, self.correct, self.pooled.costs)
 
     def measure(self, split: int, calibration_rows: Tensor, test_rows: Tensor) -> None:
-        """Every criterion at every δ on one split."""
+        """Every mode at every δ on one split: per calibrator, one calibration of the split
+        serves its paper modes (one sweep with and one without the correction) and gives the
+        bins of its survivor modes."""
         calibration = self.pooled.subset(calibration_rows)
         test = self.pooled.subset(test_rows)
         oracle_points = self.oracle_table.points(calibration_rows)
@@ -601,20 +791,67 @@ class _ScaleStudy:
         for name, table in self.tables.items():
             for d, point in enumerate(table.points(calibration_rows)):
                 self.outcomes[name].record(d, split, point, test.num_inputs)
-        if self.calibrated:
-            frontier = sweep(
-                test,
-                {name: self.params[name] for name in self.calibrated},
-                {name: self.readings[name] for name in self.calibrated},
-                calibrate(calibration, bins=self.config.bins, plugins=self.manager),
-                plugins=self.manager,
-            )
-            for name in self.calibrated:
-                for d, point in enumerate(frontier.of(name)):
-                    self.outcomes[name].record(d, split, point, test.num_inputs)
+        calibrators = self.config.calibrators if self.calibrated_modes else ()
+        for calibrator in calibrators:
+            tables = calibrate(calibration, calibrator, bins=self.config.bins, plugins=self.manager)
+            modes = [m for m in self.calibrated_modes if m.calibrator == calibrator]
+            for bonferroni in (False, True):
+                self._paper(split, test, tables, [m for m in modes if m.bonferroni == bonferroni])
+            for mode in modes:
+                if mode.survivors:
+                    self._survivors(split, calibration, test, test_rows, tables, mode)
         if GUARANTEE in self.outcomes:
             by_threshold = {p.threshold: p for p in oracle_points}
             self._certify(split, calibration, by_threshold, test.num_inputs)
+
+    def _mode_params(self, mode: StudyMode) -> dict[str, Any]:
+        """The criterion's parameters in ``mode``: the study's α, the correction if asked."""
+        params = self.params[mode.criterion]
+        return {**params, "bonferroni": True} if mode.bonferroni else params
+
+    def _paper(
+        self, split: int, test: Trace, tables: Calibration, modes: Sequence[StudyMode]
+    ) -> None:
+        """Modes on the paper's ``tables`` (at most one per criterion), swept together."""
+        paper = [mode for mode in modes if not mode.survivors]
+        if not paper:
+            return
+        frontier = sweep(
+            test,
+            {mode.criterion: self._mode_params(mode) for mode in paper},
+            {mode.criterion: self.readings[mode.criterion] for mode in paper},
+            tables,
+            plugins=self.manager,
+        )
+        for mode in paper:
+            for d, point in enumerate(frontier.of(mode.criterion)):
+                self.outcomes[mode.name].record(d, split, point, test.num_inputs)
+
+    def _survivors(
+        self,
+        split: int,
+        calibration: Trace,
+        test: Trace,
+        test_rows: Tensor,
+        tables: Calibration,
+        mode: StudyMode,
+    ) -> None:
+        """``mode`` on survivor tables of the calibration split, counted on the bins of the
+        paper's ``tables`` for the whole δ grid at once, its exits looked up in one pass."""
+        grid = self.readings[mode.criterion]
+        counts = calibrate_survivors(
+            calibration,
+            grid,
+            mode.criterion,
+            bins=self.config.bins,
+            edges=tables.edges,
+            plugins=self.manager,
+            **self._mode_params(mode),
+        )
+        exits = counts.exit_indices(test, plugins=self.manager)  # [N_test, D]
+        table = _Table(mode.name, grid, exits, self.correct[test_rows], test.costs)
+        for d, point in enumerate(table.frontier()):
+            self.outcomes[mode.name].record(d, split, point, test.num_inputs)
 
     def _certify(
         self,
@@ -640,30 +877,30 @@ class _ScaleStudy:
                 self.uncertified[d, split] = True
 
     def rows(self, scale: float) -> list[StudyRow]:
-        """The aggregated rows of this scale, criteria in the study's order, δ ascending."""
+        """The aggregated rows of this scale, modes in the study's order, δ ascending."""
         return [
             _row(
                 scale,
-                name,
+                mode,
                 delta,
-                (self.outcomes[name], d),
+                (self.outcomes[mode.name], d),
                 self.oracle[d],
-                self.uncertified[d] if name == GUARANTEE else None,
+                self.uncertified[d] if mode.criterion == GUARANTEE else None,
             )
-            for name in self.config.criteria
+            for mode in self.config.modes
             for d, delta in enumerate(self.config.deltas)
         ]
 
 
 def _row(
     scale: float,
-    name: str,
+    mode: StudyMode,
     delta: float,
     at: tuple[_Outcomes, int],
     oracle: np.ndarray,
     uncertified: np.ndarray | None,
 ) -> StudyRow:
-    """Aggregate the splits of one (scale, criterion, δ): ``at`` is (outcomes, δ index)."""
+    """Aggregate the splits of one (scale, mode, δ): ``at`` is (outcomes, δ index)."""
     outcomes, d = at
     accuracy, count = outcomes.early_accuracy[d], outcomes.early_count[d]
     cost = outcomes.relative_cost[d]
@@ -675,7 +912,10 @@ def _row(
         ratio = np.where(oracle > 0, cost / oracle, np.where(cost > 0, np.inf, 1.0))
     return StudyRow(
         scale=scale,
-        criterion=name,
+        criterion=mode.criterion,
+        mode=mode.name,
+        calibrator=mode.calibrator,
+        survivors=mode.survivors,
         delta=delta,
         splits=int(accuracy.size),
         violation_frequency=float(np.mean(filled < delta)),
@@ -801,6 +1041,77 @@ def _criteria(criteria: Sequence[str], manager: AdaptixPluginManager) -> tuple[s
     return tuple(names)
 
 
+def _names(values: object, what: str, example: str, *, empty: bool = False) -> tuple[str, ...]:
+    """``values`` as a tuple of distinct names (a non-empty one unless ``empty``)."""
+    if (
+        isinstance(values, str)
+        or not isinstance(values, Sequence)
+        or not (values or empty)
+        or not all(isinstance(v, str) for v in values)
+    ):
+        raise ValidationError(
+            f"expected {what} as a list of names, got {values!r}. Pass e.g. {example}."
+        )
+    names = tuple(values)
+    if len(set(names)) != len(names):
+        raise ValidationError(f"expected distinct {what}, got {list(names)!r}.")
+    return names
+
+
+def _calibrators(calibrators: Sequence[str], manager: AdaptixPluginManager) -> tuple[str, ...]:
+    """Registered calibrator names (PluginError for an unknown one, listing the others)."""
+    names = _names(calibrators, "calibrators", "['reliability', 'equal_mass']")
+    for name in names:
+        manager.calibrators.entry(name)
+    return names
+
+
+def _survivor_criteria(
+    survivors: Sequence[str] | None, criteria: tuple[str, ...], manager: AdaptixPluginManager
+) -> tuple[str, ...]:
+    """The criteria to measure on survivor tables: studied ones whose score is a bin table."""
+    if survivors is None:
+        return tuple(name for name in DEFAULT_SURVIVORS if name in criteria)
+    names = _names(survivors, "survivor criteria", "['pcee', 'pcee_lcb'] or []", empty=True)
+    for name in names:
+        if name not in criteria or name == GUARANTEE:
+            raise ValidationError(
+                f"expected survivor criteria among the studied criteria {list(criteria)} "
+                f"(not '{GUARANTEE}'), got '{name}'. Add it to the criteria or drop it."
+            )
+        if not reads_bin_table(name, plugins=manager):
+            raise ValidationError(
+                f"expected survivor criteria whose score is a table of their calibration's "
+                f"bins (pcee, pcee_ws, pcee_lcb), got '{name}': survivor calibration decides "
+                "with that table."
+            )
+    return names
+
+
+def _modes(
+    criteria: tuple[str, ...],
+    calibrators: tuple[str, ...],
+    survivors: tuple[str, ...],
+    bonferroni: bool,
+    manager: AdaptixPluginManager,
+) -> tuple[StudyMode, ...]:
+    """Every mode of the study, in its order: per criterion, per calibrator, without and with
+    the correction, on the paper's tables then on survivor tables."""
+    modes: list[StudyMode] = []
+    for name in criteria:
+        if name == GUARANTEE or not manager.criteria.get(name).needs_calibration:
+            modes.append(StudyMode(name, name))
+            continue
+        corrects = bonferroni and "bonferroni" in manager.criteria.get(name).Params.model_fields
+        for calibrator in calibrators:
+            for corrected in (False, True) if corrects else (False,):
+                for counted in (False, True) if name in survivors else (False,):
+                    modes.append(
+                        StudyMode.of(name, calibrator, survivors=counted, bonferroni=corrected)
+                    )
+    return tuple(modes)
+
+
 def _reading(name: str, manager: AdaptixPluginManager) -> Any:
     """The criterion's accuracy reading (PluginError if unknown, ValidationError if none)."""
     reading = manager.criteria.get(name).accuracy_reading
@@ -865,14 +1176,22 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
+def _scale_title(scale: float) -> str:
+    return "natural logits" if scale == 1 else f"logits × {scale:g}"
+
+
 __all__ = [
     "CERTIFIED_CRITERION",
+    "DEFAULT_CALIBRATORS",
     "DEFAULT_CRITERIA",
     "DEFAULT_DELTAS",
     "DEFAULT_SCALES",
+    "DEFAULT_SURVIVORS",
     "GUARANTEE",
     "NOISE_Z",
+    "PAPER_CALIBRATOR",
     "StudyConfig",
+    "StudyMode",
     "StudyResult",
     "StudyRow",
     "log_study",

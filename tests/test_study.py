@@ -110,6 +110,77 @@ def test_one_split_matches_a_hand_check(traces) -> None:
     assert all(seen.values()), seen  # the check went through every branch
 
 
+def test_one_split_of_every_mode_matches_a_hand_check(traces) -> None:
+    """Both calibrators, with and without Bonferroni, paper's and survivor tables: each mode
+    on one split is `adaptix.simulate` of the policy the public API builds for it."""
+    deltas = (0.5, 0.6, 0.7, 0.8, 0.9)
+    study = run_study(
+        *traces,
+        splits=1,
+        calibration_size=300,
+        deltas=deltas,
+        scales=(2.0,),
+        alpha=0.1,
+        criteria=("pcee", "pcee_lcb"),
+        calibrators=("reliability", "equal_mass"),
+        bonferroni=True,
+        progress=False,
+    )
+    assert len(study.config.modes) == 2 * (2 + 4)  # per calibrator: pcee ×2, pcee_lcb ×4
+    pooled = Trace(
+        torch.cat([t.logits for t in traces]) * 2.0,
+        torch.cat([t.labels for t in traces]),
+        traces[0].costs,
+    )
+    ((calibration_rows, test_rows),) = split_indices(600, 300, 1, seed=0)
+    calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
+    early_exits = 0
+    for mode in study.config.modes:
+        params = {"alpha": 0.1} if mode.criterion == "pcee_lcb" else {}
+        params |= {"bonferroni": True} if mode.bonferroni else {}
+        tables = adaptix.calibrate(calibration, mode.calibrator)
+        counts = adaptix.calibrate_survivors(
+            calibration, deltas, mode.criterion, edges=tables.edges, **params
+        )
+        for row in study.of(2.0, mode.name):
+            if mode.survivors:
+                pol = counts.policy(row.delta)
+            else:
+                pol = adaptix.policy(mode.criterion, row.delta, tables, **params)
+            violated, missed, cost = _by_hand(test, pol, row.delta)
+            assert row.violation_frequency == float(violated), (mode, row.delta)
+            assert row.miss_frequency == float(missed), (mode, row.delta)
+            assert row.mean_relative_cost == pytest.approx(cost, abs=1e-12), (mode, row.delta)
+            early_exits += row.no_early_exit_share == 0
+    assert early_exits > len(study.rows) // 2  # the check saw inputs leave early
+
+
+def test_survivor_tables_miss_no_more_than_the_paper_s_on_overconfident_logits() -> None:
+    """Logits × 3 of a synthetic 8-exit, 10-class model, 12 splits of 1,500 / 1,500: on the
+    paper's tables pcee and pcee_lcb fall short of δ; on survivor tables no more often and no
+    further. Adding survivor modes leaves the other rows' numbers as they were."""
+    traces = [synthetic_trace(1500, 8, 10, seed=s).scaled(3.0) for s in (0, 1)]
+    settings = {
+        "splits": 12,
+        "calibration_size": 1500,
+        "deltas": (0.6, 0.7, 0.8, 0.9),
+        "scales": (1.0,),
+        "criteria": ("pcee", "pcee_lcb", "guarantee"),
+        "progress": False,
+    }
+    study = run_study(*traces, **settings)
+    for rule in ("pcee", "pcee_lcb"):
+        paper = study.headline(1.0, rule)
+        survivors = study.headline(1.0, f"{rule}/survivors")
+        for key in ("max_miss_frequency", "max_violation_frequency", "worst_shortfall"):
+            assert survivors[key] <= paper[key], (rule, key, survivors, paper)
+    assert study.headline(1.0, "pcee")["max_violation_frequency"] > 0  # the stress bites
+    assert study.headline(1.0, "pcee_lcb/survivors")["worst_shortfall"] == 0
+    plain = run_study(*traces, **settings, survivors=[])
+    assert plain.config.mode_names == ("pcee", "pcee_lcb", "guarantee")
+    assert plain.rows == [row for row in study.rows if not row.survivors]
+
+
 def test_miss_frequency_stays_within_its_band_where_the_contract_says(study) -> None:
     band = noise_band(0.05, 3)
     assert study.noise_band == pytest.approx(band)
@@ -119,27 +190,54 @@ def test_miss_frequency_stays_within_its_band_where_the_contract_says(study) -> 
         assert (row.uncertified_share is None) == (row.criterion != "guarantee")
 
 
+#: The modes of a default study: the paper's tables of every criterion, and survivor tables
+#: for pcee and pcee_lcb, each beside its paper mode.
+MODES = (
+    "confidence",
+    "pcee",
+    "pcee/survivors",
+    "pcee_ws",
+    "pcee_lcb",
+    "pcee_lcb/survivors",
+    "guarantee",
+)
+
+
 def test_csv_holds_every_row_and_markdown_one_table_per_scale(study, tmp_path: Path) -> None:
+    assert study.config.mode_names == MODES
     path = study.to_csv(tmp_path / "study.csv")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    criteria = ("confidence", "pcee", "pcee_ws", "pcee_lcb", "guarantee")
-    assert len(rows) == len(study.rows) == 2 * len(criteria) * len(DELTAS)
+    assert len(rows) == len(study.rows) == 2 * len(MODES) * len(DELTAS)
     assert list(rows[0]) == [*StudyRow.__dataclass_fields__, "miss_noise_band"]
-    assert {(float(r["scale"]), r["criterion"], float(r["delta"])) for r in rows} == {
-        (s, c, d) for s in (1.0, 3.0) for c in criteria for d in DELTAS
+    assert {(float(r["scale"]), r["mode"], float(r["delta"])) for r in rows} == {
+        (s, m, d) for s in (1.0, 3.0) for m in MODES for d in DELTAS
     }
     assert {r["uncertified_share"] for r in rows if r["criterion"] != "guarantee"} == {""}
+    assert {(r["mode"], r["criterion"], r["calibrator"], r["survivors"]) for r in rows} >= {
+        ("pcee_lcb/survivors", "pcee_lcb", "reliability", "True"),
+        ("pcee_lcb", "pcee_lcb", "reliability", "False"),
+        ("confidence", "confidence", "", "False"),
+    }
     markdown = study.to_markdown()
-    assert markdown.count("| criterion |") == 2
+    assert markdown.count("| mode |") == 2
     assert "### natural logits" in markdown
     assert "### logits × 3" in markdown
-    for criterion in criteria:
-        assert markdown.count(f"| {criterion} |") == 2
+    per_scale, side = markdown.split("### The paper's tables vs survivor tables")
+    for mode in MODES:
+        assert per_scale.count(f"| {mode} |") == 2
+    # The side-by-side section: one line per survivor rule and scale, guarantee's cost beside.
+    assert side.count("| reliability | × ") == 4
+    guarantee = study.headline(3.0, "guarantee")["mean_cost_vs_oracle"]
+    assert "| pcee_lcb | reliability | × 3 |" in side
+    assert side.rstrip().endswith(f"| {guarantee:.3f} |")
     assert f"{100 * study.noise_band:.1f} %" in markdown
     summary = study.summary()
     assert summary["x3.guarantee.max_miss_frequency"] == max(
         r.miss_frequency for r in study.of(3.0, "guarantee")
+    )
+    assert summary["x3.pcee_lcb/survivors.worst_shortfall"] == max(
+        r.worst_shortfall for r in study.of(3.0, "pcee_lcb/survivors")
     )
 
 
@@ -150,6 +248,7 @@ def test_write_saves_tables_and_plots(study, tmp_path: Path) -> None:
         "study.md",
         "study-miss-frequency.png",
         "study-cost-vs-oracle.png",
+        "study-survivors.png",
     ]
     for path in written[2:]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -170,6 +269,18 @@ def test_write_saves_tables_and_plots(study, tmp_path: Path) -> None:
         ({"alpha": 1.5}, "alpha in (0, 1)"),
         ({"alpha": "0.05"}, "alpha to be a real number, got '0.05'"),
         ({"criteria": ("patience",)}, "declares no accuracy_reading"),
+        ({"calibrators": "equal_mass"}, "calibrators as a list of names, got 'equal_mass'"),
+        ({"calibrators": ()}, "calibrators as a list of names, got ()"),
+        ({"calibrators": ("equal_mass", "equal_mass")}, "distinct calibrators"),
+        ({"survivors": ("pcee", "entropy")}, "survivor criteria among the studied criteria"),
+        ({"survivors": ("guarantee",)}, "survivor criteria among the studied criteria"),
+        ({"survivors": "pcee"}, "survivor criteria as a list of names"),
+        (
+            {"survivors": ("confidence",), "criteria": ("confidence", "pcee")},
+            "whose score is a table of their calibration's bins",
+        ),
+        ({"bonferroni": 1}, "bonferroni to be True or False, got 1"),
+        ({"bonferroni": "yes"}, "bonferroni to be True or False"),
     ],
 )
 def test_bad_settings_are_validation_errors(traces, change, message) -> None:
@@ -180,6 +291,8 @@ def test_bad_settings_are_validation_errors(traces, change, message) -> None:
 def test_unknown_criterion_and_mismatched_traces_are_refused(traces) -> None:
     with pytest.raises(PluginError, match="nope"):
         run_study(*traces, **SETTINGS, criteria=("nope",), progress=False)
+    with pytest.raises(PluginError, match=r"isotonic.*equal_mass"):
+        run_study(*traces, **SETTINGS, calibrators=("isotonic",), progress=False)
     other = synthetic_trace(100, 3, 5, seed=2)
     with pytest.raises(ValidationError, match="same model"):
         run_study(traces[0], other, progress=False)
@@ -211,12 +324,30 @@ def test_cli_writes_the_files_and_prints_the_table(trace_files, tmp_path, capsys
     assert sorted(p.name for p in out.iterdir()) == [
         "study-cost-vs-oracle.png",
         "study-miss-frequency.png",
+        "study-survivors.png",
         "study.csv",
         "study.md",
     ]
     with (out / "study.csv").open(encoding="utf-8") as handle:
         deltas = {float(r["delta"]) for r in csv.DictReader(handle)}
     assert deltas == {0.6, 0.7, 0.8, 0.9}
+
+
+def test_cli_compares_both_calibrators_with_bonferroni(trace_files, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    options = ["--calibrators", "reliability,equal_mass", "--survivors", "pcee_lcb"]
+    command = ["study", *trace_files, *CLI, *options, "--bonferroni", "--out", str(out)]
+    assert main([*command, "--no-mlflow"]) == 0
+    printed = capsys.readouterr().out
+    assert "| pcee_lcb/bonferroni/equal_mass/survivors |" in printed
+    assert "| pcee_lcb/bonferroni | equal_mass | × 3 |" in printed
+    assert "| pcee/survivors |" not in printed
+    plain = ["study", *trace_files, *CLI, "--survivors", "", "--out", str(tmp_path / "plain")]
+    assert main([*plain, "--no-mlflow"]) == 0
+    printed = capsys.readouterr().out
+    assert "/survivors |" not in printed
+    assert "### The paper's tables vs survivor tables" not in printed
+    assert not (tmp_path / "plain" / "study-survivors.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -261,6 +392,8 @@ def test_cli_logs_the_study_to_mlflow(trace_files, tmp_path, monkeypatch, capsys
     assert metrics["miss_noise_band"] == pytest.approx(noise_band(0.05, 2))
     assert "x3.guarantee.max_miss_frequency" in metrics
     assert "x1.pcee.mean_cost_vs_oracle" in metrics
+    assert "x3.pcee_lcb/survivors.worst_shortfall" in metrics
+    assert (params["calibrators"], params["survivors"]) == ("reliability", "pcee,pcee_lcb")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {p.name for p in out.iterdir() if p.is_file()}
 
