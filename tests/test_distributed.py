@@ -79,7 +79,9 @@ def test_tracing_on_an_actor_pool_gives_the_model_s_logits(
     logits = trace_dataset(inputs_dataset(expected), factory, batch_size=64, workers=2)
     got = collect_trace(logits, expected.costs.tolist())
     assert got.num_inputs == ROWS
-    assert torch.allclose(got.logits, expected.logits, atol=1e-5, rtol=0)
+    # float32 convolutions in another process (one thread, another oneDNN schedule) round
+    # differently; another model's logits would differ by O(1).
+    assert torch.allclose(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
     assert got.labels is not None
     assert expected.labels is not None
     assert torch.equal(got.labels, expected.labels)
