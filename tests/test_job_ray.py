@@ -123,7 +123,8 @@ def test_the_job_on_ray_gives_the_traces_and_frontiers_of_the_job_in_process(
         ):
             got, expected = adaptix.Trace.load(path), adaptix.Trace.load(expected_path)
             assert got.num_inputs == expected.num_inputs == 300
-            assert torch.allclose(got.logits, expected.logits, atol=1e-5, rtol=0), path.name
+            # float32 rounding differs in another process; another model's would differ by O(1).
+            assert torch.allclose(got.logits, expected.logits, atol=1e-4, rtol=1e-4), path.name
             assert got.labels is not None
             assert expected.labels is not None
             assert torch.equal(got.labels, expected.labels)
@@ -131,7 +132,8 @@ def test_the_job_on_ray_gives_the_traces_and_frontiers_of_the_job_in_process(
             assert got.meta == expected.meta
     frontiers = sorted(p.name for p in local.output_dir.glob("frontier-*.csv"))
     assert frontiers == sorted(p.name for p in on_ray.output_dir.glob("frontier-*.csv"))
-    assert len(frontiers) == 4  # two models, natural and logits × 2
+    # Two models, natural and logits × 2, on the paper's bins and on survivor bins.
+    assert len(frontiers) == 8
     for file in frontiers:
         got_rows, expected_rows = _rows(on_ray.output_dir / file), _rows(local.output_dir / file)
         assert len(got_rows) == len(expected_rows) > 0, file
