@@ -135,8 +135,6 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"data": {"seed": True}}, "data.seed"),
     ({"data": {"max_length": 64.0}}, "data.max_length"),
     ({"data": {"test_size": TEST_ROWS + 1}}, "data.test_size"),
-    ({"runtime": {"inputs": TEST_ROWS + 1}}, "runtime.inputs"),
-    ({"data": {"test_size": 10}, "runtime": {"inputs": 11}}, "runtime.inputs"),
     ({"data": {"train_size": TRAIN_ROWS}}, "data.train_size"),
     ({"data": {"calibration_size": TRAIN_ROWS}}, "data.calibration_size"),
     ({"data": {"directory": "/nonexistent/adaptix-data"}}, "data.directory"),

@@ -122,22 +122,14 @@ class JobData:
         return len(self.class_names)
 
 
-def check_data(
-    config: DataConfig, source: str = "configuration", *, timed_inputs: int | None = None
-) -> None:
+def check_data(config: DataConfig, source: str = "configuration") -> None:
     """Refuse, before anything loads, split sizes the dataset cannot hold, reading only its size
     (the IDX files' headers, or the number of BBC News articles): the check `adaptix config`
     and the job run first.
 
-    Args:
-        config: the data section.
-        source: names the configuration in the message.
-        timed_inputs: ``runtime.inputs``, the test inputs the runtime is timed on, which the
-            test split must hold (never clipped silently).
-
     Raises:
-        ConfigError: a size beyond the data (``data.<field>`` or ``runtime.inputs`` named, with
-            the rows there are), the data missing, or the dataset's package missing.
+        ConfigError: a size beyond the data (``data.<field>`` named, with the rows there are),
+            the data missing, or the dataset's package missing.
     """
     if config.dataset == "fashion-mnist":
         try:
@@ -152,24 +144,10 @@ def check_data(
             test_size=config.test_size,
             where=str(data_directory(config.directory)),
         )
-        test_split = test_rows if config.test_size is None else config.test_size
     else:
-        total = _bbc_news_articles()
-        problems = _bbc_news_problems(config, total)
-        test_split = config.test_size if config.test_size is not None else total // 4
-    if timed_inputs is not None and timed_inputs > test_split:
-        problems.append(
-            (
-                "runtime.inputs",
-                f"expected runtime.inputs at most the {test_split} inputs of the test split, "
-                f"got {timed_inputs}. Lower it, or leave it unset to time the whole split.",
-            )
-        )
+        problems = _bbc_news_problems(config, _bbc_news_articles())
     if problems:
-        lines = "\n".join(
-            f"  {field if '.' in field else 'data.' + field}: {message}"
-            for field, message in problems
-        )
+        lines = "\n".join(f"  data.{field}: {message}" for field, message in problems)
         raise ConfigError(f"invalid {source}:\n{lines}")
 
 

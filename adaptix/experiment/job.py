@@ -710,8 +710,7 @@ def run_job(
 
 def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     started = time.perf_counter()
-    # Sizes the data cannot hold fail here, before anything loads.
-    check_data(config.data, timed_inputs=config.runtime.explicit_inputs)
+    check_data(config.data)  # sizes the data cannot hold fail here, before anything loads
     out = config.output_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
