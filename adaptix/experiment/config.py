@@ -361,8 +361,9 @@ class RuntimeConfig(FrozenModel):
     repeats: AtLeastOne = 2
     inputs: AtLeastOne | None = Field(
         default=2048,
-        description="time the first this-many test inputs (None: the whole test split); "
-        "enough batches for a stable median, and the cached job stays fast",
+        description="time at most this many test inputs, the first ones (None: the whole "
+        "test split; a smaller split is timed whole, and the report says how many were "
+        "timed); enough batches for a stable median, and the cached job stays fast",
     )
 
     @field_validator("thresholds")
