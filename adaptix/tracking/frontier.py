@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from adaptix._version import __version__
+from adaptix.certificate import Certificate
 from adaptix.components import ParamsModel, build_params
 from adaptix.errors import ValidationError
-from adaptix.guarantee import Certificate
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.policy import ExitPolicy
 from adaptix.simulate import Frontier, FrontierPoint
@@ -194,18 +194,11 @@ def log_certified(
                 "adaptix.simulate returned."
             )
         checked.append((certified, certificate, point))
-    common: dict[str, Any] = {"adaptix_version": __version__}
-    if model is not None:
-        common["model"] = model
-    own = {"mode", "criterion", "num_exits", "calibration_early_exit_rate", *common}
+    own = {"mode", "criterion", "num_exits", "calibration_early_exit_rate"}
     own |= {field.name for field in dataclasses.fields(Certificate)}
-    own |= {name for certified, _, _ in checked for name in _prefixed(certified.criterion.params)}
-    clashes = sorted(set(params or {}) & own)
-    if clashes:
-        raise ValidationError(
-            f"expected params that log_certified does not set itself, got {clashes}. Rename them."
-        )
-    common.update(params or {})
+    common = _shared_params(
+        "log_certified", own, [certified for certified, _, _ in checked], model, params
+    )
     tracker = Tracker() if tracker is None else tracker
     run_ids: list[str] = []
     for certified, certificate, point in checked:
@@ -311,18 +304,9 @@ def log_survivors(
         checked.append((pol, calibration, point))
     manager = resolve_manager(plugins)
     readings = {pol.name: manager.criteria.get(pol.name).accuracy_reading for pol, _, _ in checked}
-    common: dict[str, Any] = {"adaptix_version": __version__}
-    if model is not None:
-        common["model"] = model
     own = {"mode", "num_exits", "bins", "calibration_method", "calibration_checksum"}
-    own |= {"calibration_inputs", *_POINT_PARAMS, *common}
-    own |= {name for pol, _, _ in checked for name in _prefixed(pol.criterion.params)}
-    clashes = sorted(set(params or {}) & own)
-    if clashes:
-        raise ValidationError(
-            f"expected params that log_survivors does not set itself, got {clashes}. Rename them."
-        )
-    common.update(params or {})
+    own |= {"calibration_inputs", *_POINT_PARAMS}
+    common = _shared_params("log_survivors", own, [pol for pol, _, _ in checked], model, params)
     tracker = Tracker() if tracker is None else tracker
     run_ids: list[str] = []
     for pol, calibration, point in checked:
@@ -349,6 +333,34 @@ def log_survivors(
         if run_id is not None:
             run_ids.append(run_id)
     return run_ids
+
+
+def _shared_params(
+    caller: str,
+    own: set[str],
+    policies: Sequence[ExitPolicy],
+    model: str | None,
+    params: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The params every run of ``caller`` shares: adaptix's version, the model and the caller's
+    ``params``, which may not name what ``caller`` sets itself (``own``, the criteria's
+    prefixed parameters, the version and the model).
+
+    Raises:
+        ValidationError: a clash, naming the params to rename.
+    """
+    common: dict[str, Any] = {"adaptix_version": __version__}
+    if model is not None:
+        common["model"] = model
+    taken = own | set(common)
+    taken |= {name for pol in policies for name in _prefixed(pol.criterion.params)}
+    clashes = sorted(set(params or {}) & taken)
+    if clashes:
+        raise ValidationError(
+            f"expected params that {caller} does not set itself, got {clashes}. Rename them."
+        )
+    common.update(params or {})
+    return common
 
 
 def _prefixed(params: ParamsModel) -> dict[str, Any]:
