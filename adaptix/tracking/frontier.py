@@ -174,14 +174,8 @@ def log_certified(
         ValidationError: a policy without a certificate, a point that is not a `FrontierPoint`,
             sequences of different lengths, or ``params`` that clash with the params set here.
     """
-    policies, points = list(policies), list(points)
-    if len(policies) != len(points):
-        raise ValidationError(
-            f"expected one point per certified policy, got {len(policies)} policies and "
-            f"{len(points)} points. Simulate each policy on the test trace once."
-        )
     checked = []
-    for certified, point in zip(policies, points, strict=True):
+    for certified, point in _paired(policies, points, "certified"):
         certificate = certified.certificate if isinstance(certified, ExitPolicy) else None
         if certificate is None:
             raise ValidationError(
@@ -282,14 +276,8 @@ def log_survivors(
             params set here.
         PluginError: a policy's criterion is not registered in ``plugins``.
     """
-    policies, points = list(policies), list(points)
-    if len(policies) != len(points):
-        raise ValidationError(
-            f"expected one point per survivor policy, got {len(policies)} policies and "
-            f"{len(points)} points. Simulate each policy on the test trace once."
-        )
     checked = []
-    for pol, point in zip(policies, points, strict=True):
+    for pol, point in _paired(policies, points, "survivor"):
         calibration = pol.calibration if isinstance(pol, ExitPolicy) else None
         if calibration is None or calibration.survivors is None:
             raise ValidationError(
@@ -333,6 +321,23 @@ def log_survivors(
         if run_id is not None:
             run_ids.append(run_id)
     return run_ids
+
+
+def _paired(
+    policies: Sequence[ExitPolicy], points: Sequence[FrontierPoint], kind: str
+) -> list[tuple[ExitPolicy, FrontierPoint]]:
+    """One point per policy, in order.
+
+    Raises:
+        ValidationError: sequences of different lengths.
+    """
+    policies, points = list(policies), list(points)
+    if len(policies) != len(points):
+        raise ValidationError(
+            f"expected one point per {kind} policy, got {len(policies)} policies and "
+            f"{len(points)} points. Simulate each policy on the test trace once."
+        )
+    return list(zip(policies, points, strict=True))
 
 
 def _shared_params(
