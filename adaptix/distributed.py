@@ -928,6 +928,16 @@ def reduce_survivors(
     return counts
 
 
+def _in_order(dataset: Any) -> Any:
+    """``dataset`` executed with its blocks in input order (Ray's default,
+    ``preserve_order=False``, lets an actor pool hand blocks back as they finish, so row i of
+    a trace would not be input i). A copy with its own context: the caller's dataset and
+    Ray's global `DataContext` are left as they were."""
+    ordered = type(dataset).copy(dataset, _deep_copy=True)
+    ordered.context.execution_options.preserve_order = True
+    return ordered
+
+
 def collect_trace(
     logits: Any,
     costs: Sequence[float],
@@ -935,7 +945,9 @@ def collect_trace(
     *,
     labelled: bool | None = None,
 ) -> Trace:
-    """Bring a dataset of logits to the driver as one `Trace` (it must fit in its memory).
+    """Bring a dataset of logits to the driver as one `Trace` (it must fit in its memory),
+    row i of the trace from row i of the dataset (its blocks are executed in order, whatever
+    the order the workers finish them in).
 
     Args:
         logits: a Ray Dataset with a ``logits`` column (``[E, C]`` per row) and, optionally, a
@@ -961,7 +973,7 @@ def collect_trace(
         _require(columns, _needed(want is True))
     parts, labels = [], []
     with adaptix_errors():
-        for batch in logits.iter_batches(batch_format="numpy"):
+        for batch in _in_order(logits).iter_batches(batch_format="numpy"):
             _require(batch, _needed(want is True))
             parts.append(_tensor(batch[LOGITS]))
             if LABEL in batch and want is not False:

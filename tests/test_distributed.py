@@ -79,12 +79,35 @@ def test_tracing_on_an_actor_pool_gives_the_model_s_logits(
     logits = trace_dataset(inputs_dataset(expected), factory, batch_size=64, workers=2)
     got = collect_trace(logits, expected.costs.tolist())
     assert got.num_inputs == ROWS
-    # float32 convolutions in another process (one thread, another oneDNN schedule) round
-    # differently; another model's logits would differ by O(1).
-    assert torch.allclose(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    # Row i of the trace is input i, in whatever order the actors finished their blocks.
     assert got.labels is not None
     assert expected.labels is not None
     assert torch.equal(got.labels, expected.labels)
+    # float32 convolutions in another process (one thread, another oneDNN schedule) round
+    # differently; another model's logits would differ by O(1).
+    assert torch.allclose(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_collect_trace_keeps_input_order_when_blocks_finish_out_of_order(cluster: None) -> None:
+    class SlowFirstBlock:  # local, so the workers get it by value (tests/ is not importable)
+        """Finishes the block holding row 0 last: blocks leave the pool out of order unless
+        the consumer asks for order."""
+
+        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+            import time
+
+            if int(batch["id"][0]) == 0:
+                time.sleep(2.0)
+            ids = batch["id"].astype("float32")
+            return {"logits": ids.reshape(-1, 1, 1).repeat(2, axis=2)}
+
+    finished_late = ray.data.range(40, override_num_blocks=4).map_batches(
+        SlowFirstBlock, batch_size=10, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5
+    )
+    got = collect_trace(finished_late, [1.0])
+    assert torch.equal(got.logits[:, 0, 0], torch.arange(40, dtype=torch.float32))
+    # The order is asked for on a copy: Ray's global context is left as it was.
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order
 
 
 def test_reduced_statistics_equal_the_single_process_ones(
