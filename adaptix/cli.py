@@ -278,10 +278,11 @@ def _add_study(commands: Any) -> None:
         f"{','.join(DEFAULT_SURVIVORS)} where studied; '' for none)",
     )
     study.add_argument(
-        "--bonferroni",
-        action="store_true",
-        help="also measure pcee_lcb (any criterion with a bonferroni parameter) with the "
-        "Bonferroni correction",
+        "--no-bonferroni",
+        dest="bonferroni",
+        action="store_false",
+        help="leave out the modes of pcee_lcb (any criterion with a bonferroni parameter) with "
+        "the Bonferroni correction, measured by default beside the per-bin ones",
     )
     study.add_argument("--seed", type=int, default=0, help="seeds the splits (default 0)")
     study.add_argument(

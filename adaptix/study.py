@@ -15,11 +15,11 @@ criterion measures on the test split what the user would get:
 
 A calibrated criterion is measured in every *mode* asked for (`StudyMode`): with each calibrator
 (``reliability``, the paper's equal-width bins, by default; ``equal_mass`` too with
-``calibrators``), with and without the Bonferroni correction (``bonferroni``, for a criterion
-with that parameter: ``pcee_lcb``), and on two kinds of tables: the paper's, which count every
-calibration input at every exit, and, for the criteria in ``survivors`` (``pcee`` and
-``pcee_lcb`` by default), survivor tables (``PCEE.md``: survivor calibration), where exit e
-counts the calibration inputs that reach e under the rule at δ: one
+``calibrators``), without and with the Bonferroni correction (``bonferroni``, on by default,
+for a criterion with that parameter: ``pcee_lcb``), and on two kinds of tables: the paper's,
+which count every calibration input at every exit, and, for the criteria in ``survivors``
+(``pcee`` and ``pcee_lcb`` by default), survivor tables (``PCEE.md``: survivor calibration),
+where exit e counts the calibration inputs that reach e under the rule at δ: one
 `adaptix.calibrate_survivors` per split, scale, calibrator and rule serves the whole δ grid, on
 the paper's bins of that calibrator.
 
@@ -514,7 +514,7 @@ def run_study(
     seed: int = 0,
     calibrators: Sequence[str] = DEFAULT_CALIBRATORS,
     survivors: Sequence[str] | None = None,
-    bonferroni: bool = False,
+    bonferroni: bool = True,
     plugins: AdaptixPluginManager | None = None,
     progress: bool = True,
 ) -> StudyResult:
@@ -554,7 +554,9 @@ def run_study(
             too, beside the paper's; None (default): those of ``pcee`` and ``pcee_lcb`` that
             are studied; an empty list: none.
         bonferroni: also measure every criterion with a ``bonferroni`` parameter
-            (``pcee_lcb``) with the correction on.
+            (``pcee_lcb``) with the correction on, beside the uncorrected per-bin mode
+            (default True: the corrected mode is the one whose bounds on survivor tables
+            together bound the early accuracy, ``PCEE.md``).
         plugins: the plugin manager to resolve criteria and calibrators with.
         progress: show a progress bar over the splits.
 

@@ -213,6 +213,8 @@ def test_mlflow_holds_every_frontier_point(tiny_job: adaptix.experiment.JobResul
                 assert run.data.metrics["accuracy"] == pytest.approx(point.accuracy)
             if point.criterion == "pcee_lcb":
                 assert run.data.params["criterion.alpha"] == "0.05"
+                # The job's default for pcee_lcb (JOB_CRITERION_PARAMS): the correction.
+                assert run.data.params["criterion.bonferroni"] == "True"
             if point.criterion == "pcee" and point.early_accuracy is not None:
                 assert run.data.metrics["shortfall"] == pytest.approx(
                     point.threshold - point.early_accuracy
@@ -288,6 +290,7 @@ def test_survivor_rows_sit_beside_the_all_input_rows(
         assert list(outcome.survivors) == ["natural", "logits ×2"]
         for panel, survivors in outcome.survivors.items():
             assert list(survivors.counts) == SURVIVOR_CRITERIA
+            assert dict(survivors.counts["pcee_lcb"].params)["bonferroni"] is True
             assert list(survivors.control) == SURVIVOR_CRITERIA
             for criterion in SURVIVOR_CRITERIA:
                 assert list(survivors.control[criterion].per_delta) == deltas
@@ -375,8 +378,9 @@ def test_survivor_rows_are_each_delta_s_survivor_policy_simulated_on_the_test_sp
         all_inputs = adaptix.calibrate(calib, "equal_mass", 50)
         survivors = outcome.survivors[panel]
         for criterion in ("pcee", "pcee_lcb"):
+            params = config.sweep.params_of(criterion)  # pcee_lcb: bonferroni=True
             expected = adaptix.calibrate_survivors(
-                calib, deltas, criterion, bins=50, edges=all_inputs.edges
+                calib, deltas, criterion, bins=50, edges=all_inputs.edges, **params
             )
             assert torch.equal(survivors.counts[criterion].counts, expected.counts)
             row = survivors.control[criterion].per_delta

@@ -177,7 +177,7 @@ def test_survivor_tables_miss_no_more_than_the_paper_s_on_overconfident_logits()
     assert study.headline(1.0, "pcee")["max_violation_frequency"] > 0  # the stress bites
     assert study.headline(1.0, "pcee_lcb/survivors")["worst_shortfall"] == 0
     plain = run_study(*traces, **settings, survivors=[])
-    assert plain.config.mode_names == ("pcee", "pcee_lcb", "guarantee")
+    assert plain.config.mode_names == ("pcee", "pcee_lcb", "pcee_lcb/bonferroni", "guarantee")
     assert plain.rows == [row for row in study.rows if not row.survivors]
 
 
@@ -191,7 +191,7 @@ def test_miss_frequency_stays_within_its_band_where_the_contract_says(study) -> 
 
 
 #: The modes of a default study: the paper's tables of every criterion, and survivor tables
-#: for pcee and pcee_lcb, each beside its paper mode.
+#: for pcee and pcee_lcb, each beside its paper mode; pcee_lcb per bin and corrected.
 MODES = (
     "confidence",
     "pcee",
@@ -199,6 +199,8 @@ MODES = (
     "pcee_ws",
     "pcee_lcb",
     "pcee_lcb/survivors",
+    "pcee_lcb/bonferroni",
+    "pcee_lcb/bonferroni/survivors",
     "guarantee",
 )
 
@@ -227,7 +229,7 @@ def test_csv_holds_every_row_and_markdown_one_table_per_scale(study, tmp_path: P
     for mode in MODES:
         assert per_scale.count(f"| {mode} |") == 2
     # The side-by-side section: one line per survivor rule and scale, guarantee's cost beside.
-    assert side.count("| reliability | × ") == 4
+    assert side.count("| reliability | × ") == 6  # pcee, pcee_lcb, pcee_lcb/bonferroni
     guarantee = study.headline(3.0, "guarantee")["mean_cost_vs_oracle"]
     assert "| pcee_lcb | reliability | × 3 |" in side
     assert side.rstrip().endswith(f"| {guarantee:.3f} |")
@@ -333,19 +335,23 @@ def test_cli_writes_the_files_and_prints_the_table(trace_files, tmp_path, capsys
     assert deltas == {0.6, 0.7, 0.8, 0.9}
 
 
-def test_cli_compares_both_calibrators_with_bonferroni(trace_files, tmp_path, capsys) -> None:
+def test_cli_compares_both_calibrators_with_bonferroni_by_default(
+    trace_files, tmp_path, capsys
+) -> None:
     out = tmp_path / "out"
     options = ["--calibrators", "reliability,equal_mass", "--survivors", "pcee_lcb"]
-    command = ["study", *trace_files, *CLI, *options, "--bonferroni", "--out", str(out)]
+    command = ["study", *trace_files, *CLI, *options, "--out", str(out)]
     assert main([*command, "--no-mlflow"]) == 0
     printed = capsys.readouterr().out
     assert "| pcee_lcb/bonferroni/equal_mass/survivors |" in printed
     assert "| pcee_lcb/bonferroni | equal_mass | × 3 |" in printed
     assert "| pcee/survivors |" not in printed
-    plain = ["study", *trace_files, *CLI, "--survivors", "", "--out", str(tmp_path / "plain")]
+    plain = ["study", *trace_files, *CLI, "--survivors", "", "--no-bonferroni"]
+    plain += ["--out", str(tmp_path / "plain")]
     assert main([*plain, "--no-mlflow"]) == 0
     printed = capsys.readouterr().out
     assert "/survivors |" not in printed
+    assert "pcee_lcb/bonferroni" not in printed
     assert "### The paper's tables vs survivor tables" not in printed
     assert not (tmp_path / "plain" / "study-survivors.png").exists()
 

@@ -125,6 +125,12 @@ else:
     PositiveShare = unit_field(open_high=False)  # (0, 1]
     LearningRate = real_field(low=0.0, high=10.0, open_low=True)
     Flag = flag_field()
+#: The job's parameters for criteria that ``sweep.params`` does not name. pcee_lcb with the
+#: Bonferroni correction over the early exits' (E − 1) · M bins: adaptix's choice for the
+#: per-bin mode, the one whose bounds on survivor bins together bound the early accuracy
+#: (``PCEE.md``: survivor calibration; on the large model, worst shortfall 0 under logits × 2
+#: and × 3 where the uncorrected per-bin bound fell 0.69 pt short).
+JOB_CRITERION_PARAMS: dict[str, dict[str, Any]] = {"pcee_lcb": {"bonferroni": True}}
 #: The longest δ grid a sweep takes: a tiny ``delta_step`` would otherwise hang the job.
 MAX_DELTAS = 10_000
 
@@ -257,6 +263,12 @@ class SweepConfig(FrozenModel):
     delta_max: Share = 0.99
     delta_step: PositiveShare = 0.01
     stress_scales: tuple[Positive, ...] = (2.0, 3.0)
+    params: dict[CriterionName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="parameters per swept criterion (name -> its parameters), replacing the "
+        "job's defaults for it (JOB_CRITERION_PARAMS: pcee_lcb with bonferroni=True); "
+        "{'pcee_lcb': {}} sweeps the contract's uncorrected per-bin pcee_lcb",
+    )
     survivors: Flag = Field(
         default=True,
         description="also read every swept criterion whose score is a table of its "
@@ -284,6 +296,27 @@ class SweepConfig(FrozenModel):
         if repeated:
             raise ValueError(f"each criterion once, got {repeated} more than once")
         return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_accepted(
+        cls, value: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        swept = info.data.get("criteria")
+        criteria = _plugins(info).criteria
+        for name, params in value.items():
+            if swept is not None and name not in swept:
+                raise ValueError(
+                    f"params names criterion {name!r}, which sweep.criteria {list(swept)} does "
+                    "not sweep"
+                )
+            _check_params(criteria, "criterion", name, params)
+        return value
+
+    def params_of(self, name: str) -> dict[str, Any]:
+        """The parameters the job gives criterion ``name``: ``params[name]`` if given, else
+        `JOB_CRITERION_PARAMS`' entry, else none (the criterion's own defaults)."""
+        return dict(self.params.get(name, JOB_CRITERION_PARAMS.get(name, {})))
 
     @field_validator("stress_scales")
     @classmethod

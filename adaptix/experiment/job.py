@@ -399,15 +399,20 @@ def _sweep_all(
         else sorted({reading.threshold(d) for d in deltas})
         for name, reading in readings.items()
     }
+    params = {name: config.sweep.params_of(name) for name in readings}
     if config.ray is None:
-        frontier = sweep(trace, list(readings), grids, calibration, plugins=manager)
+        frontier = sweep(trace, params, grids, calibration, plugins=manager)
     else:
-        frontier = _sweep_on_ray(trace, grids, calibration, config.ray)
+        frontier = _sweep_on_ray(trace, grids, params, calibration, config.ray)
     return _one_plain_point_each(frontier, readings)
 
 
 def _sweep_on_ray(
-    trace: Trace, grids: dict[str, list[float]], calibration: Calibration, settings: RayConfig
+    trace: Trace,
+    grids: dict[str, list[float]],
+    params: dict[str, dict[str, Any]],
+    calibration: Calibration,
+    settings: RayConfig,
 ) -> Frontier:
     """`adaptix.sweep` of ``trace`` over ``grids`` counted on Ray, shard by shard
     (`adaptix.distributed.reduce_statistics`): the counts add exactly, so the points equal the
@@ -422,7 +427,7 @@ def _sweep_on_ray(
     stats = reduce_statistics(
         _ray_rows(columns, settings.batch_size),
         trace.costs.tolist(),
-        thresholds=[ThresholdSpec(name, grid) for name, grid in grids.items()],
+        thresholds=[ThresholdSpec(name, grid, params[name]) for name, grid in grids.items()],
         calibration=calibration,
         batch_size=settings.batch_size,
     )
@@ -512,6 +517,7 @@ def _survivor_panel(
             bins=calibration.bins,
             edges=calibration.edges,
             plugins=manager,
+            **config.sweep.params_of(name),
         )
         exits = counted.exit_indices(test_trace, plugins=manager)
         by_delta = {}
@@ -589,7 +595,8 @@ def _knob(
     for name, reading in readings.items():
         if reading is not None:
             grid = [reading.threshold(d) for d in deltas]
-            base = adaptix.policy(name, grid[0], calibration, plugins=manager)
+            own = config.sweep.params_of(name)
+            base = adaptix.policy(name, grid[0], calibration, plugins=manager, **own)
             counts[name] = distinct_policies(exit_indices(test_trace, base, grid))
     if certified:
         exits = [simulate(test_trace, c.policy).exit_index for c in certified]
@@ -650,7 +657,11 @@ def _measure_runtime(
     points = []
     for threshold in tqdm(config.runtime.thresholds, desc="runtime", unit="δ"):
         pol = adaptix.policy(
-            config.runtime.criterion, threshold, outcome.calibration, plugins=manager
+            config.runtime.criterion,
+            threshold,
+            outcome.calibration,
+            plugins=manager,
+            **config.sweep.params_of(config.runtime.criterion),
         )
         runner = EarlyExitRunner(model, pol)
         outputs: list[RunnerOutput] = []
@@ -1294,6 +1305,9 @@ class _Tracking:
             params=self.splits,
             calibration=outcome.calibration,
             extra_metrics=speedups,
+            criterion_params=None
+            if self.config is None
+            else {c: self.config.sweep.params_of(c) for c in outcome.frontier.criteria()},
             plugins=self.manager,
         )
         natural = outcome.certified.get("natural", [])
@@ -1369,7 +1383,7 @@ def _log_in_worker(
             artifact_location=str((config.output_dir / "mlartifacts").resolve()),
         )
         _WORKER_SESSION = _Tracking(
-            tracker, parent, splits, get_plugin_manager(), config.output_dir, uri
+            tracker, parent, splits, get_plugin_manager(), config.output_dir, uri, config=config
         )
     session = _WORKER_SESSION
     before = len(session.tracker.failures)
