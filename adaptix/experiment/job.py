@@ -12,9 +12,9 @@
 5. Run the batched runtime on the largest model at a few δ and measure wall-clock speed-ups.
 6. Record every trade-off in MLflow, write tables and plots, print the report.
 
-With a ``[ray]`` section (`RayConfig`), steps 3 and 4's sweeps run on Ray (`_trace_on_ray`,
-`_sweep_on_ray`); everything else, survivor calibration and MLflow included, stays in this
-process.
+With a ``[ray]`` section (`RayConfig`), step 3 and step 4's sweeps and survivor counts run on
+Ray (`_trace_on_ray`, `_sweep_on_ray`, `_count_survivors`); everything else, MLflow included,
+stays in this process.
 """
 
 from __future__ import annotations
@@ -510,15 +510,7 @@ def _survivor_panel(
     for name, reading in readings.items():
         if reading is None or not reading.is_target or not reads_bin_table(name, plugins=manager):
             continue
-        counted = calibrate_survivors(
-            calib_trace,
-            deltas,
-            name,
-            bins=calibration.bins,
-            edges=calibration.edges,
-            plugins=manager,
-            **config.sweep.params_of(name),
-        )
+        counted = _count_survivors(calib_trace, deltas, name, calibration, config, manager)
         exits = counted.exit_indices(test_trace, plugins=manager)
         by_delta = {}
         for column, delta in enumerate(deltas):
@@ -530,6 +522,47 @@ def _survivor_panel(
         control[name] = summarise_control(name, by_delta, oracle, confidence)
         knob[name] = distinct_policies(exits)
     return SurvivorPanel(counts, Frontier(points, test_trace.costs.tolist()), control, knob)
+
+
+def _count_survivors(
+    calib_trace: Trace,
+    deltas: list[float],
+    name: str,
+    calibration: Calibration,
+    config: JobConfig,
+    manager: AdaptixPluginManager,
+) -> SurvivorCounts:
+    """Criterion ``name``'s survivor counts over the δ grid on ``calibration``'s bins: in this
+    process (`calibrate_survivors`), or with ``[ray]`` counted by shard on the cluster
+    (`adaptix.distributed.reduce_survivors`: the counts equal the single-process ones exactly;
+    the workers resolve the criterion with their default plugin manager)."""
+    params = config.sweep.params_of(name)
+    if config.ray is None:
+        return calibrate_survivors(
+            calib_trace,
+            deltas,
+            name,
+            bins=calibration.bins,
+            edges=calibration.edges,
+            plugins=manager,
+            **params,
+        )
+    from adaptix.distributed import reduce_survivors
+
+    labels = calib_trace.labels
+    columns = {"logits": calib_trace.logits.cpu().numpy()}
+    if labels is not None:
+        columns["label"] = labels.cpu().numpy()
+    return reduce_survivors(
+        _ray_rows(columns, config.ray.batch_size),
+        calib_trace.costs.tolist(),
+        deltas,
+        name,
+        bins=calibration.bins,
+        edges=calibration.edges,
+        params=params,
+        batch_size=config.ray.batch_size,
+    )
 
 
 def _certify(
