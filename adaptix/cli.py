@@ -270,7 +270,7 @@ def _add_study(commands: Any) -> None:
         "--calibrators",
         default=",".join(DEFAULT_CALIBRATORS),
         help="calibrators whose bins the calibrated criteria use, each a mode (default "
-        "reliability, the paper's equal-width bins; e.g. reliability,equal_mass)",
+        "reliability,equal_mass: the paper's equal-width bins and equal-mass bins)",
     )
     study.add_argument(
         "--survivors",

@@ -14,9 +14,9 @@ criterion measures on the test split what the user would get:
   marginal guarantee; a split where nothing is certified sends every input to the last exit.
 
 A calibrated criterion is measured in every *mode* asked for (`StudyMode`): with each calibrator
-(``reliability``, the paper's equal-width bins, by default; ``equal_mass`` too with
-``calibrators``), without and with the Bonferroni correction (``bonferroni``, on by default,
-for a criterion with that parameter: ``pcee_lcb``), and on two kinds of tables: the paper's,
+(``calibrators``; by default ``reliability``, the paper's equal-width bins, and ``equal_mass``),
+without and with the Bonferroni correction (``bonferroni``, on by default, for a criterion with
+that parameter: ``pcee_lcb``), and on two kinds of tables: the paper's,
 which count every calibration input at every exit, and, for the criteria in ``survivors``
 (``pcee`` and ``pcee_lcb`` by default), survivor tables (``PCEE.md``: survivor calibration),
 where exit e counts the calibration inputs that reach e under the rule at δ: one
@@ -92,7 +92,8 @@ DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0)
 DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE)
 #: The calibrator of the paper's tables (equal-width bins): its modes keep the criterion's name.
 PAPER_CALIBRATOR = "reliability"
-DEFAULT_CALIBRATORS: tuple[str, ...] = (PAPER_CALIBRATOR,)
+#: The paper's equal-width bins and equal-mass bins, each a mode of every calibrated criterion.
+DEFAULT_CALIBRATORS: tuple[str, ...] = (PAPER_CALIBRATOR, "equal_mass")
 #: The criteria measured on survivor tables too, of those studied, unless told otherwise.
 DEFAULT_SURVIVORS: tuple[str, ...] = ("pcee", "pcee_lcb")
 #: One-sided 95 % quantile of the standard normal: the width of both noise allowances.
@@ -548,8 +549,8 @@ def run_study(
         bins: M, the calibration's number of bins.
         seed: seeds the splits.
         calibrators: registered calibrators whose bins the calibrated criteria are measured
-            on, each a mode of its own (default ``reliability``, the paper's equal-width bins;
-            add ``equal_mass`` for equal-mass bins).
+            on, each a mode of its own (default ``reliability``, the paper's equal-width bins,
+            and ``equal_mass``, equal-mass bins).
         survivors: criteria of ``criteria`` with a bin table to measure on survivor tables
             too, beside the paper's; None (default): those of ``pcee`` and ``pcee_lcb`` that
             are studied; an empty list: none.

@@ -166,6 +166,7 @@ def test_survivor_tables_miss_no_more_than_the_paper_s_on_overconfident_logits()
         "deltas": (0.6, 0.7, 0.8, 0.9),
         "scales": (1.0,),
         "criteria": ("pcee", "pcee_lcb", "guarantee"),
+        "calibrators": ("reliability",),
         "progress": False,
     }
     study = run_study(*traces, **settings)
@@ -191,16 +192,24 @@ def test_miss_frequency_stays_within_its_band_where_the_contract_says(study) -> 
 
 
 #: The modes of a default study: the paper's tables of every criterion, and survivor tables
-#: for pcee and pcee_lcb, each beside its paper mode; pcee_lcb per bin and corrected.
+#: for pcee and pcee_lcb, each beside its paper mode; pcee_lcb per bin and corrected; each
+#: calibrated criterion on equal-width (the paper's) and equal-mass bins.
 MODES = (
     "confidence",
     "pcee",
     "pcee/survivors",
+    "pcee/equal_mass",
+    "pcee/equal_mass/survivors",
     "pcee_ws",
+    "pcee_ws/equal_mass",
     "pcee_lcb",
     "pcee_lcb/survivors",
     "pcee_lcb/bonferroni",
     "pcee_lcb/bonferroni/survivors",
+    "pcee_lcb/equal_mass",
+    "pcee_lcb/equal_mass/survivors",
+    "pcee_lcb/bonferroni/equal_mass",
+    "pcee_lcb/bonferroni/equal_mass/survivors",
     "guarantee",
 )
 
@@ -230,6 +239,7 @@ def test_csv_holds_every_row_and_markdown_one_table_per_scale(study, tmp_path: P
         assert per_scale.count(f"| {mode} |") == 2
     # The side-by-side section: one line per survivor rule and scale, guarantee's cost beside.
     assert side.count("| reliability | × ") == 6  # pcee, pcee_lcb, pcee_lcb/bonferroni
+    assert side.count("| equal_mass | × ") == 6
     guarantee = study.headline(3.0, "guarantee")["mean_cost_vs_oracle"]
     assert "| pcee_lcb | reliability | × 3 |" in side
     assert side.rstrip().endswith(f"| {guarantee:.3f} |")
@@ -399,7 +409,8 @@ def test_cli_logs_the_study_to_mlflow(trace_files, tmp_path, monkeypatch, capsys
     assert "x3.guarantee.max_miss_frequency" in metrics
     assert "x1.pcee.mean_cost_vs_oracle" in metrics
     assert "x3.pcee_lcb/survivors.worst_shortfall" in metrics
-    assert (params["calibrators"], params["survivors"]) == ("reliability", "pcee,pcee_lcb")
+    assert params["calibrators"] == "reliability,equal_mass"
+    assert params["survivors"] == "pcee,pcee_lcb"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {p.name for p in out.iterdir() if p.is_file()}
 
