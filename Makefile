@@ -9,7 +9,7 @@ PLUGINS := plugins/adaptix-example "plugins/adaptix-transformers[minilm,bbc]"
 DEPS := pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test test-slow bench lint data clean
+.PHONY: install run test test-slow bench lint docs docs-check data clean
 
 # torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
 # pip >= 25.1 understands --group (PEP 735 dependency groups).
@@ -34,10 +34,11 @@ data:
 run: $(STAMP) data
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(if $(PRESET),--preset $(PRESET)) $(CONFIG)
 
-## The test suite (what CI runs): lint and type checks, then pytest without the tests marked
-## slow (they train models or run whole jobs: `make test-slow` runs them, outside CI).
+## The test suite (what CI runs): lint and type checks, the strict docs build, then pytest
+## (which also runs every Python snippet of README.md and docs/) without the tests marked slow
+## (they train models or run whole jobs: `make test-slow` runs them, outside CI).
 PYTEST_ARGS ?= -m "not slow"
-test: $(STAMP) data lint
+test: $(STAMP) data lint docs-check
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP) data
@@ -49,9 +50,22 @@ bench: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest benchmarks -q --benchmark-autosave $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check adaptix adaptix_pytest plugins tests benchmarks examples
-	$(VENV)/bin/ruff format --check adaptix adaptix_pytest plugins tests benchmarks examples
+	$(VENV)/bin/ruff check adaptix adaptix_pytest plugins tests benchmarks examples conftest.py
+	$(VENV)/bin/ruff format --check adaptix adaptix_pytest plugins tests benchmarks examples conftest.py
 	$(VENV)/bin/mypy
 
+# Material for MkDocs prints a banner about its successor on every build unless told not to.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
+
+## The docs site (mkdocs.yml: mkdocs-material, the API reference from the docstrings) into site/.
+docs: $(STAMP)
+	$(MKDOCS) build --strict
+
+## The docs build as CI runs it: every warning an error (a broken link, anchor or docstring),
+## into a scratch directory. Not --quiet: mkdocs 1.6 then drops the warnings that --strict counts.
+docs-check: $(STAMP)
+	@site=$$(mktemp -d) && $(MKDOCS) build --strict --site-dir "$$site"; \
+	  status=$$?; rm -rf "$$site"; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -1267,7 +1267,9 @@ class ShiftMonitor:
         and certified on its second (they must be disjoint).
 
         Args:
-            early_accuracy, accuracy_drop, alpha: as `adaptix.guarantee`.
+            early_accuracy: as `adaptix.guarantee`.
+            accuracy_drop: as `adaptix.guarantee`.
+            alpha: as `adaptix.guarantee`.
             criterion: default: the served policy's, with its parameters.
             source: ``"labels"``, or ``"proxy"`` (then the target is agreement with the last
                 exit, not accuracy).

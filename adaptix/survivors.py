@@ -413,7 +413,9 @@ def calibrate_survivors(
         **params: the criterion's own parameters.
 
     Raises:
-        As `SurvivorCounts.empty` and `count_survivors`.
+        ValidationError: as `SurvivorCounts.empty` and `count_survivors`.
+        CalibrationError: as `SurvivorCounts.empty` and `count_survivors`.
+        PluginError: as `SurvivorCounts.empty` and `count_survivors`.
     """
     if not isinstance(trace, Trace):
         raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")

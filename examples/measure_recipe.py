@@ -5,7 +5,7 @@ Run: .venv/bin/python examples/measure_recipe.py VARIANT [--epochs 3] [--size sm
 
 It trains on the first 40,000 of the 50,000 Fashion-MNIST training images left after the main
 job's calibration split and validates on the other 10,000 (never the calibration or test
-split), on one torch thread, and appends one JSON line to --out. The README's recipe table
+split), on one torch thread, and appends one JSON line to --out. The recipe table of docs/job.md
 ("The training recipe") was measured with it, two runs at a time:
 
     measure_recipe.py base --pool 1        # and base, ls, ls_1c, ls_1c_hi, ... at --pool 3

@@ -715,10 +715,11 @@ def same_certificate(mine: adaptix.ExitPolicy, theirs: adaptix.ExitPolicy) -> No
 def test_certificates_from_counts_reduced_on_ray_equal_guarantee_with_the_defaults(
     cluster: None, trace: adaptix.Trace, calibration: adaptix.Calibration
 ) -> None:
-    """The README's example, with every default on both sides: `reduce_statistics` (bins=10,
-    default grids) then `Certifier.from_counts` equals `adaptix.calibrate`, `adaptix.guarantee`
-    and `adaptix.budget` of the whole trace; the monitor's reference counts equal
-    `reference_counts` of the trace, and its monitor tests as one built from the trace."""
+    """The docs' example (docs/distributed.md), with every default on both sides:
+    `reduce_statistics` (bins=10, default grids) then `Certifier.from_counts` equals
+    `adaptix.calibrate`, `adaptix.guarantee` and `adaptix.budget` of the whole trace; the
+    monitor's reference counts equal `reference_counts` of the trace, and its monitor tests as
+    one built from the trace."""
     policy = adaptix.policy("pcee", 0.7, calibration)
     stats = reduce_statistics(
         logits_dataset(trace),
@@ -739,7 +740,7 @@ def test_certificates_from_counts_reduced_on_ray_equal_guarantee_with_the_defaul
         assert certificate is not None
         assert certificate.certified, "the comparison must cover a certified threshold"
         for method in ("binomial", "hoeffding_bentkus"):
-            for delta in (0.7, 0.8, 0.95):  # certified, certified, not (README's δ)
+            for delta in (0.7, 0.8, 0.95):  # certified, certified, not (the docs' δ)
                 same_certificate(
                     certifier.early_accuracy(delta, alpha=0.05, method=method),
                     adaptix.guarantee(

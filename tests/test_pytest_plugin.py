@@ -550,18 +550,18 @@ def test_a_runner_that_disagrees_with_simulate_fails(
     result.stdout.no_fnmatch_line("*adaptix: early-exit speed*")
 
 
-# ------------------------------------------------------------------------------ the README
+# ------------------------------------------------------------------------- the docs' pytest page
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-README_SECTION = "### Guarding your early-exit model in CI: the pytest plugin"
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+DOCS_SECTION = "# Guarding your early-exit model in CI: the pytest plugin"
 
-# The README's user: a deep MLP on well-separated clusters, where most rows leave at the first
-# exit and exiting pays on CPU (realised 1.9x here), as the README's test asserts.
-README_MODEL = MODEL_TEMPLATE.substitute(width=512, depth=8, spread=2, lr=1e-3, calibration=1024)
+# The docs' user: a deep MLP on well-separated clusters, where most rows leave at the first
+# exit and exiting pays on CPU (realised 1.9x here), as the docs' test asserts.
+DOCS_MODEL = MODEL_TEMPLATE.substitute(width=512, depth=8, spread=2, lr=1e-3, calibration=1024)
 
-# What a user supplies around the README's test: their own fixtures, by the names it uses.
-README_FIXTURES = """
+# What a user supplies around the docs' test: their own fixtures, by the names it uses.
+DOCS_FIXTURES = """
 @pytest.fixture(scope="session")
 def family():
     return build_family()
@@ -594,20 +594,20 @@ def test_trace(family):
 """
 
 
-def readme_blocks(language: str) -> list[str]:
-    """The ``language`` code blocks of the README's plugin section, in order."""
-    section = README.read_text(encoding="utf-8").split(README_SECTION, 1)[1].split("\n## ")[0]
-    section = section.split("\n### ")[0]
+def docs_blocks(language: str) -> list[str]:
+    """The ``language`` code blocks of the docs' pytest-plugin section, in order."""
+    section = DOCS_PAGE.read_text(encoding="utf-8").split(DOCS_SECTION, 1)[1].split("\n## ")[0]
     fence = f"```{language}\n"
     return [part.split("```", 1)[0] for part in section.split(fence)[1:]]
 
 
-def test_the_readme_test_passes_as_written(pytester: pytest.Pytester, storage: Path) -> None:
-    """The README's test, copied verbatim, with the user's fixtures around it; then the README's
-    two commands: a saved run, and a run compared against it under the ratio gate."""
-    (test_code,) = readme_blocks("python")
-    (commands,) = readme_blocks("bash")
-    pytester.makeconftest("import pytest\n" + README_MODEL + README_FIXTURES)
+def test_the_docs_test_passes_as_written(pytester: pytest.Pytester, storage: Path) -> None:
+    """The docs' test (docs/testing.md), copied verbatim, with the user's fixtures around it;
+    then the page's two commands: a saved run, and a run compared against it under the ratio
+    gate."""
+    (test_code,) = docs_blocks("python")
+    (commands,) = docs_blocks("bash")
+    pytester.makeconftest("import pytest\n" + DOCS_MODEL + DOCS_FIXTURES)
     pytester.makepyfile(test_my_model=test_code)
     runs = [line.split("#")[0].split()[1:] for line in commands.strip().splitlines()]
     assert runs == [["--benchmark-autosave"], ["--benchmark-compare", "--adaptix-ratio-fail=10%"]]
@@ -616,7 +616,7 @@ def test_the_readme_test_passes_as_written(pytester: pytest.Pytester, storage: P
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*adaptix: early-exit speed*", "*adaptix: control checks*"])
     assert len(saved_runs(storage)) == 1
-    # The README's 10 % suits a quiet machine; two shared cores need more room.
+    # The docs' 10 % suits a quiet machine; two shared cores need more room.
     second = pytester.runpytest_inprocess(*options, *(a.replace("10%", "60%") for a in runs[1]))
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(["*ok: realised/ideal * against *within the 60% allowed*"])

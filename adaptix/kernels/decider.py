@@ -186,7 +186,8 @@ class ExitDecider:
         one lookup.
 
         Raises:
-            As `__call__`.
+            adaptix.errors.ValidationError: as `__call__`; `AdaptixError` where backend
+                "triton" cannot run.
         """
         self._check(logits)
         prepared = self._on(logits.device)

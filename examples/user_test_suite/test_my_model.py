@@ -1,4 +1,4 @@
-"""A user's CI guard for their early-exit model (adaptix's pytest plugin; see the README).
+"""A user's CI guard for their early-exit model (adaptix's pytest plugin; see docs/testing.md).
 
 Run it, save a baseline, then compare later runs against it::
 
