@@ -269,12 +269,21 @@ def describe_cycle(graph: ImportGraph, cycle: list[str]) -> str:
 
 
 def longest_chain(graph: dict[str, set[str]]) -> list[str]:
-    """The longest chain of imports in the acyclic ``graph``, importer first."""
+    """The longest chain of imports in the acyclic ``graph``, importer first.
+
+    Raises:
+        ValueError: ``graph`` has a cycle (a chain through it would be endless).
+    """
     best: dict[str, list[str]] = {}
+    open_: set[str] = set()
 
     def chain(node: str) -> list[str]:
+        if node in open_:
+            raise ValueError(f"no longest chain: {node} lies on an import circle")
         if node not in best:
+            open_.add(node)
             below = [chain(nxt) for nxt in sorted(graph[node])]
+            open_.discard(node)
             best[node] = [node, *max(below, key=len, default=[])]
         return best[node]
 
@@ -314,7 +323,9 @@ def test_no_private_name_crosses_modules(adaptix_graph: ImportGraph) -> None:
 
 
 def test_import_floors(adaptix_graph: ImportGraph) -> None:
-    chain = longest_chain(adaptix_graph.runtime())
+    runtime = adaptix_graph.runtime()
+    assert find_cycle(runtime) is None, "no floors while an import circle stands (see above)"
+    chain = longest_chain(runtime)
     print(f"import floors: {len(chain)} ({' -> '.join(chain)})")
     assert len(chain) <= MAX_FLOORS, f"{len(chain)} import floors: {' -> '.join(chain)}"
 
@@ -446,3 +457,5 @@ def test_floors_count_the_modules_of_the_longest_chain(tmp_path: Path) -> None:
         },
     )
     assert longest_chain(graph.runtime()) == ["pkg.a", "pkg.b", "pkg.c"]
+    with pytest.raises(ValueError, match="import circle"):
+        longest_chain({"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}})
