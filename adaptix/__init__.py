@@ -4,14 +4,21 @@ The public API; everything else is reachable through its submodules.
 """
 
 from adaptix._version import __version__
-from adaptix.allocator import tune_cpu_allocator
-from adaptix.calibration import Calibration, calibrate
-from adaptix.certificate import Certificate, CertificateWarning
+from adaptix.core.calibration import Calibration
+from adaptix.core.trace import Trace
 from adaptix.errors import AdaptixError, CalibrationError, ConfigError, PluginError, ValidationError
-from adaptix.guarantee import Certifier, budget, guarantee, verify_certificate
 from adaptix.hookspecs import hookimpl
-from adaptix.model import MultiExitModel, build_model
-from adaptix.monitor import (
+from adaptix.offline.calibrate import calibrate
+from adaptix.offline.certificate import Certificate, CertificateWarning
+from adaptix.offline.frontier import Frontier, FrontierPoint
+from adaptix.offline.guarantee import Certifier, budget, guarantee, verify_certificate
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.offline.simulate import SimulationResult, simulate, sweep
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds
+from adaptix.offline.survivors import SurvivorCounts, calibrate_survivors, count_survivors
+from adaptix.online.allocator import tune_cpu_allocator
+from adaptix.online.model import MultiExitModel, build_model
+from adaptix.online.monitor import (
     ReferenceCounts,
     ShiftAlarm,
     ShiftMonitor,
@@ -19,14 +26,9 @@ from adaptix.monitor import (
     ShiftTest,
     ShiftWarning,
 )
+from adaptix.online.runtime import EarlyExitRunner, RunnerOutput
+from adaptix.online.training import TrainResult, train_exits
 from adaptix.plugins import get_plugin_manager
-from adaptix.policy import ExitPolicy, policy
-from adaptix.runtime import EarlyExitRunner, RunnerOutput
-from adaptix.simulate import Frontier, FrontierPoint, SimulationResult, simulate, sweep
-from adaptix.statistics import ThresholdCounts, count_thresholds
-from adaptix.survivors import SurvivorCounts, calibrate_survivors, count_survivors
-from adaptix.trace import Trace
-from adaptix.training import TrainResult, train_exits
 
 __all__ = [
     "AdaptixError",

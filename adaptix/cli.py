@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from adaptix.errors import AdaptixError, ValidationError
 
 if TYPE_CHECKING:
-    from adaptix.study import StudyResult
+    from adaptix.experiment.study import StudyResult
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -57,8 +57,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from adaptix.study import run_study
-    from adaptix.trace import Trace
+    from adaptix.core.trace import Trace
+    from adaptix.experiment.study import run_study
+    from adaptix.experiment.study_plots import write_plots
 
     settings = {
         "splits": args.splits,
@@ -75,7 +76,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     }
     traces = Trace.load(args.calibration_trace), Trace.load(args.test_trace)
     result = run_study(*traces, **settings)
-    written = result.write(args.out)
+    written = [*result.write(args.out), *write_plots(result, args.out)]
     print(result.to_markdown())
     for path in written:
         print(f"wrote {path}")
@@ -86,7 +87,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _log_study(result: StudyResult, written: list[Path], out: Path) -> None:
     """Log to MLflow; the files are written by now, so a failure here only warns."""
-    from adaptix.study import log_study
+    from adaptix.experiment.study import log_study
     from adaptix.tracking import Tracker, default_tracking_uri
 
     uri = default_tracking_uri()
@@ -194,7 +195,8 @@ def _add_shift_study(commands: Any) -> None:
 
 def _cmd_shift_study(args: argparse.Namespace) -> int:
     from adaptix.experiment import load_config
-    from adaptix.experiment.shift_study import StudySettings, shift_job
+    from adaptix.experiment.shift_job import shift_job
+    from adaptix.experiment.shift_study import StudySettings
     from adaptix.experiment.shifts import DEFAULT_SEVERITIES
 
     sizes = {"streams": 20, "null_length": 5_000, "delay_length": 5_000, "repeats": 10}
@@ -242,7 +244,7 @@ def _log_shift_study(result: Any, written: list[Path], config: Any) -> None:
 
 
 def _add_study(commands: Any) -> None:
-    from adaptix.study import DEFAULT_CALIBRATORS, DEFAULT_CRITERIA, DEFAULT_SURVIVORS
+    from adaptix.experiment.study import DEFAULT_CALIBRATORS, DEFAULT_CRITERIA, DEFAULT_SURVIVORS
 
     study = commands.add_parser(
         "study",

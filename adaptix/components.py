@@ -22,12 +22,12 @@ from torch import Tensor, nn
 
 from adaptix._frozen import FrozenModel, describe_problem
 from adaptix.errors import CalibrationError, ValidationError
-from adaptix.kernels.types import ExitKind
 from adaptix.scalars import flag, integer, real, unit
 
 if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
-    from adaptix.trace import Trace
+    from adaptix.core.calibration import Calibration
+    from adaptix.core.trace import Trace
+    from adaptix.kernels.types import ExitKind
 
 
 class ParamsModel(FrozenModel):
@@ -151,7 +151,7 @@ class AccuracyReading:
     """What a criterion's threshold means for an accuracy target δ (``PCEE.md``: control).
 
     A criterion declares one as `ExitCriterion.accuracy_reading`. The main job's threshold grids
-    and control tables, `adaptix.control.control_summary`, the ``shortfall`` that
+    and control tables, `adaptix.offline.control.control_summary`, the ``shortfall`` that
     `adaptix.tracking.log_frontier` logs and the report all read it there, never a list of
     names, so a third-party criterion joins them by declaring its reading.
 
@@ -242,7 +242,7 @@ class ExitCriterion(Component):
         decide at ``threshold``, already checked by `validate_threshold`.
 
         Every valid threshold by default; a criterion reading a survivor calibration accepts
-        only the δ it was made for (`adaptix.calibration.SurvivorRule`).
+        only the δ it was made for (`adaptix.core.calibration.SurvivorRule`).
         """
 
     @classmethod
@@ -252,7 +252,7 @@ class ExitCriterion(Component):
 
         A criterion that returns one scores an input at exit e by the table's entry for its
         confidence bin and fires where the entry is ≥ the threshold (``fused_kind`` "table",
-        `fused_table` reads it); `adaptix.survivors` reads it to decide, exit by exit, which
+        `fused_table` reads it); `adaptix.offline.survivors` reads it to decide, exit by exit, which
         calibration inputs the criterion lets leave.
 
         Args:
@@ -321,7 +321,7 @@ class Calibrator(Component):
     A calibrator whose bin edges depend on the data (``equal_mass``) accepts a parameter
     ``edges`` (``[E, M + 1]``) that counts with given edges instead of fitting them, so that
     the calibrations of shards, counted with the same edges, merge by addition
-    (`adaptix.calibration.count_bins` does the counting).
+    (`adaptix.core.calibration.count_bins` does the counting).
     """
 
     @abstractmethod

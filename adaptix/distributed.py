@@ -3,8 +3,8 @@ addition, without collecting logits on the driver.
 
 Everything adaptix computes for control is a sum over inputs: the calibration tables
 (`Calibration` adds), the per-threshold counts behind `sweep` and `guarantee`
-(`adaptix.statistics.ThresholdCounts` adds). So a dataset that outgrows one machine is traced
-and counted shard by shard on Ray workers, and only the counts travel to the driver, whose
+(`adaptix.offline.statistics.ThresholdCounts` adds). So a dataset that outgrows one machine is
+traced and counted shard by shard on Ray workers, and only the counts travel to the driver, whose
 memory stays flat whatever the number of rows.
 
 - `trace_dataset` maps a Ray Dataset of inputs to one of exit logits with ``map_batches`` and a
@@ -16,8 +16,8 @@ memory stays flat whatever the number of rows.
   number of `ThresholdCounts`, in one pass; each batch yields its partial counts, which the
   driver adds as they stream in.
 - `reduce_survivors` counts a dataset of logits and labels into survivor calibrations
-  (`adaptix.survivors`) for a grid of δ: one reduction per exit, since exit e's survivors are
-  decided by the tables of the exits before, over the whole dataset.
+  (`adaptix.offline.survivors`) for a grid of δ: one reduction per exit, since exit e's survivors
+  are decided by the tables of the exits before, over the whole dataset.
 - `collect_trace` brings the logits to the driver as a `Trace`, when you ask for them.
 
 Results equal the single-process path on the same rows: the counts are integers and add
@@ -25,7 +25,7 @@ exactly; the only float sums (the calibration's confidence sums) differ from one
 summation order, at most a few units in the last place of float64 per bin. Defaults are the
 single-process ones: a criterion counted without a grid gets `adaptix.guarantee`'s candidates
 (``purpose="certification"``) or `adaptix.sweep`'s grid (``purpose="sweep"``), from the same
-`adaptix.simulate.default_grid`.
+`adaptix.offline.statistics.default_grid`.
 
 The promises of the single-process path hold across Ray too:
 
@@ -56,25 +56,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
 
-from adaptix.calibration import Calibration, count_bins
+from adaptix.core.calibration import MAX_BINS, Calibration, count_bins
+from adaptix.core.trace import Trace
 from adaptix.errors import AdaptixError, ValidationError
-from adaptix.guarantee import CANDIDATES
-from adaptix.monitor import DEFAULT_BINS, ReferenceCounts, reference_counts
+from adaptix.offline.guarantee import CANDIDATES
+from adaptix.offline.policy import ExitPolicy
+from adaptix.offline.statistics import (
+    SWEEP_GRID_SIZE,
+    ThresholdCounts,
+    count_thresholds,
+    default_grid,
+)
+from adaptix.offline.survivors import SurvivorCounts, count_survivors
+from adaptix.online.model import MultiExitModel, build_model
+from adaptix.online.monitor import DEFAULT_BINS, ReferenceCounts, reference_counts
 from adaptix.plugins import resolve_manager
-from adaptix.policy import ExitPolicy
 from adaptix.scalars import choice, count, flag, integer, real
-from adaptix.simulate import SWEEP_GRID_SIZE, default_grid
-from adaptix.statistics import ThresholdCounts, count_thresholds
-from adaptix.survivors import SurvivorCounts, count_survivors
-from adaptix.trace import Trace
-
-if TYPE_CHECKING:
-    from adaptix.model import MultiExitModel
 
 _INSTALL_HINT = "pip install 'adaptix[ray]' (Ray Data 2.60)"
 LOGITS = "logits"
@@ -82,10 +84,9 @@ LABEL = "label"
 
 Purpose = Literal["certification", "sweep"]
 #: What counts are for, and so the size of a criterion's default grid: certification's
-#: candidates (`adaptix.guarantee.CANDIDATES`) or a sweep's points
-#: (`adaptix.simulate.SWEEP_GRID_SIZE`). One default per computation, on every path.
+#: candidates (`adaptix.offline.guarantee.CANDIDATES`) or a sweep's points
+#: (`adaptix.offline.statistics.SWEEP_GRID_SIZE`). One default per computation, on every path.
 GRID_SIZES: dict[Purpose, int] = {"certification": CANDIDATES, "sweep": SWEEP_GRID_SIZE}
-_MAX_BINS = 2**24  # as adaptix.calibrate: bin(c) is computed in float32
 
 
 def import_ray() -> ModuleType:
@@ -331,8 +332,6 @@ class SavedModel:
                 )
 
     def __call__(self) -> MultiExitModel:
-        from adaptix.model import build_model
-
         model = build_model(
             self.backbone,
             self.num_classes,
@@ -657,10 +656,10 @@ def reduce_statistics(
 
     ``purpose`` says what the counts are for, so that each computation has one default on
     every path: with ``"certification"`` (the default), a criterion without a grid is counted
-    at `adaptix.guarantee`'s candidate thresholds (`adaptix.guarantee.CANDIDATES`), so that
+    at `adaptix.guarantee`'s candidate thresholds (`adaptix.offline.guarantee.CANDIDATES`), so that
     ``Certifier.from_counts(stats.counts[name])`` certifies exactly as
     ``adaptix.guarantee(whole_trace, name, ...)``, and labels are required; with ``"sweep"``,
-    at `adaptix.sweep`'s default grid (`adaptix.simulate.SWEEP_GRID_SIZE`), so that
+    at `adaptix.sweep`'s default grid (`adaptix.offline.statistics.SWEEP_GRID_SIZE`), so that
     ``.points()`` are ``adaptix.sweep(whole_trace, name).points``, and labels are optional
     (without them, points have no accuracy).
 
@@ -670,11 +669,12 @@ def reduce_statistics(
         costs: the model's cumulative costs ``[E]`` (e.g. ``model.trace(example).costs``).
         bins: calibration bins to count, 1 to 2**24 (None: no calibration; needs labels).
             ``adaptix.calibrate``'s default is 10.
-        edges: bin edges ``[E, M + 1]`` (None: equal-width), as `adaptix.calibration.count_bins`.
-        thresholds: the criteria and grids to count (`adaptix.statistics.ThresholdCounts`).
+        edges: bin edges ``[E, M + 1]`` (None: equal-width), as
+            `adaptix.core.calibration.count_bins`.
+        thresholds: the criteria and grids to count (`adaptix.offline.statistics.ThresholdCounts`).
         calibration: the calibration that calibrated criteria (pcee, ...) read.
         monitor: a policy: also count the dataset as the reference of a `ShiftMonitor` for it
-            (`adaptix.monitor.ReferenceCounts`: build the monitor from them).
+            (`adaptix.online.monitor.ReferenceCounts`: build the monitor from them).
         monitor_bins: the monitor's equal-width bins when ``monitor`` reads no calibration
             (`ShiftMonitor`'s and `reference_counts`' default).
         purpose: ``"certification"`` or ``"sweep"``: the default grids and whether labels are
@@ -763,7 +763,7 @@ def _plan(
     stand_in = _stand_in(values, classes, labelled=True)
     checked_bins = None
     if bins is not None:
-        checked_bins = integer(bins, "bins", low=1, high=_MAX_BINS)
+        checked_bins = integer(bins, "bins", low=1, high=MAX_BINS)
         count_bins(stand_in, checked_bins, edges=edges)
     manager = resolve_manager(None)  # the workers resolve criteria with the default manager
     resolved = []
@@ -896,7 +896,7 @@ def reduce_survivors(
         criterion,
         num_exits=len(values),
         num_classes=1 if shape is None else shape[1],
-        bins=integer(bins, "bins", low=1, high=_MAX_BINS),
+        bins=integer(bins, "bins", low=1, high=MAX_BINS),
         edges=edges,
         **dict(params or {}),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import adaptix
-from adaptix.allocator import cpu_allocator_tuned
+from adaptix.online.allocator import cpu_allocator_tuned
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace

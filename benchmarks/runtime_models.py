@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 import adaptix
-from adaptix.data import load_fashion_mnist
+from adaptix.core.rows import batch_size, take_rows
 from adaptix.experiment.cache import cache_key
-from adaptix.rows import batch_size, take_rows
+from adaptix.experiment.data import load_fashion_mnist
 from adaptix.testing.speed import SpeedResult
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".benchmarks" / "models"

@@ -44,7 +44,7 @@ from adaptix.distributed import (  # noqa: E402  # after the skip
     reduce_statistics,
     trace_dataset,
 )
-from adaptix.statistics import count_thresholds  # noqa: E402
+from adaptix.offline.statistics import count_thresholds  # noqa: E402
 
 ROWS = 200_000
 STREAM_ROWS = 2_000_000

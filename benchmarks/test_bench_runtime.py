@@ -69,9 +69,9 @@ from runtime_models import (
 )
 
 import adaptix
+from adaptix.core.rows import batch_size, take_rows
 from adaptix.errors import AdaptixError
-from adaptix.model import profile_from_trace
-from adaptix.rows import batch_size, take_rows
+from adaptix.online.model import profile_from_trace
 from adaptix.testing.speed import Agreement, ExitBenchmark, Mode, SpeedResult
 
 CNN = CnnConfig()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 import adaptix
 from adaptix.components import ExitCriterion, ParamsModel
-from adaptix.scores import probabilities
+from adaptix.core.scores import probabilities
 from adaptix.testing import check_criterion
 
 

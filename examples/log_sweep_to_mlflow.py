@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import adaptix
-from adaptix import plots
+from adaptix.experiment import plots
 from adaptix.testing import synthetic_trace
 from adaptix.tracking import Tracker, log_frontier
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 import adaptix
-from adaptix.data import load_fashion_mnist
-from adaptix.training import RandomCropFlip, exit_accuracy
+from adaptix.experiment.data import load_fashion_mnist
+from adaptix.online.training import RandomCropFlip, exit_accuracy
 
 #: Recipe variants: keyword arguments of `adaptix.train_exits` ("weights": "rising" gives
 #: per-exit loss weights from 0.5 at the first exit to 1.5 at the last).

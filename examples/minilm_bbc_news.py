@@ -28,7 +28,7 @@ from adaptix_transformers import load_bbc_news, load_minilm
 from torch import Tensor
 
 import adaptix
-from adaptix.rows import take_rows
+from adaptix.core.rows import take_rows
 
 
 def parse_args() -> argparse.Namespace:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import adaptix
-from adaptix.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from adaptix.experiment.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from adaptix.experiment.shifts import shift_images
 
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 import adaptix
 from adaptix import AdaptixError
-from adaptix.calibration import Calibration
 from adaptix.components import Calibrator, ExitCriterion
+from adaptix.core.calibration import Calibration
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.settings import Settings
 

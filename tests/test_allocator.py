@@ -9,7 +9,7 @@ import torch
 
 import adaptix
 from adaptix import ValidationError
-from adaptix.allocator import _glibc, cpu_allocator_tuned
+from adaptix.online.allocator import _glibc, cpu_allocator_tuned
 
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or _glibc() is None, reason="needs Linux with glibc"
@@ -37,7 +37,7 @@ def test_out_of_range_thresholds_are_refused(value: object) -> None:
 
 
 def test_without_glibc_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("adaptix.allocator._glibc", lambda: None)
+    monkeypatch.setattr("adaptix.online.allocator._glibc", lambda: None)
     before = cpu_allocator_tuned()
     assert adaptix.tune_cpu_allocator(128 << 20) is False
     assert cpu_allocator_tuned() == before

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 import adaptix
 from adaptix import Calibration, CalibrationError, EarlyExitRunner, MultiExitModel
-from adaptix.calibration import count_bins
+from adaptix.core.calibration import count_bins
+from adaptix.core.scores import bin_edges, bin_index, confidence, float32_edges
 from adaptix.kernels import ExitDecider, exit_decision_reference
-from adaptix.scores import bin_edges, bin_index, confidence, float32_edges
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,7 +78,7 @@ def _naive_edges(values: list[float], edges: list[float]) -> list[int]:
 @SETTINGS
 @given(data=st.data())
 def test_equal_width_lookup_is_the_contract_rule(data: st.DataObject) -> None:
-    """Equal-width calibrations look bins up exactly as `adaptix.scores.bin_index`: c = 0 and
+    """Equal-width calibrations look bins up exactly as `adaptix.core.scores.bin_index`: c = 0 and
     1, c on and one float32 step around every edge k / M, NaN, and anything in [0, 1]."""
     bins = data.draw(st.sampled_from([1, 2, 3, 7, 10, 13, 64, 100]), label="bins")
     on_edges = [v for k in range(bins + 1) for v in _neighbours(k / bins) if 0 <= v <= 1]

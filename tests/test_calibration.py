@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adaptix
-import adaptix.calibration
-import adaptix.files
+import adaptix.core.calibration
+import adaptix.core.files
 from adaptix import AdaptixError, Calibration, CalibrationError, PluginError, ValidationError
 from adaptix.components import Calibrator, ParamsModel
 from adaptix.testing import synthetic_trace
@@ -158,7 +158,7 @@ def test_a_write_that_dies_halfway_leaves_the_old_file(tmp_path: Path, calibrati
     path = calibration.save(tmp_path / "calibration.json")
     before = path.read_bytes()
     other = adaptix.calibrate(synthetic_trace(50, 3, 4, seed=9), bins=5, plugins=plugins)
-    real_write = adaptix.files.atomic_write
+    real_write = adaptix.core.files.atomic_write
 
     def half_write(target: Path, write: object, what: str) -> Path:
         def write_half(handle: BinaryIO) -> None:
@@ -170,7 +170,7 @@ def test_a_write_that_dies_halfway_leaves_the_old_file(tmp_path: Path, calibrati
         return real_write(target, write_half, what)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adaptix.calibration, "atomic_write", half_write)
+        patch.setattr(adaptix.core.calibration, "atomic_write", half_write)
         with pytest.raises(ValidationError, match=r"the write failed \(killed halfway\)"):
             other.save(path)
     assert path.read_bytes() == before

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 import adaptix
 from adaptix import PluginError
-from adaptix.calibration import Calibration
 from adaptix.components import (
     Backbone,
     BackboneParts,
@@ -23,6 +22,8 @@ from adaptix.components import (
     ExitHead,
     ParamsModel,
 )
+from adaptix.core.calibration import Calibration
+from adaptix.core.trace import Trace
 from adaptix.default_plugins.calibrators import Reliability
 from adaptix.default_plugins.criteria import PCEE, Confidence, Patience
 from adaptix.default_plugins.heads import Linear
@@ -34,7 +35,6 @@ from adaptix.testing import (
     check_exit_head,
     contract_cases,
 )
-from adaptix.trace import Trace
 
 CASES = contract_cases()
 

@@ -12,7 +12,7 @@ import torch
 import adaptix
 from adaptix import PluginError, ValidationError
 from adaptix.components import AccuracyReading
-from adaptix.control import (
+from adaptix.offline.control import (
     best_accuracy_within,
     cheapest_reaching,
     control_summary,
@@ -21,7 +21,7 @@ from adaptix.control import (
     oracle_points,
     summarise_control,
 )
-from adaptix.simulate import Frontier, FrontierPoint
+from adaptix.offline.frontier import Frontier, FrontierPoint
 
 
 def _point(criterion: str, threshold: float, early: float | None, cost: float) -> FrontierPoint:

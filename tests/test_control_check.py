@@ -2,7 +2,7 @@
 
 Traces are built row by row, so that every count the check reads (inputs leaving early, right
 answers, rows the policy loses or gains against the last exit) is known by construction; the
-expected p-values and bounds are computed here with scipy, not with `adaptix.bounds`. The
+expected p-values and bounds are computed here with scipy, not with `adaptix.core.bounds`. The
 validity tests draw many held-out samples where the promise holds exactly and count how often
 the check fails them: no more often than α (and, for early accuracy, exactly as often as the
 binomial computation says).

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from adaptix import ValidationError
-from adaptix.data import FashionMNIST, load_fashion_mnist, read_idx
+from adaptix.experiment.data import FashionMNIST, load_fashion_mnist, read_idx
 
 
 @pytest.fixture(scope="module")

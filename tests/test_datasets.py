@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from adaptix import ConfigError
-from adaptix.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from adaptix.experiment.config import DataConfig, parse_config
+from adaptix.experiment.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from adaptix.experiment.datasets import JobData, Split, load_job_data
 
 BBC_ARTICLES = 2225

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import adaptix
-from adaptix.calibration import count_bins
+from adaptix.core.calibration import count_bins
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.testing import synthetic_trace
 
@@ -132,7 +132,7 @@ def test_reduced_statistics_equal_the_single_process_ones(
     assert torch.equal(calibration.correct, whole.correct)
     # Float sums in another order: equal up to float64 rounding.
     assert torch.allclose(calibration.confidence_sum, whole.confidence_sum, rtol=1e-12, atol=0)
-    from adaptix.statistics import count_thresholds
+    from adaptix.offline.statistics import count_thresholds
 
     for spec in specs:
         expected = count_thresholds(
@@ -224,7 +224,7 @@ def test_a_monitor_reference_counted_on_ray_equals_the_trace_s(cluster: None) ->
     """The shift monitor's reference histograms (exit-0 bins, exits, bins of the inputs that
     reach each exit), counted in shards: equal to `reference_counts` of the whole trace, and a
     monitor built from them tests as one built from the trace."""
-    from adaptix.monitor import reference_counts
+    from adaptix.online.monitor import reference_counts
 
     trace = synthetic_trace(900, 4, 6, seed=5)
     policy = adaptix.policy("pcee", 0.7, adaptix.calibrate(trace))

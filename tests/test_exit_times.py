@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 import adaptix
 from adaptix import MultiExitModel, ValidationError
-from adaptix.runtime import ExitTimes, time_exits
+from adaptix.online.runtime import ExitTimes, time_exits
 
 
 class Clock:
@@ -64,7 +64,7 @@ def test_times_are_per_input_best_of_the_repeats_after_a_warm_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr(adaptix.runtime.time, "perf_counter", clock)
+    monkeypatch.setattr(adaptix.online.runtime.time, "perf_counter", clock)
     # The warm-up pass is the fastest: counting it would halve every time.
     slowdown = [0.5, 3.0, 1.0, 2.0]
     model = clocked_model(clock, slowdown, batches=2)

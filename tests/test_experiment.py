@@ -13,11 +13,11 @@ from torch import Tensor
 
 import adaptix
 from adaptix.components import AccuracyReading, ExitCriterion
+from adaptix.core.scores import probabilities
 from adaptix.experiment import job, load_config, run_job
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import JobConfig, ModelConfig, parse_config
 from adaptix.experiment.report import render_report
-from adaptix.scores import probabilities
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
 

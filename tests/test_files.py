@@ -1,4 +1,4 @@
-"""`adaptix.files`: atomic saves (for traces, calibrations and the model cache) and metadata."""
+"""`adaptix.core.files`: atomic saves (for traces, calibrations and the model cache), metadata."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 import adaptix
 from adaptix import Calibration, CalibrationError, Trace, ValidationError
+from adaptix.core.files import atomic_write, check_meta
 from adaptix.experiment.cache import ModelCache
-from adaptix.files import atomic_write, check_meta
 from adaptix.testing import synthetic_trace
 
 KEY = "ab" * 32

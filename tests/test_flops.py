@@ -7,7 +7,7 @@ import math
 import pytest
 
 from adaptix import ValidationError
-from adaptix.flops import FlopProfile
+from adaptix.core.flops import FlopProfile
 
 
 def test_costs_of_a_profile() -> None:

@@ -81,9 +81,9 @@ from adaptix import (
     PluginError,
     Trace,
     ValidationError,
-    control,
 )
 from adaptix.kernels import ExitDecider, exit_decision
+from adaptix.offline import control
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace

@@ -22,7 +22,8 @@ from torch import Tensor
 
 import adaptix
 from adaptix import Certificate, CertificateWarning, Certifier, ValidationError
-from adaptix.bounds import (
+from adaptix.components import Direction, ExitCriterion
+from adaptix.core.bounds import (
     binomial_pvalue_at_least,
     binomial_pvalue_at_most,
     clopper_pearson_lower,
@@ -30,7 +31,6 @@ from adaptix.bounds import (
     fixed_sequence,
     hoeffding_bentkus_pvalue,
 )
-from adaptix.components import Direction, ExitCriterion
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 from adaptix.testing.data import synthetic_trace
 

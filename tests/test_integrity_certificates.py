@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import Certificate, CertificateWarning, ValidationError
-from adaptix.bounds import (
+from adaptix.core.bounds import (
     binomial_pvalue_at_least,
     clopper_pearson_lower,
     hoeffding_bentkus_pvalue,
 )
-from adaptix.files import json_digest
-from adaptix.guarantee import Certifier, verify_certificate
+from adaptix.core.files import json_digest
+from adaptix.offline.guarantee import Certifier, verify_certificate
 from adaptix.testing.data import synthetic_trace
 
 # Calibration rows for the bins, certification rows for the test: disjoint halves of one draw.

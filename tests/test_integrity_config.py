@@ -28,16 +28,16 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import CertificateWarning, ConfigError, PluginError, ValidationError
-from adaptix import data as idx_data
-from adaptix import study as study_module
 from adaptix.cli import main
+from adaptix.core.trace import Trace
+from adaptix.experiment import data as idx_data
 from adaptix.experiment import datasets, job, load_config, run_job
-from adaptix.experiment import shift_study as shift_module
+from adaptix.experiment import shift_job as shift_module
+from adaptix.experiment import study as study_module
 from adaptix.experiment.config import parse_config
 from adaptix.experiment.shift_study import StudySettings
-from adaptix.study import run_study
+from adaptix.experiment.study import run_study
 from adaptix.testing import synthetic_trace
-from adaptix.trace import Trace
 
 TRAIN_ROWS, TEST_ROWS = 700, 300
 
@@ -82,6 +82,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(datasets, "load_fashion_mnist", forbidden("load_fashion_mnist"))
     monkeypatch.setattr(datasets, "load_job_data", forbidden("load_job_data"))
     monkeypatch.setattr(job, "load_job_data", forbidden("load_job_data"))
+    monkeypatch.setattr(shift_module, "load_job_data", forbidden("load_job_data"))
     monkeypatch.setattr(job, "train_exits", forbidden("train_exits"))
     monkeypatch.setattr(adaptix.MultiExitModel, "trace", forbidden("trace"))
     return attempted

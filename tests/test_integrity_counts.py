@@ -44,8 +44,13 @@ from adaptix import (
     ShiftTest,
     ValidationError,
 )
-from adaptix.monitor import ReferenceCounts, evidence_path, reference_counts, segment_threshold
-from adaptix.statistics import ThresholdCounts, count_thresholds
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds
+from adaptix.online.monitor import (
+    ReferenceCounts,
+    evidence_path,
+    reference_counts,
+    segment_threshold,
+)
 from adaptix.testing import synthetic_trace
 
 FUZZ = settings(

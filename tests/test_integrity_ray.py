@@ -41,9 +41,9 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix.errors import AdaptixError, CalibrationError, PluginError, ValidationError
-from adaptix.guarantee import CANDIDATES
-from adaptix.monitor import reference_counts
-from adaptix.simulate import SWEEP_GRID_SIZE
+from adaptix.offline.guarantee import CANDIDATES
+from adaptix.offline.statistics import SWEEP_GRID_SIZE
+from adaptix.online.monitor import reference_counts
 from adaptix.testing import synthetic_trace
 
 # Before Ray is imported: bind the local cluster to 127.0.0.1 only, report no usage.

@@ -24,18 +24,18 @@ from torch import nn
 import adaptix
 from adaptix import ValidationError
 from adaptix.components import AccuracyReading, ParamsModel, build_params
-from adaptix.control import best_accuracy_within, cheapest_reaching
+from adaptix.core.flops import FlopProfile
 from adaptix.default_plugins.backbones import SequentialParams
 from adaptix.default_plugins.criteria import PCEELCBParams, PCEEWSParams
-from adaptix.flops import FlopProfile
 from adaptix.kernels import ExitDecider
+from adaptix.offline.control import best_accuracy_within, cheapest_reaching
+from adaptix.online.runtime import time_exits
+from adaptix.online.training import RandomCropFlip, exit_accuracy
 from adaptix.plugins import AdaptixPluginWarning
-from adaptix.runtime import time_exits
 from adaptix.settings import Settings
 from adaptix.testing import synthetic_trace
 from adaptix.testing.control_check import check_control
 from adaptix.testing.speed import ExitBenchmark
-from adaptix.training import RandomCropFlip, exit_accuracy
 
 Kind = Literal["real", "integer", "flag"]
 
@@ -120,7 +120,7 @@ CASES = [
     Case("synthetic_trace.num_classes", "integer", 3, lambda v: synthetic_trace(8, 2, v)),
     Case("synthetic_trace.seed", "integer", 3, lambda v: synthetic_trace(8, seed=v)),
     Case("synthetic_trace.labelled", "flag", True, lambda v: synthetic_trace(8, labelled=v)),
-    # adaptix.runtime
+    # adaptix.online.runtime
     Case(
         "EarlyExitRunner.return_probabilities",
         "flag",
@@ -130,7 +130,7 @@ CASES = [
     Case("EarlyExitRunner.fused", "flag", True, lambda v: _runner(fused=v)),
     Case("EarlyExitRunner.check_finite", "flag", True, lambda v: _runner(check_finite=v)),
     Case("time_exits.repeats", "integer", 1, lambda v: time_exits(MODEL, [INPUTS], repeats=v)),
-    # adaptix.model
+    # adaptix.online.model
     Case(
         "MultiExitModel.trace.batch_size", "integer", 8, lambda v: MODEL.trace(INPUTS, batch_size=v)
     ),
@@ -155,7 +155,7 @@ CASES = [
             "sequential", v, source=[nn.Linear(4, 4)], example_input=INPUTS
         ),
     ),
-    # adaptix.training
+    # adaptix.online.training
     Case("train_exits.epochs", "integer", 1, lambda v: _train(epochs=v)),
     Case("train_exits.batch_size", "integer", 8, lambda v: _train(batch_size=v)),
     Case("train_exits.patience", "integer", 1, lambda v: _train(patience=v)),
@@ -201,7 +201,8 @@ CASES = [
         1,
         lambda v: _params(SequentialParams, "boundaries", [v, 2]),
     ),
-    # adaptix.control, adaptix.flops, adaptix.kernels, adaptix.plugins, adaptix.settings
+    # adaptix.offline.control, adaptix.core.flops, adaptix.kernels, adaptix.plugins,
+    # adaptix.settings
     Case(
         "best_accuracy_within.budget", "real", 2.0, lambda v: best_accuracy_within([(1.0, 0.8)], v)
     ),

@@ -36,6 +36,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adaptix.core.scores import bin_edges, bin_index, confidence, float32_edges
 from adaptix.default_plugins.calibrators import equal_mass_edges
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.kernels import (
@@ -49,7 +50,6 @@ from adaptix.kernels import (
 )
 from adaptix.kernels import decider as decider_module
 from adaptix.kernels.reference import float32_bound
-from adaptix.scores import bin_edges, bin_index, confidence, float32_edges
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRITON = find_spec("triton") is not None
@@ -694,7 +694,7 @@ def test_reference_known_values() -> None:
 
 
 def test_confidence_is_the_largest_probability() -> None:
-    """`adaptix.scores.confidence`, the one definition the decider and the reference share."""
+    """`adaptix.core.scores.confidence`, the one definition the decider and the reference share."""
     logits = torch.tensor(
         [[0.0, 0.0], [NEG_INF, 3.0], [math.nan, 1.0], [NEG_INF, NEG_INF]], dtype=torch.float16
     )

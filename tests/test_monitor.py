@@ -1,4 +1,4 @@
-"""`adaptix.monitor`: the shift test's maths and validity, and the monitor on a real runner.
+"""`adaptix.online.monitor`: the shift test's maths and validity, and the monitor on a real runner.
 
 The e-process is checked three ways: against its definition written out (the sequential
 Krichevsky–Trofimov product), exactly (by enumerating every reference and stream of a small
@@ -37,9 +37,9 @@ from adaptix import (
     ShiftWarning,
     ValidationError,
 )
-from adaptix.calibration import count_bins
-from adaptix.monitor import combine, log_sequence_probability
-from adaptix.scores import bin_index, confidence
+from adaptix.core.calibration import count_bins
+from adaptix.core.scores import bin_index, confidence
+from adaptix.online.monitor import combine, log_sequence_probability
 from adaptix.testing import synthetic_trace
 
 # The fixtures reused: the trained MLP of test_runtime and the data it is built from.
@@ -988,7 +988,7 @@ def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
 ) -> None:
     """The monitor's incremental segments equal `evidence_path` on the same counts, and the
     alarm lines are log(π² j² / (6α)): α_j adds up to α over all segments."""
-    from adaptix.monitor import evidence_path, segment_threshold
+    from adaptix.online.monitor import evidence_path, segment_threshold
 
     alpha = 0.05
     monitor = monitor_for(equal_mass_policy, alpha=alpha, check_every=1, restart_every=50)
@@ -1002,7 +1002,7 @@ def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
             monitor.count_exit(e, rows[:, e])  # every row reaches every exit: exits all last
         monitor.end_batch(torch.full((20,), FEEDBACK_EXITS - 1, dtype=torch.long))
         lines.append(monitor.threshold)
-    bins0 = calibration.bin_index(adaptix.scores.confidence(stream.logits[:, 0]), 0)
+    bins0 = calibration.bin_index(adaptix.core.scores.confidence(stream.logits[:, 0]), 0)
     bin_counts = torch.nn.functional.one_hot(bins0, BINS).cumsum(0)[19::20]
     exits = torch.full((400,), FEEDBACK_EXITS - 1, dtype=torch.long)
     exit_counts = torch.nn.functional.one_hot(exits, FEEDBACK_EXITS).cumsum(0)[19::20]
@@ -1027,7 +1027,7 @@ def test_reference_counts_add_over_shards_and_stand_for_the_trace(
     """A reference counted in shards and added equals the whole trace's counts; a monitor
     built from counts tests exactly as one built from the trace, and refuses a new policy
     without a new reference (its counts are the old policy's exits)."""
-    from adaptix.monitor import ReferenceCounts, reference_counts
+    from adaptix.online.monitor import ReferenceCounts, reference_counts
 
     reference = synthetic_trace(300, FEEDBACK_EXITS, FEEDBACK_CLASSES, seed=2, labelled=False)
     whole = reference_counts(reference, equal_mass_policy)

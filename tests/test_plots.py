@@ -1,4 +1,5 @@
-"""`adaptix.plots`: every figure is written as a real PNG, with undefined points and empty bins."""
+"""`adaptix.experiment.plots`: every figure is written as a real PNG, with undefined points and
+empty bins."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 import adaptix
 from adaptix import Calibration, ValidationError
-from adaptix.plots import (
+from adaptix.experiment.plots import (
     DPI,
     plot_accuracy_vs_flops,
     plot_control,
@@ -166,9 +167,10 @@ def test_plots_without_matplotlib_say_how_to_install(tmp_path: Path) -> None:
         f"""
         import sys
         sys.modules["matplotlib"] = None  # as if matplotlib were not installed
-        import adaptix.plots
+        import adaptix
+        from adaptix.experiment import plots
         try:
-            adaptix.plots.plot_control({{"pcee": [(0.5, 0.6)]}}, {str(tmp_path / "x.png")!r})
+            plots.plot_control({{"pcee": [(0.5, 0.6)]}}, {str(tmp_path / "x.png")!r})
         except adaptix.AdaptixError as err:
             print(err)
         else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import adaptix
-from adaptix.features import TokenPool
+from adaptix.core.features import TokenPool
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(

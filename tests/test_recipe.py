@@ -13,7 +13,7 @@ from torch import Tensor
 
 import adaptix
 from adaptix import MultiExitModel, ValidationError
-from adaptix.training import RandomCropFlip
+from adaptix.online.training import RandomCropFlip
 
 
 def images(n: int, channels: int = 1, size: int = 6, seed: int = 0) -> Tensor:

@@ -1,11 +1,11 @@
-"""`adaptix.rows.take_rows`: the row selection the runtime compacts every state with."""
+"""`adaptix.core.rows.take_rows`: the row selection the runtime compacts every state with."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from adaptix.rows import take_rows
+from adaptix.core.rows import take_rows
 
 
 def nest() -> dict[str, object]:

@@ -28,9 +28,9 @@ from adaptix import (
     RunnerOutput,
     ValidationError,
 )
-from adaptix.data import FashionMNIST, load_fashion_mnist
-from adaptix.model import profile_from_trace
-from adaptix.rows import batch_size
+from adaptix.core.rows import batch_size
+from adaptix.experiment.data import FashionMNIST, load_fashion_mnist
+from adaptix.online.model import profile_from_trace
 from adaptix.testing import synthetic_trace
 
 CRITERIA = ("confidence", "entropy", "patience", "pcee", "pcee_ws")

@@ -567,7 +567,7 @@ def test_a_feature_function_that_cannot_read_a_dict_state_is_refused(feature: st
 def test_a_token_mask_under_another_key_is_refused_by_the_mean() -> None:
     """feature='mean' reads the mask at 'attention_mask'; one under 'mask' was silently ignored
     and the padding averaged in."""
-    from adaptix.features import TokenPool
+    from adaptix.core.features import TokenPool
 
     hidden = torch.randn(2, 5, 3)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)

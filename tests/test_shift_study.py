@@ -25,7 +25,9 @@ from test_experiment import check_table, markdown_tables
 import adaptix
 from adaptix import Trace, ValidationError
 from adaptix.cli import _cmd_shift_study, build_parser, main
-from adaptix.experiment import shift_study
+from adaptix.core.scores import prediction
+from adaptix.experiment import shift_job as shift_job_module
+from adaptix.experiment.shift_plots import write_plots
 from adaptix.experiment.shift_study import (
     Recalibrated,
     ShiftCell,
@@ -36,7 +38,6 @@ from adaptix.experiment.shift_study import (
     run_shift_study,
 )
 from adaptix.experiment.shifts import DEFAULT_SEVERITIES, class_prior_weights, hardest_classes
-from adaptix.scores import prediction
 
 EXITS = 4
 CLASSES = 5
@@ -315,8 +316,8 @@ def written_result() -> ShiftStudyResult:
 
 def test_write_puts_the_tables_the_json_and_three_plots(tmp_path: Path) -> None:
     result = written_result()
-    written = result.write(tmp_path / "out")
     folder = tmp_path / "out"
+    written = [*result.write(folder), *write_plots(result, folder)]
     assert written == [folder / "shift-study.md", folder / "shift-study.json"] + [
         folder / name for name in PNGS
     ]
@@ -497,7 +498,7 @@ def logged(store: tuple[str, Path], experiment: str, result: ShiftStudyResult, o
 
     uri, artifacts = store
     tracker = Tracker(experiment, uri, artifact_location=str(artifacts / experiment))
-    parent = log_shift_study(result, result.write(out), tracker)
+    parent = log_shift_study(result, [*result.write(out), *write_plots(result, out)], tracker)
     assert tracker.failures == []
     client = mlflow.MlflowClient(uri)
     runs = list(client.search_runs([tracker.experiment_id], max_results=100))
@@ -591,7 +592,7 @@ def test_quick_runs_the_small_study_on_two_severities_per_shift(
         markdown.write_text(result.to_markdown())
         return result, [markdown]
 
-    monkeypatch.setattr(shift_study, "shift_job", shift_job)
+    monkeypatch.setattr(shift_job_module, "shift_job", shift_job)
     code = main(["shift-study", "--quick", "--no-mlflow", "--output-dir", str(tmp_path)])
     assert code == 0
     assert seen["settings"] == StudySettings(

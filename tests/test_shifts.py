@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from adaptix import ValidationError
-from adaptix.data import FASHION_MNIST_MEAN as MEAN
-from adaptix.data import FASHION_MNIST_STD as STD
+from adaptix.experiment.data import FASHION_MNIST_MEAN as MEAN
+from adaptix.experiment.data import FASHION_MNIST_STD as STD
 from adaptix.experiment.shifts import (
     DEFAULT_SEVERITIES,
     IMAGE_SHIFTS,

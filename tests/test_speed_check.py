@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import adaptix
 from adaptix import AdaptixError, EarlyExitRunner, ExitPolicy, MultiExitModel, ValidationError
-from adaptix.model import profile_from_trace
-from adaptix.runtime import RunnerOutput
+from adaptix.online.model import profile_from_trace
+from adaptix.online.runtime import RunnerOutput
 from adaptix.testing import speed
 from adaptix.testing.speed import (
     SHOWN_ROWS,

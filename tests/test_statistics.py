@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import CalibrationError, CertificateWarning, Certifier, ValidationError
-from adaptix.statistics import ThresholdCounts, count_thresholds
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -124,7 +124,7 @@ def test_counts_are_what_simulate_does_at_each_threshold(plugins) -> None:
     """An independent oracle: every count recomputed from `simulate`'s per-input exits."""
     trace, calibration = _trace(), _calibration(plugins)
     counts = _count(trace, "pcee", plugins, calibration)
-    predictions = adaptix.scores.prediction(trace.logits)
+    predictions = adaptix.core.scores.prediction(trace.logits)
     right_all = predictions == trace.labels.unsqueeze(1)
     final = right_all[:, -1]
     assert counts.final_correct == int(final.sum())
@@ -221,7 +221,9 @@ def test_a_certifier_from_summed_counts_is_the_certifier_of_the_whole(name: str,
         p.certificate.target for p in certified
     }
     # An independent check of what the counts say: the estimates are what simulate measures.
-    final = float((adaptix.scores.prediction(trace.logits)[:, -1] == trace.labels).double().mean())
+    final = float(
+        (adaptix.core.scores.prediction(trace.logits)[:, -1] == trace.labels).double().mean()
+    )
     for pol in certified:
         result, certificate = adaptix.simulate(trace, pol), pol.certificate
         assert certificate.early_exit_rate == pytest.approx(result.early_exit_rate, abs=1e-12)

@@ -1,4 +1,5 @@
-"""`adaptix.study` and ``adaptix study``: the repeated-splits evidence for the guarantees."""
+"""`adaptix.experiment.study` and ``adaptix study``: the repeated-splits evidence for the
+guarantees."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import torch
 import adaptix
 from adaptix import PluginError, ValidationError
 from adaptix.cli import main
-from adaptix.control import oracle_costs
-from adaptix.guarantee import CertificateWarning
-from adaptix.study import (
+from adaptix.core.trace import Trace
+from adaptix.experiment.study import (
     NOISE_Z,
     StudyResult,
     StudyRow,
@@ -25,8 +25,10 @@ from adaptix.study import (
     run_study,
     split_indices,
 )
+from adaptix.experiment.study_plots import write_plots
+from adaptix.offline.control import oracle_costs
+from adaptix.offline.guarantee import CertificateWarning
 from adaptix.testing import synthetic_trace
-from adaptix.trace import Trace
 
 DELTAS = (0.6, 0.7, 0.8, 0.9)
 #: Small, quick settings: 2 × 300 pooled inputs of a 4-exit model.
@@ -254,7 +256,7 @@ def test_csv_holds_every_row_and_markdown_one_table_per_scale(study, tmp_path: P
 
 
 def test_write_saves_tables_and_plots(study, tmp_path: Path) -> None:
-    written = study.write(tmp_path / "out")
+    written = [*study.write(tmp_path / "out"), *write_plots(study, tmp_path / "out")]
     assert [p.name for p in written] == [
         "study.csv",
         "study.md",

@@ -31,10 +31,10 @@ from adaptix import (
     calibrate_survivors,
     count_survivors,
 )
-from adaptix.calibration import SurvivorRule, bin_accuracy, count_bins
 from adaptix.components import ParamsModel
+from adaptix.core.calibration import SurvivorRule, bin_accuracy, count_bins
 from adaptix.default_plugins.criteria import PCEE
-from adaptix.survivors import reads_bin_table
+from adaptix.offline.survivors import reads_bin_table
 from adaptix.testing import synthetic_trace
 
 RULES = [("pcee", {}), ("pcee_ws", {"window": 2}), ("pcee_lcb", {"bonferroni": True})]

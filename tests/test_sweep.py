@@ -25,7 +25,7 @@ CRITERIA = {"confidence": {}, "entropy": {}, "patience": {}, "pcee": {}, "pcee_w
 
 def _grids(data: st.DataObject, trace: adaptix.Trace) -> dict[str, list[float]]:
     """Random grids with exact scores mixed in (ties with the threshold), patience integers."""
-    scores = adaptix.scores.confidence_and_prediction(trace.logits)[0].flatten().tolist()
+    scores = adaptix.core.scores.confidence_and_prediction(trace.logits)[0].flatten().tolist()
     unit = st.floats(0.0, 1.0) | st.sampled_from(scores)
     grids: dict[str, list[float]] = {
         name: data.draw(st.lists(unit, min_size=1, max_size=8), label=f"{name} grid")

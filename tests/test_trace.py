@@ -10,7 +10,7 @@ import torch
 
 import adaptix
 from adaptix import Trace, ValidationError
-from adaptix.scores import confidence_and_prediction
+from adaptix.core.scores import confidence_and_prediction
 from adaptix.testing import synthetic_trace
 
 LOGITS = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))

@@ -461,10 +461,10 @@ def test_adaptix_works_without_mlflow() -> None:
         import sys
         sys.modules["mlflow"] = None  # as if mlflow were not installed
         import adaptix
-        import adaptix.plots
+        import adaptix.experiment.plots
         import adaptix.tracking
         from adaptix.testing import synthetic_trace
-        assert "matplotlib" not in sys.modules, "adaptix.plots imported matplotlib eagerly"
+        assert "matplotlib" not in sys.modules, "experiment.plots imported matplotlib eagerly"
         frontier = adaptix.sweep(synthetic_trace(50), "confidence", [0.5, 0.9])
         assert len(frontier) == 2
         for attempt in (

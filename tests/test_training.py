@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 import adaptix
 from adaptix import MultiExitModel, ValidationError
-from adaptix.training import exit_accuracy
+from adaptix.online.training import exit_accuracy
 
 
 def quadrants(n: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from adaptix.components import Backbone, BackboneParts, ParamsModel
+from adaptix.core.features import FeatureName, feature_module
 from adaptix.errors import ValidationError
-from adaptix.features import FeatureName, feature_module
 from adaptix.hookspecs import hookimpl
 from adaptix.plugins import Registrar
 

@@ -1,6 +1,6 @@
 """Built-in calibrators: ``reliability`` (equal-width bins) and ``equal_mass`` (quantile bins).
 
-Both count n and k per exit and confidence bin with `adaptix.calibration.count_bins`; they
+Both count n and k per exit and confidence bin with `adaptix.core.calibration.count_bins`; they
 differ only in where the bin edges lie.
 """
 
@@ -12,12 +12,12 @@ import torch
 from pydantic import field_validator
 from torch import Tensor
 
-from adaptix.calibration import Calibration, count_bins
 from adaptix.components import Calibrator, ParamsModel
+from adaptix.core.calibration import Calibration, count_bins
+from adaptix.core.scores import confidence
+from adaptix.core.trace import Trace
 from adaptix.hookspecs import hookimpl
 from adaptix.plugins import Registrar
-from adaptix.scores import confidence
-from adaptix.trace import Trace
 
 
 class Reliability(Calibrator):

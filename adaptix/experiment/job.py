@@ -36,17 +36,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import adaptix
-from adaptix.allocator import tune_cpu_allocator
-from adaptix.calibration import Calibration, calibrate
+from adaptix._version import __version__
 from adaptix.components import AccuracyReading
-from adaptix.control import (
-    ControlSummary,
-    control_summary,
-    distinct_policies,
-    oracle_costs,
-    oracle_points,
-    summarise_control,
+from adaptix.core.calibration import Calibration
+from adaptix.core.flops import FlopProfile
+from adaptix.core.rows import take_rows
+from adaptix.core.scores import prediction
+from adaptix.core.trace import Trace
+from adaptix.distributed import (
+    SavedModel,
+    ThresholdSpec,
+    collect_trace,
+    import_ray,
+    reduce_statistics,
+    trace_dataset,
 )
 from adaptix.errors import ConfigError
 from adaptix.experiment.cache import ModelCache, cache_key
@@ -58,32 +61,40 @@ from adaptix.experiment.config import (
     survivor_row,
 )
 from adaptix.experiment.datasets import DataSource, JobData, Split, check_data, load_job_data
+from adaptix.experiment.plots import plot_accuracy_vs_flops, plot_control_panels, plot_reliability
 from adaptix.experiment.report import render_report
-from adaptix.flops import FlopProfile
-from adaptix.guarantee import CertificateWarning, Certifier
-from adaptix.model import MultiExitModel, build_model, profile_from_trace
-from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
-from adaptix.policy import ExitPolicy
-from adaptix.rows import take_rows
-from adaptix.runtime import EarlyExitRunner, ExitTimes, RunnerOutput, time_exits
-from adaptix.scores import prediction
-from adaptix.simulate import (
-    Frontier,
-    FrontierPoint,
-    SimulationResult,
-    exit_indices,
-    simulate,
-    sweep,
+from adaptix.offline.calibrate import calibrate
+from adaptix.offline.control import (
+    ControlSummary,
+    control_summary,
+    distinct_policies,
+    oracle_costs,
+    oracle_points,
+    summarise_control,
 )
-from adaptix.statistics import count_exits
-from adaptix.survivors import SurvivorCounts, calibrate_survivors, reads_bin_table
-from adaptix.trace import Trace
-from adaptix.training import RandomCropFlip, train_exits
+from adaptix.offline.frontier import Frontier, FrontierPoint
+from adaptix.offline.guarantee import CertificateWarning, Certifier
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.offline.simulate import SimulationResult, simulate, sweep
+from adaptix.offline.statistics import count_exits, exit_indices
+from adaptix.offline.survivors import SurvivorCounts, calibrate_survivors, reads_bin_table
+from adaptix.online.allocator import tune_cpu_allocator
+from adaptix.online.model import MultiExitModel, build_model, profile_from_trace
+from adaptix.online.runtime import EarlyExitRunner, ExitTimes, RunnerOutput, time_exits
+from adaptix.online.training import RandomCropFlip, train_exits
+from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
+from adaptix.tracking import (
+    Tracker,
+    default_tracking_uri,
+    log_certified,
+    log_frontier,
+    log_survivors,
+)
+from adaptix.tracking.tracker import import_mlflow
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
-    from adaptix.tracking import Tracker
 
 # Dense confidence grid for the hindsight oracle (the cheapest threshold reaching δ).
 _ORACLE_GRID = [i / 1000 for i in range(1001)]
@@ -118,7 +129,7 @@ class SurvivorPanel:
     stress), beside the paper's all-input bins (``PCEE.md``: survivor calibration).
 
     Each criterion whose threshold is the accuracy target itself and whose score is a table of
-    its calibration's bins (`adaptix.survivors.reads_bin_table`: pcee, pcee_ws, pcee_lcb) is
+    its calibration's bins (`adaptix.offline.survivors.reads_bin_table`: pcee, pcee_ws, pcee_lcb) is
     calibrated on the calibration split with the panel's all-input bin edges, exit e counting
     only the inputs that the rule at δ sends on (one `calibrate_survivors` call for the whole
     δ grid), and read at each δ on its own survivor calibration on the test split.
@@ -310,12 +321,12 @@ def _train_missing(
 ) -> dict[str, float]:
     """With ``train.workers`` > 1, train the models missing from the cache in that many
     processes at once (each on one thread), largest first, and cache them; the seconds each
-    took. With one worker, or one model to train, nothing happens here: `_train_or_load`
+    took. With one worker, or one model to train, nothing happens here: `train_or_load`
     trains in this process."""
     if config.train.workers < 2:
         return {}
     # Existence only: reading and verifying every entry here would double the cached job's
-    # loading. An entry that turns out corrupt is retrained in this process by _train_or_load.
+    # loading. An entry that turns out corrupt is retrained in this process by train_or_load.
     missing = [
         spec
         for spec in config.models
@@ -346,7 +357,7 @@ def _train_missing(
     return seconds
 
 
-def _train_or_load(
+def train_or_load(
     spec: ModelConfig,
     config: JobConfig,
     data: JobData,
@@ -418,8 +429,6 @@ def _sweep_on_ray(
     (`adaptix.distributed.reduce_statistics`): the counts add exactly, so the points equal the
     single-process sweep's, bit for bit. The criteria resolve on the workers with their
     default plugin manager (a third-party criterion must be installed there)."""
-    from adaptix.distributed import ThresholdSpec, reduce_statistics
-
     labels = trace.labels
     columns = {"logits": trace.logits.cpu().numpy()}
     if labels is not None:
@@ -629,13 +638,13 @@ def _knob(
         if reading is not None:
             grid = [reading.threshold(d) for d in deltas]
             own = config.sweep.params_of(name)
-            base = adaptix.policy(name, grid[0], calibration, plugins=manager, **own)
+            base = policy(name, grid[0], calibration, plugins=manager, **own)
             counts[name] = distinct_policies(exit_indices(test_trace, base, grid))
     if certified:
         exits = [simulate(test_trace, c.policy).exit_index for c in certified]
         counts[GUARANTEE_ROW] = distinct_policies(torch.stack(exits, dim=1))
     dense = sweep(test_trace, "confidence", _ORACLE_GRID, plugins=manager)
-    confidence = adaptix.policy("confidence", 0.5, plugins=manager)
+    confidence = policy("confidence", 0.5, plugins=manager)
     nothing_early = torch.full(
         (test_trace.num_inputs,), test_trace.num_exits - 1, device=test_trace.logits.device
     )
@@ -689,7 +698,7 @@ def _measure_runtime(
 
     points = []
     for threshold in tqdm(config.runtime.thresholds, desc="runtime", unit="δ"):
-        pol = adaptix.policy(
+        pol = policy(
             config.runtime.criterion,
             threshold,
             outcome.calibration,
@@ -764,13 +773,11 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
             "Choose another output_dir."
         ) from err
     if config.ray is not None:  # fail before training, not after it
-        from adaptix.distributed import import_ray
-
         import_ray()
     manager = get_plugin_manager()
     # What each criterion's threshold means, read once from its declaration.
     readings = {name: manager.criteria.get(name).accuracy_reading for name in config.sweep.criteria}
-    log(f"adaptix {adaptix.__version__}: job '{config.name}' → {out.resolve()}")
+    log(f"adaptix {__version__}: job '{config.name}' → {out.resolve()}")
     data = _load_data(config, log)
     cache = ModelCache(config.resolved_cache_dir())
     training_started = time.perf_counter()
@@ -823,7 +830,7 @@ def _analyse_family(
     runtime: list[RuntimePoint] = []
     exit_times = None
     for spec in order:
-        model, seconds, cached = _train_or_load(
+        model, seconds, cached = train_or_load(
             spec, config, data, cache, manager, log, trained_here
         )
         if not cached and spec.name not in trained_here:
@@ -931,8 +938,6 @@ def _trace_on_ray(
     Raises:
         ConfigError: inputs that are not one tensor (a tokenizer's dict of tensors).
     """
-    from adaptix.distributed import SavedModel, collect_trace, trace_dataset
-
     weights = (config.output_dir / "ray" / f"model-{spec.name}.pt").resolve()
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)
@@ -975,8 +980,6 @@ def _ray_rows(columns: dict[str, np.ndarray], rows_per_block: int) -> Any:
     ``rows_per_block`` rows (one block would keep every actor but one idle)."""
     import pandas as pd  # Ray Data depends on pandas
 
-    from adaptix.distributed import import_ray
-
     rows = len(next(iter(columns.values())))
     blocks = [
         pd.DataFrame(
@@ -1004,8 +1007,6 @@ def _ray_session(settings: RayConfig | None) -> Iterator[None]:
     if settings is None:
         yield
         return
-    from adaptix.distributed import import_ray
-
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
@@ -1121,8 +1122,6 @@ def _write_report(result: JobResult) -> Path:
 def _write_model_plots(name: str, outcome: ModelOutcome, out: Path) -> None:
     """One model's control and reliability plots (written as soon as it is analysed, so that
     its MLflow run can carry them)."""
-    from adaptix import plots
-
     panels: dict[str, dict[str, list[tuple[float, float | None]]]] = {}
     for panel, summaries in outcome.control.items():
         rows = {**summaries}
@@ -1136,12 +1135,12 @@ def _write_model_plots(name: str, outcome: ModelOutcome, out: Path) -> None:
         panels[panel] = {
             row: [(d, v[0]) for d, v in summary.per_delta.items()] for row, summary in rows.items()
         }
-    plots.plot_control_panels(
+    plot_control_panels(
         panels,
         out / f"control-{name}.png",
         title=f"{name}: realised early accuracy against the target δ (test split)",
     )
-    plots.plot_reliability(
+    plot_reliability(
         outcome.calibration,
         out / f"reliability-{name}.png",
         title=f"{name}: reliability per exit (calibration split)",
@@ -1150,8 +1149,6 @@ def _write_model_plots(name: str, outcome: ModelOutcome, out: Path) -> None:
 
 def _write_family_plot(result: JobResult) -> None:
     """Accuracy against FLOPs: every model, its truncations and the largest one's frontiers."""
-    from adaptix import plots
-
     out = result.output_dir
     largest = list(result.models)[-1]
     big = result.models[largest]
@@ -1165,7 +1162,7 @@ def _write_family_plot(result: JobResult) -> None:
         name: list(zip(o.profile.static_costs(), o.exit_accuracy, strict=True))
         for name, o in result.models.items()
     }
-    plots.plot_accuracy_vs_flops(
+    plot_accuracy_vs_flops(
         out / "accuracy-vs-flops.png",
         models={n: (o.profile.plain_cost, o.full_accuracy) for n, o in result.models.items()},
         truncated={f"{n} truncated at exit e": pts for n, pts in truncated.items()},
@@ -1179,8 +1176,6 @@ def _open_tracking(config: JobConfig, data: JobData, manager: AdaptixPluginManag
     logged (`_Tracking.finish`). Model runs are logged in a background thread
     (`_Tracking.submit`) while the job goes on with the next model."""
     from concurrent.futures import ProcessPoolExecutor
-
-    from adaptix.tracking import Tracker, default_tracking_uri
 
     uri = config.tracking.uri or default_tracking_uri()
     tracker = Tracker(
@@ -1200,7 +1195,7 @@ def _open_tracking(config: JobConfig, data: JobData, manager: AdaptixPluginManag
     parent = tracker.start_run(
         config.name,
         params={"config": config.model_dump_json(), **splits},
-        tags={"adaptix.version": adaptix.__version__},
+        tags={"adaptix.version": __version__},
     )
     _log_datasets(tracker, parent, splits)
     import multiprocessing
@@ -1283,8 +1278,6 @@ class _Tracking:
         """One model's run: its params, per-exit, control and knob metrics, its frontier points
         (with the speed-ups measured in ``runtime``), the guarantee mode's certified policies and
         the survivor-bin points of the natural panel, and its plots."""
-        from adaptix.tracking import log_certified, log_frontier, log_survivors
-
         tracker = self.tracker
         run = tracker.start_run(
             name,
@@ -1385,8 +1378,6 @@ def _start_worker() -> None:
     """The logging worker's first task: import what logging and plotting need."""
     import matplotlib  # noqa: F401
 
-    from adaptix.tracking.tracker import import_mlflow
-
     import_mlflow()
 
 
@@ -1405,8 +1396,6 @@ def _log_in_worker(
     """The logging worker's task: draw a model's plots and log its run under ``parent``; what
     could not be logged, as the tracker words it."""
     global _WORKER_SESSION
-    from adaptix.tracking import Tracker, default_tracking_uri
-
     torch.set_num_threads(1)
     if _WORKER_SESSION is None:
         uri = config.tracking.uri or default_tracking_uri()

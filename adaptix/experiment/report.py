@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from adaptix.control import best_accuracy_within, cheapest_reaching
 from adaptix.experiment.config import survivor_row
+from adaptix.offline.control import best_accuracy_within, cheapest_reaching
 
 if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
@@ -18,7 +18,7 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table whose columns line up in plain text too (cells padded to the widest;
     columns whose cells all read as numbers are right-aligned)."""
     columns = list(zip(header, *rows, strict=True)) if rows else [(h,) for h in header]
@@ -67,7 +67,7 @@ def _models_table(result: JobResult) -> str:
                 trained,
             ]
         )
-    return _table(
+    return markdown_table(
         [
             "model",
             "exits",
@@ -115,7 +115,7 @@ def _control_table(
     return (
         note
         + "\n\n"
-        + _table(
+        + markdown_table(
             [
                 "logits",
                 "criterion",
@@ -212,7 +212,7 @@ def _knob_table(result: JobResult) -> str:
     }
     criteria = list(dict.fromkeys(c for knob in knobs.values() for c in knob))
     rows = [[c, *(str(knobs[n].get(c, "n/a")) for n in names)] for c in criteria]
-    return _table(["criterion", *(f"{n}: distinct policies" for n in names)], rows)
+    return markdown_table(["criterion", *(f"{n}: distinct policies" for n in names)], rows)
 
 
 def _scale_table(result: JobResult) -> tuple[str, list[str]]:
@@ -266,7 +266,7 @@ def _scale_table(result: JobResult) -> tuple[str, list[str]]:
                 )
                 + "."
             )
-    table = _table(
+    table = markdown_table(
         [
             "smaller model",
             "its MFLOPs",
@@ -329,7 +329,7 @@ def _runtime_table(result: JobResult) -> str:
         ]
         for p in result.runtime
     ]
-    return _table(
+    return markdown_table(
         [
             "model",
             "criterion",
@@ -442,7 +442,7 @@ def _summary(result: JobResult) -> list[str]:
             share is not None and share <= targets.full_accuracy_cost,
         ),
     ]
-    table = _table(
+    table = markdown_table(
         ["target", "measured", "verdict"],
         [[what, value, _verdict(ok)] for what, value, ok in checks],
     )

@@ -1,5 +1,6 @@
 """Figures of the shift-monitor study (`adaptix.experiment.shift_study`), drawn like
-`adaptix.plots` (its canvas, colours and saving; matplotlib imported inside the functions)."""
+`adaptix.experiment.plots` (its canvas, colours and saving; matplotlib imported inside the
+functions)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adaptix.plots import _colour_map, _matplotlib, _save
+from adaptix.experiment.plots import colour_map, figure_classes, save_png
 
 if TYPE_CHECKING:
     from adaptix.experiment.shift_study import ShiftStudyResult
@@ -24,11 +25,11 @@ def write_plots(result: ShiftStudyResult, folder: Path) -> list[Path]:
 
 def plot_detection(result: ShiftStudyResult, path: Path) -> Path:
     """Median inputs to the alarm against severity, one line per shift (log scale)."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     figure = figure_cls(figsize=(6.4, 4.2))
     ax = figure.add_subplot(1, 1, 1)
     kinds = list(dict.fromkeys(c.kind for c in result.cells))
-    colours = _colour_map(kinds)
+    colours = colour_map(kinds)
     cap = result.settings.delay_length
     for kind in kinds:
         cells = [c for c in result.cells if c.kind == kind]
@@ -47,19 +48,19 @@ def plot_detection(result: ShiftStudyResult, path: Path) -> Path:
     ax.set_title(f"Detection delay (α = {result.settings.alpha}); above the dotted line: no alarm")
     ax.legend(fontsize=8)
     figure.tight_layout()
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def plot_early_accuracy(result: ShiftStudyResult, path: Path) -> Path:
     """Early accuracy under each shift against severity, one panel per shift, one line per
     way of serving (none, recalibrated, re-certified, proxy), with δ."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     kinds = list(dict.fromkeys(c.kind for c in result.cells))
     columns = min(len(kinds), 2) or 1
     rows = max(1, math.ceil(len(kinds) / columns))
     figure = figure_cls(figsize=(5.2 * columns, 3.8 * rows))
     names = [m.mode for m in result.cells[0].modes] if result.cells else []
-    colours = _colour_map(names)
+    colours = colour_map(names)
     delta = result.settings.delta
     for i, kind in enumerate(kinds):
         ax = figure.add_subplot(rows, columns, i + 1)
@@ -81,18 +82,18 @@ def plot_early_accuracy(result: ShiftStudyResult, path: Path) -> Path:
             ax.legend(fontsize=7)
     figure.suptitle("Early accuracy under shift, and after recalibrating")
     figure.tight_layout()
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def plot_evidence(result: ShiftStudyResult, path: Path) -> Path:
     """The monitor's evidence along streams (log E minus the current segment's alarm line):
     unshifted ones and a few shifted ones; an alarm where a line crosses 0."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     figure = figure_cls(figsize=(6.4, 4.2))
     ax = figure.add_subplot(1, 1, 1)
     check = result.settings.check_inputs
     keys = list(result.paths)
-    colours = _colour_map(keys)
+    colours = colour_map(keys)
     for key in keys:
         for j, trajectory in enumerate(result.paths[key]):
             ax.plot(
@@ -111,4 +112,4 @@ def plot_evidence(result: ShiftStudyResult, path: Path) -> Path:
     ax.set_title("Evidence along streams: unshifted stays low, shifted crosses")
     ax.legend(fontsize=6, ncol=2)
     figure.tight_layout()
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)

@@ -20,7 +20,7 @@ deployed policy (the job's criterion at δ, calibrated on the calibration split)
    re-certified from them (`ShiftMonitor.recertify` with the confidence criterion at level α:
    the guarantee); and recalibrated label-free from ``proxy_size`` audited inputs, proxy-labelled
    by the last exit (`ShiftMonitor.observe(..., proxy=True)`). A *miss* is early accuracy below
-   δ by more than the evaluation rows' own sampling noise (as `adaptix.study`).
+   δ by more than the evaluation rows' own sampling noise (as `adaptix.experiment.study`).
 
 Every stream statistic is the monitor's own (`ShiftTest` and `combine` on the counts the runner
 would produce: the tests check that runner and simulation count the same).
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,15 +39,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from adaptix.calibration import calibrate
+from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
-from adaptix.experiment.report import _table
-from adaptix.monitor import ShiftMonitor, ShiftTest, _bins_of, evidence_path
+from adaptix.experiment.report import markdown_table
+from adaptix.offline.calibrate import calibrate
+from adaptix.offline.certificate import CertificateWarning
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.offline.simulate import simulate
+from adaptix.online.monitor import ShiftMonitor, ShiftTest, confidence_bins, evidence_path
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import ExitPolicy, policy
 from adaptix.scalars import count, integer, real, unit
-from adaptix.simulate import simulate
-from adaptix.trace import Trace
 
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
@@ -252,7 +254,7 @@ class ShiftStudyResult:
             "",
             "## Targets",
             "",
-            _table(
+            markdown_table(
                 ["target", "measured", "met"],
                 [[t, m, "yes" if ok else "NO"] for t, m, ok in self.targets()],
             ),
@@ -297,7 +299,7 @@ class ShiftStudyResult:
                     *(_mode_cell(m) for m in c.modes),
                 ]
             )
-        lines.append(_table(header, rows))
+        lines.append(markdown_table(header, rows))
         lines += [
             "",
             "Modes: *none* serves the deployed policy; *recal n* recalibrates it on n labelled "
@@ -323,16 +325,15 @@ class ShiftStudyResult:
         }
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write the tables (markdown, JSON) and the plots into ``out``; the paths written."""
-        from adaptix.experiment.shift_plots import write_plots
-
+        """Write the tables (markdown, JSON) into ``out``; the paths written. The figures are
+        `adaptix.experiment.shift_plots.write_plots`."""
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         markdown = folder / "shift-study.md"
         markdown.write_text(self.to_markdown())
         document = folder / "shift-study.json"
         document.write_text(json.dumps(_json_ready(self.to_dict()), indent=1, allow_nan=False))
-        return [markdown, document, *write_plots(self, folder)]
+        return [markdown, document]
 
 
 def _mode_cell(mode: Recalibrated) -> str:
@@ -367,7 +368,7 @@ def _stream_evidence(
 ) -> Tensor:
     """log E minus the alarm line after every ``check_inputs`` inputs of a stream whose inputs
     have exit-0 bins ``bins`` and exits ``exits`` (``[L]`` each), as the monitor computes it
-    (`adaptix.monitor.evidence_path`): an alarm where it is ≥ 0."""
+    (`adaptix.online.monitor.evidence_path`): an alarm where it is ≥ 0."""
     at = slice(st.check_inputs - 1, None, st.check_inputs)
     bin_counts = torch.nn.functional.one_hot(bins, num_bins).cumsum(0)[at]
     exit_counts = torch.nn.functional.one_hot(exits, num_exits).cumsum(0)[at]
@@ -461,7 +462,7 @@ def run_shift_study(
 
     def codes(trace: Trace) -> tuple[Tensor, Tensor]:
         exits = simulate(trace, deployed).exit_index.cpu()
-        return _bins_of(trace.logits, deployed.calibration, bins)[:, 0], exits
+        return confidence_bins(trace.logits, deployed.calibration, bins)[:, 0], exits
 
     test_bins, test_exits = codes(test)
     clean = simulate(test, deployed)
@@ -605,10 +606,6 @@ def _cell(
 def _quiet_recertify(monitor: ShiftMonitor, delta: float, alpha: float) -> ExitPolicy:
     """`ShiftMonitor.recertify` with the confidence criterion; an uncertified result (it sends
     every input to the last exit) is a legitimate outcome here, so its warning is silenced."""
-    import warnings
-
-    from adaptix.guarantee import CertificateWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CertificateWarning)
         return monitor.recertify(criterion="confidence", early_accuracy=delta, alpha=alpha)
@@ -672,95 +669,3 @@ def log_shift_study(result: ShiftStudyResult, written: list[Path], tracker: Trac
         tracker.end_run(child)
     tracker.end_run(parent)
     return parent
-
-
-def shift_job(
-    config: Any,
-    settings: StudySettings | None = None,
-    *,
-    severities: dict[str, tuple[float, ...]] | None = None,
-    log: Any = print,
-) -> tuple[ShiftStudyResult, list[Path]]:
-    """The study on the main job's runtime model (``runtime.model``, else its largest): load
-    it from the job's cache (training it when missing), trace the calibration and test splits
-    and the shifted test splits, run the study and write it into ``output_dir/shift-study``.
-
-    Image shifts apply to image datasets (a 4-d input tensor); the class-prior shift to any.
-    Every setting (the job's, the study's, the severities) is checked before any data loads.
-
-    Args:
-        config: an `adaptix.experiment.JobConfig`.
-        settings: what the study runs (default: `StudySettings()`, δ from the job's runtime
-            section).
-        severities: per shift kind, its severities (default:
-            `adaptix.experiment.shifts.DEFAULT_SEVERITIES`).
-        log: where progress lines go.
-    """
-    from adaptix.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    from adaptix.experiment.cache import ModelCache
-    from adaptix.experiment.datasets import check_data, load_job_data
-    from adaptix.experiment.job import _train_or_load
-    from adaptix.experiment.shifts import (
-        DEFAULT_SEVERITIES,
-        check_severities,
-        class_prior_weights,
-        hardest_classes,
-        shift_images,
-    )
-    from adaptix.plugins import get_plugin_manager
-    from adaptix.scores import prediction
-
-    st = settings or StudySettings()
-    if not isinstance(st, StudySettings):
-        raise ValidationError(f"expected StudySettings, got {type(st).__name__}.")
-    st.check_criterion()
-    severities = check_severities(DEFAULT_SEVERITIES if severities is None else severities)
-    check_data(config.data)
-    data = load_job_data(config.data)
-    name = config.runtime.model or config.models[-1].name
-    spec = next(s for s in config.models if s.name == name)
-    model, _, _ = _train_or_load(
-        spec, config, data, ModelCache(config.resolved_cache_dir()), get_plugin_manager(), log, {}
-    )
-
-    def trace(inputs: Any, labels: Tensor, what: str) -> Trace:
-        log(f"tracing {what}")
-        return model.trace(
-            inputs, labels, data.batch_size, flop_batches=1, progress=True, meta={"split": what}
-        )
-
-    calibration = trace(data.calibration.inputs, data.calibration.labels, "calibration")
-    test = trace(data.test.inputs, data.test.labels, "test")
-    shifted: list[ShiftedSplit] = []
-    images = isinstance(data.test.inputs, Tensor) and data.test.inputs.dim() == 4
-    for kind, levels in severities.items():
-        if kind == "class_prior":
-            labels = calibration.labels
-            assert labels is not None
-            correct = prediction(calibration.logits[:, 0]) == labels
-            boosted = hardest_classes(labels, correct, max(1, calibration.num_classes // 3))
-            log(f"class_prior: boosting the hardest classes at exit 0: {boosted}")
-            assert test.labels is not None
-            for level in levels:
-                weights = class_prior_weights(test.labels, level, boosted)
-                shifted.append(ShiftedSplit(kind, level, test, weights))
-            continue
-        if not images:
-            log(f"{kind}: skipped (an image shift; this dataset's inputs are not images)")
-            continue
-        for level in levels:
-            moved = shift_images(
-                data.test.inputs,
-                kind,
-                level,
-                mean=FASHION_MNIST_MEAN,
-                std=FASHION_MNIST_STD,
-                seed=st.seed,
-            )
-            shifted.append(
-                ShiftedSplit(kind, level, trace(moved, data.test.labels, f"{kind} {level:g}"))
-            )
-    log(f"shift study: {len(shifted)} shifted splits, {st.streams} streams each")
-    result = run_shift_study(calibration, test, shifted, st)
-    written = result.write(Path(config.output_dir) / "shift-study")
-    return result, written

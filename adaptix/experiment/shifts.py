@@ -5,8 +5,8 @@ shift (a class-prior shift) acts on which rows are sampled, through per-row samp
 Each comes at several severities (`DEFAULT_SEVERITIES`), mildest first.
 
 Image shifts work in pixel space: the images are un-normalised with the dataset's ``mean`` and
-``std`` (for Fashion-MNIST, ``adaptix.data.FASHION_MNIST_MEAN`` and ``FASHION_MNIST_STD``),
-shifted, clipped to ``[0, 1]``
+``std`` (for Fashion-MNIST, ``adaptix.experiment.data.FASHION_MNIST_MEAN`` and
+``FASHION_MNIST_STD``), shifted, clipped to ``[0, 1]``
 and normalised again, so a shifted image is still an image the model could have been given.
 """
 
@@ -75,7 +75,7 @@ def shift_images(
     _check_kind(kind)
     _check_severity(kind, severity)
     _check_images(images)
-    # The mean and std used to normalise the images (adaptix.data.FASHION_MNIST_MEAN and
+    # The mean and std used to normalise the images (adaptix.experiment.data.FASHION_MNIST_MEAN and
     # FASHION_MNIST_STD for Fashion-MNIST).
     mean = real(mean, "a finite pixel mean")
     std = real(std, "a pixel std > 0", low=0.0, open_low=True)

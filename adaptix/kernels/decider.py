@@ -25,6 +25,14 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from adaptix.core.scores import (
+    bin_edges,
+    bin_index,
+    confidence,
+    float32_edges,
+    normalized_entropy,
+    prediction,
+)
 from adaptix.errors import expect
 from adaptix.kernels.dispatch import (
     BACKENDS,
@@ -41,14 +49,6 @@ from adaptix.kernels.reference import (
     table_passes,
 )
 from adaptix.kernels.types import Backend, ExitKind
-from adaptix.scores import (
-    bin_edges,
-    bin_index,
-    confidence,
-    float32_edges,
-    normalized_entropy,
-    prediction,
-)
 
 
 @dataclass(frozen=True)

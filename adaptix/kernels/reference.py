@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adaptix.errors import ValidationError, expect
-from adaptix.kernels.types import ExitDecision, ExitKind
-from adaptix.scalars import real
-from adaptix.scores import (
+from adaptix.core.scores import (
     bin_index,
     confidence_and_prediction,
     float32_edges,
     normalized_entropy,
 )
+from adaptix.errors import ValidationError, expect
+from adaptix.kernels.types import ExitDecision, ExitKind
+from adaptix.scalars import real
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXIT_KINDS: tuple[ExitKind, ...] = ("confidence", "entropy", "table")
@@ -236,7 +236,7 @@ def exit_decision_reference(
         adaptix.errors.ValidationError: an argument breaks its contract.
     """
     threshold = check_exit_inputs(logits, threshold, kind=kind, table=table, edges=edges)
-    # The definitions live in adaptix.scores, shared with the criteria and the simulator.
+    # The definitions live in adaptix.core.scores, shared with the criteria and the simulator.
     confidence, prediction = confidence_and_prediction(logits)
     undefined = confidence.isnan()
     if kind == "confidence":

@@ -14,9 +14,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from adaptix.core.scores import float32_edges
 from adaptix.kernels.reference import float32_bound, table_passes
 from adaptix.kernels.types import ExitDecision, ExitKind
-from adaptix.scores import float32_edges
 
 KIND_CODES: dict[ExitKind, int] = {"confidence": 0, "entropy": 1, "table": 2}
 
@@ -66,7 +66,7 @@ def exit_decision_kernel(  # type: ignore[no-untyped-def]  # Triton interprets a
 
     Bins: SEARCH_STEPS == 0 is the equal-width fast path, bin = min(floor(c · M), M - 1) in
     float32. SEARCH_STEPS > 0 reads `edges_ptr`, the float32 lookup [M] of the bins' edges
-    (`adaptix.scores.float32_edges`: non-decreasing, +inf last), with 2**SEARCH_STEPS >= M:
+    (`adaptix.core.scores.float32_edges`: non-decreasing, +inf last), with 2**SEARCH_STEPS >= M:
     the bin is the number of lookup entries <= c, found by a branchless binary search of
     SEARCH_STEPS probes per row (one gather each, from a table that stays in L1).
     """
@@ -250,7 +250,7 @@ def launch_exit_decision(
         passes: for kind "table", `table_passes` of that table and the threshold (bool [M],
             same device); None for the other kinds.
         edges: for kind "table" with bins other than equal-width, the float32 lookup [M] of
-            their edges (`adaptix.scores.float32_edges`, contiguous, same device); None for
+            their edges (`adaptix.core.scores.float32_edges`, contiguous, same device); None for
             equal-width bins (the fast path) and the other kinds.
         prediction: int64 [N], written.
         exit_mask: bool [N], written.

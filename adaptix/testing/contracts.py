@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adaptix.calibration import Calibration, calibrate
 from adaptix.components import (
     Backbone,
     BackboneParts,
@@ -23,13 +22,15 @@ from adaptix.components import (
     ParamsModel,
     build_params,
 )
+from adaptix.core.calibration import Calibration
+from adaptix.core.trace import Trace
 from adaptix.errors import AdaptixError, CalibrationError, ValidationError
+from adaptix.offline.calibrate import calibrate
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.offline.simulate import simulate
 from adaptix.plugins import AdaptixPluginManager, Entry, resolve_manager
-from adaptix.policy import ExitPolicy, policy
 from adaptix.scalars import count
-from adaptix.simulate import simulate
 from adaptix.testing.data import synthetic_trace
-from adaptix.trace import Trace
 
 #: A parameter name no component accepts: building with it must fail.
 UNKNOWN_PARAM = "adaptix_contract_unknown_param"

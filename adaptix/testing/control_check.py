@@ -44,13 +44,17 @@ from typing import Literal
 
 import torch
 
-from adaptix.bounds import binomial_pvalue_at_most, clopper_pearson_lower, clopper_pearson_upper
+from adaptix.core.bounds import (
+    binomial_pvalue_at_most,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+)
+from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
-from adaptix.policy import ExitPolicy
+from adaptix.offline.policy import ExitPolicy
+from adaptix.offline.simulate import simulate
 from adaptix.scalars import flag, unit
-from adaptix.simulate import simulate
 from adaptix.testing.speed import describe
-from adaptix.trace import Trace
 
 Target = Literal["early_accuracy", "accuracy_drop", "relative_cost"]
 QUANTITY = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from adaptix.core.trace import Trace
 from adaptix.scalars import count, flag, integer
-from adaptix.trace import Trace
 
 
 def synthetic_trace(

@@ -48,15 +48,15 @@ import torch
 from torch import Tensor
 
 from adaptix._version import __version__
+from adaptix.core.flops import FlopMeter
+from adaptix.core.rows import batch_device, batch_size, take_rows
+from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
-from adaptix.flops import FlopMeter
-from adaptix.model import MultiExitModel, profile_from_trace
-from adaptix.policy import ExitPolicy
-from adaptix.rows import batch_device, batch_size, take_rows
-from adaptix.runtime import EarlyExitRunner, RunnerOutput
+from adaptix.offline.policy import ExitPolicy
+from adaptix.offline.simulate import SimulationResult, simulate
+from adaptix.online.model import MultiExitModel, profile_from_trace
+from adaptix.online.runtime import EarlyExitRunner, RunnerOutput
 from adaptix.scalars import count, real
-from adaptix.simulate import SimulationResult, simulate
-from adaptix.trace import Trace
 
 Mode = Literal["compact", "lockstep"]
 #: Seeded perturbations tried on a row that disagrees before calling it a real disagreement.

@@ -26,7 +26,7 @@ then browse the runs with::
 
 Certified policies (`adaptix.guarantee`) go in with `log_certified`: one run per policy, with
 its certificate as params and the point it realised on test data as metrics; policies on
-survivor calibrations (`adaptix.survivors`) with `log_survivors`, one run per δ with its own
+survivor calibrations (`adaptix.offline.survivors`) with `log_survivors`, one run per δ with its own
 calibration's checksum.
 
 A tracking store that cannot be reached or written never stops the job: the first failure is

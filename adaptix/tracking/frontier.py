@@ -1,6 +1,6 @@
 """`log_frontier`: one MLflow run per (criterion, threshold) point of a `sweep`; `log_certified`:
 one per certified policy (`adaptix.guarantee`, `adaptix.budget`); `log_survivors`: one per
-policy on a survivor calibration (`adaptix.survivors`)."""
+policy on a survivor calibration (`adaptix.offline.survivors`)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from adaptix._version import __version__
-from adaptix.certificate import Certificate
 from adaptix.components import ParamsModel, build_params
 from adaptix.errors import ValidationError
+from adaptix.offline.certificate import Certificate
+from adaptix.offline.frontier import Frontier, FrontierPoint
+from adaptix.offline.policy import ExitPolicy
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import ExitPolicy
-from adaptix.simulate import Frontier, FrontierPoint
 from adaptix.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
     from adaptix.components import AccuracyReading
+    from adaptix.core.calibration import Calibration
 
 _POINT_PARAMS = ("criterion", "threshold")
 #: The tag that holds a certified run's statement (`Certificate.statement`).
@@ -157,7 +157,7 @@ def log_certified(
     - metrics: those of `log_frontier` (accuracy, early accuracy, relative cost, FLOPs, exit
       shares, early-exit rate), with ``target`` = the level and, for an early-accuracy target,
       ``shortfall`` = level − early accuracy;
-    - the tag ``adaptix.certificate``: the certificate's statement.
+    - the tag ``adaptix.offline.certificate``: the certificate's statement.
 
     Args:
         policies: certified policies (each with a `Certificate`).
@@ -242,7 +242,7 @@ def log_survivors(
     """Log every policy that reads a survivor calibration, with the point it realised on test
     data, as a finished run.
 
-    ``policies[i]`` is what ``SurvivorCounts.policy(δ)`` returned (`adaptix.survivors`: the
+    ``policies[i]`` is what ``SurvivorCounts.policy(δ)`` returned (`adaptix.offline.survivors`: the
     criterion at δ reading its survivor calibration at δ), ``points[i]`` its `simulate` on
     held-out data as a `FrontierPoint`. Each δ reads tables of its own, so each run records
     its own calibration. Each run is named ``survivors:<criterion>@<δ>`` and holds:

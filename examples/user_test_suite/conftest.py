@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import adaptix
-from adaptix.data import load_fashion_mnist
+from adaptix.experiment.data import load_fashion_mnist
 
 
 def my_network() -> nn.Sequential:

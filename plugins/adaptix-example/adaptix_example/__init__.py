@@ -15,8 +15,8 @@ from torch import Tensor
 
 import adaptix
 from adaptix.components import ExitCriterion
+from adaptix.core.scores import probabilities
 from adaptix.plugins import Registrar
-from adaptix.scores import probabilities
 
 
 class Margin(ExitCriterion):

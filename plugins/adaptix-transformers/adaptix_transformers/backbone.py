@@ -2,8 +2,9 @@
 
 Block 0 runs the embeddings and the first encoder layer(s); block e runs the next layer(s). The
 state between blocks is ``{"hidden": [n, T, d], "attention_mask": [n, T]}``, so when the runner
-drops the rows that exited (`adaptix.rows.take_rows`), every mask stays with its row. Each block
-rebuilds the additive attention mask from the 2-D mask: one comparison, far cheaper than a layer.
+drops the rows that exited (`adaptix.core.rows.take_rows`), every mask stays with its row. Each
+block rebuilds the additive attention mask from the 2-D mask: one comparison, far cheaper than a
+layer.
 
 transformers itself is imported only to load a model from a path; importing this module (which
 every adaptix plugin manager does) stays cheap.
@@ -20,8 +21,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from adaptix.components import Backbone, BackboneParts, ParamsModel
+from adaptix.core.features import TokenPool
 from adaptix.errors import ValidationError
-from adaptix.features import TokenPool
 
 #: Attention implementations whose layers take an additive ``[n, 1, 1, T]`` float mask.
 SUPPORTED_ATTENTION = ("eager", "sdpa")

@@ -7,9 +7,9 @@ merge by addition. They are saved in a versioned JSON format with a checksum; a 
 mismatched file is always an error.
 
 A calibration counts either every calibration input at every exit (the paper's reliability
-table) or, made by `adaptix.survivors`, at each exit only the inputs that a rule at a target δ
-sends on from the exits before (`SurvivorRule` records which); the latter does not add (its
-shards' counts, `adaptix.survivors.SurvivorCounts`, do).
+table) or, made by `adaptix.offline.survivors`, at each exit only the inputs that a rule at a
+target δ sends on from the exits before (`SurvivorRule` records which); the latter does not add (its
+shards' counts, `adaptix.offline.survivors.SurvivorCounts`, do).
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.components import build_params
-from adaptix.errors import CalibrationError, PluginError
-from adaptix.files import atomic_write, check_meta, json_digest
-from adaptix.scores import bin_edges, bin_index, confidence_and_prediction, float32_edges
+from adaptix.core.files import atomic_write, check_meta, json_digest
+from adaptix.core.scores import bin_edges, bin_index, confidence_and_prediction, float32_edges
+from adaptix.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from adaptix.plugins import AdaptixPluginManager
-    from adaptix.trace import Trace
+    from adaptix.core.trace import Trace
 
 _FORMAT = "adaptix.calibration"
 # Version 2 records the bin edges ("edges": null for equal-width bins, which keeps the files of
@@ -68,8 +66,9 @@ _KEYS = {
 _SUM_TOLERANCE = 1e-6
 # Whole numbers that float64 holds exactly: a larger "count" in a float table is not a count.
 _EXACT_FLOAT_INTEGERS = 2.0**53
-# bin(c) = floor(c * M) in float32 (PCEE.md): beyond 2**24 bins, float32 cannot tell them apart.
-_MAX_BINS = 2**24
+#: The most bins a calibration may have: bin(c) = floor(c * M) in float32 (PCEE.md), and beyond
+#: 2**24 bins float32 cannot tell them apart.
+MAX_BINS = 2**24
 _JSON_SCALARS = (bool, int, float, str, type(None))
 
 
@@ -173,7 +172,7 @@ class Calibration:
             record the union, or None if a part is unknown. `adaptix.guarantee` reads them to
             refuse certifying a criterion on the rows its calibration was counted on.
         survivors: None (the default) for the paper's tables, which count every calibration
-            input at every exit; for a survivor calibration (`adaptix.survivors`), the
+            input at every exit; for a survivor calibration (`adaptix.offline.survivors`), the
             `SurvivorRule` whose survivors exit e counts. Its exits then count non-increasing
             numbers of inputs, exit 0 all of them; it does not add with ``+``.
 
@@ -209,7 +208,7 @@ class Calibration:
     ) -> None:
         if survivors is not None and not isinstance(survivors, SurvivorRule):
             raise CalibrationError(
-                f"expected survivors as an adaptix.calibration.SurvivorRule or None, got "
+                f"expected survivors as an adaptix.core.calibration.SurvivorRule or None, got "
                 f"{type(survivors).__name__}. Make survivor calibrations with "
                 "adaptix.calibrate_survivors."
             )
@@ -330,7 +329,7 @@ class Calibration:
     def bin_index(self, confidence: Tensor, exit_index: int) -> Tensor:
         """The bin of each confidence at exit ``exit_index``: the one bin lookup of adaptix.
 
-        Equal-width bins: exactly `adaptix.scores.bin_index` (``PCEE.md``: min(floor(c · M),
+        Equal-width bins: exactly `adaptix.core.scores.bin_index` (``PCEE.md``: min(floor(c · M),
         M - 1) in float32). Other edges: the bin m with edges[e, m] <= c < edges[e, m + 1]
         (the last bin closed at 1), compared exactly for float32 confidences (the float32
         lookup of `float32_edges`). A NaN confidence gets M, a bin that no table has: readers
@@ -351,9 +350,9 @@ class Calibration:
     def float32_edges(self, exit_index: int) -> Tensor:
         """Exit ``exit_index``'s float32 lookup ``[M]``: interior edges, then +inf.
 
-        ``adaptix.scores.bin_index(c, M, lookup)`` against it equals `bin_index` for every
+        ``adaptix.core.scores.bin_index(c, M, lookup)`` against it equals `bin_index` for every
         float32 confidence c in [0, 1] and NaN; for equal-width bins it is
-        `adaptix.scores.bin_edges`. The exit decision bucketizes against it.
+        `adaptix.core.scores.bin_edges`. The exit decision bucketizes against it.
 
         Raises:
             CalibrationError: ``exit_index`` is not an exit of this calibration.
@@ -404,7 +403,7 @@ class Calibration:
         Raises:
             CalibrationError: the two differ in method, exits, classes, bins or bin edges, or
                 one is a survivor calibration (whose shards decide with the global tables:
-                add their `adaptix.survivors.SurvivorCounts` instead).
+                add their `adaptix.offline.survivors.SurvivorCounts` instead).
         """
         if not isinstance(other, Calibration):
             return NotImplemented
@@ -413,7 +412,7 @@ class Calibration:
                 "expected calibrations of every input to add, got a survivor calibration: the "
                 "survivors of a shard are decided by the tables of the whole calibration set, "
                 "so survivor calibrations of shards do not add. Add the shards' SurvivorCounts "
-                "exit by exit (adaptix.survivors.count_survivors) and take .calibration(δ)."
+                "exit by exit (adaptix.offline.survivors.count_survivors) and take .calibration(δ)."
             )
         if (self.method, self.bins, self.num_classes, self.num_exits) != (
             other.method,
@@ -763,7 +762,7 @@ class _Binning:
 
     Attributes:
         edges: the edges.
-        lookup: their float32 lookup ``[E, M]`` (`adaptix.scores.float32_edges`), or None for
+        lookup: their float32 lookup ``[E, M]`` (`adaptix.core.scores.float32_edges`), or None for
             equal-width bins (edges k / M), which ``PCEE.md``'s float32 rule looks up.
     """
 
@@ -828,7 +827,7 @@ def _check_zero_width_bins(edges: Tensor, counts: Tensor) -> None:
         raise CalibrationError(
             f"expected no input in a bin of zero width, got {int(counts[e, m])} in bin {m} of "
             f"exit {e}, whose edges are both {float(edges[e, m])!r}: the tables do not match "
-            "the edges. Count with the same edges (adaptix.calibration.count_bins)."
+            "the edges. Count with the same edges (adaptix.core.calibration.count_bins)."
         )
 
 
@@ -962,50 +961,3 @@ def count_bins(
         meta=trace.meta,
         rows=trace.row_digests(),
     )
-
-
-def calibrate(
-    trace: Trace,
-    method: str = "reliability",
-    bins: int = 10,
-    *,
-    plugins: AdaptixPluginManager | None = None,
-    **params: Any,
-) -> Calibration:
-    """Calibrate every exit of ``trace`` (held-out, labelled data) with a registered calibrator.
-
-    Args:
-        trace: a labelled trace of data that was not used for training.
-        method: a registered calibrator name (default ``"reliability"``).
-        bins: M, the number of confidence bins, 1 to 2**24 (default 10).
-        plugins: the plugin manager to resolve ``method`` with (default: the shared one).
-        **params: the calibrator's own parameters.
-
-    Raises:
-        CalibrationError: the trace is unlabelled, or ``bins`` is not a positive integer.
-        PluginError: unknown method, or the calibrator raised or returned something other than
-            a `Calibration` of the trace's exits and classes with ``bins`` bins.
-    """
-    # bin(c) is computed in float32, which cannot tell more than 2**24 bins apart.
-    bins = scalars.integer(bins, "bins", low=1, high=_MAX_BINS, error=CalibrationError)
-    from adaptix.plugins import call_plugin, resolve_manager  # the host imports this module
-
-    manager = resolve_manager(plugins)
-    entry = manager.calibrators.entry(method)
-    calibrator = entry.component(build_params(entry.component.Params, params, method))
-    result = call_plugin(entry, "fit", calibrator.fit, trace, bins)
-    fit = f"{entry.component.__qualname__}.fit ({entry.distribution} {entry.version})"
-    if not isinstance(result, Calibration):
-        raise PluginError(
-            f"calibrator '{method}' from plugin '{entry.plugin}' returned "
-            f"{type(result).__name__} from {fit}, expected an adaptix.Calibration."
-        )
-    shape = (result.num_exits, result.num_classes, result.bins)
-    if shape != (trace.num_exits, trace.num_classes, bins):
-        raise PluginError(
-            f"calibrator '{method}' from plugin '{entry.plugin}' returned a calibration for "
-            f"E={shape[0]} exits, C={shape[1]} classes and M={shape[2]} bins from {fit}, "
-            f"expected E={trace.num_exits}, C={trace.num_classes} (the trace's) and M={bins} "
-            "(the bins asked for). Fix the calibrator's fit."
-        )
-    return result

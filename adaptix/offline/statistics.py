@@ -10,12 +10,18 @@ the whole, exactly (they are integers), like `Calibration` tables.
 a sharded computation reduces to exactly the single-process result, floats included: the only
 float steps (shares, accuracies and the mean cost Σ_e exits[t, e] · costs[e] / N, summed over
 exits in order) run on the summed counts, the same numbers on both paths.
+
+The exits counted come from `exit_indices`: the exit every input takes at every threshold of a
+grid, from one computation of the criterion's scores. It lives here, with the checks of its
+inputs and the criteria's default grids (`default_grid`), as the one core that `simulate`,
+`sweep`, `adaptix.guarantee` and the study share.
 """
 
 from __future__ import annotations
 
+import math
 import reprlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -23,23 +29,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from adaptix.errors import CalibrationError, ValidationError
-from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import ExitPolicy, policy
+from adaptix.core.scores import prediction
+from adaptix.core.trace import Trace
+from adaptix.errors import CalibrationError, PluginError, ValidationError
+from adaptix.offline.frontier import FrontierPoint
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 from adaptix.scalars import count, flag, real
-from adaptix.scores import prediction
-from adaptix.simulate import (
-    FrontierPoint,
-    _check_inputs,
-    _check_trace,
-    _grid,
-    default_grid,
-    exit_indices,
-)
-from adaptix.trace import Trace
 
 if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
+    from adaptix.core.calibration import Calibration
 
 #: The fields that must be equal for two counts to add, in the order they are compared.
 _KEYS = ("criterion", "params", "thresholds", "costs", "calibration", "num_classes")
@@ -326,11 +325,11 @@ def count_thresholds(
             raised or returned malformed scores.
         CalibrationError: a calibration is needed and missing, or made for another model.
     """
-    _check_trace(trace)
+    check_trace(trace)
     if not isinstance(criterion, str):
         raise ValidationError(f"expected a criterion name (str), got {criterion!r}.")
     manager = resolve_manager(plugins)
-    grid = _grid(thresholds, "thresholds")
+    grid = threshold_grid(thresholds, "thresholds")
     if grid is None:
         grid = default_grid(criterion, manager)
     base = policy(criterion, grid[0], calibration, plugins=manager, **params)
@@ -354,7 +353,7 @@ def count_exits(
         pol: the policy whose criterion, parameters and calibration decided them.
         thresholds: the T thresholds, validated by the criterion.
         exits: int64 ``[N, T]``, the exit each input took at each threshold (on the trace's
-            device), as `adaptix.simulate.exit_indices` gives them.
+            device), as `adaptix.offline.statistics.exit_indices` gives them.
         fingerprints: record the rows' fingerprints (``rows``).
 
     Raises:
@@ -363,7 +362,7 @@ def count_exits(
             later at a looser threshold: see `ThresholdCounts`).
         CalibrationError: the policy's calibration was made for another model.
     """
-    _check_inputs(trace, pol)
+    check_inputs(trace, pol)
     n, num_exits = trace.num_inputs, trace.num_exits
     if (
         not isinstance(exits, Tensor)
@@ -720,13 +719,124 @@ def _checksum(checksum: str | None) -> str:
     return "none" if checksum is None else f"checksum {checksum[:12]}…"
 
 
+def check_trace(trace: Trace) -> None:
+    """`ValidationError` unless ``trace`` is an `adaptix.Trace`."""
+    if not isinstance(trace, Trace):
+        raise ValidationError(
+            f"expected an adaptix.Trace, got {type(trace).__name__}. Build one with "
+            "adaptix.Trace(logits, labels, costs) or model.trace(...)."
+        )
+
+
+def check_inputs(trace: Trace, pol: ExitPolicy) -> None:
+    """`ValidationError` unless ``trace`` is a trace and ``pol`` an `adaptix.ExitPolicy`;
+    `CalibrationError` when the policy's calibration was made for another model."""
+    check_trace(trace)
+    if not isinstance(pol, ExitPolicy):
+        raise ValidationError(
+            f"expected an adaptix.ExitPolicy, got {type(pol).__name__}. Build one with "
+            "adaptix.policy(name, threshold, ...)."
+        )
+    pol.check_model(trace.num_exits, trace.num_classes)
+
+
+def exit_indices(trace: Trace, base: ExitPolicy, grid: Sequence[float]) -> Tensor:
+    """The exit every input takes under ``base``'s criterion at each threshold of ``grid``.
+
+    The vectorised core of `sweep` and `adaptix.guarantee`: int64 ``[N, T]``, column t for
+    threshold ``grid[t]`` (validated by the criterion), from one computation of the scores.
+
+    Raises:
+        ValidationError: not a trace and a policy, or a threshold the criterion refuses.
+        CalibrationError: the policy's calibration was made for another model.
+        PluginError: the criterion raised or returned malformed scores.
+
+    With ``key`` the score oriented so that larger exits (``-score`` for "le" criteria), an input
+    exits at the first e <= E-2 where key >= τ. The running maximum of key over exits is
+    non-decreasing, so that first e is the number of exits whose running maximum is still < τ:
+    a binary search per input, O(N T log E), instead of a T x N x E comparison.
+    """
+    check_inputs(trace, base)
+    grid = [base.with_threshold(t).threshold for t in grid]
+    num_exits = trace.num_exits
+    n = trace.num_inputs
+    if num_exits == 1:
+        return torch.zeros(n, len(grid), dtype=torch.long, device=trace.logits.device)
+    sign = 1.0 if base.criterion.direction == "ge" else -1.0
+    key = (base.scores(trace.logits)[:, : num_exits - 1] * sign).nan_to_num(
+        nan=-math.inf, posinf=math.inf, neginf=-math.inf
+    )
+    running = key.cummax(dim=1).values.contiguous()  # [N, E-1], sorted along exits
+    taus = torch.tensor(grid, dtype=torch.float64, device=running.device) * sign
+    # side="left" counts running maxima strictly below τ: the index of the first exit that fires.
+    return torch.searchsorted(running, taus.expand(n, len(grid)).contiguous(), side="left")
+
+
+def threshold_grid(chosen: object, what: str) -> list[Any] | None:
+    """The thresholds in ``chosen`` as a non-empty list (None: the criterion's default grid).
+
+    The values themselves are validated by the criterion, when the policies are built.
+    """
+    if chosen is None:
+        return None
+    if isinstance(chosen, Tensor):
+        values: list[Any] = chosen.flatten().tolist()
+    elif isinstance(chosen, (str, bytes)) or not isinstance(chosen, Iterable):
+        raise ValidationError(
+            f"expected {what} as a list of thresholds, got {type(chosen).__name__} {chosen!r}. "
+            "For a single threshold, pass a list of one."
+        )
+    else:
+        try:
+            values = list(chosen)
+        except TypeError as err:  # e.g. a 0-d numpy array: iterable by type, not by value
+            raise ValidationError(
+                f"expected {what} as a list of thresholds, got {type(chosen).__name__} "
+                f"{chosen!r}. For a single threshold, pass a list of one."
+            ) from err
+    if not values:
+        raise ValidationError(
+            f"expected {what} to hold at least one threshold, got an empty "
+            f"{type(chosen).__name__}. Give thresholds, or None for the criteria's default grid."
+        )
+    return values
+
+
+#: Points of a sweep's default grid (`ExitCriterion.default_thresholds`).
+SWEEP_GRID_SIZE = 50
+
+
+def default_grid(
+    name: str, manager: AdaptixPluginManager, size: int = SWEEP_GRID_SIZE
+) -> list[Any]:
+    """The criterion's own grid of ``size`` thresholds, for a computation that gives none:
+    `SWEEP_GRID_SIZE` for sweeps, `adaptix.offline.guarantee.CANDIDATES` for certification, on every
+    path (single process or distributed)."""
+    entry = manager.criteria.entry(name)
+    grid = call_plugin(entry, "default_thresholds", entry.component.default_thresholds, size)
+    fix = f"criterion '{name}' from plugin '{entry.plugin}' gives no usable default thresholds"
+    try:
+        values = threshold_grid(grid, f"{entry.component.__qualname__}.default_thresholds()")
+    except ValidationError as err:
+        raise PluginError(f"{fix}: {err} Pass thresholds for it.") from err
+    if values is None:
+        raise PluginError(f"{fix} (got None). Pass thresholds for it.")
+    return values
+
+
 __all__ = [
+    "SWEEP_GRID_SIZE",
     "ThresholdCounts",
     "check_costs",
+    "check_inputs",
     "check_params",
+    "check_trace",
     "count_exits",
     "count_thresholds",
     "criterion_params",
+    "default_grid",
     "describe_difference",
+    "exit_indices",
     "is_sum_start",
+    "threshold_grid",
 ]

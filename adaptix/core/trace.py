@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
+from adaptix.core.files import atomic_write, check_meta
 from adaptix.errors import ValidationError, expect
-from adaptix.files import atomic_write, check_meta
 
 _FORMAT = "adaptix.trace"
 _VERSION = 1

@@ -1,8 +1,8 @@
-"""Figures of a study (`adaptix.study`): miss frequency and cost against the oracle per δ, and
-the paper's tables against survivor tables.
+"""Figures of a study (`adaptix.experiment.study`): miss frequency and cost against the oracle per
+δ, and the paper's tables against survivor tables.
 
-Drawn like `adaptix.plots` (its canvas, colours and saving; matplotlib imported inside the
-functions): the same colour for the same criterion in every panel and every figure. Per δ, one
+Drawn like `adaptix.experiment.plots` (its canvas, colours and saving; matplotlib imported inside
+the functions): the same colour for the same criterion in every panel and every figure. Per δ, one
 panel per logit scale and one line per mode: dashed on survivor tables, square markers with a
 calibrator other than the paper's, thinner with the Bonferroni correction.
 """
@@ -16,8 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from adaptix.errors import ValidationError
-from adaptix.plots import _COLUMNS, DPI, _colour_map, _label_grid, _matplotlib, _save
-from adaptix.study import GUARANTEE, PAPER_CALIBRATOR, StudyMode, StudyResult, StudyRow
+from adaptix.experiment.plots import COLUMNS, DPI, colour_map, figure_classes, label_grid, save_png
+from adaptix.experiment.study import GUARANTEE, PAPER_CALIBRATOR, StudyMode, StudyResult, StudyRow
+
+
+def write_plots(result: StudyResult, directory: str | Path) -> list[Path]:
+    """Draw the study's figures into ``directory``: miss frequency and cost against the oracle
+    per δ, and, when survivor tables were measured, the paper's tables against survivor tables
+    (``study-survivors.png``); the paths written.
+
+    Raises:
+        ValidationError: a file cannot be written.
+        AdaptixError: matplotlib is not installed.
+    """
+    folder = Path(directory)
+    written = [
+        plot_miss_frequency(result, folder / "study-miss-frequency.png"),
+        plot_cost_vs_oracle(result, folder / "study-cost-vs-oracle.png"),
+    ]
+    if result.survivor_modes():
+        written.append(plot_survivor_comparison(result, folder / "study-survivors.png"))
+    return written
 
 
 def plot_miss_frequency(
@@ -87,16 +106,16 @@ def _panels(
     title: str,
 ) -> Path:
     """One panel per scale: ``value`` of every criterion against δ, over ``reference``."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     scales, criteria = result.config.scales, result.config.criteria
     modes = result.config.modes
-    columns = min(len(scales), _COLUMNS)
+    columns = min(len(scales), COLUMNS)
     rows = math.ceil(len(scales) / columns)
     figure = figure_cls(
         figsize=(4.8 * columns + 0.4, 4.2 * rows + 0.8), dpi=DPI, layout="constrained"
     )
     axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
-    colours = _colour_map(list(criteria))
+    colours = colour_map(list(criteria))
     for ax, scale in zip(axes, scales, strict=False):
         reference(ax)
         for mode in modes:
@@ -110,7 +129,7 @@ def _panels(
             )
         ax.grid(True, alpha=0.3)
         ax.set_title("natural logits" if scale == 1 else f"logits × {scale:g}")
-    _label_grid(axes, len(scales), columns, "target δ (%)", ylabel)
+    label_grid(axes, len(scales), columns, "target δ (%)", ylabel)
     axes[0].legend(loc="upper left", fontsize=8 if len(modes) <= 8 else 6, framealpha=0.9)
     config = result.config
     figure.suptitle(
@@ -118,7 +137,7 @@ def _panels(
         f"{config.test_size} test inputs",
         fontsize=12,
     )
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def _line_style(mode: StudyMode) -> dict[str, Any]:
@@ -168,7 +187,7 @@ def plot_survivor_comparison(
             "expected a study with survivor modes (run_study(..., survivors=['pcee_lcb'])), "
             "got none: there is nothing to compare."
         )
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     config = result.config
     calibrators = list(dict.fromkeys(str(mode.calibrator) for mode in survivor_modes))
     figure = figure_cls(
@@ -179,7 +198,7 @@ def plot_survivor_comparison(
     axes = figure.subplots(
         len(_COMPARED), len(calibrators), sharex=True, sharey="row", squeeze=False
     )
-    colours = _colour_map([mode.rule for mode in survivor_modes])
+    colours = colour_map([mode.rule for mode in survivor_modes])
     marginal = GUARANTEE in config.criteria
     for column, calibrator in enumerate(calibrators):
         modes = [mode for mode in survivor_modes if mode.calibrator == calibrator]
@@ -216,7 +235,7 @@ def plot_survivor_comparison(
         f"{config.test_size} test inputs, δ = {config.deltas[0]:g} … {config.deltas[-1]:g}",
         fontsize=12,
     )
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def _compare(

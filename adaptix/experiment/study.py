@@ -34,7 +34,7 @@ What is counted, per split (``m`` is the number of test inputs that left before 
 - *cost against the oracle*: relative cost / the hindsight oracle's, the cheapest confidence
   threshold of a dense grid (linear, plus 1 − 10^-k crowding towards 1, plus every candidate
   threshold of the guarantee) whose early accuracy on the test split itself reaches δ
-  (`adaptix.control.oracle_costs`).
+  (`adaptix.offline.control.oracle_costs`).
 
 Over the splits: violation and miss frequencies, the worst shortfall, the mean relative cost and
 the mean cost against the oracle, and for ``guarantee`` the share of splits where nothing was
@@ -67,19 +67,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-import adaptix
-from adaptix.calibration import Calibration, calibrate
-from adaptix.control import oracle_costs
+from adaptix._version import __version__
+from adaptix.core.calibration import Calibration
+from adaptix.core.files import atomic_write, tensor_digest
+from adaptix.core.scores import prediction
+from adaptix.core.trace import Trace, shared_rows
 from adaptix.errors import ValidationError
-from adaptix.files import atomic_write, tensor_digest
-from adaptix.guarantee import CertificateWarning, Certifier
+from adaptix.offline.calibrate import calibrate
+from adaptix.offline.control import oracle_costs
+from adaptix.offline.frontier import FrontierPoint
+from adaptix.offline.guarantee import CertificateWarning, Certifier
+from adaptix.offline.policy import policy
+from adaptix.offline.simulate import sweep
+from adaptix.offline.statistics import exit_indices
+from adaptix.offline.survivors import calibrate_survivors, reads_bin_table
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import policy
 from adaptix.scalars import count, flag, integer, real, unit
-from adaptix.scores import prediction
-from adaptix.simulate import FrontierPoint, exit_indices, sweep
-from adaptix.survivors import calibrate_survivors, reads_bin_table
-from adaptix.trace import Trace, shared_rows
 
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
@@ -445,22 +448,16 @@ class StudyResult:
             )
         return lines
 
-    def write(self, directory: str | Path, *, plots: bool = True) -> list[Path]:
-        """Write ``study.csv``, ``study.md`` and (``plots``) the figures into ``directory``:
-        miss frequency and cost against the oracle per δ, and, when survivor tables were
-        measured, the paper's tables against survivor tables (``study-survivors.png``).
-
-        Returns:
-            The paths written, the table files first.
+    def write(self, directory: str | Path) -> list[Path]:
+        """Write ``study.csv`` and ``study.md`` into ``directory``; the paths written. The
+        figures are `adaptix.experiment.study_plots.write_plots`.
 
         Raises:
             ValidationError: a file cannot be written.
-            AdaptixError: plots asked for and matplotlib is not installed (the table files are
-                written by then).
         """
         folder = Path(directory)
         markdown = self.to_markdown()
-        written = [
+        return [
             self.to_csv(folder / _FILES["csv"]),
             atomic_write(
                 folder / _FILES["markdown"],
@@ -468,18 +465,6 @@ class StudyResult:
                 "study summary",
             ),
         ]
-        if plots:
-            from adaptix.study_plots import (
-                plot_cost_vs_oracle,
-                plot_miss_frequency,
-                plot_survivor_comparison,
-            )
-
-            written.append(plot_miss_frequency(self, folder / "study-miss-frequency.png"))
-            written.append(plot_cost_vs_oracle(self, folder / "study-cost-vs-oracle.png"))
-            if self.survivor_modes():
-                written.append(plot_survivor_comparison(self, folder / "study-survivors.png"))
-        return written
 
 
 def split_indices(
@@ -640,7 +625,7 @@ def log_study(
         The run id, or None when tracking is off.
     """
     with tracker.run(
-        run_name, params=result.params(), tags={"adaptix.version": adaptix.__version__}
+        run_name, params=result.params(), tags={"adaptix.version": __version__}
     ) as run:
         tracker.log_metrics(run, result.summary())
         for path in artifacts:
@@ -687,7 +672,7 @@ class _Table:
     Args:
         name: the criterion.
         grid: its thresholds, as validated by the criterion.
-        exits: int64 ``[N, T]``, `adaptix.simulate.exit_indices` of the pool at ``grid``.
+        exits: int64 ``[N, T]``, `adaptix.offline.statistics.exit_indices` of the pool at ``grid``.
         correct: bool ``[N, E]``, whether each exit's prediction is right.
         costs: the model's cumulative costs ``[E]``.
     """

@@ -16,13 +16,14 @@ from torch import Tensor
 from adaptix.errors import ValidationError
 
 
-def _leaves(batch: Any) -> list[Tensor]:
+def leaves(batch: Any) -> list[Tensor]:
+    """The tensors of a nested batch (tensors, mappings, tuples and lists of them), in order."""
     if isinstance(batch, Tensor):
         return [batch]
     if isinstance(batch, Mapping):
-        return [leaf for value in batch.values() for leaf in _leaves(value)]
+        return [leaf for value in batch.values() for leaf in leaves(value)]
     if isinstance(batch, (tuple, list)):
-        return [leaf for value in batch for leaf in _leaves(value)]
+        return [leaf for value in batch for leaf in leaves(value)]
     return []
 
 
@@ -32,7 +33,7 @@ def batch_size(batch: Any) -> int:
     Raises:
         ValidationError: no tensor in the batch, or tensors disagree on the batch size.
     """
-    sizes = {int(leaf.shape[0]) if leaf.dim() else -1 for leaf in _leaves(batch)}
+    sizes = {int(leaf.shape[0]) if leaf.dim() else -1 for leaf in leaves(batch)}
     if not sizes:
         raise ValidationError(
             f"expected a tensor or a dict/tuple of tensors as a batch, got {type(batch).__name__}."
@@ -47,10 +48,10 @@ def batch_size(batch: Any) -> int:
 
 def batch_device(batch: Any) -> torch.device:
     """The device of the batch's first tensor."""
-    leaves = _leaves(batch)
-    if not leaves:
+    found = leaves(batch)
+    if not found:
         raise ValidationError("expected at least one tensor in the batch.")
-    return leaves[0].device
+    return found[0].device
 
 
 def take_rows(batch: Any, index: Tensor | slice) -> Any:

@@ -44,7 +44,7 @@ import numpy as np
 from torch import Tensor
 
 from adaptix import callsite, scalars
-from adaptix.bounds import (
+from adaptix.core.bounds import (
     binomial_pvalue_at_least,
     binomial_pvalue_at_most,
     clopper_pearson_lower,
@@ -52,7 +52,9 @@ from adaptix.bounds import (
     fixed_sequence,
     hoeffding_bentkus_pvalue,
 )
-from adaptix.certificate import (
+from adaptix.core.trace import Trace, shared_rows
+from adaptix.errors import ValidationError
+from adaptix.offline.certificate import (
     METHODS,
     Certificate,
     CertificateWarning,
@@ -61,15 +63,12 @@ from adaptix.certificate import (
     hoeffding_bentkus_upper,
     rows_digest,
 )
-from adaptix.errors import ValidationError
+from adaptix.offline.policy import ExitPolicy
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds, default_grid
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
-from adaptix.policy import ExitPolicy
-from adaptix.simulate import default_grid
-from adaptix.statistics import ThresholdCounts, count_thresholds
-from adaptix.trace import Trace, shared_rows
 
 if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
+    from adaptix.core.calibration import Calibration
 
 #: Candidate thresholds of certification's default grid (the criterion's
 #: ``default_thresholds(CANDIDATES)``), the same on every path: `guarantee`, `budget`, `Certifier`
@@ -89,7 +88,7 @@ class Certifier:
         policies = [certifier.early_accuracy(d, alpha=0.05) for d in (0.9, 0.95, 0.99)]
 
     Everything it reads is a count over the calibration inputs
-    (`adaptix.statistics.ThresholdCounts`), so shards counted on separate workers and added
+    (`adaptix.offline.statistics.ThresholdCounts`), so shards counted on separate workers and added
     give, through `from_counts`, the same certifier as the whole trace.
 
     **Data reuse.** A calibration records the fingerprints of the rows it was counted on
@@ -145,7 +144,7 @@ class Certifier:
         plugins: AdaptixPluginManager | None = None,
     ) -> Certifier:
         """The certifier of the inputs ``counts`` counted, e.g. shards counted on many workers
-        and added (`adaptix.statistics.count_thresholds`): the same as a `Certifier` of the
+        and added (`adaptix.offline.statistics.count_thresholds`): the same as a `Certifier` of the
         whole trace with the same thresholds, which goes through its counts too. (Count with
         the default grid ``default_grid(criterion, manager, CANDIDATES)`` to match `guarantee`
         called without thresholds.)
@@ -197,7 +196,7 @@ class Certifier:
         """Read the per-threshold quantities of the tests off ``counts``, strictest first."""
         if not isinstance(counts, ThresholdCounts):
             raise ValidationError(
-                f"expected adaptix.statistics.ThresholdCounts, got {type(counts).__name__}."
+                f"expected adaptix.offline.statistics.ThresholdCounts, got {type(counts).__name__}."
             )
         correct, lost, final_correct = counts.correct, counts.lost, counts.final_correct
         if correct is None or lost is None or final_correct is None:

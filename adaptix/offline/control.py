@@ -20,9 +20,9 @@ from torch import Tensor
 
 from adaptix.components import AccuracyReading
 from adaptix.errors import ValidationError
+from adaptix.offline.frontier import Frontier, FrontierPoint
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import real, unit
-from adaptix.simulate import Frontier, FrontierPoint
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ def distinct_policies(exit_index: Tensor) -> int:
     """How many distinct behaviours a knob gives: distinct columns of exit indices ``[N, T]``.
 
     Column t is the exit every input takes at the t-th setting (δ) of the knob (what
-    `adaptix.simulate.exit_indices` returns, or `SimulationResult.exit_index` stacked). Two
-    settings that send every input to the same exit are one policy, however their thresholds
+    `adaptix.offline.statistics.exit_indices` returns, or `SimulationResult.exit_index` stacked).
+    Two settings that send every input to the same exit are one policy, however their thresholds
     differ.
 
     Raises:

@@ -15,11 +15,11 @@ from pydantic_core import PydanticSerializationError
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.calibration import Calibration
-from adaptix.certificate import Certificate
 from adaptix.components import ExitCriterion, build_params
+from adaptix.core.calibration import Calibration
+from adaptix.core.files import atomic_write, json_digest
 from adaptix.errors import CalibrationError, PluginError, ValidationError
-from adaptix.files import atomic_write, json_digest
+from adaptix.offline.certificate import Certificate
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 _FORMAT = "adaptix.policy"

@@ -11,13 +11,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adaptix.components import BackboneParts, build_params
+from adaptix.core.flops import FlopMeter, FlopProfile
+from adaptix.core.rows import batch_device, batch_size, take_rows
+from adaptix.core.rows import batch_size as batch_size_of
+from adaptix.core.trace import Trace
 from adaptix.errors import PluginError, ValidationError
-from adaptix.flops import FlopMeter, FlopProfile
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
-from adaptix.rows import batch_device, batch_size, take_rows
-from adaptix.rows import batch_size as batch_size_of
 from adaptix.scalars import count, flag
-from adaptix.trace import Trace
 
 
 class _Lambda(nn.Module):

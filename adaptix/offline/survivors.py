@@ -30,21 +30,21 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.calibration import (
+from adaptix.components import ExitCriterion, build_params, params_items
+from adaptix.core.calibration import (
     BinnedTrace,
     Calibration,
     SurvivorRule,
     bin_trace,
     checked_edges,
 )
-from adaptix.components import ExitCriterion, build_params, params_items
+from adaptix.core.scores import confidence_and_prediction
+from adaptix.core.trace import Trace
 from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.kernels.reference import table_passes
+from adaptix.offline.policy import ExitPolicy, policy
+from adaptix.offline.statistics import is_sum_start
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
-from adaptix.policy import ExitPolicy, policy
-from adaptix.scores import confidence_and_prediction
-from adaptix.statistics import is_sum_start
-from adaptix.trace import Trace
 
 #: The fields that must be equal for two counts to add, in the order they are compared.
 _KEYS = ("criterion", "params", "deltas", "counted", "num_classes")
@@ -250,10 +250,11 @@ class SurvivorCounts:
 
         Column d is what ``simulate(trace, self.policy(deltas[d])).exit_index`` gives, from one
         softmax and one bin lookup of the trace for the whole grid (``simulate`` per δ redoes
-        both): the vectorised path of a survivor sweep, as `adaptix.simulate.exit_indices` is
-        for one calibration. An input leaves at the first exit e < E − 1 whose table at δ
-        passes its bin (`adaptix.kernels.reference.table_passes`), else at the last exit; an
-        input whose softmax is undefined at an exit never leaves there.
+        both): the vectorised path of a survivor sweep, as
+        `adaptix.offline.statistics.exit_indices` is for one calibration. An input leaves at the
+        first exit e < E − 1 whose table at δ passes its bin
+        (`adaptix.kernels.reference.table_passes`), else at the last exit; an input whose softmax
+        is undefined at an exit never leaves there.
 
         Raises:
             ValidationError: ``trace`` is not a trace, or not every exit is counted.

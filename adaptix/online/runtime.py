@@ -17,20 +17,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from adaptix.core.rows import batch_device, take_rows
+from adaptix.core.scores import prediction, probabilities
 from adaptix.errors import CalibrationError, ValidationError
 from adaptix.kernels import Backend, ExitDecider
 from adaptix.kernels.dispatch import BACKENDS
-from adaptix.model import MultiExitModel
-from adaptix.policy import ExitPolicy
-from adaptix.rows import batch_device, take_rows
+from adaptix.offline.policy import ExitPolicy
+from adaptix.online.model import MultiExitModel
+from adaptix.online.monitor import ShiftMonitor
 from adaptix.scalars import count, flag
-from adaptix.scores import prediction, probabilities
 
 if TYPE_CHECKING:
     import os
 
-    from adaptix.monitor import ReferenceCounts, ShiftMonitor
-    from adaptix.trace import Trace
+    from adaptix.core.trace import Trace
+    from adaptix.online.monitor import ReferenceCounts
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,6 @@ class EarlyExitRunner:
         self._plan = self._prepare(policy)
         self.monitor = monitor
         if monitor is not None:
-            from adaptix.monitor import ShiftMonitor
-
             if not isinstance(monitor, ShiftMonitor):
                 raise ValidationError(
                     f"expected monitor to be an adaptix.ShiftMonitor, got {type(monitor).__name__}."

@@ -66,21 +66,22 @@ import torch
 from torch import Tensor
 
 from adaptix import callsite
-from adaptix.calibration import Calibration, count_bins
+from adaptix.core.calibration import Calibration, count_bins
+from adaptix.core.scores import bin_index, confidence, prediction
+from adaptix.core.trace import Trace
 from adaptix.errors import CalibrationError, ValidationError
-from adaptix.plugins import call_plugin, resolve_manager
-from adaptix.policy import ExitPolicy
-from adaptix.scalars import choice, count, flag, integer, real, unit
-from adaptix.scores import bin_index, confidence, prediction
-from adaptix.simulate import simulate
-from adaptix.statistics import (
+from adaptix.offline.guarantee import guarantee
+from adaptix.offline.policy import ExitPolicy
+from adaptix.offline.simulate import simulate
+from adaptix.offline.statistics import (
     check_costs,
     check_params,
     criterion_params,
     describe_difference,
     is_sum_start,
 )
-from adaptix.trace import Trace
+from adaptix.plugins import call_plugin, resolve_manager
+from adaptix.scalars import choice, count, flag, integer, real, unit
 
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
@@ -609,7 +610,7 @@ def reference_counts(trace: Trace, policy: ExitPolicy, bins: int = DEFAULT_BINS)
     if calibration is not None:
         calibration.check_compatible(num_exits, trace.num_classes, "the reference")
         bins = calibration.bins
-    reference_bins = _bins_of(trace.logits, calibration, bins)  # [N, E]
+    reference_bins = confidence_bins(trace.logits, calibration, bins)  # [N, E]
     exits = simulate(trace, policy).exit_index.cpu()
     return ReferenceCounts(
         _reach_counts(reference_bins, exits, num_exits, bins),
@@ -1280,8 +1281,6 @@ class ShiftMonitor:
                 ``"proxy"``, or what `adaptix.guarantee` refuses.
             CalibrationError: no feedback of that source yet.
         """
-        from adaptix.guarantee import guarantee  # the guarantee module imports the policy one
-
         if criterion is not None and not isinstance(criterion, str):
             raise ValidationError(
                 f"expected criterion as a registry name (a str) or None, got "
@@ -1346,8 +1345,9 @@ def _bins_of_exit(
     return bin_index(conf, bins)
 
 
-def _bins_of(logits: Tensor, calibration: Calibration | None, bins: int) -> Tensor:
-    """Bins ``[N, E]`` of stored logits ``[N, E, C]``."""
+def confidence_bins(logits: Tensor, calibration: Calibration | None, bins: int) -> Tensor:
+    """Confidence bins ``[N, E]`` of stored logits ``[N, E, C]``: by the calibration's edges, or
+    ``bins`` equal-width bins without one; undefined confidences get ``bins``."""
     columns = [_bins_of_exit(logits[:, e], calibration, e, bins) for e in range(logits.shape[1])]
     return torch.stack(columns, dim=1).cpu()
 

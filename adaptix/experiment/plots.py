@@ -13,16 +13,16 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from adaptix.core.calibration import Calibration
 from adaptix.errors import AdaptixError, ValidationError
 from adaptix.scalars import real
 
-if TYPE_CHECKING:
-    from adaptix.calibration import Calibration
-
+#: Resolution of every figure adaptix draws.
 DPI = 120
-_COLUMNS = 3
+#: Panels per row of a grid of panels.
+COLUMNS = 3
 # Reliability diagrams: bins narrower than this (of the [0, 1] axis) get no count label, which
 # would overlap its neighbours'; bars are drawn at least this wide.
 _MIN_LABELLED_WIDTH = 0.02
@@ -78,8 +78,8 @@ def plot_control_panels(
         )
     for curves in panels.values():
         _check_curves(curves, "(δ, early accuracy or None)", x_positive=False, y_optional=True)
-    figure_cls, canvas_cls = _matplotlib()
-    columns = min(len(panels), _COLUMNS)
+    figure_cls, canvas_cls = figure_classes()
+    columns = min(len(panels), COLUMNS)
     rows = math.ceil(len(panels) / columns)
     figure = figure_cls(
         figsize=(4.5 * columns + 0.4, 4.5 * rows + 0.6), dpi=DPI, layout="constrained"
@@ -94,7 +94,7 @@ def plot_control_panels(
     y_low = min([*realised, max(deltas, default=1.0)], default=0.0)
     span = (0.0, 100.5)  # the diagonal y = δ and the region below it, clipped by the view
     y_span = (max(100 * y_low - 1.0, 0.0), 100.5)
-    colours = _colour_map([name for curves in panels.values() for name in curves])
+    colours = colour_map([name for curves in panels.values() for name in curves])
     for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
         ax.fill_between(
             span, span, [span[0]] * 2, color="tab:red", alpha=0.07, lw=0, label="target missed"
@@ -116,10 +116,10 @@ def plot_control_panels(
         ax.grid(True, alpha=0.3)
         if panel:
             ax.set_title(panel)
-    _label_grid(axes, len(panels), columns, "target δ (%)", "realised early accuracy on test (%)")
+    label_grid(axes, len(panels), columns, "target δ (%)", "realised early accuracy on test (%)")
     axes[0].legend(loc="upper left", fontsize=8, framealpha=0.9)
     figure.suptitle(title, fontsize=13)
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def plot_accuracy_vs_flops(
@@ -156,12 +156,12 @@ def plot_accuracy_vs_flops(
         )
     for curves in ({name: [point] for name, point in models.items()}, truncated, frontiers):
         _check_curves(curves, "(FLOPs > 0, accuracy)", x_positive=True, y_optional=False)
-    figure_cls, canvas_cls = _matplotlib()
-    from matplotlib import ticker  # importable: _matplotlib checked
+    figure_cls, canvas_cls = figure_classes()
+    from matplotlib import ticker  # importable: figure_classes checked
 
     figure = figure_cls(figsize=(7.5, 5.2), dpi=DPI, layout="constrained")
     ax = figure.subplots()
-    colours = _colour_map([*frontiers, *truncated])
+    colours = colour_map([*frontiers, *truncated])
     for name, curve in frontiers.items():
         flops, accuracy = _xy(curve)
         ax.plot(flops, accuracy, lw=2, marker=".", color=colours[name], label=name)
@@ -216,7 +216,7 @@ def plot_accuracy_vs_flops(
     ax.grid(True, which="minor", alpha=0.12)
     ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
     ax.set_title(title, fontsize=13)
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
 def plot_reliability(
@@ -241,16 +241,14 @@ def plot_reliability(
     Raises:
         ValidationError: ``calibration`` is not a `Calibration`.
     """
-    from adaptix.calibration import Calibration
-
     if not isinstance(calibration, Calibration):
         raise ValidationError(
             f"expected an adaptix.Calibration, got {type(calibration).__name__}. Pass what "
             "adaptix.calibrate returned."
         )
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = figure_classes()
     exits, bins = calibration.num_exits, calibration.bins
-    columns = min(exits, _COLUMNS + 1)
+    columns = min(exits, COLUMNS + 1)
     rows = math.ceil(exits / columns)
     figure = figure_cls(
         figsize=(3.5 * columns + 0.4, 3.9 * rows + 0.7), dpi=DPI, layout="constrained"
@@ -308,14 +306,14 @@ def plot_reliability(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.grid(True, alpha=0.3)
-    _label_grid(axes, exits, columns, "confidence (max softmax)", "accuracy (fraction)")
+    label_grid(axes, exits, columns, "confidence (max softmax)", "accuracy (fraction)")
     axes[0].legend(loc="upper left", fontsize=7, framealpha=0.9)
     binning = "equal-width" if calibration.equal_width else calibration.method
     figure.suptitle(f"{title}\n{bins} {binning} bins; grey numbers: inputs per bin", fontsize=12)
-    return _save(figure, canvas_cls, path)
+    return save_png(figure, canvas_cls, path)
 
 
-def _matplotlib() -> tuple[Any, Any]:
+def figure_classes() -> tuple[Any, Any]:
     """matplotlib's Figure and Agg canvas classes, or an `AdaptixError` saying how to install."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -328,7 +326,7 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def _label_grid(axes: Any, used: int, columns: int, xlabel: str, ylabel: str) -> None:
+def label_grid(axes: Any, used: int, columns: int, xlabel: str, ylabel: str) -> None:
     """Hide the unused panels; label the left column and the lowest panel of every column."""
     for ax in axes[used:]:
         ax.set_visible(False)
@@ -340,7 +338,12 @@ def _label_grid(axes: Any, used: int, columns: int, xlabel: str, ylabel: str) ->
             axes[index].xaxis.set_tick_params(labelbottom=True)
 
 
-def _save(figure: Any, canvas_cls: Any, path: str | os.PathLike[str]) -> Path:
+def save_png(figure: Any, canvas_cls: Any, path: str | os.PathLike[str]) -> Path:
+    """Render ``figure`` with ``canvas_cls`` (Agg) into the PNG ``path``, creating its folder.
+
+    Raises:
+        ValidationError: ``path`` cannot be written.
+    """
     target = Path(path)
     canvas_cls(figure)  # attaches itself to the figure: savefig renders with Agg
     try:
@@ -381,7 +384,7 @@ def _xy(curve: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]
     return [f / 1e6 for f, _ in points], [100 * a for _, a in points]
 
 
-def _colour_map(names: Sequence[str]) -> dict[str, Any]:
+def colour_map(names: Sequence[str]) -> dict[str, Any]:
     """The same colour for the same name across panels."""
     unique = list(dict.fromkeys(names))
     palette = [f"C{i}" for i in range(10)]

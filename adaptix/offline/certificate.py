@@ -17,7 +17,7 @@ records
 
 What a certificate cannot know from its own fields is which calibration inputs it was tested on:
 ``rows`` carries a digest of their row fingerprints (`Trace.row_digests`), and
-`adaptix.guarantee.verify` recounts the evidence on a trace and refuses one that is not the
+`adaptix.offline.guarantee.verify` recounts the evidence on a trace and refuses one that is not the
 certified one, or counts that differ.
 """
 
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.bounds import (
+from adaptix.core.bounds import (
     binomial_pvalue_at_least,
     binomial_pvalue_at_most,
     clopper_pearson_lower,
@@ -44,7 +44,7 @@ from adaptix.bounds import (
 from adaptix.errors import ValidationError
 
 if TYPE_CHECKING:
-    from adaptix.policy import ExitPolicy
+    from adaptix.offline.policy import ExitPolicy
 
 Target = Literal["early_accuracy", "accuracy_drop", "relative_cost"]
 Method = Literal["binomial", "hoeffding_bentkus"]
@@ -340,7 +340,7 @@ def _check_evidence(cert: Certificate) -> None:
 
 
 def _check_counts(cert: Certificate) -> None:
-    """The relations every row of counts obeys (`adaptix.statistics.ThresholdCounts`)."""
+    """The relations every row of counts obeys (`adaptix.offline.statistics.ThresholdCounts`)."""
     exits, correct, n = cert.exits, cert.correct, cert.n
     problems = []
     if len(exits) < 2 or len(correct) != len(exits):

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from adaptix.core.rows import batch_size as rows_in
+from adaptix.core.rows import leaves, take_rows, to_device
+from adaptix.core.scores import prediction
 from adaptix.errors import ValidationError
-from adaptix.model import MultiExitModel
-from adaptix.rows import _leaves, take_rows, to_device
-from adaptix.rows import batch_size as rows_in
+from adaptix.online.model import MultiExitModel
 from adaptix.scalars import choice, count, flag, integer, real, unit
-from adaptix.scores import prediction
 
 Data = tuple[Any, Tensor]
 
@@ -77,7 +77,7 @@ def _check_finite_inputs(inputs: Any, what: str) -> None:
     A float64 sum is NaN or infinite exactly when a summand is (float32 or float16 inputs
     cannot overflow it): one pass over the inputs, without a boolean copy of them.
     """
-    for leaf in _leaves(inputs):
+    for leaf in leaves(inputs):
         if not leaf.is_floating_point() or math.isfinite(float(leaf.sum(dtype=torch.float64))):
             continue
         finite = torch.isfinite(leaf.flatten(1) if leaf.dim() > 1 else leaf.unsqueeze(1))
