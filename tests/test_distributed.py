@@ -277,3 +277,30 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(AdaptixError, match=r"pip install 'adaptix\[ray\]'"):
         import_ray()
+
+
+def test_the_job_counts_survivors_on_the_cluster_as_in_process(
+    cluster: None, tmp_path: Path
+) -> None:
+    """With ``[ray]``, the job counts survivors by shard (`reduce_survivors`) on the cluster it
+    joined: the counts of its pcee_lcb (with the job's parameters: the correction) equal
+    `calibrate_survivors`'."""
+    from test_experiment import _config
+
+    from adaptix.experiment import job
+
+    config = _config(tmp_path, ray={"workers": 2, "batch_size": 64})
+    assert config.ray is not None
+    trace = synthetic_trace(300, 4, 5, seed=3).scaled(2.0)
+    calibration = adaptix.calibrate(trace, "equal_mass", 10)
+    deltas = [0.6, 0.8, 0.9]
+    manager = adaptix.get_plugin_manager()
+    with job._ray_session(config.ray):  # joins the module's cluster, leaves it running
+        on_ray = job._count_survivors(trace, deltas, "pcee_lcb", calibration, config, manager)
+    assert ray.is_initialized()
+    here = adaptix.calibrate_survivors(
+        trace, deltas, "pcee_lcb", bins=10, edges=calibration.edges, bonferroni=True
+    )
+    assert dict(on_ray.params) == dict(here.params)
+    assert torch.equal(on_ray.counts, here.counts)
+    assert torch.equal(on_ray.correct, here.correct)

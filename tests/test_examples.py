@@ -79,6 +79,7 @@ def test_custom_criterion(tmp_path: Path) -> None:
     assert "topk_mass" in out
 
 
+@pytest.mark.slow  # 20-60 s: an SQLite MLflow store per sweep point; `make test-slow`
 @pytest.mark.skipif(find_spec("mlflow") is None, reason="needs the mlflow extra")
 def test_log_sweep_to_mlflow(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

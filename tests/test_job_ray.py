@@ -169,26 +169,3 @@ def test_inputs_that_are_not_one_tensor_are_refused_before_ray_runs(tmp_path: Pa
     assert config.ray is not None
     with pytest.raises(ConfigError, match="got dict: remove the ray section"):
         job._trace_on_ray(model, spec, data, config, config.ray)
-
-
-@needs_ray
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_survivor_counts_on_ray_equal_the_job_s_in_process(tmp_path: Path, loopback: None) -> None:
-    """With ``[ray]``, the job counts survivors by shard (`reduce_survivors`): the counts of
-    its pcee_lcb (with the job's parameters: the correction) equal `calibrate_survivors`'."""
-    from adaptix.testing import synthetic_trace
-
-    config = _config(tmp_path, ray={"workers": 2, "batch_size": 64})
-    assert config.ray is not None
-    trace = synthetic_trace(300, 4, 5, seed=3).scaled(2.0)
-    calibration = adaptix.calibrate(trace, "equal_mass", 10)
-    deltas = [0.6, 0.8, 0.9]
-    manager = job.get_plugin_manager()
-    with job._ray_session(config.ray):
-        on_ray = job._count_survivors(trace, deltas, "pcee_lcb", calibration, config, manager)
-    here = adaptix.calibrate_survivors(
-        trace, deltas, "pcee_lcb", bins=10, edges=calibration.edges, bonferroni=True
-    )
-    assert dict(on_ray.params) == dict(here.params)
-    assert torch.equal(on_ray.counts, here.counts)
-    assert torch.equal(on_ray.correct, here.correct)
