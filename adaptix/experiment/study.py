@@ -76,6 +76,7 @@ from adaptix.core.files import atomic_write, tensor_digest
 from adaptix.core.scores import prediction
 from adaptix.core.trace import Trace, shared_rows
 from adaptix.errors import ValidationError
+from adaptix.experiment.config import GUARANTEE_ROW
 from adaptix.offline.calibrate import calibrate
 from adaptix.offline.control import ORACLE_CRITERION, hindsight_oracle, oracle_grid
 from adaptix.offline.frontier import FrontierPoint
@@ -90,12 +91,11 @@ from adaptix.scalars import count, flag, integer, real, unit
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
 
-GUARANTEE = "guarantee"
 #: The criterion whose thresholds ``guarantee`` certifies.
 CERTIFIED_CRITERION = "confidence"
 DEFAULT_DELTAS: tuple[float, ...] = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0)
-DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE)
+DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE_ROW)
 #: The calibrator of the paper's tables (equal-width bins): its modes keep the criterion's name.
 PAPER_CALIBRATOR = "reliability"
 #: The paper's equal-width bins and equal-mass bins, each a mode of every calibrated criterion.
@@ -395,7 +395,7 @@ class StudyResult:
         ``calibrator``, the paper mode's and the survivor mode's `headline` (``"paper"``,
         ``"survivors"``), and ``guarantee``, the marginal mode's `headline` at that scale
         (None when ``guarantee`` was not studied)."""
-        marginal = GUARANTEE in self.config.criteria
+        marginal = GUARANTEE_ROW in self.config.criteria
         return [
             {
                 "mode": mode.name,
@@ -407,7 +407,7 @@ class StudyResult:
                     "paper": self.headline(scale, mode.paper),
                     "survivors": self.headline(scale, mode.name),
                 },
-                "guarantee": self.headline(scale, GUARANTEE) if marginal else None,
+                "guarantee": self.headline(scale, GUARANTEE_ROW) if marginal else None,
             }
             for mode in self.survivor_modes()
             for scale in self.config.scales
@@ -702,7 +702,7 @@ class _ScaleStudy:
         self.readings = {
             name: [_reading(name, manager).threshold(d) for d in config.deltas]
             for name in config.criteria
-            if name != GUARANTEE
+            if name != GUARANTEE_ROW
         }
         self.calibrated = [
             name for name in self.readings if manager.criteria.get(name).needs_calibration
@@ -750,7 +750,7 @@ class _ScaleStudy:
             for mode in modes:
                 if mode.survivors:
                     self._survivors(split, calibration, test, test_rows, tables, mode)
-        if GUARANTEE in self.outcomes:
+        if GUARANTEE_ROW in self.outcomes:
             by_threshold = {p.threshold: p for p in oracle_counts.points()}
             self._certify(split, calibration, by_threshold, test.num_inputs)
 
@@ -827,7 +827,7 @@ class _ScaleStudy:
         for d, certified in enumerate(chosen):
             if certified.exits_early:
                 point = by_threshold[certified.threshold]
-                self.outcomes[GUARANTEE].record(d, split, point, num_test)
+                self.outcomes[GUARANTEE_ROW].record(d, split, point, num_test)
             else:  # every input goes to the last exit: the empty outcome stays
                 self.uncertified[d, split] = True
 
@@ -840,7 +840,7 @@ class _ScaleStudy:
                 delta,
                 (self.outcomes[mode.name], d),
                 self.oracle[d],
-                self.uncertified[d] if mode.criterion == GUARANTEE else None,
+                self.uncertified[d] if mode.criterion == GUARANTEE_ROW else None,
             )
             for mode in self.config.modes
             for d, delta in enumerate(self.config.deltas)
@@ -991,7 +991,7 @@ def _criteria(criteria: Sequence[str], manager: AdaptixPluginManager) -> tuple[s
     if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
         raise ValidationError(f"expected distinct criterion names (str), got {names!r}.")
     for name in names:
-        if name != GUARANTEE:
+        if name != GUARANTEE_ROW:
             _reading(name, manager)
     return tuple(names)
 
@@ -1029,10 +1029,10 @@ def _survivor_criteria(
         return tuple(name for name in DEFAULT_SURVIVORS if name in criteria)
     names = _names(survivors, "survivor criteria", "['pcee', 'pcee_lcb'] or []", empty=True)
     for name in names:
-        if name not in criteria or name == GUARANTEE:
+        if name not in criteria or name == GUARANTEE_ROW:
             raise ValidationError(
                 f"expected survivor criteria among the studied criteria {list(criteria)} "
-                f"(not '{GUARANTEE}'), got '{name}'. Add it to the criteria or drop it."
+                f"(not '{GUARANTEE_ROW}'), got '{name}'. Add it to the criteria or drop it."
             )
         if not reads_bin_table(name, plugins=manager):
             raise ValidationError(
@@ -1054,7 +1054,7 @@ def _modes(
     the correction, on the paper's tables then on survivor tables."""
     modes: list[StudyMode] = []
     for name in criteria:
-        if name == GUARANTEE or not manager.criteria.get(name).needs_calibration:
+        if name == GUARANTEE_ROW or not manager.criteria.get(name).needs_calibration:
             modes.append(StudyMode(name, name))
             continue
         corrects = bonferroni and "bonferroni" in manager.criteria.get(name).Params.model_fields
@@ -1073,7 +1073,7 @@ def _reading(name: str, manager: AdaptixPluginManager) -> Any:
     if reading is None:
         raise ValidationError(
             f"expected criteria whose threshold reads as an accuracy target (or "
-            f"'{GUARANTEE}'), got '{name}', which declares no accuracy_reading: a study of δ "
+            f"'{GUARANTEE_ROW}'), got '{name}', which declares no accuracy_reading: a study of δ "
             "is undefined for it."
         )
     return reading
@@ -1081,7 +1081,7 @@ def _reading(name: str, manager: AdaptixPluginManager) -> Any:
 
 def _params(name: str, alpha: float, manager: AdaptixPluginManager) -> dict[str, Any]:
     """A criterion with an ``alpha`` parameter (``pcee_lcb``) takes the study's α."""
-    if name == GUARANTEE:
+    if name == GUARANTEE_ROW:
         return {}
     return {"alpha": alpha} if "alpha" in manager.criteria.get(name).Params.model_fields else {}
 
@@ -1135,7 +1135,6 @@ __all__ = [
     "DEFAULT_DELTAS",
     "DEFAULT_SCALES",
     "DEFAULT_SURVIVORS",
-    "GUARANTEE",
     "NOISE_Z",
     "PAPER_CALIBRATOR",
     "StudyConfig",
