@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import CalibrationError, CertificateWarning, Certifier, ValidationError
-from adaptix.offline.statistics import ThresholdCounts, count_thresholds
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds, exit_accuracy
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -303,6 +303,17 @@ def test_a_pool_minus_a_split_is_the_other_rows_counted(name: str, plugins) -> N
     assert difference.points() == list(swept)
     again = (difference + _count(held, name, plugins, calibration)) - counted
     assert torch.equal(again.exits, _count(held, name, plugins, calibration).exits)
+
+
+def test_exit_accuracy_is_each_exit_s_share_of_right_predictions() -> None:
+    trace = _trace()
+    expected = [
+        float((trace.logits[:, e].argmax(dim=-1) == trace.labels).double().mean())
+        for e in range(trace.num_exits)
+    ]
+    assert exit_accuracy(trace) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValidationError, match="expected a labelled trace"):
+        exit_accuracy(_trace(labelled=False))
 
 
 def test_only_counts_of_a_subset_subtract(plugins) -> None:

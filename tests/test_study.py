@@ -80,11 +80,7 @@ def test_one_split_matches_a_hand_check(traces) -> None:
     deltas = (*(round(0.5 + 0.04 * i, 2) for i in range(12)), 0.99)
     settings = {"splits": 1, "calibration_size": 150, "deltas": deltas, "alpha": 0.3}
     study = run_study(*traces, **settings, scales=(3.0,), progress=False)
-    pooled = Trace(
-        torch.cat([t.logits for t in traces]) * 3.0,
-        torch.cat([t.labels for t in traces]),
-        traces[0].costs,
-    )
+    pooled = Trace.concat(traces).scaled(3.0)
     ((calibration_rows, test_rows),) = split_indices(600, 150, 1, seed=0)
     calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
     certifier = adaptix.Certifier(calibration, "confidence")
@@ -123,11 +119,7 @@ def test_one_split_of_a_calibration_free_criterion_is_the_sweep_bit_for_bit(trac
         criteria=("confidence", "guarantee"),
         progress=False,
     )
-    pooled = Trace(
-        torch.cat([t.logits for t in traces]) * 2.0,
-        torch.cat([t.labels for t in traces]),
-        traces[0].costs,
-    )
+    pooled = Trace.concat(traces).scaled(2.0)
     ((_, test_rows),) = split_indices(600, 250, 1, seed=0)
     test = pooled.subset(test_rows)
     swept = list(adaptix.sweep(test, "confidence", deltas))
@@ -155,11 +147,7 @@ def test_one_split_of_every_mode_matches_a_hand_check(traces) -> None:
         progress=False,
     )
     assert len(study.config.modes) == 2 * (2 + 4)  # per calibrator: pcee ×2, pcee_lcb ×4
-    pooled = Trace(
-        torch.cat([t.logits for t in traces]) * 2.0,
-        torch.cat([t.labels for t in traces]),
-        traces[0].costs,
-    )
+    pooled = Trace.concat(traces).scaled(2.0)
     ((calibration_rows, test_rows),) = split_indices(600, 300, 1, seed=0)
     calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
     early_exits = 0

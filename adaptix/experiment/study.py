@@ -73,7 +73,6 @@ from tqdm.auto import tqdm
 from adaptix._version import __version__
 from adaptix.core.calibration import Calibration
 from adaptix.core.files import atomic_write, tensor_digest
-from adaptix.core.scores import prediction
 from adaptix.core.trace import Trace, shared_rows
 from adaptix.errors import ValidationError
 from adaptix.experiment.config import GUARANTEE_ROW
@@ -83,7 +82,13 @@ from adaptix.offline.frontier import FrontierPoint
 from adaptix.offline.guarantee import CANDIDATES, CertificateWarning, Certifier
 from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import sweep
-from adaptix.offline.statistics import ThresholdCounts, count_exits, default_grid, exit_indices
+from adaptix.offline.statistics import (
+    ThresholdCounts,
+    count_exits,
+    default_grid,
+    exit_indices,
+    right_predictions,
+)
 from adaptix.offline.survivors import calibrate_survivors, reads_bin_table
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import count, flag, integer, real, unit
@@ -595,7 +600,7 @@ def run_study(
         ),
     )
     drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
-    correct = prediction(pooled.logits) == pooled.labels.unsqueeze(1)  # type: ignore[union-attr]  # labelled
+    correct = right_predictions(pooled)
     rows: list[StudyRow] = []
     with tqdm(
         total=config.splits * len(config.scales), desc="study", unit="split", disable=not progress
@@ -903,26 +908,10 @@ def _check_trace(trace: Trace, role: str) -> Tensor:
 
 
 def _pool(calibration: Trace, test: Trace) -> Trace:
-    """Both traces as one, after checking that they come from the same model."""
-    labels = []
+    """Both labelled traces as one (`Trace.concat`: refused unless of the same model)."""
     for role, trace in (("calibration", calibration), ("test", test)):
-        labels.append(_check_trace(trace, role).to(calibration.logits.device))
-    if (calibration.num_exits, calibration.num_classes) != (test.num_exits, test.num_classes):
-        raise ValidationError(
-            f"expected two traces of the same model, got E={calibration.num_exits}, "
-            f"C={calibration.num_classes} (calibration) and E={test.num_exits}, "
-            f"C={test.num_classes} (test). Pass the calibration and test traces of one model."
-        )
-    if not torch.equal(calibration.costs, test.costs):
-        raise ValidationError(
-            f"expected two traces of the same model, got different costs: "
-            f"{calibration.costs.tolist()} (calibration) and {test.costs.tolist()} (test). "
-            "Pass the calibration and test traces of one model."
-        )
-    dtype = torch.promote_types(calibration.logits.dtype, test.logits.dtype)
-    device = calibration.logits.device
-    logits = torch.cat([calibration.logits.to(dtype), test.logits.to(device, dtype)])
-    return Trace(logits, torch.cat(labels), calibration.costs, calibration.meta)
+        _check_trace(trace, role)
+    return Trace.concat([calibration, test])
 
 
 def _without_shared_rows(

@@ -20,6 +20,7 @@ inputs and the criteria's default grids (`default_grid`), as the one core that `
 from __future__ import annotations
 
 import math
+import operator
 import reprlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -238,28 +239,10 @@ class ThresholdCounts:
                 names the field), or one is labelled and the other not.
         """
         other = self._compatible(other, "add to")
-        return ThresholdCounts(
-            criterion=self.criterion,
-            params=self.params,
-            thresholds=self.thresholds,
-            costs=self.costs,
-            calibration=self.calibration,
-            num_inputs=self.num_inputs + other.num_inputs,
-            exits=self.exits + other.exits,
-            correct=_add(self.correct, other.correct),
-            lost=_add(self.lost, other.lost),
-            final_correct=(
-                None
-                if self.final_correct is None or other.final_correct is None
-                else self.final_correct + other.final_correct
-            ),
-            num_classes=self.num_classes,
-            rows=(
-                None
-                if self.rows is None or other.rows is None
-                else torch.cat([self.rows, other.rows])
-            ),
+        rows = (
+            None if self.rows is None or other.rows is None else torch.cat([self.rows, other.rows])
         )
+        return self._combined(other, operator.add, rows)
 
     def __sub__(self, other: object) -> ThresholdCounts:
         """The counts of the inputs of ``self`` that are not in ``other``, a subset of them.
@@ -282,28 +265,31 @@ class ThresholdCounts:
                 "counts of a subset of the inputs (e.g. a calibration split from its pool)."
             )
         try:
-            return ThresholdCounts(
-                criterion=self.criterion,
-                params=self.params,
-                thresholds=self.thresholds,
-                costs=self.costs,
-                calibration=self.calibration,
-                num_inputs=self.num_inputs - other.num_inputs,
-                exits=self.exits - other.exits,
-                correct=_subtract(self.correct, other.correct),
-                lost=_subtract(self.lost, other.lost),
-                final_correct=(
-                    None
-                    if self.final_correct is None or other.final_correct is None
-                    else self.final_correct - other.final_correct
-                ),
-                num_classes=self.num_classes,
-            )
+            return self._combined(other, operator.sub, None)
         except ValidationError as err:
             raise ValidationError(
                 f"expected the counts of a subset of the inputs to subtract, got counts whose "
                 f"difference no inputs could give: {err}"
             ) from err
+
+    def _combined(
+        self, other: ThresholdCounts, op: Callable[[Any, Any], Any], rows: Tensor | None
+    ) -> ThresholdCounts:
+        """The counts with ``op`` (add or subtract) applied to every count of ``other``."""
+        return ThresholdCounts(
+            criterion=self.criterion,
+            params=self.params,
+            thresholds=self.thresholds,
+            costs=self.costs,
+            calibration=self.calibration,
+            num_inputs=op(self.num_inputs, other.num_inputs),
+            exits=op(self.exits, other.exits),
+            correct=_both(op, self.correct, other.correct),
+            lost=_both(op, self.lost, other.lost),
+            final_correct=_both(op, self.final_correct, other.final_correct),
+            num_classes=self.num_classes,
+            rows=rows,
+        )
 
     def _compatible(self, other: object, verb: str) -> ThresholdCounts:
         """``other``, checked to add to or subtract from ``self`` (`ValidationError` naming the
@@ -443,7 +429,7 @@ def count_exits(
     counted = torch.bincount(cells, minlength=shape[0] * num_exits)
     correct = lost = final_correct = None
     if trace.labels is not None:
-        right_all = _right(trace, trace.labels, right)  # [N, E]
+        right_all = _right(trace, right)  # [N, E]
         right = right_all.gather(1, exits)  # [N, T]: right at the exit taken
         correct = torch.bincount(cells[right.flatten()], minlength=counted.numel()).view(shape)
         final = right_all[:, -1:]
@@ -468,11 +454,35 @@ def count_exits(
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _right(trace: Trace, labels: Tensor, given: Tensor | None) -> Tensor:
-    """Whether each exit predicts each input of ``trace`` right: ``given`` (checked), or
-    computed."""
+def right_predictions(trace: Trace) -> Tensor:
+    """bool ``[N, E]``: whether each exit predicts each input of a labelled trace right.
+
+    Raises:
+        ValidationError: not a trace, or an unlabelled one.
+    """
+    check_trace(trace)
+    if trace.labels is None:
+        raise ValidationError(
+            "expected a labelled trace, got labels=None: which predictions are right is "
+            "unknown. Trace the model with labels."
+        )
+    return prediction(trace.logits) == trace.labels.unsqueeze(1)
+
+
+def exit_accuracy(trace: Trace) -> list[float]:
+    """The accuracy of every exit on a labelled trace, first to last.
+
+    Raises:
+        ValidationError: as `right_predictions`.
+    """
+    return right_predictions(trace).double().mean(dim=0).tolist()
+
+
+def _right(trace: Trace, given: Tensor | None) -> Tensor:
+    """Whether each exit predicts each input of a labelled ``trace`` right: ``given``
+    (checked), or `right_predictions`."""
     if given is None:
-        return prediction(trace.logits) == labels.unsqueeze(1)
+        return right_predictions(trace)
     shape = (trace.num_inputs, trace.num_exits)
     if not isinstance(given, Tensor) or given.dtype != torch.bool or tuple(given.shape) != shape:
         got = f"{given.dtype} {list(given.shape)}" if isinstance(given, Tensor) else given
@@ -766,12 +776,9 @@ def _read_checksum(pol: ExitPolicy) -> str | None:
     return held.checksum if held is not None and pol.criterion.needs_calibration else None
 
 
-def _add(mine: Tensor | None, theirs: Tensor | None) -> Tensor | None:
-    return None if mine is None or theirs is None else mine + theirs
-
-
-def _subtract(mine: Tensor | None, theirs: Tensor | None) -> Tensor | None:
-    return None if mine is None or theirs is None else mine - theirs
+def _both(op: Callable[[Any, Any], Any], mine: Any, theirs: Any) -> Any:
+    """``op(mine, theirs)``, or None when either is None (unlabelled counts)."""
+    return None if mine is None or theirs is None else op(mine, theirs)
 
 
 def describe_difference(mine: Any, theirs: Any) -> str:
@@ -911,7 +918,9 @@ __all__ = [
     "criterion_params",
     "default_grid",
     "describe_difference",
+    "exit_accuracy",
     "exit_indices",
     "is_sum_start",
+    "right_predictions",
     "threshold_grid",
 ]
