@@ -17,11 +17,15 @@ from adaptix.offline.control import (
     cheapest_reaching,
     control_summary,
     distinct_policies,
+    hindsight_oracle,
     oracle_costs,
+    oracle_counts,
+    oracle_grid,
     oracle_points,
     summarise_control,
 )
 from adaptix.offline.frontier import Frontier, FrontierPoint
+from adaptix.testing import synthetic_trace
 
 
 def _point(criterion: str, threshold: float, early: float | None, cost: float) -> FrontierPoint:
@@ -228,3 +232,19 @@ def test_every_reading_is_invertible_and_gives_valid_thresholds(name: str) -> No
         threshold = reading.threshold(delta)
         assert criterion.validate_threshold(threshold) == threshold
         assert reading.target(threshold) == pytest.approx(delta, abs=1e-12)
+
+
+def test_the_hindsight_oracle_is_the_cheapest_point_of_its_one_grid() -> None:
+    """One oracle: confidence swept over `oracle_grid`, from a trace or from its counts."""
+    trace = synthetic_trace(300, 4, 5, seed=2)
+    deltas = (0.6, 0.8, 0.95)
+    grid = oracle_grid(deltas)
+    assert grid == sorted(set(grid))
+    assert {0.0, 0.001, 0.5, 1.0, *deltas} <= set(grid)
+    assert max(g for g in grid if g < 1) > 0.999999  # 1 − 10^-k crowds towards 1
+    assert set(adaptix.Certifier(trace, "confidence").thresholds) <= set(grid)
+    expected = oracle_costs(list(adaptix.sweep(trace, "confidence", grid)), deltas)
+    assert hindsight_oracle(trace, deltas) == expected
+    assert hindsight_oracle(oracle_counts(trace, deltas), deltas) == expected
+    with pytest.raises(ValidationError, match="oracle_grid"):
+        hindsight_oracle(oracle_counts(trace, deltas), (0.6, 0.8005))  # another δ, another grid

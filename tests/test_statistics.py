@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import adaptix
 from adaptix import CalibrationError, CertificateWarning, Certifier, ValidationError
-from adaptix.offline.statistics import ThresholdCounts, count_thresholds
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds, exit_accuracy
 from adaptix.testing import synthetic_trace
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -281,6 +281,60 @@ def test_a_calibration_that_the_criterion_does_not_read_is_not_part_of_its_count
     assert certifier.base.calibration is calibration  # kept, as Certifier(trace, ...) keeps it
     pcee = _count(first, "pcee", plugins, calibration)
     assert pcee.calibration == calibration.checksum
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_a_pool_minus_a_split_is_the_other_rows_counted(name: str, plugins) -> None:
+    """What the study does: pool counts minus a split's are the counts, and the sweep, of the
+    rest, bit for bit; subtraction undoes addition."""
+    trace = _trace()
+    calibration = _calibration(plugins) if name == "pcee" else None
+    rows = torch.randperm(trace.num_inputs, generator=torch.Generator().manual_seed(3))
+    held, rest = trace.subset(rows[:120].sort().values), trace.subset(rows[120:].sort().values)
+    pool = _count(trace, name, plugins, calibration)
+    difference = pool - _count(held, name, plugins, calibration)
+    counted = _count(rest, name, plugins, calibration)
+    for field in ("num_inputs", "final_correct", "thresholds"):
+        assert getattr(difference, field) == getattr(counted, field)
+    for field in ("exits", "correct", "lost"):
+        assert torch.equal(getattr(difference, field), getattr(counted, field))
+    assert difference.points() == counted.points()
+    swept = adaptix.sweep(rest, name, GRIDS[name], calibration, plugins=plugins)
+    assert difference.points() == list(swept)
+    again = (difference + _count(held, name, plugins, calibration)) - counted
+    assert torch.equal(again.exits, _count(held, name, plugins, calibration).exits)
+
+
+def test_exit_accuracy_is_each_exit_s_share_of_right_predictions() -> None:
+    trace = _trace()
+    expected = [
+        float((trace.logits[:, e].argmax(dim=-1) == trace.labels).double().mean())
+        for e in range(trace.num_exits)
+    ]
+    assert exit_accuracy(trace) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValidationError, match="expected a labelled trace"):
+        exit_accuracy(_trace(labelled=False))
+
+
+def test_only_counts_of_a_subset_subtract(plugins) -> None:
+    trace = _trace()
+    first, second = _shards(trace, (150, 151))
+    pool = _count(trace, "confidence", plugins)
+    with pytest.raises(ValidationError, match="expected counts of fewer inputs to subtract"):
+        pool - pool
+    with pytest.raises(ValidationError, match="expected counts with the same thresholds to sub"):
+        pool - _count(first, "confidence", plugins, grid=[0.5])
+    with pytest.raises(ValidationError, match=r"ThresholdCounts to subtract from .* \(int\)"):
+        pool - 1  # type: ignore[operator]
+    unlabelled = adaptix.Trace(first.logits, None, first.costs)
+    with pytest.raises(ValidationError, match="both labelled or both unlabelled to subtract"):
+        pool - _count(unlabelled, "confidence", plugins)
+    other = synthetic_trace(150, 5, 6, seed=11)  # not rows of the pool: no inputs give this
+    with pytest.raises(ValidationError, match="expected the counts of a subset of the inputs"):
+        _count(second, "confidence", plugins) - _count(
+            other.subset(slice(0, 100)), "confidence", plugins
+        )
+    assert (pool - _count(first, "confidence", plugins)).rows is None
 
 
 # ------------------------------------------------------------------------ what does not add

@@ -20,13 +20,12 @@ from adaptix.experiment.study import (
     NOISE_Z,
     StudyResult,
     StudyRow,
-    _oracle_grid,
     noise_band,
     run_study,
     split_indices,
 )
 from adaptix.experiment.study_plots import write_plots
-from adaptix.offline.control import oracle_costs
+from adaptix.offline.control import hindsight_oracle
 from adaptix.offline.guarantee import CertificateWarning
 from adaptix.testing import synthetic_trace
 
@@ -81,16 +80,11 @@ def test_one_split_matches_a_hand_check(traces) -> None:
     deltas = (*(round(0.5 + 0.04 * i, 2) for i in range(12)), 0.99)
     settings = {"splits": 1, "calibration_size": 150, "deltas": deltas, "alpha": 0.3}
     study = run_study(*traces, **settings, scales=(3.0,), progress=False)
-    pooled = Trace(
-        torch.cat([t.logits for t in traces]) * 3.0,
-        torch.cat([t.labels for t in traces]),
-        traces[0].costs,
-    )
+    pooled = Trace.concat(traces).scaled(3.0)
     ((calibration_rows, test_rows),) = split_indices(600, 150, 1, seed=0)
     calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
     certifier = adaptix.Certifier(calibration, "confidence")
-    grid = _oracle_grid(certifier.thresholds, deltas)
-    oracle = oracle_costs(list(adaptix.sweep(test, "confidence", grid)), deltas)
+    oracle = hindsight_oracle(test, deltas)
     seen = {"certified": 0, "uncertified": 0, "missed": 0}
     for delta in deltas:
         with warnings.catch_warnings():
@@ -103,13 +97,37 @@ def test_one_split_matches_a_hand_check(traces) -> None:
             assert row.violation_frequency == float(violated), (name, delta)
             assert row.miss_frequency == float(missed), (name, delta)
             assert row.mean_relative_cost == pytest.approx(cost, abs=1e-12)
-            assert row.mean_oracle_cost == pytest.approx(oracle[delta], abs=1e-12)
+            assert row.mean_oracle_cost == oracle[delta]  # the same counts: the same bits
             assert row.mean_cost_vs_oracle == pytest.approx(cost / oracle[delta], abs=1e-9)
             seen["missed"] += missed
         row = next(r for r in study.of(3.0, "guarantee") if r.delta == delta)
         assert row.uncertified_share == float(not certified.exits_early)
         seen["certified" if certified.exits_early else "uncertified"] += 1
     assert all(seen.values()), seen  # the check went through every branch
+
+
+def test_one_split_of_a_calibration_free_criterion_is_the_sweep_bit_for_bit(traces) -> None:
+    """The study counts the pool once and takes a split's calibration rows away; its early
+    accuracy and relative cost are `adaptix.sweep`'s on the test split, to the last bit."""
+    deltas = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    study = run_study(
+        *traces,
+        splits=1,
+        calibration_size=250,
+        deltas=deltas,
+        scales=(2.0,),
+        criteria=("confidence", "guarantee"),
+        progress=False,
+    )
+    pooled = Trace.concat(traces).scaled(2.0)
+    ((_, test_rows),) = split_indices(600, 250, 1, seed=0)
+    test = pooled.subset(test_rows)
+    swept = list(adaptix.sweep(test, "confidence", deltas))
+    oracle = hindsight_oracle(test, deltas)
+    for row, point in zip(study.of(2.0, "confidence"), swept, strict=True):
+        assert row.mean_early_accuracy == point.early_accuracy
+        assert row.mean_relative_cost == point.relative_cost
+        assert row.mean_oracle_cost == oracle[row.delta]
 
 
 def test_one_split_of_every_mode_matches_a_hand_check(traces) -> None:
@@ -129,11 +147,7 @@ def test_one_split_of_every_mode_matches_a_hand_check(traces) -> None:
         progress=False,
     )
     assert len(study.config.modes) == 2 * (2 + 4)  # per calibrator: pcee ×2, pcee_lcb ×4
-    pooled = Trace(
-        torch.cat([t.logits for t in traces]) * 2.0,
-        torch.cat([t.labels for t in traces]),
-        traces[0].costs,
-    )
+    pooled = Trace.concat(traces).scaled(2.0)
     ((calibration_rows, test_rows),) = split_indices(600, 300, 1, seed=0)
     calibration, test = pooled.subset(calibration_rows), pooled.subset(test_rows)
     early_exits = 0

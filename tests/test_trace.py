@@ -341,3 +341,23 @@ def test_the_trace_is_what_simulate_reads(plugins) -> None:
     assert result.exit_index.tolist() == [0, 0, 0, 0]
     assert result.mean_cost == 1.0
     assert result.relative_cost == pytest.approx(1.0 / 3.5)
+
+
+def test_concat_joins_the_inputs_of_traces_of_one_model() -> None:
+    first, second = synthetic_trace(30, 3, 4, seed=0), synthetic_trace(20, 3, 4, seed=1)
+    joined = Trace.concat([first, second.subset(torch.arange(20)).scaled(1.0)])
+    assert torch.equal(joined.logits, torch.cat([first.logits, second.logits]))
+    assert torch.equal(joined.labels, torch.cat([first.labels, second.labels]))
+    assert joined.meta == first.meta
+    assert torch.equal(joined.costs, first.costs)
+    wide = Trace(second.logits.double(), second.labels, second.costs)
+    assert Trace.concat([first, wide], meta={"a": "b"}).logits.dtype == torch.float64
+    assert Trace.concat([first, wide], meta={"a": "b"}).meta == {"a": "b"}
+    with pytest.raises(ValidationError, match="same model"):
+        Trace.concat([first, synthetic_trace(5, 2, 4)])
+    with pytest.raises(ValidationError, match="different costs"):
+        Trace.concat([first, Trace(second.logits, second.labels, second.costs * 2)])
+    with pytest.raises(ValidationError, match="all labelled or all unlabelled"):
+        Trace.concat([first, synthetic_trace(5, 3, 4, labelled=False)])
+    with pytest.raises(ValidationError, match="non-empty list"):
+        Trace.concat([])

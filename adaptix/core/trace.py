@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,55 @@ class Trace:
         rows = _check_index(index, self.num_inputs, self.logits.device)
         labels = None if self.labels is None else self.labels[rows]
         return Trace(self.logits[rows], labels, self.costs, self.meta)
+
+    @classmethod
+    def concat(cls, traces: Sequence[Trace], meta: Mapping[str, str] | None = None) -> Trace:
+        """The traces' inputs as one trace, in order: traces of one model (same exits, classes
+        and costs), all labelled or all unlabelled.
+
+        The logits take the promoted dtype of all of them, on the first trace's device; the
+        metadata is ``meta``, or the first trace's.
+
+        Raises:
+            ValidationError: no traces, something that is not a trace, traces of different
+                models, or labelled and unlabelled ones together.
+        """
+        parts = list(traces) if isinstance(traces, Sequence) else []
+        if not parts or not all(isinstance(t, Trace) for t in parts):
+            raise ValidationError(
+                f"expected a non-empty list of adaptix.Trace to join, got {reprlib.repr(traces)}."
+            )
+        first = parts[0]
+        for i, trace in enumerate(parts[1:], start=1):
+            if (trace.num_exits, trace.num_classes) != (first.num_exits, first.num_classes):
+                raise ValidationError(
+                    f"expected traces of the same model to join, got E={first.num_exits}, "
+                    f"C={first.num_classes} (trace 0) and E={trace.num_exits}, "
+                    f"C={trace.num_classes} (trace {i}). Join the traces of one model."
+                )
+            if not torch.equal(trace.costs, first.costs):
+                raise ValidationError(
+                    f"expected traces of the same model to join, got different costs: "
+                    f"{first.costs.tolist()} (trace 0) and {trace.costs.tolist()} (trace {i}). "
+                    "Join the traces of one model."
+                )
+            if (trace.labels is None) != (first.labels is None):
+                raise ValidationError(
+                    f"expected traces all labelled or all unlabelled to join, got trace 0 "
+                    f"{'un' if first.labels is None else ''}labelled and trace {i} not: the "
+                    "joined labels would be incomplete."
+                )
+        device = first.logits.device
+        dtype = first.logits.dtype
+        for trace in parts[1:]:
+            dtype = torch.promote_types(dtype, trace.logits.dtype)
+        logits = torch.cat([t.logits.to(device, dtype) for t in parts])
+        labels = (
+            None
+            if first.labels is None
+            else torch.cat([t.labels.to(device) for t in parts if t.labels is not None])
+        )
+        return cls(logits, labels, first.costs, first.meta if meta is None else meta)
 
     def scaled(self, factor: float) -> Trace:
         """The same trace with every logit multiplied by ``factor`` (temperature 1 / factor).

@@ -11,15 +11,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from adaptix.errors import ValidationError
+
+_T = TypeVar("_T")
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -45,17 +48,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray[Any, Any]:
         ValidationError: the file is missing, truncated or not IDX.
     """
     source = Path(path)
-    opener = gzip.open if source.suffix == ".gz" else open
-    try:
-        with opener(source, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError as err:
-        raise ValidationError(f"no IDX file at {source}.") from err
-    except (OSError, EOFError) as err:
-        raise ValidationError(f"could not read IDX file {source}: {err}.") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValidationError(f"expected an IDX file at {source}, got another format.")
-    dtype = _IDX_DTYPES[raw[2]]
+    raw = _read(source, lambda handle: handle.read())
+    dtype = _idx_dtype(raw, source)
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
@@ -76,21 +70,40 @@ def read_idx_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
         ValidationError: the file is missing, unreadable or not IDX.
     """
     source = Path(path)
+
+    def header(handle: BinaryIO) -> tuple[bytes, bytes]:
+        head = handle.read(4)
+        return head, handle.read(4 * head[3] if len(head) == 4 else 0)
+
+    head, dims = _read(source, header)
+    _idx_dtype(head, source)
+    ndim = head[3]
+    if len(dims) != 4 * ndim:
+        raise ValidationError(f"IDX file {source} is truncated: its header is cut short.")
+    return tuple(int.from_bytes(dims[4 * i : 4 + 4 * i], "big") for i in range(ndim))
+
+
+def _read(source: Path, read: Callable[[BinaryIO], _T]) -> _T:
+    """``read`` applied to the IDX file ``source`` opened (gunzipped if it ends in ``.gz``).
+
+    Raises:
+        ValidationError: the file is missing or unreadable.
+    """
     opener = gzip.open if source.suffix == ".gz" else open
     try:
         with opener(source, "rb") as handle:
-            head = handle.read(4)
-            ndim = head[3] if len(head) == 4 else 0
-            dims = handle.read(4 * ndim)
+            return read(handle)  # type: ignore[arg-type]  # GzipFile is a binary file, not typed as BinaryIO
     except FileNotFoundError as err:
         raise ValidationError(f"no IDX file at {source}.") from err
     except (OSError, EOFError) as err:
         raise ValidationError(f"could not read IDX file {source}: {err}.") from err
+
+
+def _idx_dtype(head: bytes, source: Path) -> np.dtype[Any]:
+    """The element type an IDX header's magic number declares (ValidationError if none)."""
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
         raise ValidationError(f"expected an IDX file at {source}, got another format.")
-    if len(dims) != 4 * ndim:
-        raise ValidationError(f"IDX file {source} is truncated: its header is cut short.")
-    return tuple(int.from_bytes(dims[4 * i : 4 + 4 * i], "big") for i in range(ndim))
+    return _IDX_DTYPES[head[2]]
 
 
 def data_directory(directory: str | os.PathLike[str] | None = None) -> Path:

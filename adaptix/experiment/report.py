@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from adaptix.experiment.config import survivor_row
+from adaptix.experiment.config import GUARANTEE_ROW, survivor_row
 from adaptix.offline.control import best_accuracy_within, cheapest_reaching
 
 if TYPE_CHECKING:
@@ -369,7 +369,7 @@ def _summary(result: JobResult) -> list[str]:
             for panel, summaries in large.control.items()
             if panel != "natural" and (s := summaries.get(criterion)) is not None
         ]
-        guaranteed = large.control.get("natural", {}).get("guarantee")
+        guaranteed = large.control.get("natural", {}).get(GUARANTEE_ROW)
         lines.append(
             f"- **Control.** On {names[-1]}, {criterion} at δ = {deltas[0]:g} … "
             f"{deltas[-1]:g} missed δ (early accuracy below the target) at {missed} of "

@@ -562,14 +562,14 @@ def _cell(
         for size in st.feedback:
             fresh = monitors[size]
             fresh.forget_feedback()
-            fresh.observe(_take(trace, drawn[:size]))
+            fresh.observe(trace.subset(drawn[:size]))
             served_modes.append((f"recal n={size}", fresh.recalibrated_policy()))
             served_modes.append(
                 (f"guarantee n={size}", _quiet_recertify(fresh, st.delta, st.alpha))
             )
         proxy = monitors[st.proxy_size]
         proxy.forget_feedback()
-        proxy.observe(_take(trace, drawn[: st.proxy_size]), proxy=True)
+        proxy.observe(trace.subset(drawn[: st.proxy_size]), proxy=True)
         served_modes.append(("proxy", proxy.recalibrated_policy(source="proxy")))
         for name, chosen in served_modes:
             result = served if chosen is deployed else simulate(trace, chosen)
@@ -624,11 +624,6 @@ def _draw(
             return torch.randint(n, (count,), generator=generator)
         return torch.randperm(n, generator=generator)[:count]
     return torch.multinomial(weights.float(), count, replacement=replacement, generator=generator)
-
-
-def _take(trace: Trace, rows: Tensor) -> Trace:
-    labels = None if trace.labels is None else trace.labels[rows]
-    return Trace(trace.logits[rows], labels, trace.costs, meta=trace.meta)
 
 
 def log_shift_study(result: ShiftStudyResult, written: list[Path], tracker: Tracker) -> str | None:

@@ -32,9 +32,10 @@ What is counted, per split (``m`` is the number of test inputs that left before 
   below δ often is not: the miss frequency reads the guarantee up to that noise.
 - *shortfall*: max(δ − early accuracy, 0).
 - *cost against the oracle*: relative cost / the hindsight oracle's, the cheapest confidence
-  threshold of a dense grid (linear, plus 1 − 10^-k crowding towards 1, plus every candidate
-  threshold of the guarantee) whose early accuracy on the test split itself reaches δ
-  (`adaptix.offline.control.oracle_costs`).
+  threshold of a dense grid (`adaptix.offline.control.oracle_grid`: linear, plus 1 − 10^-k
+  crowding towards 1, plus every candidate threshold of the guarantee) whose early accuracy on
+  the test split itself reaches δ (`adaptix.offline.control.hindsight_oracle`, the job's
+  oracle too).
 
 Over the splits: violation and miss frequencies, the worst shortfall, the mean relative cost and
 the mean cost against the oracle, and for ``guarantee`` the share of splits where nothing was
@@ -43,7 +44,9 @@ the number of splits S: α + z·sqrt(α(1 − α)/S) (`noise_band`).
 
 Everything that does not depend on the split is computed once per scale: predictions, and the
 exits of calibration-free criteria (confidence, the oracle's grid) for every threshold, on the
-whole pool; a split then reads its rows. Calibrated criteria are swept once per split and scale
+whole pool, counted (`adaptix.offline.statistics.ThresholdCounts`); a split's test counts are
+the pool's minus its calibration rows', and their points are `adaptix.sweep`'s on the test
+split, bit for bit. Calibrated criteria are swept once per split and scale
 over the whole δ grid (`adaptix.sweep`), and one `Certifier` per split and scale serves every δ;
 survivor tables are counted for the whole grid at once and their exits looked up for every δ in
 one pass (`adaptix.SurvivorCounts.exit_indices`).
@@ -70,16 +73,22 @@ from tqdm.auto import tqdm
 from adaptix._version import __version__
 from adaptix.core.calibration import Calibration
 from adaptix.core.files import atomic_write, tensor_digest
-from adaptix.core.scores import prediction
 from adaptix.core.trace import Trace, shared_rows
 from adaptix.errors import ValidationError
+from adaptix.experiment.config import GUARANTEE_ROW
 from adaptix.offline.calibrate import calibrate
-from adaptix.offline.control import oracle_costs
+from adaptix.offline.control import ORACLE_CRITERION, hindsight_oracle, oracle_grid
 from adaptix.offline.frontier import FrontierPoint
-from adaptix.offline.guarantee import CertificateWarning, Certifier
-from adaptix.offline.policy import policy
+from adaptix.offline.guarantee import CANDIDATES, CertificateWarning, Certifier
+from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import sweep
-from adaptix.offline.statistics import exit_indices
+from adaptix.offline.statistics import (
+    ThresholdCounts,
+    count_exits,
+    default_grid,
+    exit_indices,
+    right_predictions,
+)
 from adaptix.offline.survivors import calibrate_survivors, reads_bin_table
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import count, flag, integer, real, unit
@@ -87,12 +96,11 @@ from adaptix.scalars import count, flag, integer, real, unit
 if TYPE_CHECKING:
     from adaptix.tracking import Tracker
 
-GUARANTEE = "guarantee"
-#: The criterion whose thresholds ``guarantee`` certifies, and the oracle's.
+#: The criterion whose thresholds ``guarantee`` certifies.
 CERTIFIED_CRITERION = "confidence"
 DEFAULT_DELTAS: tuple[float, ...] = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0)
-DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE)
+DEFAULT_CRITERIA: tuple[str, ...] = ("confidence", "pcee", "pcee_ws", "pcee_lcb", GUARANTEE_ROW)
 #: The calibrator of the paper's tables (equal-width bins): its modes keep the criterion's name.
 PAPER_CALIBRATOR = "reliability"
 #: The paper's equal-width bins and equal-mass bins, each a mode of every calibrated criterion.
@@ -101,8 +109,6 @@ DEFAULT_CALIBRATORS: tuple[str, ...] = (PAPER_CALIBRATOR, "equal_mass")
 DEFAULT_SURVIVORS: tuple[str, ...] = ("pcee", "pcee_lcb")
 #: One-sided 95 % quantile of the standard normal: the width of both noise allowances.
 NOISE_Z = 1.6448536269514722
-#: How many candidate thresholds the guarantee tests (the criterion's `default_thresholds`).
-CANDIDATES = 200
 _FILES = {"csv": "study.csv", "markdown": "study.md"}
 
 
@@ -394,7 +400,7 @@ class StudyResult:
         ``calibrator``, the paper mode's and the survivor mode's `headline` (``"paper"``,
         ``"survivors"``), and ``guarantee``, the marginal mode's `headline` at that scale
         (None when ``guarantee`` was not studied)."""
-        marginal = GUARANTEE in self.config.criteria
+        marginal = GUARANTEE_ROW in self.config.criteria
         return [
             {
                 "mode": mode.name,
@@ -406,7 +412,7 @@ class StudyResult:
                     "paper": self.headline(scale, mode.paper),
                     "survivors": self.headline(scale, mode.name),
                 },
-                "guarantee": self.headline(scale, GUARANTEE) if marginal else None,
+                "guarantee": self.headline(scale, GUARANTEE_ROW) if marginal else None,
             }
             for mode in self.survivor_modes()
             for scale in self.config.scales
@@ -594,7 +600,7 @@ def run_study(
         ),
     )
     drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
-    correct = prediction(pooled.logits) == pooled.labels.unsqueeze(1)  # type: ignore[union-attr]  # labelled
+    correct = right_predictions(pooled)
     rows: list[StudyRow] = []
     with tqdm(
         total=config.splits * len(config.scales), desc="study", unit="split", disable=not progress
@@ -661,69 +667,27 @@ class _Outcomes:
         self.relative_cost[d, s] = point.relative_cost
 
 
-class _Table:
-    """A calibration-free criterion at every threshold of ``grid``, on the whole pool.
+@dataclass(frozen=True)
+class _Pool:
+    """A calibration-free criterion counted once on the whole pool, at every threshold.
 
-    Its exits do not depend on the split, so they are computed once, as per-(threshold, exit)
-    counts of inputs and of right predictions; a split's test counts are the pool's minus its
-    calibration rows', and its metrics (those of `adaptix.sweep` on the test split: tested)
-    follow from the counts.
-
-    Args:
-        name: the criterion.
-        grid: its thresholds, as validated by the criterion.
-        exits: int64 ``[N, T]``, `adaptix.offline.statistics.exit_indices` of the pool at ``grid``.
-        correct: bool ``[N, E]``, whether each exit's prediction is right.
-        costs: the model's cumulative costs ``[E]``.
+    Its exits do not depend on the split: a split's test counts are the pool's minus its
+    calibration rows' (`ThresholdCounts.__sub__`), and their points are `adaptix.sweep`'s on
+    the test split, bit for bit (the same counts, through `ThresholdCounts.points`).
     """
 
-    def __init__(
-        self, name: str, grid: list[float], exits: Tensor, correct: Tensor, costs: Tensor
-    ) -> None:
-        self.name, self.grid, self.costs = name, grid, costs.double().cpu()
-        self.num_exits = correct.shape[1]
-        offsets = torch.arange(len(grid), device=exits.device) * self.num_exits
-        self.cells = exits + offsets  # [N, T]: the (threshold, exit) cell of each input
-        self.right = correct.gather(1, exits)  # [N, T]: right at the exit taken
-        self.total = self._counts(self.cells, self.right)
+    base: ExitPolicy
+    thresholds: list[float]
+    exits: Tensor  # int64 [N, T]: the exit of every pooled input at every threshold
+    counts: ThresholdCounts
 
-    def _counts(self, cells: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
-        """Inputs and right predictions per (threshold, exit): int64 ``[T, E]`` each, on CPU."""
-        shape = (len(self.grid), self.num_exits)
-        size = shape[0] * shape[1]
-        inputs = torch.bincount(cells.flatten(), minlength=size)
-        hits = torch.bincount(cells[right], minlength=size)
-        return inputs.view(shape).cpu(), hits.view(shape).cpu()
-
-    def points(self, calibration_rows: Tensor) -> list[FrontierPoint]:
-        """The test split's frontier (every input but ``calibration_rows``), one per threshold."""
-        held = self._counts(self.cells[calibration_rows], self.right[calibration_rows])
-        return self._frontier(self.total[0] - held[0], self.total[1] - held[1])
-
-    def frontier(self) -> list[FrontierPoint]:
-        """The frontier of every input the table holds, one point per threshold."""
-        return self._frontier(*self.total)
-
-    def _frontier(self, inputs: Tensor, hits: Tensor) -> list[FrontierPoint]:
-        """Points from inputs and right predictions per (threshold, exit) ``[T, E]``."""
-        n = int(inputs[0].sum())
-        early, early_hits = inputs[:, :-1].sum(dim=1).tolist(), hits[:, :-1].sum(dim=1).tolist()
-        mean_cost = (inputs.double() @ self.costs / n).tolist()
-        accuracy = (hits.sum(dim=1).double() / n).tolist()
-        histogram = (inputs.double() / n).tolist()
-        last = float(self.costs[-1])
-        return [
-            FrontierPoint(
-                criterion=self.name,
-                threshold=threshold,
-                accuracy=accuracy[t],
-                early_accuracy=early_hits[t] / early[t] if early[t] else None,
-                relative_cost=mean_cost[t] / last,
-                mean_cost=mean_cost[t],
-                exit_histogram=tuple(histogram[t]),
-            )
-            for t, threshold in enumerate(self.grid)
-        ]
+    def test_counts(self, calibration: Trace, rows: Tensor, right: Tensor) -> ThresholdCounts:
+        """The counts of every pooled input but ``rows`` (``calibration``, the pool's rows
+        ``rows``; ``right``, the pool's right predictions)."""
+        held = count_exits(
+            calibration, self.base, self.thresholds, self.exits[rows], right=right[rows]
+        )
+        return self.counts - held
 
 
 class _ScaleStudy:
@@ -743,17 +707,17 @@ class _ScaleStudy:
         self.readings = {
             name: [_reading(name, manager).threshold(d) for d in config.deltas]
             for name in config.criteria
-            if name != GUARANTEE
+            if name != GUARANTEE_ROW
         }
         self.calibrated = [
             name for name in self.readings if manager.criteria.get(name).needs_calibration
         ]
-        self.candidates = manager.criteria.get(CERTIFIED_CRITERION).default_thresholds(CANDIDATES)
-        self.oracle_table = self._table(
-            CERTIFIED_CRITERION, {}, _oracle_grid(self.candidates, config.deltas)
+        self.candidates = default_grid(CERTIFIED_CRITERION, manager, CANDIDATES)
+        self.oracle_pool = self._pool(
+            ORACLE_CRITERION, {}, oracle_grid(config.deltas, plugins=manager)
         )
-        self.tables = {
-            name: self._table(name, self.params[name], grid)
+        self.pools = {
+            name: self._pool(name, self.params[name], grid)
             for name, grid in self.readings.items()
             if name not in self.calibrated
         }
@@ -762,11 +726,12 @@ class _ScaleStudy:
         self.outcomes = {name: _Outcomes.empty(*shape) for name in config.mode_names}
         self.uncertified = np.zeros(shape, dtype=bool)  # guarantee: nothing certified
 
-    def _table(self, name: str, params: dict[str, Any], grid: list[float]) -> _Table:
+    def _pool(self, name: str, params: dict[str, Any], grid: list[float]) -> _Pool:
         base = policy(name, grid[0], plugins=self.manager, **params)
         thresholds = [base.with_threshold(t).threshold for t in grid]
         exits = exit_indices(self.pooled, base, thresholds)
-        return _Table(name, thresholds, exits, self.correct, self.pooled.costs)
+        counts = count_exits(self.pooled, base, thresholds, exits, right=self.correct)
+        return _Pool(base, thresholds, exits, counts)
 
     def measure(self, split: int, calibration_rows: Tensor, test_rows: Tensor) -> None:
         """Every mode at every δ on one split: per calibrator, one calibration of the split
@@ -774,10 +739,12 @@ class _ScaleStudy:
         bins of its survivor modes."""
         calibration = self.pooled.subset(calibration_rows)
         test = self.pooled.subset(test_rows)
-        oracle_points = self.oracle_table.points(calibration_rows)
-        self.oracle[:, split] = list(oracle_costs(oracle_points, self.config.deltas).values())
-        for name, table in self.tables.items():
-            for d, point in enumerate(table.points(calibration_rows)):
+        oracle_counts = self.oracle_pool.test_counts(calibration, calibration_rows, self.correct)
+        oracle = hindsight_oracle(oracle_counts, self.config.deltas, plugins=self.manager)
+        self.oracle[:, split] = list(oracle.values())
+        for name, pool in self.pools.items():
+            counts = pool.test_counts(calibration, calibration_rows, self.correct)
+            for d, point in enumerate(counts.points()):
                 self.outcomes[name].record(d, split, point, test.num_inputs)
         calibrators = self.config.calibrators if self.calibrated_modes else ()
         for calibrator in calibrators:
@@ -788,8 +755,8 @@ class _ScaleStudy:
             for mode in modes:
                 if mode.survivors:
                     self._survivors(split, calibration, test, test_rows, tables, mode)
-        if GUARANTEE in self.outcomes:
-            by_threshold = {p.threshold: p for p in oracle_points}
+        if GUARANTEE_ROW in self.outcomes:
+            by_threshold = {p.threshold: p for p in oracle_counts.points()}
             self._certify(split, calibration, by_threshold, test.num_inputs)
 
     def _mode_params(self, mode: StudyMode) -> dict[str, Any]:
@@ -837,8 +804,13 @@ class _ScaleStudy:
             **self._mode_params(mode),
         )
         exits = counts.exit_indices(test, plugins=self.manager)  # [N_test, D]
-        table = _Table(mode.name, grid, exits, self.correct[test_rows], test.costs)
-        for d, point in enumerate(table.frontier()):
+        right = self.correct[test_rows]
+        for d, threshold in enumerate(grid):
+            # One count per δ: each δ reads its own survivor tables, so the exits of the grid
+            # are not one criterion's across thresholds (`ThresholdCounts`).
+            pol = counts.policy(threshold, plugins=self.manager)
+            column = exits[:, d : d + 1]
+            (point,) = count_exits(test, pol, [threshold], column, right=right).points()
             self.outcomes[mode.name].record(d, split, point, test.num_inputs)
 
     def _certify(
@@ -860,7 +832,7 @@ class _ScaleStudy:
         for d, certified in enumerate(chosen):
             if certified.exits_early:
                 point = by_threshold[certified.threshold]
-                self.outcomes[GUARANTEE].record(d, split, point, num_test)
+                self.outcomes[GUARANTEE_ROW].record(d, split, point, num_test)
             else:  # every input goes to the last exit: the empty outcome stays
                 self.uncertified[d, split] = True
 
@@ -873,7 +845,7 @@ class _ScaleStudy:
                 delta,
                 (self.outcomes[mode.name], d),
                 self.oracle[d],
-                self.uncertified[d] if mode.criterion == GUARANTEE else None,
+                self.uncertified[d] if mode.criterion == GUARANTEE_ROW else None,
             )
             for mode in self.config.modes
             for d, delta in enumerate(self.config.deltas)
@@ -936,26 +908,10 @@ def _check_trace(trace: Trace, role: str) -> Tensor:
 
 
 def _pool(calibration: Trace, test: Trace) -> Trace:
-    """Both traces as one, after checking that they come from the same model."""
-    labels = []
+    """Both labelled traces as one (`Trace.concat`: refused unless of the same model)."""
     for role, trace in (("calibration", calibration), ("test", test)):
-        labels.append(_check_trace(trace, role).to(calibration.logits.device))
-    if (calibration.num_exits, calibration.num_classes) != (test.num_exits, test.num_classes):
-        raise ValidationError(
-            f"expected two traces of the same model, got E={calibration.num_exits}, "
-            f"C={calibration.num_classes} (calibration) and E={test.num_exits}, "
-            f"C={test.num_classes} (test). Pass the calibration and test traces of one model."
-        )
-    if not torch.equal(calibration.costs, test.costs):
-        raise ValidationError(
-            f"expected two traces of the same model, got different costs: "
-            f"{calibration.costs.tolist()} (calibration) and {test.costs.tolist()} (test). "
-            "Pass the calibration and test traces of one model."
-        )
-    dtype = torch.promote_types(calibration.logits.dtype, test.logits.dtype)
-    device = calibration.logits.device
-    logits = torch.cat([calibration.logits.to(dtype), test.logits.to(device, dtype)])
-    return Trace(logits, torch.cat(labels), calibration.costs, calibration.meta)
+        _check_trace(trace, role)
+    return Trace.concat([calibration, test])
 
 
 def _without_shared_rows(
@@ -1024,7 +980,7 @@ def _criteria(criteria: Sequence[str], manager: AdaptixPluginManager) -> tuple[s
     if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
         raise ValidationError(f"expected distinct criterion names (str), got {names!r}.")
     for name in names:
-        if name != GUARANTEE:
+        if name != GUARANTEE_ROW:
             _reading(name, manager)
     return tuple(names)
 
@@ -1062,10 +1018,10 @@ def _survivor_criteria(
         return tuple(name for name in DEFAULT_SURVIVORS if name in criteria)
     names = _names(survivors, "survivor criteria", "['pcee', 'pcee_lcb'] or []", empty=True)
     for name in names:
-        if name not in criteria or name == GUARANTEE:
+        if name not in criteria or name == GUARANTEE_ROW:
             raise ValidationError(
                 f"expected survivor criteria among the studied criteria {list(criteria)} "
-                f"(not '{GUARANTEE}'), got '{name}'. Add it to the criteria or drop it."
+                f"(not '{GUARANTEE_ROW}'), got '{name}'. Add it to the criteria or drop it."
             )
         if not reads_bin_table(name, plugins=manager):
             raise ValidationError(
@@ -1087,7 +1043,7 @@ def _modes(
     the correction, on the paper's tables then on survivor tables."""
     modes: list[StudyMode] = []
     for name in criteria:
-        if name == GUARANTEE or not manager.criteria.get(name).needs_calibration:
+        if name == GUARANTEE_ROW or not manager.criteria.get(name).needs_calibration:
             modes.append(StudyMode(name, name))
             continue
         corrects = bonferroni and "bonferroni" in manager.criteria.get(name).Params.model_fields
@@ -1106,7 +1062,7 @@ def _reading(name: str, manager: AdaptixPluginManager) -> Any:
     if reading is None:
         raise ValidationError(
             f"expected criteria whose threshold reads as an accuracy target (or "
-            f"'{GUARANTEE}'), got '{name}', which declares no accuracy_reading: a study of δ "
+            f"'{GUARANTEE_ROW}'), got '{name}', which declares no accuracy_reading: a study of δ "
             "is undefined for it."
         )
     return reading
@@ -1114,16 +1070,9 @@ def _reading(name: str, manager: AdaptixPluginManager) -> Any:
 
 def _params(name: str, alpha: float, manager: AdaptixPluginManager) -> dict[str, Any]:
     """A criterion with an ``alpha`` parameter (``pcee_lcb``) takes the study's α."""
-    if name == GUARANTEE:
+    if name == GUARANTEE_ROW:
         return {}
     return {"alpha": alpha} if "alpha" in manager.criteria.get(name).Params.model_fields else {}
-
-
-def _oracle_grid(candidates: Sequence[float], deltas: Sequence[float]) -> list[float]:
-    """A dense confidence grid: linear, 1 − 10^-k towards 1, the candidates and δ themselves."""
-    linear = torch.linspace(0.0, 1.0, 201, dtype=torch.float64).tolist()
-    near_one = (1.0 - torch.logspace(-1.0, -7.0, 241, dtype=torch.float64)).tolist()
-    return sorted({*linear, *near_one, *map(float, candidates), *deltas})
 
 
 def _numbers(values: Sequence[float], name: str, example: str) -> list[Any]:
@@ -1175,7 +1124,6 @@ __all__ = [
     "DEFAULT_DELTAS",
     "DEFAULT_SCALES",
     "DEFAULT_SURVIVORS",
-    "GUARANTEE",
     "NOISE_Z",
     "PAPER_CALIBRATOR",
     "StudyConfig",

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from adaptix.errors import ValidationError
+from adaptix.experiment.config import GUARANTEE_ROW
 from adaptix.experiment.plots import COLUMNS, DPI, colour_map, figure_classes, label_grid, save_png
-from adaptix.experiment.study import GUARANTEE, PAPER_CALIBRATOR, StudyMode, StudyResult, StudyRow
+from adaptix.experiment.study import PAPER_CALIBRATOR, StudyMode, StudyResult, StudyRow
 
 
 def write_plots(result: StudyResult, directory: str | Path) -> list[Path]:
@@ -147,7 +148,7 @@ def _line_style(mode: StudyMode) -> dict[str, Any]:
         "ls": "--" if mode.survivors else "-",
         "marker": "o" if mode.calibrator in (None, PAPER_CALIBRATOR) else "s",
         "markersize": 3,
-        "lw": 2.2 if mode.criterion == GUARANTEE else thin,  # guarantee: the mode under study
+        "lw": 2.2 if mode.criterion == GUARANTEE_ROW else thin,  # guarantee: the mode under study
     }
 
 
@@ -199,7 +200,7 @@ def plot_survivor_comparison(
         len(_COMPARED), len(calibrators), sharex=True, sharey="row", squeeze=False
     )
     colours = colour_map([mode.rule for mode in survivor_modes])
-    marginal = GUARANTEE in config.criteria
+    marginal = GUARANTEE_ROW in config.criteria
     for column, calibrator in enumerate(calibrators):
         modes = [mode for mode in survivor_modes if mode.calibrator == calibrator]
         for row, (key, label, factor) in enumerate(_COMPARED):
@@ -271,11 +272,11 @@ def _compare(
                     else None,
                 )
         if marginal:
-            value = result.headline(scale, GUARANTEE)[key]
+            value = result.headline(scale, GUARANTEE_ROW)[key]
             ax.bar(
                 left + 2 * len(modes) * width,
                 math.nan if value is None else factor * value,
                 width,
                 color="0.15",
-                label=GUARANTEE if s == 0 else None,
+                label=GUARANTEE_ROW if s == 0 else None,
             )

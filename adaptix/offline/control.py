@@ -7,6 +7,9 @@ Each criterion is read at the threshold that its declared `AccuracyReading` give
 (`control_summary`); a rule that picks its policy per δ another way (`adaptix.guarantee`) is
 summarised from its per-δ points by the same computation (`summarise_control`).
 `distinct_policies` measures how fine the knob is: how many distinct behaviours a grid of δ gives.
+
+The hindsight oracle has one definition, `hindsight_oracle` on the thresholds of `oracle_grid`,
+read by the job's control tables and by the study alike.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import torch
 from torch import Tensor
 
 from adaptix.components import AccuracyReading
+from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
 from adaptix.offline.frontier import Frontier, FrontierPoint
+from adaptix.offline.guarantee import CANDIDATES
+from adaptix.offline.statistics import ThresholdCounts, count_thresholds, default_grid
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import real, unit
 
@@ -95,6 +101,81 @@ def oracle_costs(
         delta: 1.0 if point is None else point.relative_cost
         for delta, point in oracle_points(confidence_points, deltas).items()
     }
+
+
+#: The criterion the hindsight oracle reads: confidence, whose thresholds the guarantee certifies.
+ORACLE_CRITERION = "confidence"
+
+
+def oracle_grid(
+    deltas: Sequence[float], *, plugins: AdaptixPluginManager | None = None
+) -> list[float]:
+    """The hindsight oracle's confidence thresholds for the targets ``deltas``, sorted, each once.
+
+    The union of: 0, 0.001, …, 1 (1001 points); 1 − 10^-k for k from 1 to 7 in 241 log steps
+    (confidence crowds towards 1 on overconfident logits, where a linear grid has no point);
+    the guarantee's candidate thresholds (``default_grid("confidence", …, CANDIDATES)``, so
+    that the oracle is never dearer than a certified threshold that reaches δ on the test
+    data); and each δ (the naive reading τ = δ).
+
+    Raises:
+        ValidationError: a δ that is not a number in [0, 1].
+    """
+    _check_deltas(deltas, allow_empty=True)
+    linear = [i / 1000 for i in range(1001)]
+    near_one = (1.0 - torch.logspace(-1.0, -7.0, 241, dtype=torch.float64)).tolist()
+    candidates = default_grid(ORACLE_CRITERION, resolve_manager(plugins), CANDIDATES)
+    return sorted({*linear, *near_one, *map(float, candidates), *map(float, deltas)})
+
+
+def oracle_counts(
+    trace: Trace, deltas: Sequence[float], *, plugins: AdaptixPluginManager | None = None
+) -> ThresholdCounts:
+    """`ORACLE_CRITERION` counted on ``trace`` at every threshold of `oracle_grid` (``deltas``):
+    what `hindsight_oracle` reads.
+
+    Raises:
+        ValidationError: as `oracle_grid`, or ``trace`` is not a trace.
+    """
+    grid = oracle_grid(deltas, plugins=plugins)
+    return count_thresholds(trace, ORACLE_CRITERION, grid, plugins=plugins)
+
+
+def hindsight_oracle(
+    test: Trace | ThresholdCounts,
+    deltas: Sequence[float],
+    *,
+    plugins: AdaptixPluginManager | None = None,
+) -> dict[float, float]:
+    """The hindsight oracle's relative cost at each δ on the test data: `oracle_costs` of
+    `ORACLE_CRITERION` at every threshold of `oracle_grid`.
+
+    Args:
+        test: a labelled trace of the test data, or its `oracle_counts` already made (e.g. a
+            pool's minus a calibration split's, as the study does).
+        deltas: the targets δ.
+        plugins: the plugin manager (for the guarantee's candidate thresholds).
+
+    Raises:
+        ValidationError: an unlabelled trace, counts that are not `oracle_counts` for
+            ``deltas``, or a δ that is not a number in [0, 1].
+    """
+    counts = (
+        test if isinstance(test, ThresholdCounts) else oracle_counts(test, deltas, plugins=plugins)
+    )
+    grid = tuple(oracle_grid(deltas, plugins=plugins))
+    if counts.criterion != ORACLE_CRITERION or counts.thresholds != grid:
+        raise ValidationError(
+            f"expected the counts of '{ORACLE_CRITERION}' at the {len(grid)} thresholds of "
+            f"oracle_grid(deltas), got '{counts.criterion}' at {len(counts.thresholds)} "
+            "thresholds. Count them with oracle_counts(test_trace, deltas)."
+        )
+    if not counts.labelled:
+        raise ValidationError(
+            "expected labelled test data for the hindsight oracle, got unlabelled counts: it "
+            "reads the early accuracy."
+        )
+    return oracle_costs(counts.points(), deltas)
 
 
 def control_summary(

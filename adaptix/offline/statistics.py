@@ -20,6 +20,7 @@ inputs and the criteria's default grids (`default_grid`), as the one core that `
 from __future__ import annotations
 
 import math
+import operator
 import reprlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -237,47 +238,83 @@ class ThresholdCounts:
                 parameters, thresholds, costs, calibration or number of classes (the message
                 names the field), or one is labelled and the other not.
         """
-        if not isinstance(other, ThresholdCounts):
+        other = self._compatible(other, "add to")
+        rows = (
+            None if self.rows is None or other.rows is None else torch.cat([self.rows, other.rows])
+        )
+        return self._combined(other, operator.add, rows)
+
+    def __sub__(self, other: object) -> ThresholdCounts:
+        """The counts of the inputs of ``self`` that are not in ``other``, a subset of them.
+
+        What a study does with a pool and a split: the counts of the pool, counted once, minus
+        those of a split's calibration rows, are the counts of its test rows (integers: the
+        same counts, and so the same points, as counting the test rows themselves). The
+        difference carries no fingerprints (``rows`` None): a fingerprint in both may still
+        belong to an input left in the difference, since repeated rows share one.
+
+        Raises:
+            ValidationError: as for ``+``; or ``other`` is not counts of a proper subset of
+                the inputs (as many inputs or more, or a difference that no inputs could give).
+        """
+        other = self._compatible(other, "subtract from")
+        if other.num_inputs >= self.num_inputs:
             raise ValidationError(
-                f"expected ThresholdCounts to add to ThresholdCounts, got {_kind(other)}. Add "
-                "the counts of shards counted with count_thresholds (sum(shards) works)."
+                f"expected counts of fewer inputs to subtract, got {other.num_inputs} inputs "
+                f"from {self.num_inputs}: the difference would count no input. Subtract the "
+                "counts of a subset of the inputs (e.g. a calibration split from its pool)."
             )
-        for key in _KEYS:
-            mine, theirs = getattr(self, key), getattr(other, key)
-            if mine != theirs:
-                raise ValidationError(
-                    f"expected counts with the same {key} to add, got "
-                    f"{describe_difference(mine, theirs)}. Count every shard with the same "
-                    "criterion, parameters, thresholds, calibration and model."
-                )
-        if self.labelled != other.labelled:
+        try:
+            return self._combined(other, operator.sub, None)
+        except ValidationError as err:
             raise ValidationError(
-                "expected counts that are both labelled or both unlabelled to add, got one of "
-                "each: the sum would not know which predictions of the unlabelled shard are "
-                "right. Count every shard with labels, or every shard without."
-            )
+                f"expected the counts of a subset of the inputs to subtract, got counts whose "
+                f"difference no inputs could give: {err}"
+            ) from err
+
+    def _combined(
+        self, other: ThresholdCounts, op: Callable[[Any, Any], Any], rows: Tensor | None
+    ) -> ThresholdCounts:
+        """The counts with ``op`` (add or subtract) applied to every count of ``other``."""
         return ThresholdCounts(
             criterion=self.criterion,
             params=self.params,
             thresholds=self.thresholds,
             costs=self.costs,
             calibration=self.calibration,
-            num_inputs=self.num_inputs + other.num_inputs,
-            exits=self.exits + other.exits,
-            correct=_add(self.correct, other.correct),
-            lost=_add(self.lost, other.lost),
-            final_correct=(
-                None
-                if self.final_correct is None or other.final_correct is None
-                else self.final_correct + other.final_correct
-            ),
+            num_inputs=op(self.num_inputs, other.num_inputs),
+            exits=op(self.exits, other.exits),
+            correct=_both(op, self.correct, other.correct),
+            lost=_both(op, self.lost, other.lost),
+            final_correct=_both(op, self.final_correct, other.final_correct),
             num_classes=self.num_classes,
-            rows=(
-                None
-                if self.rows is None or other.rows is None
-                else torch.cat([self.rows, other.rows])
-            ),
+            rows=rows,
         )
+
+    def _compatible(self, other: object, verb: str) -> ThresholdCounts:
+        """``other``, checked to add to or subtract from ``self`` (`ValidationError` naming the
+        first field that differs)."""
+        if not isinstance(other, ThresholdCounts):
+            raise ValidationError(
+                f"expected ThresholdCounts to {verb} ThresholdCounts, got {_kind(other)}. Use "
+                "the counts of shards counted with count_thresholds (sum(shards) works)."
+            )
+        for key in _KEYS:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                raise ValidationError(
+                    f"expected counts with the same {key} to {verb.split()[0]}, got "
+                    f"{describe_difference(mine, theirs)}. Count every shard with the same "
+                    "criterion, parameters, thresholds, calibration and model."
+                )
+        if self.labelled != other.labelled:
+            raise ValidationError(
+                f"expected counts that are both labelled or both unlabelled to "
+                f"{verb.split()[0]}, got one of each: the result would not know which "
+                "predictions of the unlabelled shard are right. Count every shard with labels, "
+                "or every shard without."
+            )
+        return other
 
     def __radd__(self, other: object) -> ThresholdCounts:
         """``0 + counts`` is ``counts``, so that ``sum(shards)`` adds them.
@@ -345,6 +382,7 @@ def count_exits(
     exits: Tensor,
     *,
     fingerprints: bool = False,
+    right: Tensor | None = None,
 ) -> ThresholdCounts:
     """Count exits already decided: the counting half of `count_thresholds`.
 
@@ -355,9 +393,14 @@ def count_exits(
         exits: int64 ``[N, T]``, the exit each input took at each threshold (on the trace's
             device), as `adaptix.offline.statistics.exit_indices` gives them.
         fingerprints: record the rows' fingerprints (``rows``).
+        right: bool ``[N, E]``, whether each exit predicts each input right
+            (``prediction(trace.logits) == trace.labels.unsqueeze(1)``), for a caller that
+            counts many subsets of one trace (the study); computed from the trace when None.
+            Only read for a labelled trace.
 
     Raises:
-        ValidationError: not a trace and a policy, ``exits`` is not an int64 ``[N, T]``
+        ValidationError: not a trace and a policy, ``right`` not a bool ``[N, E]`` tensor,
+            ``exits`` is not an int64 ``[N, T]``
             tensor of exit indices, or exits that no criterion could decide (an input leaving
             later at a looser threshold: see `ThresholdCounts`).
         CalibrationError: the policy's calibration was made for another model.
@@ -386,7 +429,7 @@ def count_exits(
     counted = torch.bincount(cells, minlength=shape[0] * num_exits)
     correct = lost = final_correct = None
     if trace.labels is not None:
-        right_all = prediction(trace.logits) == trace.labels.unsqueeze(1)  # [N, E]
+        right_all = _right(trace, right)  # [N, E]
         right = right_all.gather(1, exits)  # [N, T]: right at the exit taken
         correct = torch.bincount(cells[right.flatten()], minlength=counted.numel()).view(shape)
         final = right_all[:, -1:]
@@ -409,6 +452,44 @@ def count_exits(
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def right_predictions(trace: Trace) -> Tensor:
+    """bool ``[N, E]``: whether each exit predicts each input of a labelled trace right.
+
+    Raises:
+        ValidationError: not a trace, or an unlabelled one.
+    """
+    check_trace(trace)
+    if trace.labels is None:
+        raise ValidationError(
+            "expected a labelled trace, got labels=None: which predictions are right is "
+            "unknown. Trace the model with labels."
+        )
+    return prediction(trace.logits) == trace.labels.unsqueeze(1)
+
+
+def exit_accuracy(trace: Trace) -> list[float]:
+    """The accuracy of every exit on a labelled trace, first to last.
+
+    Raises:
+        ValidationError: as `right_predictions`.
+    """
+    return right_predictions(trace).double().mean(dim=0).tolist()
+
+
+def _right(trace: Trace, given: Tensor | None) -> Tensor:
+    """Whether each exit predicts each input of a labelled ``trace`` right: ``given``
+    (checked), or `right_predictions`."""
+    if given is None:
+        return right_predictions(trace)
+    shape = (trace.num_inputs, trace.num_exits)
+    if not isinstance(given, Tensor) or given.dtype != torch.bool or tuple(given.shape) != shape:
+        got = f"{given.dtype} {list(given.shape)}" if isinstance(given, Tensor) else given
+        raise ValidationError(
+            f"expected right as a bool tensor [N, E] = {list(shape)}, got {reprlib.repr(got)}."
+        )
+    return given.to(trace.logits.device)
 
 
 def criterion_params(pol: ExitPolicy) -> tuple[tuple[str, Any], ...]:
@@ -695,8 +776,9 @@ def _read_checksum(pol: ExitPolicy) -> str | None:
     return held.checksum if held is not None and pol.criterion.needs_calibration else None
 
 
-def _add(mine: Tensor | None, theirs: Tensor | None) -> Tensor | None:
-    return None if mine is None or theirs is None else mine + theirs
+def _both(op: Callable[[Any, Any], Any], mine: Any, theirs: Any) -> Any:
+    """``op(mine, theirs)``, or None when either is None (unlabelled counts)."""
+    return None if mine is None or theirs is None else op(mine, theirs)
 
 
 def describe_difference(mine: Any, theirs: Any) -> str:
@@ -836,7 +918,9 @@ __all__ = [
     "criterion_params",
     "default_grid",
     "describe_difference",
+    "exit_accuracy",
     "exit_indices",
     "is_sum_start",
+    "right_predictions",
     "threshold_grid",
 ]
