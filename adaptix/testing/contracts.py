@@ -28,15 +28,15 @@ from adaptix.errors import AdaptixError, CalibrationError, ValidationError
 from adaptix.offline.calibrate import calibrate
 from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import simulate
-from adaptix.plugins import AdaptixPluginManager, Entry, resolve_manager
+from adaptix.plugins import COMPONENT_KINDS, AdaptixPluginManager, Entry, resolve_manager
 from adaptix.scalars import count
 from adaptix.testing.data import synthetic_trace
 
 #: A parameter name no component accepts: building with it must fail.
 UNKNOWN_PARAM = "adaptix_contract_unknown_param"
 
-#: Registry kinds, in the order `contract_cases` lists them.
-KINDS = ("criterion", "calibrator", "exit head", "backbone")
+#: Registry kinds, in the order `contract_cases` lists them (`adaptix.plugins.COMPONENT_KINDS`).
+KINDS = tuple(kind.name for kind in COMPONENT_KINDS)
 
 # Small enough to run in well under a second per component, large enough to fill most bins.
 _INPUTS = 64
@@ -596,13 +596,7 @@ def contract_cases(plugins: AdaptixPluginManager | None = None) -> list[tuple[st
     Kinds are ``"criterion"``, ``"calibrator"``, ``"exit head"`` and ``"backbone"``.
     """
     manager = resolve_manager(plugins)
-    registries: dict[str, Any] = {
-        "criterion": manager.criteria,
-        "calibrator": manager.calibrators,
-        "exit head": manager.exit_heads,
-        "backbone": manager.backbones,
-    }
-    return [(kind, name) for kind in KINDS for name in registries[kind].names()]
+    return [(kind, name) for kind in KINDS for name in manager.registry(kind).names()]
 
 
 def check_component(
