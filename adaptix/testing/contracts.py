@@ -28,6 +28,7 @@ from adaptix.errors import AdaptixError, CalibrationError, ValidationError
 from adaptix.offline.calibrate import calibrate
 from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import simulate
+from adaptix.offline.statistics import default_grid, threshold_grid
 from adaptix.plugins import COMPONENT_KINDS, AdaptixPluginManager, Entry, resolve_manager
 from adaptix.scalars import count
 from adaptix.testing.data import synthetic_trace
@@ -137,7 +138,8 @@ def check_criterion(
     Args:
         name: the registry name.
         thresholds: thresholds to check monotonicity over (default: the criterion's
-            `default_thresholds`).
+            `default_thresholds`), a non-empty list (else `ValidationError`; an empty default
+            grid is a `PluginError` naming the plugin).
         calibration: for criteria that read one; built from a synthetic labelled trace when
             omitted. Its number of exits and classes sets the synthetic traces' shape.
         params: the criterion's parameters.
@@ -165,8 +167,10 @@ def check_criterion(
     elif component.needs_calibration:
         held_out = synthetic_trace(_CALIBRATION_INPUTS, num_exits, num_classes, seed=1)
         calibration = calibrate(held_out, plugins=manager)
-    grid = list(component.default_thresholds() if thresholds is None else thresholds)
-    _require(bool(grid), f"{owner}: the threshold grid is empty")
+    # The one grid check (`adaptix.offline.statistics`): a plugin's empty default grid is a
+    # PluginError naming it, an empty or malformed ``thresholds`` a ValidationError.
+    given = threshold_grid(thresholds, "thresholds")
+    grid = default_grid(name, manager) if given is None else given
     kwargs = dict(params or {})
     base = policy(name, grid[0], calibration, plugins=manager, **kwargs)
     trace = synthetic_trace(_INPUTS, num_exits, num_classes, seed=0)
