@@ -171,12 +171,32 @@ class Registrar(Generic[C]):
         self._info.components.setdefault(self._registry.kind, []).append(key)
 
 
-_KINDS: tuple[tuple[str, str, type[Component]], ...] = (
-    ("criterion", "adaptix_register_criteria", ExitCriterion),
-    ("calibrator", "adaptix_register_calibrators", Calibrator),
-    ("exit head", "adaptix_register_exit_heads", ExitHead),
-    ("backbone", "adaptix_register_backbones", Backbone),
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of component: the one table (`COMPONENT_KINDS`) that the manager's registries,
+    its properties and the contract tests (`adaptix.testing.contracts`) derive theirs from.
+
+    Attributes:
+        name: the kind's name (``"exit head"``): the registry's kind, the contract's case.
+        hook: the hook that registers its components (``"adaptix_register_exit_heads"``).
+        attribute: the manager's property that holds its registry (``"exit_heads"``).
+        base: the class its components subclass.
+    """
+
+    name: str
+    hook: str
+    attribute: str
+    base: type[Component]
+
+
+#: Every kind of component, in the order registries are built and contract cases listed.
+COMPONENT_KINDS: tuple[ComponentKind, ...] = (
+    ComponentKind("criterion", "adaptix_register_criteria", "criteria", ExitCriterion),
+    ComponentKind("calibrator", "adaptix_register_calibrators", "calibrators", Calibrator),
+    ComponentKind("exit head", "adaptix_register_exit_heads", "exit_heads", ExitHead),
+    ComponentKind("backbone", "adaptix_register_backbones", "backbones", Backbone),
 )
+_KIND_NAMES = tuple(kind.name for kind in COMPONENT_KINDS)
 
 
 class AdaptixPluginManager(pluggy.PluginManager):
@@ -276,9 +296,10 @@ class AdaptixPluginManager(pluggy.PluginManager):
         registries: dict[str, Registry[Any]] = {}
         for info in self._infos.values():
             info.components.clear()
-        for kind, hook_name, base in _KINDS:
-            registry: Registry[Any] = Registry(kind, base, self)
-            registries[kind] = registry
+        for kind in COMPONENT_KINDS:
+            hook_name = kind.hook
+            registry: Registry[Any] = Registry(kind.name, kind.base, self)
+            registries[kind.name] = registry
             hook = getattr(self.hook, hook_name)
             every = self.get_plugins()
             # pluggy calls impls in LIFO order; reverse so earlier-registered plugins go first.
@@ -300,7 +321,17 @@ class AdaptixPluginManager(pluggy.PluginManager):
                     self._broken(info, err, f"failed in {hook_name}")
         return registries
 
-    def _registry(self, kind: str) -> Registry[Any]:
+    def registry(self, kind: str) -> Registry[Any]:
+        """The registry of the component kind named ``kind`` (a `ComponentKind.name`); the
+        typed properties below (`criteria` and siblings) are the same registries.
+
+        Raises:
+            ValidationError: ``kind`` names no kind of `COMPONENT_KINDS`.
+        """
+        if kind not in _KIND_NAMES:
+            raise ValidationError(
+                f"expected a component kind in {list(_KIND_NAMES)}, got {kind!r}."
+            )
         if self._registries is None:
             self._registries = self._build_registries()
         return self._registries[kind]
@@ -308,28 +339,28 @@ class AdaptixPluginManager(pluggy.PluginManager):
     @property
     def criteria(self) -> Registry[ExitCriterion]:
         """Exit criteria by name."""
-        return self._registry("criterion")
+        return self.registry("criterion")
 
     @property
     def calibrators(self) -> Registry[Calibrator]:
         """Calibrators by name."""
-        return self._registry("calibrator")
+        return self.registry("calibrator")
 
     @property
     def exit_heads(self) -> Registry[ExitHead]:
         """Exit-head builders by name."""
-        return self._registry("exit head")
+        return self.registry("exit head")
 
     @property
     def backbones(self) -> Registry[Backbone]:
         """Backbone adapters by name."""
-        return self._registry("backbone")
+        return self.registry("backbone")
 
     # -- introspection ---------------------------------------------------------------------
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every loaded or broken plugin, with what it provides (registries are built first)."""
-        self._registry("criterion")
+        self.registry("criterion")
         return list(self._infos.values())
 
     def broken_plugins(self) -> list[PluginInfo]:

@@ -170,7 +170,7 @@ def test_a_write_that_dies_halfway_leaves_the_old_file(tmp_path: Path, calibrati
         return real_write(target, write_half, what)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adaptix.core.calibration, "atomic_write", half_write)
+        patch.setattr(adaptix.core.files, "atomic_write", half_write)  # write_document's
         with pytest.raises(ValidationError, match=r"the write failed \(killed halfway\)"):
             other.save(path)
     assert path.read_bytes() == before

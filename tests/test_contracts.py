@@ -219,9 +219,15 @@ def test_a_criterion_is_checked_with_a_given_calibration_and_grid(plugins) -> No
     )
 
 
-def test_an_empty_grid_fails_the_check(plugins) -> None:
-    with pytest.raises(AssertionError, match="the threshold grid is empty"):
+def test_an_empty_grid_is_refused(plugins) -> None:
+    with pytest.raises(
+        adaptix.ValidationError, match="expected thresholds to hold at least one threshold"
+    ):
         check_criterion("confidence", thresholds=[], plugins=plugins)
+    with pytest.raises(
+        adaptix.ValidationError, match="expected thresholds as a list of thresholds"
+    ):
+        check_criterion("confidence", thresholds=0.5, plugins=plugins)  # type: ignore[arg-type]  # on purpose
 
 
 # ----------------------------------------------------------------- calibrators that break it

@@ -207,3 +207,67 @@ def test_check_meta_refuses_anything_but_strings(meta: object, message: str) -> 
         check_meta(meta, "Trace")
     with pytest.raises(CalibrationError, match=message):
         check_meta(meta, "Calibration", CalibrationError)
+
+
+# -- checksummed JSON documents: one reader for calibration and policy files ---------------------
+
+
+def _save_policy(path: Path) -> Path:
+    calibration = _calibration()
+    return adaptix.policy("pcee", 0.5, calibration).save(path)
+
+
+#: Every checksummed document kind: (save one to a path, load a path).
+DOCUMENTS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], object]]] = {
+    "calibration": (lambda path: _calibration().save(path), Calibration.load),
+    "policy": (_save_policy, adaptix.ExitPolicy.load),
+}
+
+
+def _directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _utf16(path: Path) -> None:
+    path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
+
+
+def _edit(old: str, new: str) -> Callable[[Path], None]:
+    """Replace the last ``old`` (the outer document's: a policy embeds its calibration's first)."""
+
+    def edit(path: Path) -> None:
+        head, found, tail = path.read_text().rpartition(old)
+        assert found
+        path.write_text(head + new + tail)
+
+    return edit
+
+
+#: Bad file -> what the message must say (for every kind).
+BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "directory": (_directory, "got a directory"),
+    "missing": (lambda path: path.unlink(), "could not be read"),
+    "utf-16": (_utf16, "not UTF-8"),
+    "corrupt json": (lambda path: path.write_text(path.read_text()[:50]), "could not be parsed"),
+    "not an object": (lambda path: path.write_text("[]"), "got something else"),
+    "format": (_edit('"format": "adaptix.', '"format": "other.'), "got something else"),
+    "version": (_edit('"version": ', '"version": 99, "was": '), "format version"),
+    "missing field": (_edit('"sha256": ', '"sha256_": '), r"lacks fields \['sha256'\]"),
+    "checksum": (_edit('"sha256": "', '"sha256": "0'), "checksum mismatch"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FILES))
+@pytest.mark.parametrize("kind", sorted(DOCUMENTS))
+def test_every_document_kind_refuses_a_bad_file_alike(tmp_path: Path, kind: str, bad: str) -> None:
+    """One reader (`adaptix.core.files.read_document`): the same refusal for every kind."""
+    save, load = DOCUMENTS[kind]
+    spoil, says = BAD_FILES[bad]
+    path = save(tmp_path / f"{kind}.json")
+    spoil(path)
+    with pytest.raises(ValidationError, match=says) as caught:
+        load(path)
+    assert str(path) in str(caught.value)
+    if kind == "calibration":
+        assert isinstance(caught.value, CalibrationError)

@@ -462,8 +462,11 @@ def test_an_uncertified_policy_still_never_exits_after_loading(tmp_path) -> None
 @pytest.mark.parametrize(
     ("corrupt", "match"),
     [
-        (lambda text: text[: len(text) // 2], "could not be read"),
-        (lambda text: text.replace('"threshold": ', '"threshold": 0.0001 + '), "could not be read"),
+        (lambda text: text[: len(text) // 2], "could not be parsed"),
+        (
+            lambda text: text.replace('"threshold": ', '"threshold": 0.0001 + '),
+            "could not be parsed",
+        ),
         (lambda text: text.replace('"exits_early": true', '"exits_early": false'), "checksum"),
         (lambda text: text.replace('"adaptix.policy"', '"adaptix.trace"'), "adaptix.policy"),
         (lambda text: text.replace('"version": 2', '"version": 7'), "version"),

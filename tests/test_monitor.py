@@ -38,8 +38,8 @@ from adaptix import (
     ValidationError,
 )
 from adaptix.core.calibration import count_bins
+from adaptix.core.evalues import combine, log_sequence_probability
 from adaptix.core.scores import bin_index, confidence
-from adaptix.online.monitor import combine, log_sequence_probability
 from adaptix.testing import synthetic_trace
 
 # The fixtures reused: the trained MLP of test_runtime and the data it is built from.
@@ -988,7 +988,7 @@ def test_segments_restart_the_test_and_spend_alpha_as_evidence_path_says(
 ) -> None:
     """The monitor's incremental segments equal `evidence_path` on the same counts, and the
     alarm lines are log(π² j² / (6α)): α_j adds up to α over all segments."""
-    from adaptix.online.monitor import evidence_path, segment_threshold
+    from adaptix.core.evalues import evidence_path, segment_threshold
 
     alpha = 0.05
     monitor = monitor_for(equal_mass_policy, alpha=alpha, check_every=1, restart_every=50)

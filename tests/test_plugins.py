@@ -526,3 +526,21 @@ def test_a_threshold_that_is_not_a_finite_number_is_a_plugin_error(manager_with,
         r"OddThreshold\.validate_threshold .* expected a finite real number",
     ):
         adaptix.policy("odd_threshold", 0.5, plugins=manager)
+
+
+def test_one_table_of_component_kinds() -> None:
+    """`COMPONENT_KINDS` is the one table: the manager's registries and properties, the hooks
+    and the contract cases all follow it."""
+    from adaptix import hookspecs
+    from adaptix.plugins import COMPONENT_KINDS
+    from adaptix.testing.contracts import KINDS
+
+    manager = adaptix.get_plugin_manager()
+    assert tuple(kind.name for kind in COMPONENT_KINDS) == KINDS
+    for kind in COMPONENT_KINDS:
+        registry = manager.registry(kind.name)
+        assert getattr(manager, kind.attribute) is registry
+        assert (registry.kind, registry.base) == (kind.name, kind.base)
+        assert callable(getattr(hookspecs, kind.hook, None))
+    with pytest.raises(ValidationError, match="expected a component kind in"):
+        manager.registry("exit heads")

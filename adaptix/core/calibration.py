@@ -15,7 +15,6 @@ shards' counts, `adaptix.offline.survivors.SurvivorCounts`, do).
 from __future__ import annotations
 
 import base64
-import json
 import operator
 import os
 import reprlib
@@ -29,7 +28,13 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.core.files import atomic_write, check_meta, json_digest
+from adaptix.core.files import (
+    DocumentKind,
+    check_meta,
+    json_digest,
+    read_json,
+    write_document,
+)
 from adaptix.core.scores import bin_edges, bin_index, confidence_and_prediction, float32_edges
 from adaptix.errors import CalibrationError
 
@@ -61,6 +66,10 @@ _KEYS = {
     3: (*_KEYS_V1, "edges", "rows"),
     4: (*_KEYS_V1, "edges", "rows", "survivors"),
 }
+#: Calibration files: read and written by `adaptix.core.files` (one reader for every kind).
+CALIBRATION_FILE = DocumentKind(
+    "calibration", _FORMAT, _KEYS, "Calibration.save", error=CalibrationError
+)
 # Float64 sums of float32 confidences in [0, 1] may exceed n[e, m] by rounding: allow this much
 # per counted input (far above the rounding of any realistic sum, far below one confidence).
 _SUM_TOLERANCE = 1e-6
@@ -490,7 +499,7 @@ class Calibration:
         return json_digest(self._payload())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the versioned JSON file with its checksum, atomically (see `atomic_write`).
+        """Write the versioned JSON file with its checksum, atomically (`write_document`).
 
         A missing parent directory is created.
 
@@ -498,15 +507,14 @@ class Calibration:
             ValidationError: ``path`` is a directory or cannot be written; a file already at
                 ``path`` is then left as it was.
         """
-        data = json.dumps(self.to_document(), indent=1, sort_keys=True, allow_nan=False).encode()
-        return atomic_write(path, lambda handle: handle.write(data), "calibration")
+        version = _VERSION if self.survivors is not None else 3
+        return write_document(path, CALIBRATION_FILE, version, self._payload())
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-ready document `save` writes (format, version, tables, edges, checksum),
         for embedding in another file (`adaptix.ExitPolicy.save` does)."""
-        payload = self._payload()
         version = _VERSION if self.survivors is not None else 3
-        return {"format": _FORMAT, "version": version, **payload, "sha256": json_digest(payload)}
+        return CALIBRATION_FILE.document(version, self._payload())
 
     @classmethod
     def load(
@@ -529,7 +537,7 @@ class Calibration:
             CalibrationError: the file is missing, corrupt, of another version, or mismatched.
         """
         source = Path(path)
-        calibration = cls.from_document(_read_json(source), source=str(source))
+        calibration = cls.from_document(read_json(source, CALIBRATION_FILE), source=str(source))
         if num_exits is not None or num_classes is not None:
             calibration.check_compatible(
                 calibration.num_exits if num_exits is None else num_exits,
@@ -546,28 +554,8 @@ class Calibration:
         Raises:
             CalibrationError: the document is corrupt, of another version, or inconsistent.
         """
-        if not isinstance(document, dict) or document.get("format") != _FORMAT:
-            raise CalibrationError(
-                f"expected an '{_FORMAT}' file at {source}, got something else. Pass the file "
-                "that Calibration.save wrote."
-            )
-        version = document.get("version")
-        # JSON true equals 1 in Python: only a JSON integer names a version.
-        keys = _KEYS.get(version) if type(version) is int else None
-        if keys is None:
-            raise CalibrationError(
-                f"expected calibration format version {_VERSION} (or 3, 2 or 1), got {version!r} "
-                f"in {source}. Re-create it with this adaptix."
-            )
-        missing = [key for key in (*keys, "sha256") if key not in document]
-        if missing:
-            raise CalibrationError(f"calibration file {source} lacks fields {missing}: corrupt.")
-        payload = {key: document[key] for key in keys}
-        if json_digest(payload) != document["sha256"]:
-            raise CalibrationError(
-                f"checksum mismatch in {source}: the file was modified or truncated after it "
-                "was saved. Re-create it with Calibration.save."
-            )
+        version, payload = CALIBRATION_FILE.check(document, source)
+        keys = _KEYS[version]
         calibration = cls(
             _json_table(payload["counts"], "counts", source, whole=True),
             _json_table(payload["correct"], "correct", source, whole=True),
@@ -601,36 +589,6 @@ class Calibration:
                 "M of its tables. The file is corrupt: re-create it with Calibration.save."
             )
         return calibration
-
-
-def _read_json(source: Path) -> Any:
-    """The parsed JSON document at ``source``; `CalibrationError` if it cannot be read."""
-    if source.is_dir():
-        raise CalibrationError(
-            f"expected a calibration file at {source}, got a directory. Pass the path of the "
-            "file that Calibration.save wrote."
-        )
-    try:
-        raw = source.read_bytes()
-    except FileNotFoundError as err:
-        raise CalibrationError(
-            f"no calibration file at {source}. Check the path, or create it with "
-            "adaptix.calibrate(...).save(path)."
-        ) from err
-    except OSError as err:
-        raise CalibrationError(
-            f"expected a readable calibration file at {source}, but it could not be read "
-            f"({err.strerror or err}). Check its permissions."
-        ) from err
-    try:
-        # Strictly UTF-8, as save writes it (RFC 8259); json.loads(bytes) would also take UTF-16.
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # ValueError covers JSON and UTF-8 errors
-        raise CalibrationError(
-            f"expected a JSON calibration file at {source}, but it could not be parsed "
-            f"({type(err).__name__}: {str(err)[:200]}). The file is corrupt: re-create it with "
-            "Calibration.save."
-        ) from err
 
 
 def _check_rows(rows: object) -> Tensor:

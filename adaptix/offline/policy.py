@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import reprlib
@@ -17,7 +16,7 @@ from torch import Tensor
 from adaptix import scalars
 from adaptix.components import ExitCriterion, build_params
 from adaptix.core.calibration import Calibration
-from adaptix.core.files import atomic_write, json_digest
+from adaptix.core.files import DocumentKind, read_document, write_document
 from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.offline.certificate import Certificate
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
@@ -27,6 +26,9 @@ _FORMAT = "adaptix.policy"
 # calibration) and carry their evidence; version 1 files hold unbound certificates and are
 # refused with a message to certify again.
 _VERSION = 2
+_FIELDS = ("criterion", "params", "threshold", "exits_early", "certificate", "calibration")
+#: Policy files: read and written by `adaptix.core.files` (one reader for every kind).
+POLICY_FILE = DocumentKind("policy", _FORMAT, {1: _FIELDS, _VERSION: _FIELDS}, "ExitPolicy.save")
 
 
 class ExitPolicy:
@@ -136,14 +138,7 @@ class ExitPolicy:
             "certificate": None if self.certificate is None else self.certificate.to_dict(),
             "calibration": None if calibration is None else calibration.to_document(),
         }
-        document = {
-            **payload,
-            "format": _FORMAT,
-            "version": _VERSION,
-            "sha256": json_digest(payload),
-        }
-        data = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
-        return atomic_write(path, lambda handle: handle.write(data), "policy")
+        return write_document(path, POLICY_FILE, _VERSION, payload)
 
     @classmethod
     def load(
@@ -157,41 +152,12 @@ class ExitPolicy:
             PluginError: its criterion is not installed.
         """
         source = Path(path)
-        try:
-            document = json.loads(source.read_bytes())
-        except (OSError, ValueError, RecursionError) as err:
-            raise ValidationError(
-                f"expected a policy file written by ExitPolicy.save at {source}, but it could "
-                f"not be read ({type(err).__name__}: {err})."
-            ) from err
-        keys = ("criterion", "params", "threshold", "exits_early", "certificate", "calibration")
-        if (
-            not isinstance(document, dict)
-            or document.get("format") != _FORMAT
-            or type(document.get("version")) is not int
-        ):
-            raise ValidationError(
-                f"expected an '{_FORMAT}' file at {source}, got something else. Pass a file "
-                "that ExitPolicy.save wrote."
-            )
-        if document["version"] not in (1, _VERSION):
-            raise ValidationError(
-                f"expected policy format version {_VERSION}, got {document['version']} in "
-                f"{source}. Save the policy again with this adaptix."
-            )
-        if document["version"] == 1 and document.get("certificate") is not None:
+        version, payload = read_document(source, POLICY_FILE)
+        if version == 1 and payload["certificate"] is not None:
             raise ValidationError(
                 f"policy file {source} holds a certificate of format version 1, which is not "
                 "bound to its policy and cannot be trusted. Certify the policy again "
                 "(adaptix.guarantee or adaptix.budget) and save it."
-            )
-        missing = [key for key in (*keys, "sha256") if key not in document]
-        payload = {key: document.get(key) for key in keys}
-        if missing or json_digest(payload) != document["sha256"]:
-            problem = f"missing {missing}" if missing else "checksum mismatch"
-            raise ValidationError(
-                f"policy file {source} is corrupt ({problem}): it was modified or truncated "
-                "after it was saved. Save the policy again."
             )
         if not isinstance(payload["params"], dict) or not isinstance(payload["criterion"], str):
             raise ValidationError(f"policy file {source} has malformed criterion fields.")

@@ -28,15 +28,16 @@ from adaptix.errors import AdaptixError, CalibrationError, ValidationError
 from adaptix.offline.calibrate import calibrate
 from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import simulate
-from adaptix.plugins import AdaptixPluginManager, Entry, resolve_manager
+from adaptix.offline.statistics import default_grid, threshold_grid
+from adaptix.plugins import COMPONENT_KINDS, AdaptixPluginManager, Entry, resolve_manager
 from adaptix.scalars import count
 from adaptix.testing.data import synthetic_trace
 
 #: A parameter name no component accepts: building with it must fail.
 UNKNOWN_PARAM = "adaptix_contract_unknown_param"
 
-#: Registry kinds, in the order `contract_cases` lists them.
-KINDS = ("criterion", "calibrator", "exit head", "backbone")
+#: Registry kinds, in the order `contract_cases` lists them (`adaptix.plugins.COMPONENT_KINDS`).
+KINDS = tuple(kind.name for kind in COMPONENT_KINDS)
 
 # Small enough to run in well under a second per component, large enough to fill most bins.
 _INPUTS = 64
@@ -137,7 +138,8 @@ def check_criterion(
     Args:
         name: the registry name.
         thresholds: thresholds to check monotonicity over (default: the criterion's
-            `default_thresholds`).
+            `default_thresholds`), a non-empty list (else `ValidationError`; an empty default
+            grid is a `PluginError` naming the plugin).
         calibration: for criteria that read one; built from a synthetic labelled trace when
             omitted. Its number of exits and classes sets the synthetic traces' shape.
         params: the criterion's parameters.
@@ -165,8 +167,10 @@ def check_criterion(
     elif component.needs_calibration:
         held_out = synthetic_trace(_CALIBRATION_INPUTS, num_exits, num_classes, seed=1)
         calibration = calibrate(held_out, plugins=manager)
-    grid = list(component.default_thresholds() if thresholds is None else thresholds)
-    _require(bool(grid), f"{owner}: the threshold grid is empty")
+    # The one grid check (`adaptix.offline.statistics`): a plugin's empty default grid is a
+    # PluginError naming it, an empty or malformed ``thresholds`` a ValidationError.
+    given = threshold_grid(thresholds, "thresholds")
+    grid = default_grid(name, manager) if given is None else given
     kwargs = dict(params or {})
     base = policy(name, grid[0], calibration, plugins=manager, **kwargs)
     trace = synthetic_trace(_INPUTS, num_exits, num_classes, seed=0)
@@ -596,13 +600,7 @@ def contract_cases(plugins: AdaptixPluginManager | None = None) -> list[tuple[st
     Kinds are ``"criterion"``, ``"calibrator"``, ``"exit head"`` and ``"backbone"``.
     """
     manager = resolve_manager(plugins)
-    registries: dict[str, Any] = {
-        "criterion": manager.criteria,
-        "calibrator": manager.calibrators,
-        "exit head": manager.exit_heads,
-        "backbone": manager.backbones,
-    }
-    return [(kind, name) for kind in KINDS for name in registries[kind].names()]
+    return [(kind, name) for kind in KINDS for name in manager.registry(kind).names()]
 
 
 def check_component(
