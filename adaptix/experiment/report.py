@@ -11,7 +11,7 @@ from adaptix.offline.control import best_accuracy_within, cheapest_reaching
 if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
     from adaptix.experiment.config import GuaranteeConfig
-    from adaptix.experiment.job import JobResult, ModelOutcome
+    from adaptix.experiment.results import JobResult, ModelOutcome
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
