@@ -14,7 +14,7 @@ from torch import Tensor
 import adaptix
 from adaptix.components import AccuracyReading, ExitCriterion
 from adaptix.core.scores import probabilities
-from adaptix.experiment import analysis, job, load_config, mlflow_session, run_job
+from adaptix.experiment import analysis, job, load_config, model_run, run_job
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import JobConfig, ModelConfig, parse_config
 from adaptix.experiment.report import render_report
@@ -670,7 +670,7 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # frontier logging, as the job does it
     tracker = Tracker("readings", uri, artifact_location=str(tmp_path / "artifacts"))
-    tracking = mlflow_session.Tracking(tracker, None, {"seed": 0}, plugins, tmp_path, uri)
+    tracking = model_run.ModelRunLogger(tracker, None, {"seed": 0}, plugins, tmp_path)
     tracking.log_model("l", outcomes["l"], [])
     assert tracker.failures == []
     runs = mlflow.MlflowClient(uri).search_runs([tracker.experiment_id], max_results=1000)

@@ -63,7 +63,7 @@ from adaptix.experiment.config import (
 )
 from adaptix.experiment.datasets import JobData, Split, check_data, load_job_data
 from adaptix.experiment.figures import write_family_plot, write_model_plots
-from adaptix.experiment.mlflow_session import Tracking, open_tracking
+from adaptix.experiment.mlflow_session import JobTracking, open_tracking
 from adaptix.experiment.report import render_report
 from adaptix.experiment.results import JobResult, ModelOutcome, RuntimePoint
 from adaptix.experiment.tracing import trace_splits
@@ -74,6 +74,7 @@ from adaptix.offline.simulate import simulate
 from adaptix.offline.survivors import SurvivorCounts
 from adaptix.online.allocator import tune_cpu_allocator
 from adaptix.online.model import MultiExitModel
+from adaptix.online.paired import auto_passes, time_paired
 from adaptix.online.runtime import EarlyExitRunner, ExitTimes, RunnerOutput, time_exits
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 
@@ -126,7 +127,7 @@ def _run(config: JobConfig, log: Callable[[str], None]) -> JobResult:
     training_started = time.perf_counter()
     trained_here = train_missing(config, data.source, cache, log)
     training_wall = time.perf_counter() - training_started
-    tracking = open_tracking(config, data, manager) if config.tracking.enabled else None
+    tracking = open_tracking(config, data) if config.tracking.enabled else None
     try:
         with ray_session(config.ray):
             result = _analyse_family(
@@ -155,7 +156,7 @@ def _analyse_family(
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     trained_here: dict[str, float],
-    tracking: Tracking | None,
+    tracking: JobTracking | None,
     log: Callable[[str], None],
 ) -> JobResult:
     """Train (what is still missing) or load every model, trace, analyse and plot it, and
