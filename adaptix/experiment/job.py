@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -249,24 +248,6 @@ def _write_report(result: JobResult) -> Path:
     return path
 
 
-def _time_pair(
-    reference: Callable[[], Any], fn: Callable[[], Any], repeats: int, warm: bool = True
-) -> tuple[float, float]:
-    """Median wall-clock seconds of ``reference`` and ``fn`` over ``repeats`` rounds (after one
-    warm-up of each unless ``warm`` is False); every round times both back to back, so that the
-    load of a shared machine weighs on both alike."""
-    if warm:
-        reference()
-        fn()
-    samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for target, samples_of in ((reference, samples[0]), (fn, samples[1])):
-            start = time.perf_counter()
-            target()
-            samples_of.append(time.perf_counter() - start)
-    return statistics.median(samples[0]), statistics.median(samples[1])
-
-
 def measure_runtime(
     outcome: ModelOutcome,
     model: MultiExitModel,
@@ -275,7 +256,11 @@ def measure_runtime(
     manager: AdaptixPluginManager,
 ) -> tuple[list[RuntimePoint], ExitTimes]:
     """The runner against the plain model on the test split at each δ of ``runtime``, with the
-    FLOP-based and the time-based ideal speed-ups (per-block times at the same batch size)."""
+    FLOP-based and the time-based ideal speed-ups (per-block times at the same batch size).
+
+    Each δ's runner is timed in paired rounds (`adaptix.online.paired.time_paired`, as
+    `adaptix.testing.speed.ExitBenchmark` times it), after one untimed pass whose exits are
+    checked against `simulate` exactly (``agrees_with_simulation``)."""
     count = min(len(test), config.runtime.inputs or len(test))
     timed = Split(take_rows(test.inputs, slice(0, count)), test.labels[:count])
     trace = outcome.test_trace.subset(slice(0, count))
@@ -297,19 +282,24 @@ def measure_runtime(
             **config.sweep.params_of(config.runtime.criterion),
         )
         runner = EarlyExitRunner(model, pol)
-        outputs: list[RunnerOutput] = []
 
-        def run_all(run: EarlyExitRunner = runner, kept: list[RunnerOutput] = outputs) -> None:
-            kept.clear()  # the last timed pass's outputs are the ones checked below
-            kept.extend(run(x) for x in batches)
+        def run_all(run: EarlyExitRunner = runner) -> list[RunnerOutput]:
+            with torch.inference_mode():
+                return [run(x) for x in batches]
 
-        # time_exits warmed the model up; each δ's runner still gets one untimed pass.
-        run_all()
-        plain_seconds, runner_seconds = _time_pair(
-            plain, run_all, config.runtime.repeats, warm=False
-        )
-        exits = torch.cat([out.exit_index for out in outputs])
+        # The check, apart from the timing: one untimed pass (time_exits warmed the model up).
+        exits = torch.cat([out.exit_index for out in run_all()])
         simulated = simulate(trace, pol)
+        paired = time_paired(
+            plain,
+            run_all,
+            rounds=config.runtime.repeats,
+            warmup_rounds=0,
+            passes=auto_passes(plain, run_all),
+        )
+        assert paired.baseline_seconds is not None
+        assert paired.runner_seconds is not None
+        assert paired.realised_speedup is not None  # timed: ``rounds`` >= 1
         points.append(
             RuntimePoint(
                 model=outcome.config.name,
@@ -317,8 +307,10 @@ def measure_runtime(
                 threshold=pol.threshold,
                 batch_size=config.runtime.batch_size,
                 inputs=count,
-                plain_seconds=plain_seconds,
-                runner_seconds=runner_seconds,
+                plain_seconds=paired.baseline_seconds,
+                runner_seconds=paired.runner_seconds,
+                realised_speedup=paired.realised_speedup,
+                passes=paired.passes,
                 ideal_speedup=outcome.profile.plain_cost / simulated.mean_cost,
                 time_ideal_speedup=times.ideal_speedup(simulated.exit_histogram),
                 accuracy=simulated.accuracy or 0.0,

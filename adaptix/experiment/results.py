@@ -96,7 +96,17 @@ class ModelOutcome:
 
 @dataclass
 class RuntimePoint:
-    """A wall-clock measurement of the runner on the test split."""
+    """A wall-clock measurement of the runner on the test split, in paired rounds
+    (`adaptix.online.paired.time_paired`, as `adaptix.testing.speed` measures).
+
+    Attributes:
+        plain_seconds: median seconds of one plain-model pass over the timed inputs.
+        runner_seconds: median seconds of one runner pass.
+        realised_speedup: median over rounds of time(plain model) / time(runner), the plain
+            model's time being the mean of its passes before and after the round.
+        passes: passes over the inputs in every round.
+        agrees_with_simulation: the runner's exits equal `simulate`'s exactly (an untimed pass).
+    """
 
     model: str
     criterion: str
@@ -105,15 +115,12 @@ class RuntimePoint:
     inputs: int  # the test inputs timed (the first ones)
     plain_seconds: float
     runner_seconds: float
+    realised_speedup: float
+    passes: int
     ideal_speedup: float
     time_ideal_speedup: float
     accuracy: float
     agrees_with_simulation: bool
-
-    @property
-    def realised_speedup(self) -> float:
-        """time(plain model) / time(runner)."""
-        return self.plain_seconds / self.runner_seconds
 
 
 @dataclass
