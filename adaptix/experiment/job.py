@@ -18,9 +18,12 @@ MLflow included, stays in this process.
 
 Each step is a module of its own: `adaptix.experiment.training` (2), `adaptix.experiment.tracing`
 (3), `adaptix.experiment.analysis` and `adaptix.experiment.sweeps` (4),
-`adaptix.experiment.timing` (5), `adaptix.experiment.figures` and
-`adaptix.experiment.mlflow_session` (6); the results are `adaptix.experiment.results`'s types.
-This module runs them in order (`run_job`).
+`adaptix.experiment.figures`, `adaptix.experiment.mlflow_session` and
+`adaptix.experiment.model_run` (6); the results are `adaptix.experiment.results`'s types. This
+module runs them in order (`run_job`), and holds what imports `adaptix.distributed` or
+`adaptix.online.runtime` (Ray, and step 5, `measure_runtime`, timed with
+`adaptix.online.paired` as `adaptix.testing.speed` times): a step module importing them would
+push the job past the import floors `tests/test_structure.py` allows.
 """
 
 from __future__ import annotations
