@@ -287,7 +287,7 @@ def test_the_job_counts_survivors_on_the_cluster_as_in_process(
     `calibrate_survivors`'."""
     from test_experiment import _config
 
-    from adaptix.experiment import job
+    from adaptix.experiment import analysis, job
 
     config = _config(tmp_path, ray={"workers": 2, "batch_size": 64})
     assert config.ray is not None
@@ -295,8 +295,10 @@ def test_the_job_counts_survivors_on_the_cluster_as_in_process(
     calibration = adaptix.calibrate(trace, "equal_mass", 10)
     deltas = [0.6, 0.8, 0.9]
     manager = adaptix.get_plugin_manager()
-    with job._ray_session(config.ray):  # joins the module's cluster, leaves it running
-        on_ray = job._count_survivors(trace, deltas, "pcee_lcb", calibration, config, manager)
+    with job.ray_session(config.ray):  # joins the module's cluster, leaves it running
+        on_ray = analysis.count_survivors(
+            trace, deltas, "pcee_lcb", calibration, config, manager, job.OnRay(config.ray)
+        )
     assert ray.is_initialized()
     here = adaptix.calibrate_survivors(
         trace, deltas, "pcee_lcb", bins=10, edges=calibration.edges, bonferroni=True

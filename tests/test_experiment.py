@@ -14,7 +14,7 @@ from torch import Tensor
 import adaptix
 from adaptix.components import AccuracyReading, ExitCriterion
 from adaptix.core.scores import probabilities
-from adaptix.experiment import job, load_config, run_job
+from adaptix.experiment import analysis, job, load_config, model_run, run_job
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import JobConfig, ModelConfig, parse_config
 from adaptix.experiment.report import render_report
@@ -355,20 +355,20 @@ def test_survivor_rows_are_each_delta_s_survivor_policy_simulated_on_the_test_sp
     """One `calibrate_survivors` call per criterion and panel for the whole δ grid, with the
     panel's all-input bins; each δ's row is `simulate` of that δ's survivor policy."""
     calls: list[tuple[str, int]] = []
-    real = job.calibrate_survivors
+    real = analysis.calibrate_survivors
 
     def counted(trace: adaptix.Trace, deltas: list[float], criterion: str, **kw: Any) -> Any:
         calls.append((criterion, len(deltas)))
         return real(trace, deltas, criterion, **kw)
 
-    monkeypatch.setattr(job, "calibrate_survivors", counted)
+    monkeypatch.setattr(analysis, "calibrate_survivors", counted)
     config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [3.0]})
     deltas = config.sweep.deltas()
     calibration_trace, test_trace = _traced(4, 0).scaled(2.0), _traced(4, 1).scaled(2.0)
     criteria = ["confidence", "patience", "pcee", "pcee_lcb"]
     plugins = adaptix.get_plugin_manager()
     readings = {name: plugins.criteria.get(name).accuracy_reading for name in criteria}
-    outcome = job._analyse(
+    outcome = analysis.analyse(
         ModelConfig(name="m"), calibration_trace, test_trace, config, plugins, readings
     )
     assert calls == [(c, len(deltas)) for _ in ("natural", "x3") for c in ("pcee", "pcee_lcb")]
@@ -425,7 +425,7 @@ def test_survivor_bins_can_be_turned_off_and_the_switch_is_a_flag(tmp_path: Path
     config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [], "survivors": False})
     plugins = adaptix.get_plugin_manager()
     readings = {"pcee": plugins.criteria.get("pcee").accuracy_reading}
-    outcome = job._analyse(
+    outcome = analysis.analyse(
         ModelConfig(name="m"), _traced(3, 0), _traced(3, 1), config, plugins, readings
     )
     assert outcome.survivors == {}
@@ -443,7 +443,7 @@ def test_the_guarantee_row_is_the_certified_policy_of_each_delta_on_the_test_spl
     calibration_trace, test_trace = _traced(4, 0), _traced(4, 1)
     readings = {"confidence": AccuracyReading(), "pcee": AccuracyReading(is_target=True)}
     plugins = adaptix.get_plugin_manager()
-    outcome = job._analyse(
+    outcome = analysis.analyse(
         ModelConfig(name="m"), calibration_trace, test_trace, config, plugins, readings
     )
     certifier = adaptix.Certifier(calibration_trace, "confidence")
@@ -478,7 +478,7 @@ def test_a_guaranteed_criterion_that_reads_a_calibration_is_certified_on_another
     tmp_path: Path,
 ) -> None:
     config = _config(tmp_path, guarantee={"criterion": "pcee", "alpha": 0.1})
-    certified = job._certify(_traced(4, 0), _traced(4, 1), config, adaptix.get_plugin_manager())
+    certified = analysis.certify(_traced(4, 0), _traced(4, 1), config, adaptix.get_plugin_manager())
     assert [c.delta for c in certified] == config.sweep.deltas()
     for point in certified:
         certificate = point.policy.certificate
@@ -627,7 +627,7 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
     config = _config(tmp_path, sweep={**TINY["sweep"], "stress_scales": [2.0]})
     deltas = config.sweep.deltas()
     outcomes = {
-        name: job._analyse(
+        name: analysis.analyse(
             ModelConfig(name=name), _traced(exits, seed), _traced(exits, seed + 1), config,
             plugins, readings,
         )
@@ -670,7 +670,7 @@ def test_a_third_party_criterion_joins_control_frontier_logging_and_report(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # frontier logging, as the job does it
     tracker = Tracker("readings", uri, artifact_location=str(tmp_path / "artifacts"))
-    tracking = job._Tracking(tracker, None, {"seed": 0}, plugins, tmp_path, uri)
+    tracking = model_run.ModelRunLogger(tracker, None, {"seed": 0}, plugins, tmp_path)
     tracking.log_model("l", outcomes["l"], [])
     assert tracker.failures == []
     runs = mlflow.MlflowClient(uri).search_runs([tracker.experiment_id], max_results=1000)

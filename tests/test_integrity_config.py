@@ -31,7 +31,7 @@ from adaptix import CertificateWarning, ConfigError, PluginError, ValidationErro
 from adaptix.cli import main
 from adaptix.core.trace import Trace
 from adaptix.experiment import data as idx_data
-from adaptix.experiment import datasets, job, load_config, run_job
+from adaptix.experiment import datasets, job, load_config, run_job, training
 from adaptix.experiment import shift_job as shift_module
 from adaptix.experiment import study as study_module
 from adaptix.experiment.config import parse_config
@@ -83,7 +83,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(datasets, "load_job_data", forbidden("load_job_data"))
     monkeypatch.setattr(job, "load_job_data", forbidden("load_job_data"))
     monkeypatch.setattr(shift_module, "load_job_data", forbidden("load_job_data"))
-    monkeypatch.setattr(job, "train_exits", forbidden("train_exits"))
+    monkeypatch.setattr(training, "train_exits", forbidden("train_exits"))
     monkeypatch.setattr(adaptix.MultiExitModel, "trace", forbidden("trace"))
     return attempted
 

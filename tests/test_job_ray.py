@@ -15,7 +15,7 @@ from test_experiment import TINY, _config
 
 import adaptix
 from adaptix.errors import ConfigError
-from adaptix.experiment import job, run_job
+from adaptix.experiment import job, run_job, training
 from adaptix.experiment.config import RayConfig, parse_config
 from adaptix.experiment.datasets import DataSource, JobData, Split
 
@@ -149,7 +149,7 @@ def test_an_unreachable_cluster_is_a_config_error(loopback: None) -> None:
     unreachable = RayConfig(address="ray://127.0.0.1:1")
     with (
         pytest.raises(ConfigError, match=r"ray\.address 'ray://127\.0\.0\.1:1'"),
-        job._ray_session(unreachable),
+        job.ray_session(unreachable),
     ):
         pass
     assert not ray.is_initialized()
@@ -161,11 +161,11 @@ def test_inputs_that_are_not_one_tensor_are_refused_before_ray_runs(tmp_path: Pa
     before any dataset is built (no cluster is started here)."""
     config = _config(tmp_path, ray={})
     spec = config.models[0]
-    model = job._build(spec, 10, 0, job.get_plugin_manager())
+    model = training.build_untrained(spec, 10, 0, adaptix.get_plugin_manager())
     tokens = {"input_ids": torch.zeros(12, 8, dtype=torch.long)}
     split = Split(tokens, torch.zeros(12, dtype=torch.long))
     source = DataSource("tokens", "memory", "0" * 64, {"train": 12, "calibration": 12, "test": 12})
     data = JobData("bbc-news", "", tuple("abcdefghij"), split, split, split, source)
     assert config.ray is not None
     with pytest.raises(ConfigError, match="got dict: remove the ray section"):
-        job._trace_on_ray(model, spec, data, config, config.ray)
+        job.trace_on_ray(model, spec, data, config, config.ray)

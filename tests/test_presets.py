@@ -14,7 +14,7 @@ import torch
 
 from adaptix import ConfigError
 from adaptix.cli import main
-from adaptix.experiment import JobResult, job, load_config, run_job
+from adaptix.experiment import JobResult, load_config, run_job, training
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import (
     PRESETS_DIR,
@@ -233,7 +233,7 @@ def test_workers_train_in_processes_and_give_the_weights_of_one_process(
         raise AssertionError("trained in the job's process")
 
     # Spawned workers import the job afresh: only this process loses train_exits.
-    monkeypatch.setattr(job, "train_exits", no_training_here)
+    monkeypatch.setattr(training, "train_exits", no_training_here)
     lines: list[str] = []
     config = tiny_fashion(tmp_path / "two", train={"epochs": 1, "workers": 2})
     two = run_job(config, log=lines.append)
@@ -243,7 +243,7 @@ def test_workers_train_in_processes_and_give_the_weights_of_one_process(
         assert not two.models[name].cached
         assert two.models[name].trained_seconds is not None
         spec = next(m for m in config.models if m.name == name)
-        key = job._cache_key(spec, config, two.source)
+        key = training.model_cache_key(spec, config, two.source)
         first = ModelCache(tmp_path / "one" / "cache").load(name, key)
         second = ModelCache(tmp_path / "two" / "cache").load(name, key)
         assert first is not None

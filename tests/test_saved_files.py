@@ -21,7 +21,7 @@ import adaptix
 from adaptix.experiment import load_config
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.datasets import DataSource
-from adaptix.experiment.job import _cache_key
+from adaptix.experiment.training import model_cache_key
 from adaptix.testing import synthetic_trace
 
 DATA = Path(__file__).resolve().parent / "data" / "v0.1"
@@ -90,7 +90,7 @@ def test_a_saved_model_cache_entry_is_found_and_loads(expected: dict[str, Any]) 
     source = DataSource(
         "Fashion-MNIST", "/nowhere", "0" * 64, {"train": 1, "calibration": 1, "test": 1}
     )
-    key = _cache_key(spec, config, source)
+    key = model_cache_key(spec, config, source)
     assert (spec.name, key) == (want["name"], want["key"])  # the job finds the entry it wrote
     cache = ModelCache(DATA / "model-cache")
     assert cache.path(spec.name, key).name == want["file"]

@@ -11,7 +11,7 @@ from adaptix.offline.control import best_accuracy_within, cheapest_reaching
 if TYPE_CHECKING:
     from adaptix.components import AccuracyReading
     from adaptix.experiment.config import GuaranteeConfig
-    from adaptix.experiment.job import JobResult, ModelOutcome
+    from adaptix.experiment.results import JobResult, ModelOutcome
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
@@ -297,8 +297,9 @@ def _runtime_note(result: JobResult) -> str:
     flop_share = " / ".join(_pct(f / plain, 0) for f in block_flops)
     return (
         f"Timed on the first {result.runtime[0].inputs} test inputs in batches of "
-        f"{result.runtime[0].batch_size} (median of {result.config.runtime.repeats} rounds, "
-        "plain model and runner back to back). "
+        f"{result.runtime[0].batch_size} (median of {result.config.runtime.repeats} paired rounds "
+        "of the runner, each between two passes of the plain model, as adaptix.testing.speed "
+        "times; realised = the median of the rounds' ratios). "
         "Ideal (FLOPs) is the plain model's FLOPs over the policy's mean FLOPs per input; ideal "
         "(time) weighs each exit by the measured time of its blocks and heads at batch "
         f"{times.batch_size} (per input, best of {result.config.runtime.repeats}), since on a "

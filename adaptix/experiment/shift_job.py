@@ -15,7 +15,6 @@ from adaptix.errors import ValidationError
 from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from adaptix.experiment.datasets import check_data, load_job_data
-from adaptix.experiment.job import train_or_load
 from adaptix.experiment.shift_plots import write_plots
 from adaptix.experiment.shift_study import (
     ShiftedSplit,
@@ -30,6 +29,7 @@ from adaptix.experiment.shifts import (
     hardest_classes,
     shift_images,
 )
+from adaptix.experiment.training import train_or_load
 from adaptix.plugins import get_plugin_manager
 
 

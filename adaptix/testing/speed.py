@@ -18,7 +18,8 @@ How it measures (the same for every caller, so that figures compare):
   prediction under a perturbation of the row's logits of at most ``tolerance`` times its
   largest logit (seeded draws): a decision that close to a boundary is float noise. Any other
   difference is an `AssertionError` listing the rows.
-- **Paired, interleaved rounds.** Every timed round of the runner is preceded by a run of the
+- **Paired, interleaved rounds** (`adaptix.online.paired`, which the main job times with
+  too). Every timed round of the runner is preceded by a run of the
   baseline (the plain model: every block, then the final head) over the same batches, and the
   last round is followed by one more: round i's realised speed-up is the mean of the baseline
   runs around it over the runner's time, which cancels a load that drifts steadily across the
@@ -37,11 +38,10 @@ How it measures (the same for every caller, so that figures compare):
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -55,6 +55,14 @@ from adaptix.errors import ValidationError
 from adaptix.offline.policy import ExitPolicy
 from adaptix.offline.simulate import SimulationResult, simulate
 from adaptix.online.model import MultiExitModel, profile_from_trace
+from adaptix.online.paired import (
+    MAX_PASSES,  # noqa: F401  (the round limits, read here as before)
+    MAX_ROUND_SECONDS,  # noqa: F401
+    MIN_ROUND_SECONDS,  # noqa: F401
+    PairedTimes,
+    auto_passes,
+    time_paired,
+)
 from adaptix.online.runtime import EarlyExitRunner, RunnerOutput
 from adaptix.scalars import count, real
 
@@ -63,13 +71,6 @@ Mode = Literal["compact", "lockstep"]
 NOISE_DRAWS = 32
 #: Disagreeing rows listed in a failure message.
 SHOWN_ROWS = 10
-#: A round repeats the passes over the inputs until the faster of baseline and runner takes at
-#: least this long, so that one pause of the OS scheduler (4–17 ms seen on a loaded machine)
-#: cannot swing a round's ratio.
-MIN_ROUND_SECONDS = 0.05
-#: ... unless the slower of the two would then take longer than this a round.
-MAX_ROUND_SECONDS = 1.0
-MAX_PASSES = 1024
 #: The default baseline's name.
 PLAIN_MODEL = "the plain model"
 #: A given trace's logits of the first batch must match the model's own to this share of the
@@ -405,62 +406,29 @@ class ExitBenchmark:
         self._baseline_flops_per_input()  # fails before timing when they cannot be counted
         disabled = benchmark is not None and bool(getattr(benchmark, "disabled", False))
         passes = 1 if disabled else self.passes or self._auto_passes()
-        baseline_times: list[float] = []
-
-        def time_baseline() -> None:
-            start = time.perf_counter()
-            for _ in range(passes):
-                self.run_baseline()
-            baseline_times.append((time.perf_counter() - start) / passes)
-
-        def run_runner() -> None:
-            for _ in range(passes):
-                self.run_runner()
-
-        runner_times = [t / passes for t in self._time_rounds(benchmark, run_runner, time_baseline)]
-        realised = None
-        if runner_times:
-            time_baseline()  # after the last round: every round has a baseline on each side
-            timed = baseline_times[self.warmup_rounds :]
-            ratios = [
-                (timed[i] + timed[i + 1]) / 2 / seconds for i, seconds in enumerate(runner_times)
-            ]
-            realised = statistics.median(ratios)
-        result = self._result(agreement, ran, realised, baseline_times, runner_times, passes)
+        times = time_paired(
+            self.run_baseline,
+            self.run_runner,
+            rounds=self.rounds,
+            warmup_rounds=self.warmup_rounds,
+            passes=passes,
+            clock=_clock,
+            timer=None if benchmark is None else partial(self._benchmark_rounds, benchmark),
+        )
+        result = self._result(agreement, ran, times)
         if benchmark is not None:
             benchmark.extra_info.update(result.extra_info())
         return result
 
     def _auto_passes(self) -> int:
-        """Passes per round so that a round of the faster of baseline and runner lasts at least
-        `MIN_ROUND_SECONDS`: a power of two, so that it rarely changes between runs."""
-        start = time.perf_counter()
-        self.run_baseline()
-        middle = time.perf_counter()
-        self.run_runner()
-        shortest = min(middle - start, time.perf_counter() - middle)
-        longest = max(middle - start, time.perf_counter() - middle)
-        if shortest >= MIN_ROUND_SECONDS:
-            return 1
-        wanted = 2 ** math.ceil(math.log2(MIN_ROUND_SECONDS / max(shortest, 1e-9)))
-        # A tiny baseline against a slow runner must not make the runner's rounds last minutes.
-        affordable = 2 ** max(0, math.floor(math.log2(MAX_ROUND_SECONDS / max(longest, 1e-9))))
-        return max(1, min(wanted, affordable, MAX_PASSES))
+        """Passes per round (`adaptix.online.paired.auto_passes`)."""
+        return auto_passes(self.run_baseline, self.run_runner, clock=_clock)
 
-    def _time_rounds(
+    def _benchmark_rounds(
         self, benchmark: Any, run_runner: Callable[[], None], before: Callable[[], None]
     ) -> list[float]:
-        """Seconds of each timed round of ``run_runner``, each preceded by ``before``; [] when
-        benchmarking is disabled."""
-        if benchmark is None:
-            times = []
-            for round_ in range(self.warmup_rounds + self.rounds):
-                before()
-                start = time.perf_counter()
-                run_runner()
-                if round_ >= self.warmup_rounds:
-                    times.append(time.perf_counter() - start)
-            return times
+        """Seconds of each timed round of ``run_runner`` as pytest-benchmark's own rounds
+        (``pedantic``), each preceded by ``before``; [] when benchmarking is disabled."""
         benchmark.pedantic(
             run_runner,
             setup=before,
@@ -477,10 +445,7 @@ class ExitBenchmark:
         self,
         agreement: Agreement,
         ran: RunnerOutput,
-        realised: float | None,
-        baseline_times: list[float],
-        runner_times: list[float],
-        passes: int,
+        times: PairedTimes,
     ) -> SpeedResult:
         trace = self.trace
         costs = trace.costs.double().cpu()
@@ -507,14 +472,14 @@ class ExitBenchmark:
             early_exit_rate=1 - int(histogram[-1]) / trace.num_inputs,
             ideal_speedup=ideal,
             ideal_speedup_mode=ideal_mode,
-            realised_speedup=realised,
-            realised_over_ideal=None if realised is None else realised / ideal,
-            baseline_seconds=(
-                statistics.median(baseline_times[self.warmup_rounds :]) if runner_times else None
+            realised_speedup=times.realised_speedup,
+            realised_over_ideal=(
+                None if times.realised_speedup is None else times.realised_speedup / ideal
             ),
-            runner_seconds=statistics.median(runner_times) if runner_times else None,
-            rounds=len(runner_times),
-            passes=passes,
+            baseline_seconds=times.baseline_seconds,
+            runner_seconds=times.runner_seconds,
+            rounds=times.rounds,
+            passes=times.passes,
             accuracy=accuracy,
             baseline_accuracy=baseline_accuracy,
             agreement=agreement,
@@ -686,6 +651,11 @@ def _name(fn: Callable[..., object]) -> str:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _clock() -> float:
+    """`time.perf_counter`, read through this module's ``time`` at each call."""
+    return time.perf_counter()
 
 
 __all__: Sequence[str] = [
