@@ -64,9 +64,9 @@ import torch
 from adaptix.core.calibration import MAX_BINS, Calibration, count_bins
 from adaptix.core.trace import Trace
 from adaptix.errors import AdaptixError, ValidationError
-from adaptix.offline.guarantee import CANDIDATES
 from adaptix.offline.policy import ExitPolicy
 from adaptix.offline.statistics import (
+    CANDIDATES,
     SWEEP_GRID_SIZE,
     ThresholdCounts,
     count_thresholds,
@@ -84,7 +84,7 @@ LABEL = "label"
 
 Purpose = Literal["certification", "sweep"]
 #: What counts are for, and so the size of a criterion's default grid: certification's
-#: candidates (`adaptix.offline.guarantee.CANDIDATES`) or a sweep's points
+#: candidates (`adaptix.offline.statistics.CANDIDATES`) or a sweep's points
 #: (`adaptix.offline.statistics.SWEEP_GRID_SIZE`). One default per computation, on every path.
 GRID_SIZES: dict[Purpose, int] = {"certification": CANDIDATES, "sweep": SWEEP_GRID_SIZE}
 
@@ -656,7 +656,7 @@ def reduce_statistics(
 
     ``purpose`` says what the counts are for, so that each computation has one default on
     every path: with ``"certification"`` (the default), a criterion without a grid is counted
-    at `adaptix.guarantee`'s candidate thresholds (`adaptix.offline.guarantee.CANDIDATES`), so that
+    at `adaptix.guarantee`'s candidate thresholds (`adaptix.offline.statistics.CANDIDATES`), so that
     ``Certifier.from_counts(stats.counts[name])`` certifies exactly as
     ``adaptix.guarantee(whole_trace, name, ...)``, and labels are required; with ``"sweep"``,
     at `adaptix.sweep`'s default grid (`adaptix.offline.statistics.SWEEP_GRID_SIZE`), so that

@@ -368,7 +368,7 @@ def _stream_evidence(
 ) -> Tensor:
     """log E minus the alarm line after every ``check_inputs`` inputs of a stream whose inputs
     have exit-0 bins ``bins`` and exits ``exits`` (``[L]`` each), as the monitor computes it
-    (`adaptix.online.monitor.evidence_path`): an alarm where it is ≥ 0."""
+    (`adaptix.core.evalues.evidence_path`): an alarm where it is ≥ 0."""
     at = slice(st.check_inputs - 1, None, st.check_inputs)
     bin_counts = torch.nn.functional.one_hot(bins, num_bins).cumsum(0)[at]
     exit_counts = torch.nn.functional.one_hot(exits, num_exits).cumsum(0)[at]

@@ -79,10 +79,11 @@ from adaptix.experiment.config import GUARANTEE_ROW
 from adaptix.offline.calibrate import calibrate
 from adaptix.offline.control import ORACLE_CRITERION, hindsight_oracle, oracle_grid
 from adaptix.offline.frontier import FrontierPoint
-from adaptix.offline.guarantee import CANDIDATES, CertificateWarning, Certifier
+from adaptix.offline.guarantee import CertificateWarning, Certifier
 from adaptix.offline.policy import ExitPolicy, policy
 from adaptix.offline.simulate import sweep
 from adaptix.offline.statistics import (
+    CANDIDATES,
     ThresholdCounts,
     count_exits,
     default_grid,

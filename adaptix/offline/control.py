@@ -25,8 +25,12 @@ from adaptix.components import AccuracyReading
 from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
 from adaptix.offline.frontier import Frontier, FrontierPoint
-from adaptix.offline.guarantee import CANDIDATES
-from adaptix.offline.statistics import ThresholdCounts, count_thresholds, default_grid
+from adaptix.offline.statistics import (
+    CANDIDATES,
+    ThresholdCounts,
+    count_thresholds,
+    default_grid,
+)
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import real, unit
 

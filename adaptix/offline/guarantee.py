@@ -64,16 +64,11 @@ from adaptix.offline.certificate import (
     rows_digest,
 )
 from adaptix.offline.policy import ExitPolicy
-from adaptix.offline.statistics import ThresholdCounts, count_thresholds, default_grid
+from adaptix.offline.statistics import CANDIDATES, ThresholdCounts, count_thresholds, default_grid
 from adaptix.plugins import AdaptixPluginManager, resolve_manager
 
 if TYPE_CHECKING:
     from adaptix.core.calibration import Calibration
-
-#: Candidate thresholds of certification's default grid (the criterion's
-#: ``default_thresholds(CANDIDATES)``), the same on every path: `guarantee`, `budget`, `Certifier`
-#: and counts reduced on workers for `Certifier.from_counts`.
-CANDIDATES = 200
 
 # ------------------------------------------------------------------------------- the entry points
 
@@ -635,7 +630,6 @@ def _warn(certificate: Certificate) -> None:
 
 
 __all__ = [
-    "CANDIDATES",
     "Certificate",
     "CertificateWarning",
     "Certifier",

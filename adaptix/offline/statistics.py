@@ -887,12 +887,17 @@ def threshold_grid(chosen: object, what: str) -> list[Any] | None:
 #: Points of a sweep's default grid (`ExitCriterion.default_thresholds`).
 SWEEP_GRID_SIZE = 50
 
+#: Candidate thresholds of certification's default grid (the criterion's
+#: ``default_thresholds(CANDIDATES)``), the same on every path: `guarantee`, `budget`, `Certifier`
+#: and counts reduced on workers for `Certifier.from_counts`.
+CANDIDATES = 200
+
 
 def default_grid(
     name: str, manager: AdaptixPluginManager, size: int = SWEEP_GRID_SIZE
 ) -> list[Any]:
     """The criterion's own grid of ``size`` thresholds, for a computation that gives none:
-    `SWEEP_GRID_SIZE` for sweeps, `adaptix.offline.guarantee.CANDIDATES` for certification, on every
+    `SWEEP_GRID_SIZE` for sweeps, `CANDIDATES` for certification, on every
     path (single process or distributed)."""
     entry = manager.criteria.entry(name)
     grid = call_plugin(entry, "default_thresholds", entry.component.default_thresholds, size)
@@ -907,6 +912,7 @@ def default_grid(
 
 
 __all__ = [
+    "CANDIDATES",
     "SWEEP_GRID_SIZE",
     "ThresholdCounts",
     "check_costs",
