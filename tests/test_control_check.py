@@ -274,7 +274,7 @@ def test_bad_arguments_are_refused(arguments: dict[str, Any], message: str) -> N
 
 def test_not_a_trace_or_not_a_policy_is_refused() -> None:
     trace = early(40, 10)
-    with pytest.raises(ValidationError, match=r"adaptix\.Trace, got Tensor"):
+    with pytest.raises(ValidationError, match=r"adaptix\.Trace, got a Tensor"):
         check_control(trace.logits, CONFIDENCE, early_accuracy=0.9)  # type: ignore[arg-type]  # the error under test
     with pytest.raises(ValidationError, match=r"adaptix\.ExitPolicy, got str"):
         check_control(trace, "confidence", early_accuracy=0.9)  # type: ignore[arg-type]  # the error under test

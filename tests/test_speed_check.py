@@ -750,7 +750,7 @@ BAD_ARGUMENTS: dict[str, tuple[Callable[[Setup], dict[str, Any]], str]] = {
         lambda s: {"trace": s.model.trace(s.inputs[:-1])},
         f"trace of these {EVAL_ROWS} inputs, got {EVAL_ROWS - 1} inputs",
     ),
-    "trace-not-a-trace": (lambda s: {"trace": s.inputs}, "got Tensor"),
+    "trace-not-a-trace": (lambda s: {"trace": s.inputs}, "got a Tensor"),
     "runner-for-another-model": (
         lambda s: {"policy": EarlyExitRunner(other_model(), s.policies["confidence"])},
         "EarlyExitRunner built for this model",

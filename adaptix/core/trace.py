@@ -411,3 +411,19 @@ def _check_index(index: object, n: int, device: torch.device) -> Tensor | slice:
             f"{int(index.min())} to {int(index.max())}."
         )
     return index.to(device=device, dtype=torch.int64)
+
+
+def check_trace(
+    value: object, role: str | None = None, *, labelled: bool = False, fix: str = ""
+) -> Trace:
+    """``value`` if it is an `adaptix.Trace` (with labels, when ``labelled``); otherwise a
+    `ValidationError` saying what was expected (``role``: what the trace is for, e.g. "the
+    calibration trace"), what came, and ``fix`` (how to get one). The one check of adaptix's
+    entry points that take a trace."""
+    if isinstance(value, Trace) and (value.labels is not None or not labelled):
+        return value
+    kind = "a labelled adaptix.Trace" if labelled else "an adaptix.Trace"
+    what = kind if role is None else f"{role} as {kind}"
+    got = "a Trace without labels" if isinstance(value, Trace) else f"a {type(value).__name__}"
+    hint = fix or "Build one with adaptix.Trace(logits, labels, costs) or model.trace(...)."
+    raise ValidationError(f"expected {what}, got {got}. {hint}")

@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 from adaptix._version import __version__
 from adaptix.core.calibration import Calibration
 from adaptix.core.files import atomic_write, tensor_digest
-from adaptix.core.trace import Trace, shared_rows
+from adaptix.core.trace import Trace, check_trace, shared_rows
 from adaptix.errors import ValidationError
 from adaptix.experiment.config import GUARANTEE_ROW
 from adaptix.offline.calibrate import calibrate
@@ -896,15 +896,13 @@ def _row(
 
 def _check_trace(trace: Trace, role: str) -> Tensor:
     """The labels of a labelled `Trace` (ValidationError for anything else)."""
-    if not isinstance(trace, Trace):
-        raise ValidationError(
-            f"expected the {role} trace as an adaptix.Trace, got {type(trace).__name__}. "
-            "Load one with adaptix.Trace.load(path)."
-        )
-    if trace.labels is None:
-        raise ValidationError(
-            f"expected a labelled {role} trace, got labels=None: the study measures accuracy."
-        )
+    check_trace(
+        trace,
+        f"the {role} trace",
+        labelled=True,
+        fix="Load one with adaptix.Trace.load(path); the study measures accuracy.",
+    )
+    assert trace.labels is not None  # checked just above
     return trace.labels
 
 

@@ -52,7 +52,7 @@ from adaptix.core.bounds import (
     fixed_sequence,
     hoeffding_bentkus_pvalue,
 )
-from adaptix.core.trace import Trace, shared_rows
+from adaptix.core.trace import Trace, check_trace, shared_rows
 from adaptix.errors import ValidationError
 from adaptix.offline.certificate import (
     METHODS,
@@ -383,8 +383,7 @@ def verify_certificate(
         raise ValidationError(f"expected a certified adaptix.ExitPolicy, got {policy!r}.")
     certificate = policy.certificate
     certificate.check_policy(policy, policy.exits_early)
-    if not isinstance(trace, Trace) or trace.labels is None:
-        raise ValidationError(f"expected the labelled calibration trace, got {trace!r}.")
+    check_trace(trace, "the calibration trace", labelled=True)
     if certificate.rows is not None and rows_digest(trace.row_digests()) != certificate.rows:
         raise ValidationError(
             "expected the calibration trace this certificate was computed on, got another: its "
@@ -526,10 +525,7 @@ def _candidates(
     trace: Trace, criterion: str, thresholds: Any, manager: AdaptixPluginManager
 ) -> list[Any]:
     """Validate the trace and the criterion's name; the candidate thresholds, as given."""
-    if not isinstance(trace, Trace):
-        raise ValidationError(
-            f"expected an adaptix.Trace of labelled calibration data, got {type(trace).__name__}."
-        )
+    check_trace(trace, "the calibration data")
     if trace.labels is None:
         raise ValidationError(
             "expected a labelled calibration trace, got labels=None: certifying accuracy needs "

@@ -17,13 +17,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from adaptix.core.scores import prediction
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import ValidationError
 from adaptix.offline.frontier import Frontier, FrontierPoint
 from adaptix.offline.policy import ExitPolicy
 from adaptix.offline.statistics import (
     check_inputs,
-    check_trace,
     count_exits,
     count_thresholds,
     threshold_grid,

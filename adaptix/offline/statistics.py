@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from adaptix.core.scores import prediction
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.offline.frontier import FrontierPoint
 from adaptix.offline.policy import ExitPolicy, policy
@@ -801,15 +801,6 @@ def _checksum(checksum: str | None) -> str:
     return "none" if checksum is None else f"checksum {checksum[:12]}…"
 
 
-def check_trace(trace: Trace) -> None:
-    """`ValidationError` unless ``trace`` is an `adaptix.Trace`."""
-    if not isinstance(trace, Trace):
-        raise ValidationError(
-            f"expected an adaptix.Trace, got {type(trace).__name__}. Build one with "
-            "adaptix.Trace(logits, labels, costs) or model.trace(...)."
-        )
-
-
 def check_inputs(trace: Trace, pol: ExitPolicy) -> None:
     """`ValidationError` unless ``trace`` is a trace and ``pol`` an `adaptix.ExitPolicy`;
     `CalibrationError` when the policy's calibration was made for another model."""
@@ -918,7 +909,6 @@ __all__ = [
     "check_costs",
     "check_inputs",
     "check_params",
-    "check_trace",
     "count_exits",
     "count_thresholds",
     "criterion_params",

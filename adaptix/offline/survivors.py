@@ -39,7 +39,7 @@ from adaptix.core.calibration import (
     checked_edges,
 )
 from adaptix.core.scores import confidence_and_prediction
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import CalibrationError, PluginError, ValidationError
 from adaptix.kernels.reference import table_passes
 from adaptix.offline.policy import ExitPolicy, policy
@@ -261,8 +261,7 @@ class SurvivorCounts:
             CalibrationError: the trace is of another model.
             PluginError: the criterion is not installed or its bin table is malformed.
         """
-        if not isinstance(trace, Trace):
-            raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")
+        check_trace(trace)
         calibration = self.calibration(self.deltas[0])  # refuses incomplete counts
         calibration.check_compatible(trace.num_exits, trace.num_classes)
         entry, built = _resolve(self.criterion, dict(self.params), plugins)
@@ -418,8 +417,7 @@ def calibrate_survivors(
         CalibrationError: as `SurvivorCounts.empty` and `count_survivors`.
         PluginError: as `SurvivorCounts.empty` and `count_survivors`.
     """
-    if not isinstance(trace, Trace):
-        raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")
+    check_trace(trace)
     counts = SurvivorCounts.empty(
         deltas,
         criterion,
@@ -598,8 +596,7 @@ def _resolve(
 
 def _bin(trace: Trace, counts: SurvivorCounts) -> BinnedTrace:
     """``trace`` binned with ``counts``' edges, after checking that it fits them."""
-    if not isinstance(trace, Trace):
-        raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")
+    check_trace(trace)
     if (trace.num_exits, trace.num_classes) != (counts.num_exits, counts.num_classes):
         raise CalibrationError(
             f"expected a trace of {counts.num_exits} exits and {counts.num_classes} classes "

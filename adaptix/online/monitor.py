@@ -51,7 +51,7 @@ from adaptix.core.evalues import (
     log_sequence_probability,
     segment_threshold,
 )
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import ValidationError
 from adaptix.offline.guarantee import guarantee
 from adaptix.offline.policy import ExitPolicy
@@ -113,10 +113,7 @@ def reference_counts(trace: Trace, policy: ExitPolicy, bins: int = DEFAULT_BINS)
             whose criterion does not fit the trace's model.
         CalibrationError: the policy's calibration does not fit the trace.
     """
-    if not isinstance(trace, Trace):
-        raise ValidationError(
-            f"expected the reference as an adaptix.Trace, got {describe_value(trace)}."
-        )
+    check_trace(trace, "the reference")
     if not isinstance(policy, ExitPolicy):
         raise ValidationError(f"expected an adaptix.ExitPolicy, got {describe_value(policy)}.")
     bins = count(bins, "bins", low=1)
@@ -570,12 +567,13 @@ class ShiftMonitor:
                 without ``proxy``, or ``proxy`` not a bool.
         """
         proxy = flag(proxy, "proxy")
-        if not isinstance(trace, Trace) or (trace.labels is None and not proxy):
-            raise ValidationError(
-                f"expected a labelled adaptix.Trace of served inputs, got {describe_value(trace)}. "
-                "Trace them with their labels: model.trace(inputs, labels), or pass "
-                "proxy=True for proxy labels."
-            )
+        check_trace(
+            trace,
+            "the served inputs",
+            labelled=not proxy,
+            fix="Trace them with their labels: model.trace(inputs, labels), or pass "
+            "proxy=True for proxy labels.",
+        )
         if (trace.num_exits, trace.num_classes) != (self.num_exits, self.num_classes):
             raise ValidationError(
                 f"expected a trace of {self.num_exits} exits and {self.num_classes} classes "

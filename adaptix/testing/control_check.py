@@ -49,7 +49,7 @@ from adaptix.core.bounds import (
     clopper_pearson_lower,
     clopper_pearson_upper,
 )
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import ValidationError
 from adaptix.offline.policy import ExitPolicy
 from adaptix.offline.simulate import simulate
@@ -202,8 +202,7 @@ def check_control(
             certificate), targets, α or the floor out of range, or an unlabelled trace for an
             accuracy promise.
     """
-    if not isinstance(trace, Trace):
-        raise ValidationError(f"expected an adaptix.Trace, got {type(trace).__name__}.")
+    check_trace(trace)
     if not isinstance(policy, ExitPolicy):
         raise ValidationError(f"expected an adaptix.ExitPolicy, got {type(policy).__name__}.")
     target, level, source = _promise(policy, early_accuracy, accuracy_drop, relative_cost)

@@ -50,7 +50,7 @@ from torch import Tensor
 from adaptix._version import __version__
 from adaptix.core.flops import FlopMeter
 from adaptix.core.rows import batch_device, batch_size, take_rows
-from adaptix.core.trace import Trace
+from adaptix.core.trace import Trace, check_trace
 from adaptix.errors import ValidationError
 from adaptix.offline.policy import ExitPolicy
 from adaptix.offline.simulate import SimulationResult, simulate
@@ -601,8 +601,7 @@ def _check_given_trace(
         "Pass the trace of these very inputs through this model "
         "(model.trace(inputs, labels, batch_size=batch_size)), or leave trace= out."
     )
-    if not isinstance(trace, Trace):
-        raise ValidationError(f"expected trace= an adaptix.Trace, got {type(trace).__name__}.")
+    trace = check_trace(trace, "trace=")
     if trace.num_inputs != n:
         raise ValidationError(
             f"expected the trace of these {n} inputs, got {trace.num_inputs} inputs. {fix}"
