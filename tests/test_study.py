@@ -328,7 +328,9 @@ def test_unknown_criterion_and_mismatched_traces_are_refused(traces) -> None:
     with pytest.raises(ValidationError, match="different costs"):
         run_study(traces[0], costs, progress=False)
     unlabelled = synthetic_trace(300, 4, 5, seed=1, labelled=False)
-    with pytest.raises(ValidationError, match="test trace as a labelled adaptix.Trace, got a Trace without labels"):
+    with pytest.raises(
+        ValidationError, match=r"labelled adaptix\.Trace, got a Trace without labels"
+    ):
         run_study(traces[0], unlabelled, progress=False)
 
 
