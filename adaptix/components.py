@@ -1,4 +1,5 @@
-"""The abstract interfaces a plugin implements: exit criterion, calibrator, exit head, backbone.
+"""The abstract interfaces a plugin implements: exit criterion, calibrator, exit head, backbone,
+KV strategy.
 
 A plugin registers component *classes* (through the hooks in `adaptix.hookspecs`); adaptix
 instantiates them with validated parameters once, when a component is resolved, and then calls
@@ -373,6 +374,85 @@ class Backbone(Component):
         """Cut ``source`` (or a network this backbone builds itself) into blocks."""
 
 
+class DecoderParts(BackboneParts):
+    """A decoder language model cut into the layers that token exits attach to.
+
+    A causal-LM backbone's `Backbone.build` returns these (a `BackboneParts` whose blocks are
+    decoder layers). adaptix runs the layers itself (`adaptix.online.decoder`), so every block
+    must have the Llama anatomy shared by Llama, Mistral, Qwen2/3 and SmolLM in transformers:
+    ``input_layernorm``, ``self_attn`` with ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (and
+    optionally ``q_norm``/``k_norm`` on each head), ``post_attention_layernorm`` and ``mlp``;
+    a block maps ``h`` to ``h + attn(norm(h))`` then ``h + mlp(norm(h))``. A model of another
+    anatomy is adapted by wrapping its modules under these names.
+
+    Attributes:
+        embed: token ids ``[..]`` to hidden states ``[.., d]``.
+        norm: the final norm, applied before the LM head at every exit.
+        lm_head: hidden states ``[n, d]`` to logits ``[n, V]``.
+        rotary: ``rotary(x, position_ids) -> (cos, sin)``, the model's rotary embedding.
+        num_heads, num_kv_heads, head_dim: the attention's geometry.
+        attention_scale: the factor on ``q · k`` (usually ``head_dim ** -0.5``).
+        vocab_size: V.
+        eos_token_id: the model's end-of-sequence token(s), if known.
+    """
+
+    embed: nn.Module
+    norm: nn.Module
+    lm_head: nn.Module
+    rotary: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    attention_scale: float
+    vocab_size: int
+    eos_token_id: tuple[int, ...] = ()
+
+
+# ------------------------------------------------------------------------------ KV strategies
+
+
+class KVStrategy(Component):
+    """What a decoder's KV cache holds at the layers a token skipped when it exited early.
+
+    A token that exits after layer l has keys and values at layers 0..l only; later tokens
+    attend to it at every layer. Either the skipped layers run later (``defers``), or `fill`
+    gives keys and values for some of them right away; a skipped layer it leaves out stays
+    empty and later tokens do not attend to this token there. The generator
+    (`adaptix.online.generate`) checks what `fill` returns (layers, shapes, dtype, finite
+    values) and writes it: a strategy never touches the cache itself.
+
+    Built in: ``deferred`` (exact: the skipped layers of an exited token run at its row's next
+    step, batched with the next token, so the cache equals the full model's) and ``copy``
+    (CALM: the exit's hidden state stands in for the skipped layers' inputs).
+
+    Attributes:
+        exact: whether the cache ends equal to the full model's on the same tokens (the
+            contract check compares them).
+        defers: the generator runs the skipped layers later instead of calling `fill`.
+    """
+
+    exact: ClassVar[bool] = False
+    defers: ClassVar[bool] = False
+
+    def fill(
+        self, parts: DecoderParts, exit_layer: int, hidden: Tensor, positions: Tensor
+    ) -> Mapping[int, tuple[Tensor, Tensor]]:
+        """Keys and values, at layers after ``exit_layer``, of tokens that exited there.
+
+        Args:
+            parts: the decoder (its layers' projections, its rotary embedding).
+            exit_layer: l, the last layer the tokens ran.
+            hidden: ``[n, d]`` their hidden states after layer l.
+            positions: ``[n]`` their rotary positions (int64).
+
+        Returns:
+            ``{layer: (keys, values)}`` for layers in l+1..L-1, each ``[n, num_kv_heads,
+            head_dim]`` in the hidden states' dtype, keys with the rotary embedding applied;
+            a layer left out stays empty for these tokens. The default fills nothing.
+        """
+        return {}
+
+
 def _real(value: object, owner: str) -> float:
     """A threshold as a float by the rule of `adaptix.scalars` (infinities are left to the range
     check), refused in the words sweeps and policies have always used."""
@@ -408,9 +488,11 @@ __all__: Sequence[str] = (
     "BackboneParts",
     "Calibrator",
     "Component",
+    "DecoderParts",
     "Direction",
     "ExitCriterion",
     "ExitHead",
+    "KVStrategy",
     "NoParams",
     "ParamsModel",
     "build_params",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from adaptix.components import Backbone, Calibrator, ExitCriterion, ExitHead
+    from adaptix.components import Backbone, Calibrator, ExitCriterion, ExitHead, KVStrategy
     from adaptix.plugins import Registrar
 
 PROJECT = "adaptix"
@@ -64,6 +64,15 @@ def adaptix_register_exit_heads(registry: Registrar[ExitHead]) -> None:
 @hookspec
 def adaptix_register_backbones(registry: Registrar[Backbone]) -> None:
     """Register backbone adapters (subclasses of `adaptix.components.Backbone`).
+
+    Called once per plugin manager. The return value is ignored.
+    """
+
+
+@hookspec
+def adaptix_register_kv_strategies(registry: Registrar[KVStrategy]) -> None:
+    """Register KV-cache strategies for decoder exits (subclasses of
+    `adaptix.components.KVStrategy`).
 
     Called once per plugin manager. The return value is ignored.
     """

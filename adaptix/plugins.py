@@ -23,7 +23,14 @@ import pluggy
 from adaptix import hookspecs
 from adaptix._version import __version__
 from adaptix.callsite import warn
-from adaptix.components import Backbone, Calibrator, Component, ExitCriterion, ExitHead
+from adaptix.components import (
+    Backbone,
+    Calibrator,
+    Component,
+    ExitCriterion,
+    ExitHead,
+    KVStrategy,
+)
 from adaptix.errors import AdaptixError, PluginError, ValidationError
 from adaptix.scalars import flag
 from adaptix.settings import Settings
@@ -37,6 +44,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "adaptix.heads": "adaptix.default_plugins.heads",
     "adaptix.backbones": "adaptix.default_plugins.backbones",
     "adaptix.msdnet": "adaptix.default_plugins.msdnet",
+    "adaptix.kv": "adaptix.default_plugins.kv",
 }
 
 C = TypeVar("C", bound=Component)
@@ -195,6 +203,7 @@ COMPONENT_KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("calibrator", "adaptix_register_calibrators", "calibrators", Calibrator),
     ComponentKind("exit head", "adaptix_register_exit_heads", "exit_heads", ExitHead),
     ComponentKind("backbone", "adaptix_register_backbones", "backbones", Backbone),
+    ComponentKind("kv strategy", "adaptix_register_kv_strategies", "kv_strategies", KVStrategy),
 )
 _KIND_NAMES = tuple(kind.name for kind in COMPONENT_KINDS)
 
@@ -355,6 +364,11 @@ class AdaptixPluginManager(pluggy.PluginManager):
     def backbones(self) -> Registry[Backbone]:
         """Backbone adapters by name."""
         return self.registry("backbone")
+
+    @property
+    def kv_strategies(self) -> Registry[KVStrategy]:
+        """KV-cache strategies for decoder exits by name."""
+        return self.registry("kv strategy")
 
     # -- introspection ---------------------------------------------------------------------
 

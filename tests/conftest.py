@@ -17,7 +17,14 @@ import torch
 from hypothesis import strategies as st
 
 import adaptix
-from adaptix.components import Backbone, Calibrator, Component, ExitCriterion, ExitHead
+from adaptix.components import (
+    Backbone,
+    Calibrator,
+    Component,
+    ExitCriterion,
+    ExitHead,
+    KVStrategy,
+)
 from adaptix.plugins import AdaptixPluginManager, Registrar, refresh_default_plugin_manager
 from adaptix.settings import Settings
 
@@ -75,6 +82,10 @@ class InCodePlugin:
     @adaptix.hookimpl
     def adaptix_register_backbones(self, registry: Registrar[Backbone]) -> None:
         self._add(registry, Backbone)
+
+    @adaptix.hookimpl
+    def adaptix_register_kv_strategies(self, registry: Registrar[KVStrategy]) -> None:
+        self._add(registry, KVStrategy)
 
 
 def _manager_with(*components: type[Component], name: str = "in_test") -> AdaptixPluginManager:

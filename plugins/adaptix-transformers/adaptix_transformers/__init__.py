@@ -1,6 +1,9 @@
-"""adaptix-transformers: Hugging Face encoders (BERT, MiniLM, RoBERTa) as an adaptix backbone.
+"""adaptix-transformers: Hugging Face encoders (BERT, MiniLM, RoBERTa) and decoder LMs (Llama,
+SmolLM2, Mistral, Qwen2/3) as adaptix backbones.
 
-Installed, it registers the backbone ``transformers`` through the ``adaptix`` entry-point group::
+Installed, it registers the backbones ``transformers`` (encoders, whole-input exits) and
+``causal_lm`` (decoders, token exits: `adaptix.online.generate`) through the ``adaptix``
+entry-point group::
 
     import adaptix
     from adaptix_transformers import load_minilm
@@ -20,23 +23,28 @@ from adaptix.hookspecs import hookimpl
 from adaptix.plugins import Registrar
 from adaptix_transformers.backbone import TransformersBackbone, TransformersParams
 from adaptix_transformers.data import bbc_news_dir, load_bbc_news, load_minilm, minilm_path
+from adaptix_transformers.decoder import CausalLMBackbone, decoder_parts, tiny_llama
 
 __version__ = "0.1.0"
 
 
 @hookimpl
 def adaptix_register_backbones(registry: Registrar[Backbone]) -> None:
-    """Register the ``transformers`` backbone."""
+    """Register the ``transformers`` and ``causal_lm`` backbones."""
     registry.add(TransformersBackbone)
+    registry.add(CausalLMBackbone)
 
 
 __all__ = [
+    "CausalLMBackbone",
     "TransformersBackbone",
     "TransformersParams",
     "__version__",
     "adaptix_register_backbones",
     "bbc_news_dir",
+    "decoder_parts",
     "load_bbc_news",
     "load_minilm",
     "minilm_path",
+    "tiny_llama",
 ]

@@ -1,0 +1,420 @@
+"""A decoder language model with token exits: its layers run by adaptix, its KV cache by slot.
+
+`DecoderModel` holds a decoder cut into layers (`adaptix.components.DecoderParts`, from a
+causal-LM backbone) and the layers after which a token may exit. Exit e reads the hidden state
+after layer ``exit_layers[e]`` through an optional adapter, the model's final norm and its LM
+head; the last exit is the full model. adaptix runs the layers itself rather than through the
+model's ``forward`` so that, at one step of generation, every row of a batch can leave at its
+own layer and carry its own number of query positions (`adaptix.online.generate`).
+
+`KVCache` stores keys and values by *slot*: the column of a token in the left-padded batch, the
+same for every layer. Each layer has its own mask of which slots hold a key, so a token that
+exited early is visible at the layers it ran and invisible (or filled by a `KVStrategy`) at the
+layers it skipped. Rotary positions count real tokens only (``slot - padding``), as
+transformers' ``generate`` counts them from the attention mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adaptix.components import DecoderParts
+from adaptix.core.trace import Trace
+from adaptix.errors import ValidationError
+
+#: Module names every decoder layer must have (the Llama anatomy of `DecoderParts`).
+LAYER_ANATOMY = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+ATTENTION_ANATOMY = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def check_parts(parts: object, owner: str = "the decoder") -> DecoderParts:
+    """``parts`` if it is a `DecoderParts` whose layers have the Llama anatomy, else a
+    `ValidationError` naming the first missing piece."""
+    if not isinstance(parts, DecoderParts):
+        raise ValidationError(
+            f"expected {owner} as adaptix.components.DecoderParts (from a causal-LM backbone), "
+            f"got a {type(parts).__name__}."
+        )
+    if len(parts.blocks) == 0:
+        raise ValidationError(f"{owner} has no layers.")
+    for index, layer in enumerate(parts.blocks):
+        for name in LAYER_ANATOMY:
+            if not hasattr(layer, name):
+                raise ValidationError(
+                    f"{owner}: layer {index} has no '{name}'; a decoder layer needs "
+                    f"{', '.join(LAYER_ANATOMY)} (see adaptix.components.DecoderParts)."
+                )
+        for name in ATTENTION_ANATOMY:
+            if not hasattr(layer.self_attn, name):
+                raise ValidationError(
+                    f"{owner}: layer {index}'s self_attn has no '{name}'; it needs "
+                    f"{', '.join(ATTENTION_ANATOMY)}."
+                )
+    if parts.num_heads % parts.num_kv_heads:
+        raise ValidationError(
+            f"{owner}: {parts.num_heads} attention heads are not a multiple of "
+            f"{parts.num_kv_heads} KV heads."
+        )
+    return parts
+
+
+# ------------------------------------------------------------------------------------ the maths
+
+
+def rotary(parts: DecoderParts, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin ``[*positions.shape, head_dim]`` for int64 ``positions``, in ``like``'s dtype."""
+    flat = positions.reshape(1, -1)
+    cos, sin = parts.rotary(like, flat)
+    shape = (*positions.shape, cos.shape[-1])
+    return cos.reshape(shape).to(like.dtype), sin.reshape(shape).to(like.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on ``x [..., heads, head_dim]`` with cos/sin ``[..., head_dim]``."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def key_value(
+    parts: DecoderParts, layer: int, normed: Tensor, cos: Tensor, sin: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Layer ``layer``'s keys (rotated) and values ``[..., num_kv_heads, head_dim]`` of the
+    normed hidden states ``normed [..., d]``."""
+    attention = parts.blocks[layer].self_attn
+    shape = (*normed.shape[:-1], parts.num_kv_heads, parts.head_dim)
+    keys = attention.k_proj(normed).view(shape)
+    if hasattr(attention, "k_norm"):
+        keys = attention.k_norm(keys)
+    values = attention.v_proj(normed).view(shape)
+    return _rotate(keys, cos, sin), values
+
+
+def exit_key_value(
+    parts: DecoderParts, layer: int, hidden: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Layer ``layer``'s keys and values ``[n, num_kv_heads, head_dim]`` computed from hidden
+    states ``[n, d]`` taken as that layer's input (what the ``copy`` strategy fills)."""
+    normed = parts.blocks[layer].input_layernorm(hidden)
+    cos, sin = rotary(parts, hidden, positions)
+    return key_value(parts, layer, normed, cos, sin)
+
+
+@dataclass
+class KVCache:
+    """Keys and values by slot for a batch of ``rows``, with a per-layer mask of filled slots.
+
+    Attributes:
+        keys, values: per layer, ``[rows, num_kv_heads, slots, head_dim]``.
+        filled: per layer, bool ``[rows, slots]``: the slot holds this layer's key and value.
+        real: bool ``[rows, slots]``: the slot holds a token (not left padding).
+        positions: int64 ``[rows, slots]``: the rotary position of each slot.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    filled: list[Tensor]
+    real: Tensor
+    positions: Tensor
+
+    @classmethod
+    def empty(
+        cls, parts: DecoderParts, real: Tensor, dtype: torch.dtype, device: torch.device
+    ) -> KVCache:
+        """An empty cache for the slots of ``real [rows, slots]``."""
+        rows, slots = real.shape
+        shape = (rows, parts.num_kv_heads, slots, parts.head_dim)
+        layers = len(parts.blocks)
+        # left padding: a row's tokens sit at its last slots, so position = slot - padding
+        padding = (~real).long().cumprod(1).sum(1, keepdim=True)  # leading empty slots
+        positions = (torch.arange(slots, device=device).unsqueeze(0) - padding).clamp(min=0)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)],
+            filled=[
+                torch.zeros(rows, slots, dtype=torch.bool, device=device) for _ in range(layers)
+            ],
+            real=real,
+            positions=positions,
+        )
+
+    def write(self, layer: int, rows: Tensor, slots: Tensor, keys: Tensor, values: Tensor) -> None:
+        """Store ``keys``/``values [n, kv_heads, head_dim]`` at (``rows[i]``, ``slots[i]``)."""
+        self.keys[layer][rows, :, slots] = keys
+        self.values[layer][rows, :, slots] = values
+        self.filled[layer][rows, slots] = True
+
+
+def attend(
+    parts: DecoderParts,
+    layer: int,
+    hidden: Tensor,
+    cache: KVCache,
+    rows: Tensor,
+    slots: Tensor,
+    live: Tensor,
+    span: int,
+) -> Tensor:
+    """Run layer ``layer`` on a block of query slots per row, writing their keys and values.
+
+    Args:
+        hidden: ``[R, Q, d]`` the inputs of the block's queries.
+        cache: the batch's cache (written at the live queries' slots).
+        rows: int64 ``[R]``: the cache rows of the block's rows.
+        slots: int64 ``[R, Q]``: each query's slot (any slot where not live).
+        live: bool ``[R, Q]``: the query is a token (not a filler of a ragged block).
+        span: attend to slots ``0..span-1`` (every query's slot is below ``span``).
+
+    Returns:
+        ``[R, Q, d]``: the layer's output (meaningless where not live).
+    """
+    block = parts.blocks[layer]
+    attention = block.self_attn
+    r, q, _ = hidden.shape
+    positions = cache.positions[rows.unsqueeze(1), slots]
+    cos, sin = rotary(parts, hidden, positions)
+    normed = block.input_layernorm(hidden)
+    queries = attention.q_proj(normed).view(r, q, parts.num_heads, parts.head_dim)
+    if hasattr(attention, "q_norm"):
+        queries = attention.q_norm(queries)
+    queries = _rotate(queries, cos, sin)
+    keys, values = key_value(parts, layer, normed, cos, sin)
+    if bool(live.all()):
+        row_index = rows.unsqueeze(1).expand(r, q).reshape(-1)
+        cache.write(layer, row_index, slots.reshape(-1), keys.flatten(0, 1), values.flatten(0, 1))
+    else:
+        where = live.nonzero(as_tuple=True)
+        cache.write(layer, rows[where[0]], slots[where], keys[where], values[where])
+    visible = cache.filled[layer][rows, :span] & cache.real[rows, :span]  # [R, S]
+    order = torch.arange(span, device=hidden.device).view(1, 1, span)
+    query_slots = slots.unsqueeze(2)
+    # causal over filled real slots; a query always sees its own slot, so that the softmax of
+    # a padding or filler query is defined (its output is never used) and no NaN enters a key
+    mask = (visible.unsqueeze(1) & (order <= query_slots)) | (order == query_slots)
+    out = F.scaled_dot_product_attention(
+        queries.transpose(1, 2),
+        cache.keys[layer][rows, :, :span],
+        cache.values[layer][rows, :, :span],
+        attn_mask=mask.unsqueeze(1),
+        scale=parts.attention_scale,
+        enable_gqa=parts.num_heads != parts.num_kv_heads,
+    )
+    out = attention.o_proj(out.transpose(1, 2).reshape(r, q, parts.num_heads * parts.head_dim))
+    hidden = hidden + out
+    return hidden + block.mlp(block.post_attention_layernorm(hidden))
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+class DecoderModel(nn.Module):
+    """A decoder with token exits after chosen layers.
+
+    Args:
+        parts: the decoder (`adaptix.components.DecoderParts`).
+        exit_layers: the layers (0-based) after which a token may exit, increasing; the last
+            layer is always the last exit and is appended if missing.
+        adapters: one module ``[n, d] -> [n, d]`` per early exit (None: none), applied to the
+            hidden state before the final norm and the LM head (`adaptix.online.lm_adapters`).
+
+    Raises:
+        ValidationError: an exit layer out of range or out of order, or adapters that do not
+            match the exits.
+    """
+
+    def __init__(
+        self,
+        parts: DecoderParts,
+        exit_layers: Sequence[int],
+        adapters: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.parts = check_parts(parts)
+        layers = len(parts.blocks)
+        chosen = _exit_layers(exit_layers, layers)
+        self.exit_layers: tuple[int, ...] = chosen
+        self.layers = nn.ModuleList(parts.blocks)
+        self.embed, self.norm, self.lm_head, self.rotary = (
+            parts.embed,
+            parts.norm,
+            parts.lm_head,
+            parts.rotary,
+        )
+        if adapters is not None and len(adapters) != len(chosen) - 1:
+            raise ValidationError(
+                f"expected one adapter per early exit ({len(chosen) - 1}, at layers "
+                f"{list(chosen[:-1])}), got {len(adapters)}."
+            )
+        self.adapters = None if adapters is None else nn.ModuleList(adapters)
+
+    @property
+    def num_layers(self) -> int:
+        """L, the decoder's layers."""
+        return len(self.parts.blocks)
+
+    @property
+    def num_exits(self) -> int:
+        """E, the exits (the last is the full model)."""
+        return len(self.exit_layers)
+
+    @property
+    def exit_at_layer(self) -> dict[int, int]:
+        """Exit index by layer."""
+        return {layer: e for e, layer in enumerate(self.exit_layers)}
+
+    def exit_logits(self, e: int, hidden: Tensor) -> Tensor:
+        """Exit ``e``'s logits ``[n, V]`` from the hidden states ``[n, d]`` after its layer."""
+        if self.adapters is not None and e < len(self.adapters):
+            hidden = self.adapters[e](hidden)
+        return self.parts.lm_head(self.parts.norm(hidden))
+
+    def check_tokens(
+        self, input_ids: object, attention_mask: object, *, trailing: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``input_ids`` int64 ``[B, S]`` and a bool ``attention_mask`` of the same shape,
+        left-padded (every row's tokens contiguous and, unless ``trailing``, at its end; at
+        least one per row), or a `ValidationError`."""
+        if (
+            not isinstance(input_ids, Tensor)
+            or input_ids.dim() != 2
+            or input_ids.is_floating_point()
+        ):
+            raise ValidationError(
+                "expected input_ids as an integer tensor [batch, tokens], got "
+                f"{_describe(input_ids)}."
+            )
+        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+            raise ValidationError(
+                f"expected an attention_mask of shape {tuple(input_ids.shape)}, got "
+                f"{_describe(attention_mask)}."
+            )
+        mask = attention_mask.bool()
+        if input_ids.shape[1] == 0 or not bool(mask.any(1).all()):
+            raise ValidationError("every row needs at least one token; got an empty prompt.")
+        starts = (mask[:, 1:] & ~mask[:, :-1]).sum(1) + mask[:, 0].long()
+        if bool((starts != 1).any()) or (not trailing and not bool(mask[:, -1].all())):
+            raise ValidationError(
+                "expected left-padded rows (padding before the tokens, none between or after "
+                "them); a row has a padded slot after a token."
+            )
+        vocab = self.parts.vocab_size
+        real = input_ids[mask]
+        if bool(((real < 0) | (real >= vocab)).any()):
+            raise ValidationError(
+                f"token ids must lie in [0, {vocab}); got {real.min()}..{real.max()}."
+            )
+        device = next(self.parameters()).device
+        if input_ids.device != device:
+            raise ValidationError(f"expected tokens on {device}, got them on {input_ids.device}.")
+        return input_ids.long(), mask
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, mask: Tensor, slots: int) -> tuple[KVCache, list[Tensor]]:
+        """Run every layer on the prompts (full depth) into a cache of ``slots`` slots.
+
+        Returns:
+            The cache and, per exit, the hidden states ``[B, S, d]`` after its layer.
+        """
+        rows, length = input_ids.shape
+        real = torch.zeros(rows, slots, dtype=torch.bool, device=input_ids.device)
+        real[:, :length] = mask
+        hidden = self.parts.embed(input_ids)
+        cache = KVCache.empty(self.parts, real, hidden.dtype, hidden.device)
+        row_index = torch.arange(rows, device=hidden.device)
+        slot_index = torch.arange(length, device=hidden.device).expand(rows, length)
+        live = torch.ones(rows, length, dtype=torch.bool, device=hidden.device)
+        exits = self.exit_at_layer
+        states = []
+        for layer in range(self.num_layers):
+            hidden = attend(self.parts, layer, hidden, cache, row_index, slot_index, live, length)
+            if layer in exits:
+                states.append(hidden)
+        return cache, states
+
+    @torch.no_grad()
+    def token_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Every exit's logits at every slot, teacher-forced at full depth: ``[B, S, E, V]``."""
+        ids, mask = self.check_tokens(input_ids, attention_mask, trailing=True)
+        _, states = self.prefill(ids, mask, ids.shape[1])
+        return torch.stack([self.exit_logits(e, h) for e, h in enumerate(states)], dim=2)
+
+
+def token_trace(
+    model: DecoderModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    select: Tensor | None = None,
+    labels: str = "final",
+) -> Trace:
+    """A `Trace` of token exits, teacher-forced at full depth: one row per selected slot.
+
+    Args:
+        model: the decoder with exits.
+        input_ids, attention_mask: left-padded ``[B, S]`` sequences.
+        select: bool ``[B, S]``: the slots to keep (default: every real slot but each row's
+            last, which has no next token).
+        labels: ``"final"`` (the full model's greedy token: an exit is right when it agrees
+            with the full model) or ``"next"`` (the sequence's next token).
+
+    Returns:
+        A trace with logits ``[N, E, V]`` (float32), labels ``[N]``, and costs = layers run.
+    """
+    if labels not in ("final", "next"):
+        raise ValidationError(f"expected labels 'final' or 'next', got {labels!r}.")
+    ids, mask = model.check_tokens(input_ids, attention_mask, trailing=True)
+    logits = model.token_logits(ids, mask)
+    if select is None:
+        select = mask.clone()
+        select[:, -1] = False
+    if labels == "final":
+        targets = logits[:, :, -1].argmax(-1)
+    else:
+        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+        if bool((select & ~torch.cat([mask[:, 1:], mask[:, :1] & False], dim=1)).any()):
+            raise ValidationError("labels='next' needs a next token for every selected slot.")
+    costs = torch.tensor([layer + 1.0 for layer in model.exit_layers], dtype=torch.float64)
+    return Trace(logits[select].float(), targets[select], costs)
+
+
+def _exit_layers(exit_layers: Sequence[int], layers: int) -> tuple[int, ...]:
+    """The exit layers, checked, with the last layer appended if missing."""
+    try:
+        chosen = [int(layer) for layer in exit_layers]
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"expected exit layers as a sequence of integers, got {exit_layers!r}."
+        ) from None
+    if any(isinstance(layer, bool) for layer in exit_layers):
+        raise ValidationError(f"expected exit layers as integers, got {exit_layers!r}.")
+    bad = [layer for layer in chosen if not 0 <= layer < layers]
+    if bad:
+        raise ValidationError(
+            f"exit layer {bad[0]} is out of range: the decoder has {layers} layers (0..{layers - 1})."
+        )
+    if any(b <= a for a, b in zip(chosen, chosen[1:], strict=False)):
+        raise ValidationError(f"expected increasing exit layers, got {chosen}.")
+    if not chosen or chosen[-1] != layers - 1:
+        chosen.append(layers - 1)
+    return tuple(chosen)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+__all__ = [
+    "DecoderModel",
+    "KVCache",
+    "attend",
+    "check_parts",
+    "exit_key_value",
+    "token_trace",
+]
