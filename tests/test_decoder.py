@@ -66,7 +66,9 @@ def _policy_that_exits(model: DecoderModel) -> adaptix.ExitPolicy:
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_never_exiting_equals_transformers_generate(hf: Any, model: DecoderModel, batch: int) -> None:
+def test_never_exiting_equals_transformers_generate(
+    hf: Any, model: DecoderModel, batch: int
+) -> None:
     prompts = PROMPTS[:batch] if batch > 1 else [PROMPTS[2]]
     out = EarlyExitGenerator(model, None).generate(prompts, max_new_tokens=NEW, eos_token_id=[])
     ids, mask = _padded(prompts)
@@ -252,7 +254,9 @@ def test_bad_prompts_are_validation_errors(model: DecoderModel, prompts: Any, ma
 def test_right_padding_is_refused(model: DecoderModel) -> None:
     ids = torch.tensor([[1, 2, 0]])
     with pytest.raises(ValidationError, match="left-padded"):
-        EarlyExitGenerator(model).generate(ids, attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
+        EarlyExitGenerator(model).generate(
+            ids, attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2
+        )
 
 
 @pytest.mark.parametrize(
@@ -265,8 +269,12 @@ def test_bad_lengths_are_validation_errors(model: DecoderModel, lengths: Any, ma
 
 @pytest.mark.parametrize(
     ("layers", "match"),
-    [([9], "exit layer 9 is out of range: the decoder has 6 layers"), ([-1], "out of range"),
-     ([3, 1], "increasing"), (["x"], "integers")],
+    [
+        ([9], "exit layer 9 is out of range: the decoder has 6 layers"),
+        ([-1], "out of range"),
+        ([3, 1], "increasing"),
+        (["x"], "integers"),
+    ],
 )
 def test_exit_layers_out_of_range_are_validation_errors(hf: Any, layers: Any, match: str) -> None:
     with pytest.raises(ValidationError, match=match):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +89,7 @@ def key_value(
 ) -> tuple[Tensor, Tensor]:
     """Layer ``layer``'s keys (rotated) and values ``[..., num_kv_heads, head_dim]`` of the
     normed hidden states ``normed [..., d]``."""
-    attention = parts.blocks[layer].self_attn
+    attention: Any = parts.blocks[layer].self_attn  # the Llama anatomy (check_parts)
     shape = (*normed.shape[:-1], parts.num_kv_heads, parts.head_dim)
     keys = attention.k_proj(normed).view(shape)
     if hasattr(attention, "k_norm"):
@@ -101,7 +103,8 @@ def exit_key_value(
 ) -> tuple[Tensor, Tensor]:
     """Layer ``layer``'s keys and values ``[n, num_kv_heads, head_dim]`` computed from hidden
     states ``[n, d]`` taken as that layer's input (what the ``copy`` strategy fills)."""
-    normed = parts.blocks[layer].input_layernorm(hidden)
+    block: Any = parts.blocks[layer]
+    normed = block.input_layernorm(hidden)
     cos, sin = rotary(parts, hidden, positions)
     return key_value(parts, layer, normed, cos, sin)
 
@@ -174,7 +177,7 @@ def attend(
     Returns:
         ``[R, Q, d]``: the layer's output (meaningless where not live).
     """
-    block = parts.blocks[layer]
+    block: Any = parts.blocks[layer]  # the Llama anatomy (check_parts)
     attention = block.self_attn
     r, q, _ = hidden.shape
     positions = cache.positions[rows.unsqueeze(1), slots]
@@ -395,9 +398,10 @@ def _exit_layers(exit_layers: Sequence[int], layers: int) -> tuple[int, ...]:
     bad = [layer for layer in chosen if not 0 <= layer < layers]
     if bad:
         raise ValidationError(
-            f"exit layer {bad[0]} is out of range: the decoder has {layers} layers (0..{layers - 1})."
+            f"exit layer {bad[0]} is out of range: the decoder has {layers} layers "
+            f"(0..{layers - 1})."
         )
-    if any(b <= a for a, b in zip(chosen, chosen[1:], strict=False)):
+    if any(b <= a for a, b in pairwise(chosen)):
         raise ValidationError(f"expected increasing exit layers, got {chosen}.")
     if not chosen or chosen[-1] != layers - 1:
         chosen.append(layers - 1)

@@ -288,7 +288,8 @@ def _budget(max_new_tokens: int | Sequence[int], rows: int) -> Tensor:
     values = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else max_new_tokens
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != rows:
         raise ValidationError(
-            f"expected max_new_tokens as an int or one int per row ({rows}), got {max_new_tokens!r}."
+            f"expected max_new_tokens as an int or one int per row ({rows}), got "
+            f"{max_new_tokens!r}."
         )
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
         raise ValidationError(f"expected max_new_tokens ≥ 1, got {max_new_tokens!r}.")
@@ -361,7 +362,12 @@ class _Run:
         slots = torch.full((rows.shape[0], 1), slot, dtype=torch.long, device=hidden.device)
         live = torch.ones(rows.shape[0], 1, dtype=torch.bool, device=hidden.device)
         exits_early = self.policy is not None and self.policy.exits_early
-        state = self.policy.start(rows.shape[0], hidden.device) if exits_early else None
+        policy = self.policy
+        state = (
+            policy.start(rows.shape[0], hidden.device)
+            if policy is not None and exits_early
+            else None
+        )
         levels = None
         if self.defers and self.oldest < slot:
             levels = self.level[rows, self.oldest : slot]  # [R, w]

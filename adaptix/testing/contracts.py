@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from adaptix.components import (
     Backbone,
     BackboneParts,
+    DecoderParts,
     ExitCriterion,
     ExitHead,
     ParamsModel,
@@ -518,6 +519,9 @@ def check_backbone(
     )
     num_blocks = len(parts.blocks)
     _require(num_blocks >= 1, f"{owner}: build returned no blocks")
+    if isinstance(parts, DecoderParts):
+        _check_decoder(parts, owner)
+        return
     dims = parts.feature_dims
     if dims is not None:
         _require(
@@ -583,6 +587,105 @@ def _check_forward(parts: BackboneParts, example: Any, owner: str) -> None:
                 )
 
 
+def _check_decoder(parts: DecoderParts, owner: str) -> None:
+    """A decoder's parts run by adaptix: the anatomy, and greedy generation through the cache
+    equal to the teacher-forced full forward pass on the same tokens."""
+    from adaptix.online.decoder import DecoderModel, token_trace
+    from adaptix.online.generate import EarlyExitGenerator
+
+    try:
+        model = DecoderModel(parts, [])
+    except AdaptixError as err:
+        raise AssertionError(f"{owner}: its DecoderParts cannot run: {err}") from err
+    example = parts.example_input
+    prompt = example.tolist() if isinstance(example, Tensor) else [[1, 2, 3]]
+    out = EarlyExitGenerator(model, None).generate(prompt, max_new_tokens=4, eos_token_id=[])
+    select = torch.zeros_like(out.attention_mask)
+    select[:, out.prompt_length - 1 : out.prompt_length + 3] = True
+    trace = token_trace(model, out.sequences, out.attention_mask, select=select)
+    assert trace.labels is not None
+    forced = trace.labels.view(len(prompt), 4).tolist()
+    _require(
+        forced == out.tokens,
+        f"{owner}: greedy tokens through the KV cache {out.tokens} differ from the full forward "
+        f"pass on the same tokens {forced}: its layers do not follow the Llama anatomy "
+        "(adaptix.components.DecoderParts)",
+    )
+
+
+# ------------------------------------------------------------------------------ KV strategies
+
+
+def check_kv_strategy(
+    name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    plugins: AdaptixPluginManager | None = None,
+) -> None:
+    """Check the KV strategy registered as ``name`` against the KV-strategy contract.
+
+    Metadata and parameters, then generation on a tiny decoder (`adaptix.testing.decoder`) with
+    a policy that exits every token it can at the first exit: `fill` must return what
+    `adaptix.components.KVStrategy.fill` promises (the generator refuses anything else), a
+    strategy that claims ``exact`` must leave a cache whose every filled entry equals the full
+    model's and whose missing entries are pending work only (a suffix of each row's tokens).
+
+    Raises:
+        AssertionError: the strategy breaks the contract; the message says how.
+    """
+    from adaptix.offline.policy import policy as make_policy
+    from adaptix.online.decoder import DecoderModel
+    from adaptix.online.generate import EarlyExitGenerator
+    from adaptix.testing.decoder import tiny_decoder
+
+    manager = resolve_manager(plugins)
+    entry = manager.kv_strategies.entry(name)
+    owner = f"KV strategy '{name}'"
+    _check_metadata(entry, owner)
+    if params:
+        raise ValidationError(f"{owner}: KV strategies take no parameters here, got {params!r}.")
+    component = entry.component
+    for flag_name in ("exact", "defers"):
+        _require(
+            isinstance(getattr(component, flag_name, None), bool),
+            f"{owner}: {flag_name} must be a bool, got {getattr(component, flag_name, None)!r}",
+        )
+    model = DecoderModel(tiny_decoder(), [0, 2])
+    prompts = [[1, 5, 7, 9, 11], [3, 4], [8, 8, 8]]
+    exit_first = make_policy("confidence", 0.0, plugins=manager)
+    try:
+        out = EarlyExitGenerator(model, exit_first, kv=name, plugins=manager).generate(
+            prompts, max_new_tokens=6, eos_token_id=[], keep_cache=True
+        )
+    except AdaptixError as err:
+        raise AssertionError(f"{owner}: generation failed: {err}") from err
+    assert out.cache is not None
+    if not component.exact:
+        return
+    reference, _ = model.prefill(out.sequences, out.attention_mask, out.sequences.shape[1])
+    inputs = out.attention_mask.clone()
+    inputs[:, -1] = False
+    for layer in range(model.num_layers):
+        filled = out.cache.filled[layer] & inputs
+        for row in range(len(prompts)):
+            missing = ~filled[row, inputs[row]]
+            if bool(missing.any()):
+                first = int(missing.nonzero()[0])
+                _require(
+                    bool(missing[first:].all()),
+                    f"{owner} claims exact but leaves a hole at layer {layer} of row {row}: "
+                    "an entry a later token read was never computed",
+                )
+        for table, want in ((out.cache.keys, reference.keys), (out.cache.values, reference.values)):
+            got = table[layer].transpose(1, 2)[filled]
+            expected = want[layer].transpose(1, 2)[filled]
+            _require(
+                torch.allclose(got, expected, rtol=1e-9, atol=1e-9),
+                f"{owner} claims exact, but at layer {layer} its cache differs from the full "
+                f"model's by {float((got - expected).abs().max()):.3g}",
+            )
+
+
 # ------------------------------------------------------------------------------ all of them
 
 
@@ -591,13 +694,15 @@ _CHECKS: dict[str, Callable[..., None]] = {
     "calibrator": check_calibrator,
     "exit head": check_exit_head,
     "backbone": check_backbone,
+    "kv strategy": check_kv_strategy,
 }
 
 
 def contract_cases(plugins: AdaptixPluginManager | None = None) -> list[tuple[str, str]]:
     """(kind, name) of every registered component, for ``pytest.mark.parametrize``.
 
-    Kinds are ``"criterion"``, ``"calibrator"``, ``"exit head"`` and ``"backbone"``.
+    Kinds are ``"criterion"``, ``"calibrator"``, ``"exit head"``, ``"backbone"`` and
+    ``"kv strategy"``.
     """
     manager = resolve_manager(plugins)
     return [(kind, name) for kind in KINDS for name in manager.registry(kind).names()]
@@ -620,5 +725,6 @@ __all__ = [
     "check_component",
     "check_criterion",
     "check_exit_head",
+    "check_kv_strategy",
     "contract_cases",
 ]

@@ -84,7 +84,8 @@ def decoder_parts(model: Any) -> DecoderParts:
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         raise ValidationError(
-            f"backbone 'causal_lm' runs full attention only; the model's layers are {set(layer_types)}."
+            "backbone 'causal_lm' runs full attention only; the model's layers are "
+            f"{sorted(set(layer_types))}."
         )
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
