@@ -381,3 +381,17 @@ def test_a_third_party_kv_strategy_plugs_in(
     slot = out.prompt_length  # the first step's input: exited at exit 0 (layer 1)
     assert not bool(out.cache.filled[2][:, slot].any())
     assert bool(out.cache.filled[1][:, slot].all())
+
+
+def test_the_contract_check_catches_a_strategy_that_claims_exactness_falsely(
+    manager_with: Callable[..., adaptix.AdaptixPluginManager],
+) -> None:
+    from adaptix.default_plugins.kv import Copy
+    from adaptix.testing.contracts import check_kv_strategy
+
+    class Boastful(Copy):
+        name = "boastful"
+        exact = True
+
+    with pytest.raises(AssertionError, match="claims exact, but at layer"):
+        check_kv_strategy("boastful", plugins=manager_with(Boastful))
