@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 import adaptix
+from adaptix.core.cache import cache_key
 from adaptix.core.rows import batch_size, take_rows
-from adaptix.experiment.cache import cache_key
 from adaptix.experiment.data import load_fashion_mnist
 from adaptix.testing.speed import SpeedResult
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaptix.experiment.cache import ModelCache
+from adaptix.core.cache import ModelCache
 
 KEY = "cd" * 32
 STATE = {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.zeros(2)}

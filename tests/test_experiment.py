@@ -13,9 +13,9 @@ from torch import Tensor
 
 import adaptix
 from adaptix.components import AccuracyReading, ExitCriterion
+from adaptix.core.cache import ModelCache
 from adaptix.core.scores import probabilities
 from adaptix.experiment import analysis, job, load_config, model_run, run_job
-from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import JobConfig, ModelConfig, parse_config
 from adaptix.experiment.report import render_report
 from adaptix.settings import Settings

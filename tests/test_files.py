@@ -12,8 +12,8 @@ import torch
 
 import adaptix
 from adaptix import Calibration, CalibrationError, Trace, ValidationError
+from adaptix.core.cache import ModelCache
 from adaptix.core.files import atomic_write, check_meta
-from adaptix.experiment.cache import ModelCache
 from adaptix.testing import synthetic_trace
 
 KEY = "ab" * 32

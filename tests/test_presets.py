@@ -14,8 +14,8 @@ import torch
 
 from adaptix import ConfigError
 from adaptix.cli import main
+from adaptix.core.cache import ModelCache
 from adaptix.experiment import JobResult, load_config, run_job, training
-from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import (
     PRESETS_DIR,
     JobConfig,

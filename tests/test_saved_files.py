@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import adaptix
+from adaptix.core.cache import ModelCache
 from adaptix.experiment import load_config
-from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.datasets import DataSource
 from adaptix.experiment.training import model_cache_key
 from adaptix.testing import synthetic_trace

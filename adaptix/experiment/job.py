@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from adaptix._version import __version__
 from adaptix.components import AccuracyReading
+from adaptix.core.cache import ModelCache
 from adaptix.core.calibration import Calibration
 from adaptix.core.rows import take_rows
 from adaptix.core.trace import Trace
@@ -57,7 +58,6 @@ from adaptix.distributed import (
 )
 from adaptix.errors import ConfigError
 from adaptix.experiment.analysis import analyse
-from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.config import (
     JobConfig,
     ModelConfig,

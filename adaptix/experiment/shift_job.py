@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import Tensor
 
+from adaptix.core.cache import ModelCache
 from adaptix.core.scores import prediction
 from adaptix.core.trace import Trace
 from adaptix.errors import ValidationError
-from adaptix.experiment.cache import ModelCache
 from adaptix.experiment.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from adaptix.experiment.datasets import check_data, load_job_data
 from adaptix.experiment.shift_plots import write_plots

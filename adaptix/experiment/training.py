@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from adaptix.experiment.cache import ModelCache, cache_key
+from adaptix.core.cache import ModelCache, cache_key
 from adaptix.experiment.config import JobConfig, ModelConfig
 from adaptix.experiment.datasets import DataSource, JobData, load_job_data
 from adaptix.online.allocator import tune_cpu_allocator
