@@ -17,6 +17,8 @@ from adaptix.offline.simulate import SimulationResult, simulate, sweep
 from adaptix.offline.statistics import ThresholdCounts, count_thresholds
 from adaptix.offline.survivors import SurvivorCounts, calibrate_survivors, count_survivors
 from adaptix.online.allocator import tune_cpu_allocator
+from adaptix.online.decoder import DecoderModel, build_decoder, token_trace
+from adaptix.online.generate import EarlyExitGenerator, GenerationOutput
 from adaptix.online.model import MultiExitModel, build_model
 from adaptix.online.monitor import (
     ReferenceCounts,
@@ -38,10 +40,13 @@ __all__ = [
     "CertificateWarning",
     "Certifier",
     "ConfigError",
+    "DecoderModel",
+    "EarlyExitGenerator",
     "EarlyExitRunner",
     "ExitPolicy",
     "Frontier",
     "FrontierPoint",
+    "GenerationOutput",
     "MultiExitModel",
     "PluginError",
     "ReferenceCounts",
@@ -59,6 +64,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "budget",
+    "build_decoder",
     "build_model",
     "calibrate",
     "calibrate_survivors",
@@ -70,6 +76,7 @@ __all__ = [
     "policy",
     "simulate",
     "sweep",
+    "token_trace",
     "train_exits",
     "tune_cpu_allocator",
     "verify_certificate",

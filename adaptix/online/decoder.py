@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adaptix.components import DecoderParts
+from adaptix.components import DecoderParts, build_params
 from adaptix.core.trace import Trace
-from adaptix.errors import ValidationError
+from adaptix.errors import PluginError, ValidationError
+from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 
 #: Module names every decoder layer must have (the Llama anatomy of `DecoderParts`).
 LAYER_ANATOMY = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -348,6 +349,46 @@ class DecoderModel(nn.Module):
         return torch.stack([self.exit_logits(e, h) for e, h in enumerate(states)], dim=2)
 
 
+def build_decoder(
+    backbone: str,
+    source: object = None,
+    *,
+    exit_layers: Sequence[int],
+    adapters: Sequence[nn.Module] | None = None,
+    backbone_params: dict[str, object] | None = None,
+    plugins: AdaptixPluginManager | None = None,
+) -> DecoderModel:
+    """A `DecoderModel` from a registered causal-LM backbone (``causal_lm`` for Hugging Face
+    Llama-family models, in the ``adaptix-transformers`` plugin, or a plugin's own).
+
+    Args:
+        backbone: the backbone's registered name.
+        source: what it adapts (a loaded causal LM).
+        exit_layers: the layers (0-based) after which a token may exit; the last layer is
+            appended if missing.
+        adapters: one module per early exit (`adaptix.online.lm_adapters.train_adapters`).
+        backbone_params: the backbone's parameters.
+        plugins: the plugin manager (default: the shared one).
+
+    Raises:
+        PluginError: unknown backbone, or one that raised or returned something else than
+            `adaptix.components.DecoderParts`.
+        ValidationError: exit layers out of range or order, parts without the Llama anatomy.
+    """
+    manager = resolve_manager(plugins)
+    entry = manager.backbones.entry(backbone)
+    params = build_params(entry.component.Params, backbone_params or {}, f"backbone '{backbone}'")
+    maker = call_plugin(entry, "__init__", entry.component, params)
+    parts = call_plugin(entry, "build", maker.build, source)
+    if not isinstance(parts, DecoderParts):
+        raise PluginError(
+            f"backbone '{backbone}' from plugin '{entry.plugin}' returned "
+            f"{type(parts).__name__}, not adaptix.components.DecoderParts: it is not a decoder "
+            "LM backbone (use adaptix.build_model for whole-input exits)."
+        )
+    return DecoderModel(parts, exit_layers, adapters)
+
+
 def token_trace(
     model: DecoderModel,
     input_ids: Tensor,
@@ -416,6 +457,7 @@ def _describe(value: object) -> str:
 
 __all__ = [
     "DecoderModel",
+    "build_decoder",
     "KVCache",
     "attend",
     "check_parts",

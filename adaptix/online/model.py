@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from adaptix.components import BackboneParts, build_params
+from adaptix.components import BackboneParts, DecoderParts, build_params
 from adaptix.core.flops import FlopMeter, FlopProfile
 from adaptix.core.rows import batch_device, batch_size, take_rows
 from adaptix.core.rows import batch_size as batch_size_of
@@ -379,6 +379,11 @@ def build_model(
         raise PluginError(
             f"backbone '{backbone}' from plugin '{backbone_entry.plugin}' returned "
             f"{type(parts).__name__}, expected adaptix.components.BackboneParts."
+        )
+    if isinstance(parts, DecoderParts):
+        raise ValidationError(
+            f"backbone '{backbone}' is a decoder LM (its exits are per token): build it with "
+            f"adaptix.build_decoder('{backbone}', source, exit_layers=...), not build_model."
         )
     dims = parts.feature_dims or _measure_feature_dims(parts, example_input, backbone)
     if len(dims) != len(parts.blocks):
