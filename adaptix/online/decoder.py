@@ -457,9 +457,9 @@ def _describe(value: object) -> str:
 
 __all__ = [
     "DecoderModel",
-    "build_decoder",
     "KVCache",
     "attend",
+    "build_decoder",
     "check_parts",
     "exit_key_value",
     "token_trace",
