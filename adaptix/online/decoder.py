@@ -162,7 +162,7 @@ def attend(
     cache: KVCache,
     rows: Tensor,
     slots: Tensor,
-    live: Tensor,
+    live: Tensor | None,
     span: int,
 ) -> Tensor:
     """Run layer ``layer`` on a block of query slots per row, writing their keys and values.
@@ -172,7 +172,8 @@ def attend(
         cache: the batch's cache (written at the live queries' slots).
         rows: int64 ``[R]``: the cache rows of the block's rows.
         slots: int64 ``[R, Q]``: each query's slot (any slot where not live).
-        live: bool ``[R, Q]``: the query is a token (not a filler of a ragged block).
+        live: bool ``[R, Q]``: the query is a token (not a filler of a ragged block); None:
+            every query is.
         span: attend to slots ``0..span-1`` (every query's slot is below ``span``).
 
     Returns:
@@ -189,7 +190,7 @@ def attend(
         queries = attention.q_norm(queries)
     queries = _rotate(queries, cos, sin)
     keys, values = key_value(parts, layer, normed, cos, sin)
-    if bool(live.all()):
+    if live is None:
         row_index = rows.unsqueeze(1).expand(r, q).reshape(-1)
         cache.write(layer, row_index, slots.reshape(-1), keys.flatten(0, 1), values.flatten(0, 1))
     else:
@@ -332,11 +333,10 @@ class DecoderModel(nn.Module):
         cache = KVCache.empty(self.parts, real, hidden.dtype, hidden.device)
         row_index = torch.arange(rows, device=hidden.device)
         slot_index = torch.arange(length, device=hidden.device).expand(rows, length)
-        live = torch.ones(rows, length, dtype=torch.bool, device=hidden.device)
         exits = self.exit_at_layer
         states = []
         for layer in range(self.num_layers):
-            hidden = attend(self.parts, layer, hidden, cache, row_index, slot_index, live, length)
+            hidden = attend(self.parts, layer, hidden, cache, row_index, slot_index, None, length)
             if layer in exits:
                 states.append(hidden)
         return cache, states

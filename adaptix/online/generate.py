@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -324,16 +324,18 @@ class _Run:
         device = ids.device
         self.sequences = torch.full((rows, self.slots), pad, dtype=torch.long, device=device)
         self.sequences[:, :length] = ids
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.exits: list[list[int]] = [[] for _ in range(rows)]
-        self.budget = budget.tolist()
+        # per row: tokens produced, the exit of each, the budget (all on the device: recording
+        # a step's tokens reads nothing back to the host)
+        self.count = torch.zeros(rows, dtype=torch.long, device=device)
+        self.exit_table = torch.full((rows, most), -1, dtype=torch.long, device=device)
+        self.budget = budget.to(device)
         self.exit_of_layer = self.model.exit_at_layer
         self.last_exit = self.model.num_exits - 1
         self.defers = owner.kv.defers
         # prefill: every prompt slot at full depth; the first new token from the last exit
         self.cache, states = self.model.prefill(ids, mask, self.slots)
         first = self._choose(self.model.exit_logits(self.last_exit, states[-1][:, -1]))
-        self.finished = torch.zeros(rows, dtype=torch.bool)
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
         self._record(torch.arange(rows, device=device), first, self.last_exit)
         # deferred work: the hidden state and the layers done of each slot (L: nothing pending)
         layers = self.model.num_layers
@@ -356,11 +358,11 @@ class _Run:
 
     def _step(self, slot: int) -> None:
         model, parts, cache = self.model, self.parts, self.cache
-        rows = (~self.finished).nonzero().squeeze(1).to(self.sequences.device)
+        rows = (~self.finished).nonzero().squeeze(1)
         cache.real[rows, slot] = True
         hidden = parts.embed(self.sequences[rows, slot]).unsqueeze(1)  # [R, 1, d]
         slots = torch.full((rows.shape[0], 1), slot, dtype=torch.long, device=hidden.device)
-        live = torch.ones(rows.shape[0], 1, dtype=torch.bool, device=hidden.device)
+        live: Tensor | None = None  # every query of the block is a token (no ragged rows)
         exits_early = self.policy is not None and self.policy.exits_early
         policy = self.policy
         state = (
@@ -380,16 +382,18 @@ class _Run:
                 continue
             assert self.policy is not None
             logits = model.exit_logits(exit_index, hidden[:, -1])
-            self._check_logits(logits, exit_index)
             score, state = self.policy.score(logits, exit_index, state)
             leave = self.policy.fires(score)
-            if not bool(leave.any()):
+            if not self._any_leave(leave, logits, exit_index):
                 continue
             out = leave.nonzero().squeeze(1)
             self._record(rows[out], self._choose(logits[out]), exit_index)
-            self._leave(layer, rows[out], hidden[out], slots[out], live[out])
+            self._leave(
+                layer, rows[out], hidden[out], slots[out], None if live is None else live[out]
+            )
             keep = (~leave).nonzero().squeeze(1)
-            rows, hidden, slots, live = rows[keep], hidden[keep], slots[keep], live[keep]
+            rows, hidden, slots = rows[keep], hidden[keep], slots[keep]
+            live = None if live is None else live[keep]
             if levels is not None:
                 levels = levels[keep]
             state = self.policy.select_state(state, keep)
@@ -400,41 +404,51 @@ class _Run:
         self._check_logits(logits, self.last_exit)
         self._record(rows, self._choose(logits), self.last_exit)
         if self.defers:
-            where = live.nonzero(as_tuple=True)
-            self.level[rows[where[0]], slots[where]] = model.num_layers
+            if live is None:
+                self.level[rows.unsqueeze(1), slots] = model.num_layers
+            else:
+                where = live.nonzero(as_tuple=True)
+                self.level[rows[where[0]], slots[where]] = model.num_layers
 
     def _join(
         self,
         hidden: Tensor,
         slots: Tensor,
-        live: Tensor,
+        live: Tensor | None,
         rows: Tensor,
         levels: Tensor,
         layer: int,
         slot: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Add to each row's block the pending slots whose next layer is ``layer``."""
         joins = (levels == layer).sum(1)  # [R]
-        if not bool(joins.any()):
-            return hidden, slots, live
+        old = hidden.shape[1]
+        counts = (old if live is None else live.sum(1)) + joins
+        width, narrowest = torch.stack([counts.max(), counts.min()]).tolist()
+        if width == old and live is None:
+            return hidden, slots, live  # nobody joins
         assert self.pending is not None
-        counts = live.sum(1) + joins
-        width = int(counts.max())
         columns = torch.arange(width, device=hidden.device)
         new_slots = (slot - (width - 1 - columns)).expand(rows.shape[0], width)
         new_live = columns.unsqueeze(0) >= (width - counts).unsqueeze(1)
         new_hidden = self.pending[rows.unsqueeze(1), new_slots.clamp(min=0)]
-        old = hidden.shape[1]
-        kept = live  # the block's own queries keep their hidden states
-        new_hidden[:, width - old :] = torch.where(
-            kept.unsqueeze(2), hidden, new_hidden[:, width - old :]
-        )
-        return new_hidden, new_slots, new_live
+        # the block's own queries keep their hidden states
+        if live is None:
+            new_hidden[:, width - old :] = hidden
+        else:
+            new_hidden[:, width - old :] = torch.where(
+                live.unsqueeze(2), hidden, new_hidden[:, width - old :]
+            )
+        return new_hidden, new_slots, (None if narrowest == width else new_live)
 
-    def _leave(self, layer: int, rows: Tensor, hidden: Tensor, slots: Tensor, live: Tensor) -> None:
+    def _leave(
+        self, layer: int, rows: Tensor, hidden: Tensor, slots: Tensor, live: Tensor | None
+    ) -> None:
         """Rows whose token exited after ``layer``: defer or fill the layers they skip."""
         if self.defers:
             assert self.pending is not None
+            if live is None:
+                live = torch.ones(slots.shape, dtype=torch.bool, device=slots.device)
             where = live.nonzero(as_tuple=True)
             cache_rows, cache_slots = rows[where[0]], slots[where]
             self.pending[cache_rows, cache_slots] = hidden[where]
@@ -460,30 +474,44 @@ class _Run:
         return torch.multinomial(probabilities, 1, generator=self.generator).squeeze(1)
 
     def _record(self, rows: Tensor, tokens: Tensor, exit_index: int) -> None:
-        if rows.numel() == 0:
-            return
-        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
-            produced = self.tokens[row]
-            produced.append(token)
-            self.exits[row].append(exit_index)
-            self.sequences[row, self.length + len(produced) - 1] = token
-            if len(produced) >= self.budget[row] or token in self.eos.tolist():
-                self.finished[row] = True
+        """Rows ``rows`` produced ``tokens`` at exit ``exit_index`` (device work only)."""
+        position = self.count[rows]
+        self.sequences[rows, self.length + position] = tokens
+        self.exit_table[rows, position] = exit_index
+        self.count[rows] = position + 1
+        ended = (position + 1 >= self.budget[rows]) | torch.isin(tokens, self.eos)
+        self.finished[rows] = self.finished[rows] | ended
+
+    def _any_leave(self, leave: Tensor, logits: Tensor, exit_index: int) -> bool:
+        """Whether any row leaves at this exit, with the logits' finite check, in one host
+        read."""
+        if not self.owner.check_finite:
+            return bool(leave.any())
+        anyone, finite = torch.stack([leave.any(), torch.isfinite(logits).all()]).tolist()
+        if not finite:
+            self._non_finite(exit_index)
+        return bool(anyone)
 
     def _check_logits(self, logits: Tensor, exit_index: int) -> None:
         if self.owner.check_finite and not bool(torch.isfinite(logits).all()):
-            raise ValidationError(
-                f"exit {exit_index} (after layer {self.model.exit_layers[exit_index]}) gave NaN "
-                "or infinite logits; check the model's weights and dtype."
-            )
+            self._non_finite(exit_index)
+
+    def _non_finite(self, exit_index: int) -> NoReturn:
+        raise ValidationError(
+            f"exit {exit_index} (after layer {self.model.exit_layers[exit_index]}) gave NaN "
+            "or infinite logits; check the model's weights and dtype."
+        )
 
     def output(self, keep_cache: bool) -> GenerationOutput:
+        counts = self.count.tolist()
+        new = self.sequences[:, self.length :].tolist()
+        exits = self.exit_table.tolist()
         mask = self.cache.real.clone()
-        for row, produced in enumerate(self.tokens):
-            mask[row, self.length : self.length + len(produced)] = True
+        for row, produced in enumerate(counts):
+            mask[row, self.length : self.length + produced] = True
         return GenerationOutput(
-            tokens=self.tokens,
-            exits=self.exits,
+            tokens=[new[row][:n] for row, n in enumerate(counts)],
+            exits=[exits[row][:n] for row, n in enumerate(counts)],
             sequences=self.sequences,
             attention_mask=mask,
             prompt_length=self.length,
@@ -493,13 +521,16 @@ class _Run:
         )
 
 
-def _trim(hidden: Tensor, slots: Tensor, live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Drop leading columns that no remaining row uses."""
+def _trim(
+    hidden: Tensor, slots: Tensor, live: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Drop leading columns that no remaining row uses (None: the block is not ragged)."""
+    if live is None:
+        return hidden, slots, live
     used = live.any(0)
     first = int(used.nonzero()[0]) if bool(used.any()) else live.shape[1] - 1
-    if first == 0:
-        return hidden, slots, live
-    return hidden[:, first:], slots[:, first:], live[:, first:]
+    hidden, slots, live = hidden[:, first:], slots[:, first:], live[:, first:]
+    return hidden, slots, (None if bool(live.all()) else live)
 
 
 def describe(output: GenerationOutput) -> dict[str, Any]:
