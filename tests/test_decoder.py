@@ -395,3 +395,32 @@ def test_the_contract_check_catches_a_strategy_that_claims_exactness_falsely(
 
     with pytest.raises(AssertionError, match="claims exact, but at layer"):
         check_kv_strategy("boastful", plugins=manager_with(Boastful))
+
+
+def test_exits_a_calibrated_policy_can_never_fire_at_run_no_head(
+    model: DecoderModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask = _padded(PROMPTS)
+    trace = token_trace(model, ids, mask)
+    calibration = adaptix.calibrate(trace, bins=5)
+    policy = adaptix.policy("pcee", 0.5, calibration)
+    tables = [policy.criterion.fused_table(e) for e in range(model.num_exits - 1)]
+    best = [float(t[~t.isnan()].max()) for t in tables]  # type: ignore[union-attr]
+    # a target above what exit 0 ever shows, but within reach of a later exit
+    delta = min(1.0, max(best[0] + 1e-6, 0.05))
+    policy = adaptix.policy("pcee", delta, calibration)
+    generator = EarlyExitGenerator(model, policy)
+    assert 0 in generator.silent_exits
+    assert (1 in generator.silent_exits) == (best[1] < delta)
+    calls: list[int] = []
+    original = model.exit_logits
+    monkeypatch.setattr(
+        model, "exit_logits", lambda e, hidden: calls.append(e) or original(e, hidden)
+    )
+    out = generator.generate(PROMPTS, max_new_tokens=NEW, eos_token_id=[])
+    assert 0 not in calls
+    select = torch.zeros_like(out.attention_mask)
+    select[:, out.prompt_length : out.prompt_length + NEW - 1] = True
+    traced = token_trace(model, out.sequences, out.attention_mask, select=select)
+    simulated = adaptix.simulate(traced, policy).exit_index.view(len(PROMPTS), NEW - 1)
+    assert simulated.tolist() == [row[1:] for row in out.exits]

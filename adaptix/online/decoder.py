@@ -155,6 +155,13 @@ class KVCache:
         self.filled[layer][rows, slots] = True
 
 
+def block_rotary(
+    parts: DecoderParts, cache: KVCache, rows: Tensor, slots: Tensor, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """cos, sin ``[R, Q, head_dim]`` of a block's query slots (the same at every layer)."""
+    return rotary(parts, like, cache.positions[rows.unsqueeze(1), slots])
+
+
 def attend(
     parts: DecoderParts,
     layer: int,
@@ -164,6 +171,7 @@ def attend(
     slots: Tensor,
     live: Tensor | None,
     span: int,
+    rope: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Run layer ``layer`` on a block of query slots per row, writing their keys and values.
 
@@ -175,6 +183,8 @@ def attend(
         live: bool ``[R, Q]``: the query is a token (not a filler of a ragged block); None:
             every query is.
         span: attend to slots ``0..span-1`` (every query's slot is below ``span``).
+        rope: the block's ``(cos, sin)`` (`block_rotary`), when the caller keeps them across
+            layers; computed here if None.
 
     Returns:
         ``[R, Q, d]``: the layer's output (meaningless where not live).
@@ -182,8 +192,7 @@ def attend(
     block: Any = parts.blocks[layer]  # the Llama anatomy (check_parts)
     attention = block.self_attn
     r, q, _ = hidden.shape
-    positions = cache.positions[rows.unsqueeze(1), slots]
-    cos, sin = rotary(parts, hidden, positions)
+    cos, sin = block_rotary(parts, cache, rows, slots, hidden) if rope is None else rope
     normed = block.input_layernorm(hidden)
     queries = attention.q_proj(normed).view(r, q, parts.num_heads, parts.head_dim)
     if hasattr(attention, "q_norm"):
@@ -196,7 +205,11 @@ def attend(
     else:
         where = live.nonzero(as_tuple=True)
         cache.write(layer, rows[where[0]], slots[where], keys[where], values[where])
-    visible = cache.filled[layer][rows, :span] & cache.real[rows, :span]  # [R, S]
+    # every row of the cache (rows is sorted and unique): views, not gathered copies
+    every = r == cache.real.shape[0]
+    filled = cache.filled[layer][:, :span] if every else cache.filled[layer][rows, :span]
+    real = cache.real[:, :span] if every else cache.real[rows, :span]
+    visible = filled & real  # [R, S]
     order = torch.arange(span, device=hidden.device).view(1, 1, span)
     query_slots = slots.unsqueeze(2)
     # causal over filled real slots; a query always sees its own slot, so that the softmax of
@@ -204,8 +217,8 @@ def attend(
     mask = (visible.unsqueeze(1) & (order <= query_slots)) | (order == query_slots)
     out = F.scaled_dot_product_attention(
         queries.transpose(1, 2),
-        cache.keys[layer][rows, :, :span],
-        cache.values[layer][rows, :, :span],
+        cache.keys[layer][:, :, :span] if every else cache.keys[layer][rows, :, :span],
+        cache.values[layer][:, :, :span] if every else cache.values[layer][rows, :, :span],
         attn_mask=mask.unsqueeze(1),
         scale=parts.attention_scale,
         enable_gqa=parts.num_heads != parts.num_kv_heads,

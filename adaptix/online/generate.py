@@ -26,7 +26,7 @@ from torch import Tensor
 from adaptix.components import KVStrategy
 from adaptix.errors import PluginError, ValidationError
 from adaptix.offline.policy import ExitPolicy
-from adaptix.online.decoder import DecoderModel, KVCache, attend
+from adaptix.online.decoder import DecoderModel, KVCache, attend, block_rotary
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 
@@ -124,6 +124,7 @@ class EarlyExitGenerator:
         if policy is not None:
             policy.check_model(model.num_exits, model.parts.vocab_size)
         self.check_finite = check_finite
+        self.silent_exits = _silent_exits(policy, model.num_exits)
 
     # -- the public call -------------------------------------------------------------------
 
@@ -279,9 +280,36 @@ class EarlyExitGenerator:
                         f"gave layer {layer} {name} as {value.dtype} on {value.device}, expected "
                         f"{like.dtype} on {like.device}"
                     )
-                if not bool(torch.isfinite(value).all()):
-                    raise broken(f"gave layer {layer} {name} with NaN or infinite values")
+        finite = [torch.isfinite(v).all() for pair in filled.values() for v in pair]
+        if finite and not bool(torch.stack(finite).all()):  # one host read for all layers
+            bad = [
+                layer
+                for layer, pair in filled.items()
+                if not all(bool(torch.isfinite(v).all()) for v in pair)
+            ]
+            raise broken(f"gave layer {bad[0]} keys or values with NaN or infinite values")
         return filled
+
+
+def _silent_exits(policy: ExitPolicy | None, num_exits: int) -> frozenset[int]:
+    """Early exits where ``policy`` can never fire, whose heads need not run: every exit of a
+    policy that does not exit early; for a criterion that scores by its calibration's bin
+    table (``fused_kind == "table"``, stateless), the exits whose table has no entry that
+    reaches the threshold."""
+    if policy is None or not policy.exits_early:
+        return frozenset(range(num_exits))
+    criterion = policy.criterion
+    if criterion.fused_kind != "table" or criterion.direction != "ge":
+        return frozenset()
+    silent = set()
+    for e in range(num_exits - 1):
+        table = criterion.fused_table(e)
+        if table is None:
+            continue
+        defined = table[~torch.isnan(table)]
+        if defined.numel() == 0 or float(defined.max()) < policy.threshold:
+            silent.add(e)
+    return frozenset(silent)
 
 
 def _budget(max_new_tokens: int | Sequence[int], rows: int) -> Tensor:
@@ -373,12 +401,23 @@ class _Run:
         levels = None
         if self.defers and self.oldest < slot:
             levels = self.level[rows, self.oldest : slot]  # [R, w]
+        rope: tuple[Tensor, Tensor] | None = None  # the block's rotary cos/sin, kept across layers
         for layer in range(model.num_layers):
             if levels is not None and layer in self.join_layers:
+                width = hidden.shape[1]
                 hidden, slots, live = self._join(hidden, slots, live, rows, levels, layer, slot)
-            hidden = attend(parts, layer, hidden, cache, rows, slots, live, slot + 1)
+                if hidden.shape[1] != width:
+                    rope = None
+            if rope is None:
+                rope = block_rotary(parts, cache, rows, slots, hidden)
+            hidden = attend(parts, layer, hidden, cache, rows, slots, live, slot + 1, rope)
             exit_index = self.exit_of_layer.get(layer)
-            if exit_index is None or exit_index == self.last_exit or not exits_early:
+            if (
+                exit_index is None
+                or exit_index == self.last_exit
+                or not exits_early
+                or exit_index in self.owner.silent_exits
+            ):
                 continue
             assert self.policy is not None
             logits = model.exit_logits(exit_index, hidden[:, -1])
@@ -399,7 +438,10 @@ class _Run:
             state = self.policy.select_state(state, keep)
             if rows.numel() == 0:
                 return
+            width = hidden.shape[1]
             hidden, slots, live = _trim(hidden, slots, live)
+            cos, sin = rope
+            rope = (cos[keep, width - hidden.shape[1] :], sin[keep, width - hidden.shape[1] :])
         logits = model.exit_logits(self.last_exit, hidden[:, -1])
         self._check_logits(logits, self.last_exit)
         self._record(rows, self._choose(logits), self.last_exit)
