@@ -31,21 +31,21 @@ against the same full-depth loop.
 
 The default model is a random ``tiny_llama(layers=12, hidden=256, heads=8, kv_heads=4,
 vocab=2000)``: its early exits rarely agree with its last (about 4 % at layer 3), so agreement
-figures say what the machinery does, not what a trained model would. ``--smollm2`` would load
-SmolLM2 through ``adaptix_transformers.smollm.load_smollm2()``, which this tree does not have
-yet: the option then stops with a message. On a shared machine quote only the ratios.
+figures say what the machinery does, not what a trained model would. ``--smollm2`` runs
+SmolLM2-135M-Instruct (``make lm``) on BBC News prompts (calibration prompts from the
+calibration split, benchmark prompts from the test split), with ``--adapters N`` exit adapters
+distilled on N blocks of 64 train tokens first (cached). On a shared machine quote only the
+ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -104,23 +104,45 @@ def default_exit_layers(layers: int) -> list[int]:
     return sorted({max(0, layers * k // 4 - 1) for k in (1, 2, 3)})
 
 
-def load_hf(smollm2: bool) -> tuple[Any, str]:
-    """The transformers model and its description."""
+def load_hf(smollm2: bool) -> tuple[Any, Any, str]:
+    """The transformers model, its tokenizer (None for the random model) and its description."""
     if smollm2:
-        if importlib.util.find_spec("adaptix_transformers.smollm") is None:
-            sys.exit(
-                "--smollm2 needs adaptix_transformers.smollm.load_smollm2(), which this tree "
-                "does not have; run without --smollm2 (random tiny Llama)."
-            )
-        from adaptix_transformers.smollm import load_smollm2  # type: ignore[import-not-found]
+        from adaptix_transformers import load_smollm2
 
-        return load_smollm2().eval(), "SmolLM2"
+        model, tokenizer = load_smollm2(progress=False)
+        return model.eval(), tokenizer, "SmolLM2-135M-Instruct"
     from adaptix_transformers import tiny_llama
 
     shape = {"layers": 12, "hidden": 256, "heads": 8, "kv_heads": 4, "vocab": 2000}
-    return tiny_llama(**shape), "random tiny_llama(" + ", ".join(
-        f"{k}={v}" for k, v in shape.items()
-    ) + ")"
+    return (
+        tiny_llama(**shape),
+        None,
+        "random tiny_llama(" + ", ".join(f"{k}={v}" for k, v in shape.items()) + ")",
+    )
+
+
+def text_prompts(tokenizer: Any, count: int, *, split: str, seed: int) -> list[list[int]]:
+    """``count`` BBC News prompts of 8–24 tokens from ``split`` (the text is read from the
+    installed corpus, never stored)."""
+    from adaptix_transformers import bbc_token_blocks
+
+    blocks = bbc_token_blocks(tokenizer, 32, split=split)
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(blocks.shape[0], generator=generator)[:count]
+    lengths = torch.randint(8, 25, (count,), generator=generator)
+    return [blocks[int(r), : int(n)].tolist() for r, n in zip(rows, lengths, strict=True)]
+
+
+def trained_adapters(model: DecoderModel, tokenizer: Any, blocks: int) -> list[Any]:
+    """Exit adapters distilled on ``blocks`` BBC train blocks of 64 tokens (cached)."""
+    from adaptix_transformers import bbc_token_blocks
+
+    from adaptix.online.lm_adapters import AdapterRecipe, train_adapters
+
+    text = bbc_token_blocks(tokenizer, 64, split="train")[:blocks]
+    mask = torch.ones_like(text, dtype=torch.bool)
+    cache = Path.home() / ".cache" / "adaptix" / "exit-adapters"
+    return train_adapters(model, text, mask, AdapterRecipe(epochs=1, batch_size=128), cache=cache)
 
 
 def target_policies(model: DecoderModel, prompts: list[list[int]]) -> dict[str, Any]:
@@ -143,21 +165,32 @@ def build_setup(
     seed: int = 0,
     exit_layers: Sequence[int] | None = None,
     smollm2: bool = False,
+    adapter_blocks: int = 0,
 ) -> Setup:
     """The model with its exits, ``prompts`` benchmark prompts and the targets' policies."""
-    hf, description = load_hf(smollm2)
+    hf, tokenizer, description = load_hf(smollm2)
     hf.to(device)
     from adaptix_transformers import decoder_parts
 
     parts = decoder_parts(hf)
     layers = len(parts.blocks)
     model = DecoderModel(parts, exit_layers or default_exit_layers(layers))
+    if tokenizer is not None and adapter_blocks > 0:
+        model = DecoderModel(
+            parts, model.exit_layers, adapters=trained_adapters(model, tokenizer, adapter_blocks)
+        )
+        description += f", exit adapters distilled on {adapter_blocks} x 64 BBC train tokens"
     vocab = parts.vocab_size
-    calibration = random_prompts(CALIBRATION_PROMPTS, vocab, seed=seed + 1)
+    if tokenizer is None:
+        calibration = random_prompts(CALIBRATION_PROMPTS, vocab, seed=seed + 1)
+        benchmark = random_prompts(prompts, vocab, seed=seed)
+    else:  # real text: calibration prompts and benchmark prompts from disjoint splits
+        calibration = text_prompts(tokenizer, CALIBRATION_PROMPTS, split="calibration", seed=seed)
+        benchmark = text_prompts(tokenizer, prompts, split="test", seed=seed)
     return Setup(
         hf=hf,
         model=model,
-        prompts=random_prompts(prompts, vocab, seed=seed),
+        prompts=benchmark,
         policies=target_policies(model, calibration),
         description=f"{description}, exits after layers {list(model.exit_layers)}",
     )
@@ -528,7 +561,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smollm2",
         action="store_true",
-        help="SmolLM2 via adaptix_transformers.smollm.load_smollm2() (needs that module)",
+        help="SmolLM2-135M (make lm) on BBC News prompts instead of the random model",
+    )
+    parser.add_argument(
+        "--adapters",
+        type=int,
+        default=0,
+        help="with --smollm2: distil exit adapters on N blocks of 64 BBC train tokens first",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -553,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         exit_layers=args.exit_layers,
         smollm2=args.smollm2,
+        adapter_blocks=args.adapters,
     )
     model = setup.model
     print(f"# {setup.description}; {torch.get_num_threads()} threads, {args.device}")
