@@ -59,6 +59,7 @@ from adaptix.core.flops import FlopMeter
 from adaptix.online.decoder import DecoderModel, token_trace
 from adaptix.online.generate import EarlyExitGenerator, GenerationOutput
 from adaptix.online.paired import RoundTimer, time_paired
+from adaptix.online.speculative import SelfSpeculativeGenerator
 
 KV_STRATEGIES = ("deferred", "copy")
 #: Target name -> share of traced tokens whose first-exit confidence reaches the threshold.
@@ -400,6 +401,51 @@ def measure_early_exit(
     )
 
 
+def measure_speculative(
+    setup: Setup,
+    full: FullDepth,
+    batch: int,
+    rows: int,
+    new: int,
+    rounds: int,
+    device: str,
+    draft_exit: int,
+    draft_tokens: int,
+    timer: RoundTimer | None = None,
+) -> Result:
+    """Self-speculative decoding (lossless) against the full-depth loop on ``rows`` prompts."""
+    prompts = setup.prompts[:rows]
+    generator = SelfSpeculativeGenerator(setup.model, draft_exit, draft_tokens)
+
+    def passes() -> list[Any]:
+        return [
+            generator.generate(prompts[i : i + batch], max_new_tokens=new, eos_token_id=[])
+            for i in range(0, len(prompts), batch)
+        ]
+
+    run = synchronized(passes, device)
+    outputs = run()
+    tokens = [row for out in outputs for row in out.tokens]
+    share, prefix = agreement(tokens, full.tokens)
+    drafted = sum(sum(out.drafted) for out in outputs)
+    accepted = sum(sum(out.accepted) for out in outputs)
+    realised, base_rate, rate, done = timed(full.run, run, len(tokens) * new, rounds, timer)
+    return Result(
+        batch=batch,
+        runner=f"self-speculative (exit {draft_exit}, k={draft_tokens})",
+        rows=rows,
+        new_tokens=new,
+        realised_speedup=realised,
+        baseline_tokens_per_s=base_rate,
+        runner_tokens_per_s=rate,
+        agreement=share,
+        agreeing_prefix=prefix,
+        rounds=done,
+        note=f"acceptance {accepted / max(drafted, 1):.1%}"
+        + ("" if share == 1.0 else " NOT LOSSLESS"),
+    )
+
+
 def hf_generate(
     hf: Any, prompts: list[list[int]], new: int, device: str, early_exit: int | None = None
 ) -> Generate:
@@ -564,6 +610,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="SmolLM2-135M (make lm) on BBC News prompts instead of the random model",
     )
     parser.add_argument(
+        "--speculative",
+        type=int,
+        default=4,
+        help="draft tokens per round of the lossless self-speculative rows (0: skip them)",
+    )
+    parser.add_argument(
+        "--draft-exit",
+        type=int,
+        default=None,
+        help="the early exit that drafts (default: the middle early exit)",
+    )
+    parser.add_argument(
         "--adapters",
         type=int,
         default=0,
@@ -624,6 +682,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                     flush=True,
                 )
                 results.append(result)
+    if args.speculative:
+        draft_exit = (
+            (len(model.exit_layers) - 2) // 2 if args.draft_exit is None else args.draft_exit
+        )
+        for batch in args.batches:
+            result = measure_speculative(
+                setup,
+                fulls[batch],
+                batch,
+                args.rows[batch],
+                args.new_tokens,
+                args.rounds,
+                args.device,
+                draft_exit,
+                args.speculative,
+            )
+            print(
+                f"batch {batch:>3} {result.runner}: realised "
+                f"{_cell(result.realised_speedup, '.2f')} {result.note}",
+                flush=True,
+            )
+            results.append(result)
     if 1 in args.batches and not args.no_hf:
         middle = model.exit_layers[len(model.exit_layers) // 2 - 1] + 1
         early_exits = [middle] if args.hf_early_exit is None else args.hf_early_exit

@@ -160,9 +160,9 @@ class EarlyExitGenerator:
                 vocabulary, a bad length, temperature or seed.
             PluginError: the criterion or the KV strategy raised or broke its contract.
         """
-        ids, mask = self._prompts(prompts, attention_mask)
-        budget = _budget(max_new_tokens, ids.shape[0])
-        eos = self._eos(eos_token_id)
+        ids, mask = left_padded(self.model, prompts, attention_mask)
+        budget = token_budget(max_new_tokens, ids.shape[0])
+        eos = eos_ids(self.model, eos_token_id)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
             do_sample and temperature <= 0
         ):
@@ -189,57 +189,6 @@ class EarlyExitGenerator:
         return run.output(keep_cache)
 
     # -- checks ----------------------------------------------------------------------------
-
-    def _prompts(
-        self, prompts: Sequence[Sequence[int]] | Tensor, attention_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        device = next(self.model.parameters()).device
-        if isinstance(prompts, Tensor):
-            mask = (
-                torch.ones_like(prompts, dtype=torch.bool)
-                if attention_mask is None
-                else attention_mask
-            )
-            return self.model.check_tokens(prompts, mask)
-        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-            raise ValidationError(
-                "expected prompts as token ids (a list of lists of int, or an int tensor with "
-                f"an attention_mask), got a {type(prompts).__name__}; tokenize text first."
-            )
-        if len(prompts) == 0:
-            raise ValidationError("expected at least one prompt, got none.")
-        rows = []
-        for index, row in enumerate(prompts):
-            if isinstance(row, (str, bytes)) or not isinstance(row, (Sequence, Tensor)):
-                raise ValidationError(
-                    f"prompt {index}: expected a list of token ids, got a {type(row).__name__}."
-                )
-            values = row.tolist() if isinstance(row, Tensor) else list(row)
-            if not values:
-                raise ValidationError(f"prompt {index} is empty: every prompt needs a token.")
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise ValidationError(
-                    f"prompt {index}: token ids must be integers, got {values[:8]!r}."
-                )
-            rows.append(values)
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for index, values in enumerate(rows):
-            ids[index, width - len(values) :] = torch.tensor(values)
-            mask[index, width - len(values) :] = True
-        return self.model.check_tokens(ids.to(device), mask.to(device))
-
-    def _eos(self, eos_token_id: int | Sequence[int] | None) -> Tensor:
-        values = self.model.parts.eos_token_id if eos_token_id is None else eos_token_id
-        if isinstance(values, int) and not isinstance(values, bool):
-            values = (values,)
-        if not isinstance(values, Sequence) or any(
-            isinstance(v, bool) or not isinstance(v, int) for v in values
-        ):
-            raise ValidationError(f"expected eos_token_id as an int or ints, got {eos_token_id!r}.")
-        device = next(self.model.parameters()).device
-        return torch.tensor(list(values), dtype=torch.long, device=device)
 
     def check_fill(
         self, filled: object, exit_layer: int, count: int, like: Tensor
@@ -312,7 +261,61 @@ def _silent_exits(policy: ExitPolicy | None, num_exits: int) -> frozenset[int]:
     return frozenset(silent)
 
 
-def _budget(max_new_tokens: int | Sequence[int], rows: int) -> Tensor:
+def left_padded(
+    model: DecoderModel, prompts: Sequence[Sequence[int]] | Tensor, attention_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Prompts as left-padded ids ``[B, S]`` and a bool mask on the model's device, checked
+    (`DecoderModel.check_tokens`): a list of token-id lists or a tensor with its mask."""
+    device = next(model.parameters()).device
+    if isinstance(prompts, Tensor):
+        mask = (
+            torch.ones_like(prompts, dtype=torch.bool) if attention_mask is None else attention_mask
+        )
+        return model.check_tokens(prompts, mask)
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ValidationError(
+            "expected prompts as token ids (a list of lists of int, or an int tensor with "
+            f"an attention_mask), got a {type(prompts).__name__}; tokenize text first."
+        )
+    if len(prompts) == 0:
+        raise ValidationError("expected at least one prompt, got none.")
+    rows = []
+    for index, row in enumerate(prompts):
+        if isinstance(row, (str, bytes)) or not isinstance(row, (Sequence, Tensor)):
+            raise ValidationError(
+                f"prompt {index}: expected a list of token ids, got a {type(row).__name__}."
+            )
+        values = row.tolist() if isinstance(row, Tensor) else list(row)
+        if not values:
+            raise ValidationError(f"prompt {index} is empty: every prompt needs a token.")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise ValidationError(
+                f"prompt {index}: token ids must be integers, got {values[:8]!r}."
+            )
+        rows.append(values)
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for index, values in enumerate(rows):
+        ids[index, width - len(values) :] = torch.tensor(values)
+        mask[index, width - len(values) :] = True
+    return model.check_tokens(ids.to(device), mask.to(device))
+
+
+def eos_ids(model: DecoderModel, eos_token_id: int | Sequence[int] | None) -> Tensor:
+    """The end-of-sequence ids as a tensor (None: the model's own)."""
+    values = model.parts.eos_token_id if eos_token_id is None else eos_token_id
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,)
+    if not isinstance(values, Sequence) or any(
+        isinstance(v, bool) or not isinstance(v, int) for v in values
+    ):
+        raise ValidationError(f"expected eos_token_id as an int or ints, got {eos_token_id!r}.")
+    device = next(model.parameters()).device
+    return torch.tensor(list(values), dtype=torch.long, device=device)
+
+
+def token_budget(max_new_tokens: int | Sequence[int], rows: int) -> Tensor:
     values = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else max_new_tokens
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != rows:
         raise ValidationError(
@@ -584,4 +587,11 @@ def describe(output: GenerationOutput) -> dict[str, Any]:
     }
 
 
-__all__ = ["EarlyExitGenerator", "GenerationOutput", "describe"]
+__all__ = [
+    "EarlyExitGenerator",
+    "GenerationOutput",
+    "describe",
+    "eos_ids",
+    "left_padded",
+    "token_budget",
+]
