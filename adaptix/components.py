@@ -394,6 +394,8 @@ class DecoderParts(BackboneParts):
         attention_scale: the factor on ``q · k`` (usually ``head_dim ** -0.5``).
         vocab_size: V.
         eos_token_id: the model's end-of-sequence token(s), if known.
+        sliding_window: for a model whose attention reaches only this many previous tokens:
+            adaptix runs full attention, so it refuses longer sequences (None: no window).
     """
 
     embed: nn.Module
@@ -406,6 +408,7 @@ class DecoderParts(BackboneParts):
     attention_scale: float
     vocab_size: int
     eos_token_id: tuple[int, ...] = ()
+    sliding_window: int | None = None
 
 
 # ------------------------------------------------------------------------------ KV strategies

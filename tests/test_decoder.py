@@ -424,3 +424,66 @@ def test_exits_a_calibrated_policy_can_never_fire_at_run_no_head(
     traced = token_trace(model, out.sequences, out.attention_mask, select=select)
     simulated = adaptix.simulate(traced, policy).exit_index.view(len(PROMPTS), NEW - 1)
     assert simulated.tolist() == [row[1:] for row in out.exits]
+
+
+def _family(name: str, **extra: Any) -> Any:
+    config_class = getattr(transformers, f"{name}Config")
+    model_class = getattr(transformers, f"{name}ForCausalLM")
+    config = config_class(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+        tie_word_embeddings=False,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = model_class(config).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [
+        ("Qwen2", {}),
+        ("Qwen3", {"head_dim": 16}),
+        ("Mistral", {"sliding_window": 64}),
+        ("Llama", {"attention_bias": True, "mlp_bias": True}),
+    ],
+)
+def test_other_families_generate_as_transformers_does(family: str, extra: dict[str, Any]) -> None:
+    hf = _family(family, **extra)
+    model = adaptix.build_decoder("causal_lm", hf, exit_layers=[1])
+    prompts = PROMPTS[:4]
+    out = EarlyExitGenerator(model).generate(prompts, max_new_tokens=8)
+    ids, mask = _padded(prompts)
+    reference = hf.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0
+    )
+    expected = []
+    for row in reference[:, ids.shape[1] :].tolist():
+        expected.append(row[: row.index(2) + 1] if 2 in row else row)
+    assert out.tokens == expected
+
+
+def test_sequences_beyond_a_sliding_window_are_refused() -> None:
+    model = adaptix.build_decoder(
+        "causal_lm", _family("Mistral", sliding_window=16), exit_layers=[1]
+    )
+    with pytest.raises(ValidationError, match="sliding attention window"):
+        EarlyExitGenerator(model).generate([[1, 2, 3]], max_new_tokens=20)
+
+
+def test_an_unsupported_family_is_refused_with_the_supported_ones() -> None:
+    with pytest.raises(ValidationError, match="model_type 'gemma'"):
+        adaptix_transformers.decoder_parts(_family("Gemma"))

@@ -340,6 +340,12 @@ class DecoderModel(nn.Module):
             The cache and, per exit, the hidden states ``[B, S, d]`` after its layer.
         """
         rows, length = input_ids.shape
+        window = self.parts.sliding_window
+        if window is not None and slots > window:
+            raise ValidationError(
+                f"{slots} token slots exceed the model's sliding attention window ({window}); "
+                "adaptix runs full attention: shorten the prompts or max_new_tokens."
+            )
         real = torch.zeros(rows, slots, dtype=torch.bool, device=input_ids.device)
         real[:, :length] = mask
         hidden = self.parts.embed(input_ids)

@@ -1,9 +1,10 @@
 """The ``causal_lm`` backbone: a Hugging Face decoder (Llama family) cut into its layers.
 
 ``source`` is a loaded causal LM whose layers have the Llama anatomy (`adaptix.components.
-DecoderParts`): Llama, SmolLM, Mistral (without a sliding window shorter than the text), Qwen2
-and Qwen3. The parts are the model's own modules (shared, not copied). `tiny_llama` builds a
-small randomly initialised Llama (no download) for tests and contract checks.
+DecoderParts`): Llama, SmolLM, Mistral, Qwen2 and Qwen3 (a sliding attention window is kept,
+and sequences longer than it are refused, since adaptix runs full attention). The parts are
+the model's own modules (shared, not copied). `tiny_llama` builds a small randomly initialised
+Llama (no download) for tests and contract checks.
 
 Importing this module does not import transformers.
 """
@@ -76,11 +77,8 @@ def decoder_parts(model: Any) -> DecoderParts:
             f"got model_type {model_type!r}."
         )
     window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
-        raise ValidationError(
-            f"backbone 'causal_lm' does not run sliding-window attention (window {window}); "
-            "use a model or config without it."
-        )
+    if not getattr(config, "use_sliding_window", True):
+        window = None  # Qwen2 keeps a window size it does not use
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         raise ValidationError(
@@ -108,6 +106,7 @@ def decoder_parts(model: Any) -> DecoderParts:
         attention_scale=float(getattr(attention, "scaling", head_dim**-0.5)),
         vocab_size=int(config.vocab_size),
         eos_token_id=eos_ids,
+        sliding_window=None if window is None else int(window),
         feature=base.norm,
         feature_dims=(int(config.hidden_size),) * len(base.layers),
         example_input=ids,
