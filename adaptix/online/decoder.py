@@ -419,7 +419,8 @@ def token_trace(
 
     Args:
         model: the decoder with exits.
-        input_ids, attention_mask: left-padded ``[B, S]`` sequences.
+        input_ids: left-padded ``[B, S]`` token ids.
+        attention_mask: their real slots (bool or 0/1, ``[B, S]``).
         select: bool ``[B, S]``: the slots to keep (default: every real slot but each row's
             last, which has no next token).
         labels: ``"final"`` (the full model's greedy token: an exit is right when it agrees

@@ -138,7 +138,8 @@ def train_adapters(
 
     Args:
         model: the decoder with its exits (its backbone stays frozen; its adapters are ignored).
-        input_ids, attention_mask: the training text, left-padded ``[B, S]``.
+        input_ids: the training text's token ids, left-padded ``[B, S]``.
+        attention_mask: their real slots, ``[B, S]``.
         recipe: loss, epochs, batch size, learning rate, seed (default `AdapterRecipe()`).
         cache: a directory for trained adapters (None: no cache).
         progress: progress bars.
