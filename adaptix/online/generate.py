@@ -27,6 +27,7 @@ from adaptix.components import KVStrategy
 from adaptix.errors import PluginError, ValidationError
 from adaptix.offline.policy import ExitPolicy
 from adaptix.online.decoder import DecoderModel, KVCache, attend, block_rotary
+from adaptix.online.monitor import ShiftMonitor
 from adaptix.plugins import AdaptixPluginManager, Entry, call_plugin, resolve_manager
 
 
@@ -88,9 +89,17 @@ class EarlyExitGenerator:
         kv: the KV strategy's registered name (``"deferred"``, ``"copy"`` or a plugin's).
         plugins: the plugin manager to resolve ``kv`` with (default: the shared one).
         check_finite: refuse NaN or infinite exit logits (one host read per exit).
+        monitor: an `adaptix.ShiftMonitor` built for ``policy`` (the same object) on a token
+            trace of calibration-kind text (`adaptix.token_trace`): every decode step counts
+            each token's confidence bins at every exit it reaches and the exit it took, and
+            the monitor tests every ``check_every`` steps. Its false-alarm bound assumes a
+            stream exchangeable with the reference; tokens of one text are not independent,
+            so on text the bound is a design figure, checked empirically (the docs say how).
+            Auditing (``audit > 0``) is not supported here.
 
     Raises:
-        ValidationError: the policy does not fit the model (exits, vocabulary).
+        ValidationError: the policy does not fit the model (exits, vocabulary), or the
+            monitor is not built for this policy and model.
         PluginError: unknown KV strategy.
     """
 
@@ -102,6 +111,7 @@ class EarlyExitGenerator:
         kv: str = "deferred",
         plugins: AdaptixPluginManager | None = None,
         check_finite: bool = True,
+        monitor: ShiftMonitor | None = None,
     ) -> None:
         if not isinstance(model, DecoderModel):
             raise ValidationError(
@@ -124,7 +134,11 @@ class EarlyExitGenerator:
         if policy is not None:
             policy.check_model(model.num_exits, model.parts.vocab_size)
         self.check_finite = check_finite
-        self.silent_exits = _silent_exits(policy, model.num_exits)
+        self.monitor = _checked_monitor(monitor, policy, model)
+        # a monitor counts every exit's bins: no exit may skip its head then
+        self.silent_exits = (
+            frozenset() if monitor is not None else _silent_exits(policy, model.num_exits)
+        )
 
     # -- the public call -------------------------------------------------------------------
 
@@ -238,6 +252,30 @@ class EarlyExitGenerator:
             ]
             raise broken(f"gave layer {bad[0]} keys or values with NaN or infinite values")
         return filled
+
+
+def _checked_monitor(
+    monitor: ShiftMonitor | None, policy: ExitPolicy | None, model: DecoderModel
+) -> ShiftMonitor | None:
+    if monitor is None:
+        return None
+    if not isinstance(monitor, ShiftMonitor):
+        raise ValidationError(
+            f"expected monitor to be an adaptix.ShiftMonitor, got {type(monitor).__name__}."
+        )
+    if policy is None or monitor.policy is not policy:
+        raise ValidationError(
+            "the monitor watches another policy than the generator's: build it with the same "
+            "ExitPolicy object the generator gets."
+        )
+    if monitor.num_exits != model.num_exits:
+        raise ValidationError(
+            f"the monitor's reference has {monitor.num_exits} exits, the decoder "
+            f"{model.num_exits}: count the reference on this decoder's token trace."
+        )
+    if monitor.audit > 0:
+        raise ValidationError("the generator does not audit rows: build the monitor with audit=0.")
+    return monitor
 
 
 def _silent_exits(policy: ExitPolicy | None, num_exits: int) -> frozenset[int]:
@@ -396,6 +434,8 @@ class _Run:
         live: Tensor | None = None  # every query of the block is a token (no ragged rows)
         exits_early = self.policy is not None and self.policy.exits_early
         policy = self.policy
+        monitor = self.owner.monitor
+        step_rows = rows
         state = (
             policy.start(rows.shape[0], hidden.device)
             if policy is not None and exits_early
@@ -415,15 +455,17 @@ class _Run:
                 rope = block_rotary(parts, cache, rows, slots, hidden)
             hidden = attend(parts, layer, hidden, cache, rows, slots, live, slot + 1, rope)
             exit_index = self.exit_of_layer.get(layer)
-            if (
-                exit_index is None
-                or exit_index == self.last_exit
-                or not exits_early
-                or exit_index in self.owner.silent_exits
-            ):
+            if exit_index is None or exit_index == self.last_exit:
+                continue
+            decides = exits_early and exit_index not in self.owner.silent_exits
+            if not decides and monitor is None:
+                continue
+            logits = model.exit_logits(exit_index, hidden[:, -1])
+            if monitor is not None:
+                monitor.count_exit(exit_index, logits)
+            if not decides:
                 continue
             assert self.policy is not None
-            logits = model.exit_logits(exit_index, hidden[:, -1])
             score, state = self.policy.score(logits, exit_index, state)
             leave = self.policy.fires(score)
             if not self._any_leave(leave, logits, exit_index):
@@ -440,6 +482,7 @@ class _Run:
                 levels = levels[keep]
             state = self.policy.select_state(state, keep)
             if rows.numel() == 0:
+                self._end_step(step_rows)
                 return
             width = hidden.shape[1]
             hidden, slots, live = _trim(hidden, slots, live)
@@ -447,13 +490,22 @@ class _Run:
             rope = (cos[keep, width - hidden.shape[1] :], sin[keep, width - hidden.shape[1] :])
         logits = model.exit_logits(self.last_exit, hidden[:, -1])
         self._check_logits(logits, self.last_exit)
+        if monitor is not None:
+            monitor.count_exit(self.last_exit, logits)
         self._record(rows, self._choose(logits), self.last_exit)
+        self._end_step(step_rows)
         if self.defers:
             if live is None:
                 self.level[rows.unsqueeze(1), slots] = model.num_layers
             else:
                 where = live.nonzero(as_tuple=True)
                 self.level[rows[where[0]], slots[where]] = model.num_layers
+
+    def _end_step(self, rows: Tensor) -> None:
+        """Tell the monitor the exit each of the step's rows took."""
+        monitor = self.owner.monitor
+        if monitor is not None:
+            monitor.end_batch(self.exit_table[rows, self.count[rows] - 1])
 
     def _join(
         self,
