@@ -487,3 +487,38 @@ def test_sequences_beyond_a_sliding_window_are_refused() -> None:
 def test_an_unsupported_family_is_refused_with_the_supported_ones() -> None:
     with pytest.raises(ValidationError, match="model_type 'gemma'"):
         adaptix_transformers.decoder_parts(_family("Gemma"))
+
+
+def test_the_two_token_traces_share_one_pass(model: DecoderModel) -> None:
+    from adaptix.online.decoder import token_traces
+
+    ids, mask = _padded(PROMPTS)
+    consistency, accuracy = token_traces(model, ids, mask)
+    assert consistency.logits.data_ptr() == accuracy.logits.data_ptr()  # one copy
+    assert torch.equal(consistency.labels, consistency.logits[:, -1].argmax(-1))
+    # the next token of every kept slot: the row's tokens shifted by one
+    expected = [
+        ids[r, s + 1] for r in range(ids.shape[0]) for s in range(ids.shape[1] - 1) if mask[r, s]
+    ]
+    assert accuracy.labels.tolist() == [int(t) for t in expected]
+    bad = mask.bool().clone()  # the last column has no next token
+    with pytest.raises(ValidationError, match="no next token"):
+        token_traces(model, ids, mask, select=bad)
+
+
+def test_a_certified_token_policy_runs_in_the_generator(model: DecoderModel) -> None:
+    # calibration text and test text are different prompts (never tokens of the same text)
+    generator = torch.Generator().manual_seed(5)
+    calibration_ids = torch.randint(3, 128, (48, 16), generator=generator)
+    ones = torch.ones_like(calibration_ids, dtype=torch.bool)
+    consistency = token_trace(model, calibration_ids, ones)
+    certified = adaptix.guarantee(consistency, "confidence", early_accuracy=0.6, alpha=0.1)
+    assert certified.certificate is not None
+    out = EarlyExitGenerator(model, certified).generate(
+        PROMPTS, max_new_tokens=NEW, eos_token_id=[]
+    )
+    select = torch.zeros_like(out.attention_mask)
+    select[:, out.prompt_length : out.prompt_length + NEW - 1] = True
+    traced = token_trace(model, out.sequences, out.attention_mask, select=select)
+    simulated = adaptix.simulate(traced, certified).exit_index.view(len(PROMPTS), NEW - 1)
+    assert simulated.tolist() == [row[1:] for row in out.exits]

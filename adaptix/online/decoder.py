@@ -419,31 +419,52 @@ def token_trace(
 
     Args:
         model: the decoder with exits.
-        input_ids: left-padded ``[B, S]`` token ids.
+        input_ids: left-padded ``[B, S]`` token ids (rows may end in padding).
         attention_mask: their real slots (bool or 0/1, ``[B, S]``).
-        select: bool ``[B, S]``: the slots to keep (default: every real slot but each row's
-            last, which has no next token).
+        select: bool ``[B, S]``: the slots to keep (default: every real slot followed by a
+            real slot, i.e. with a next token).
         labels: ``"final"`` (the full model's greedy token: an exit is right when it agrees
-            with the full model) or ``"next"`` (the sequence's next token).
+            with the full model: the *consistency* target) or ``"next"`` (the sequence's next
+            token: the *accuracy* target).
 
     Returns:
         A trace with logits ``[N, E, V]`` (float32), labels ``[N]``, and costs = layers run.
     """
     if labels not in ("final", "next"):
         raise ValidationError(f"expected labels 'final' or 'next', got {labels!r}.")
+    consistency, accuracy = token_traces(model, input_ids, attention_mask, select)
+    return consistency if labels == "final" else accuracy
+
+
+def token_traces(
+    model: DecoderModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    select: Tensor | None = None,
+) -> tuple[Trace, Trace]:
+    """The two token traces of one teacher-forced pass, sharing their logits: labelled by the
+    full model's token (consistency) and by the text's next token (accuracy). Arguments as
+    `token_trace`'s."""
     ids, mask = model.check_tokens(input_ids, attention_mask, trailing=True)
-    logits = model.token_logits(ids, mask)
+    has_next = mask & torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     if select is None:
-        select = mask.clone()
-        select[:, -1] = False
-    if labels == "final":
-        targets = logits[:, :, -1].argmax(-1)
-    else:
-        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
-        if bool((select & ~torch.cat([mask[:, 1:], mask[:, :1] & False], dim=1)).any()):
-            raise ValidationError("labels='next' needs a next token for every selected slot.")
+        select = has_next
+    elif not isinstance(select, Tensor) or select.shape != mask.shape:
+        raise ValidationError(
+            f"expected select as a bool tensor of shape {tuple(mask.shape)}, got "
+            f"{_describe(select)}."
+        )
+    select = select.bool()
+    if bool((select & ~has_next).any()):
+        raise ValidationError(
+            "select keeps a slot with no next token (padding, or a row's last token): "
+            "its next-token label does not exist."
+        )
+    logits = model.token_logits(ids, mask)[select].float()
+    final = logits[:, -1].argmax(-1)
+    nexts = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[select]
     costs = torch.tensor([layer + 1.0 for layer in model.exit_layers], dtype=torch.float64)
-    return Trace(logits[select].float(), targets[select], costs)
+    return Trace(logits, final, costs), Trace(logits, nexts, costs)
 
 
 def _exit_layers(exit_layers: Sequence[int], layers: int) -> tuple[int, ...]:
@@ -483,4 +504,5 @@ __all__ = [
     "check_parts",
     "exit_key_value",
     "token_trace",
+    "token_traces",
 ]
