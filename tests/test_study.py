@@ -443,3 +443,56 @@ def test_cli_keeps_its_files_when_the_store_fails(trace_files, tmp_path, monkeyp
     assert "adaptix: warning: could not connect" in capsys.readouterr().err
     assert (out / "study.csv").is_file()
     assert (out / "study.md").is_file()
+
+
+def test_group_splits_keep_every_group_on_one_side() -> None:
+    groups = torch.arange(60).repeat_interleave(
+        torch.randint(1, 9, (60,), generator=torch.Generator().manual_seed(0))
+    )
+    drawn = split_indices(groups.numel(), 100, 20, seed=3, groups=groups)
+    for calibration, test in drawn:
+        assert sorted(torch.cat([calibration, test]).tolist()) == list(range(groups.numel()))
+        assert not set(groups[calibration].tolist()) & set(groups[test].tolist())
+        assert 100 <= len(calibration) < 100 + 8  # whole groups until the size is reached
+    assert not torch.equal(drawn[0][0], drawn[1][0])
+    again = split_indices(groups.numel(), 100, 20, seed=3, groups=groups)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(drawn, again, strict=True))
+
+
+def test_a_study_by_group_runs_and_records_its_groups(traces: tuple[Trace, Trace]) -> None:
+    calibration, test = traces
+    groups = (
+        torch.arange(calibration.num_inputs) // 10,
+        10_000 + torch.arange(test.num_inputs) // 10,
+    )
+    study = run_study(*traces, **SETTINGS, groups=groups, progress=False)
+    assert study.params()["split_by"] == "group"
+    assert study.traces["test"]["groups"] == str(
+        len(set(groups[0].tolist())) + len(set(groups[1].tolist()))
+    )
+    assert study.rows
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [
+        ("abc", "pair"),
+        (([0], [1]), "one calibration group id per row"),
+        (([0.5], [1.5]), "integer"),
+    ],
+)
+def test_bad_groups_are_validation_errors(
+    traces: tuple[Trace, Trace], groups: object, match: str
+) -> None:
+    with pytest.raises(ValidationError, match=match):
+        run_study(*traces, **SETTINGS, groups=groups, progress=False)  # type: ignore[arg-type]
+
+
+def test_a_group_on_both_sides_is_refused(traces: tuple[Trace, Trace]) -> None:
+    calibration, test = traces
+    groups = (
+        torch.zeros(calibration.num_inputs, dtype=torch.long),
+        torch.zeros(test.num_inputs, dtype=torch.long),
+    )
+    with pytest.raises(ValidationError, match="unique across both"):
+        run_study(*traces, **SETTINGS, groups=groups, progress=False)

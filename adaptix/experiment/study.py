@@ -244,7 +244,8 @@ class StudyResult:
         traces: ``"calibration"`` and ``"test"`` -> the trace's inputs, content checksum
             (sha256 of its tensors) and metadata, as given; the test trace's also holds
             ``shared_rows_dropped``, the rows it shared with the calibration trace (dropped
-            before pooling: see `run_study`).
+            before pooling: see `run_study`), and ``groups``, the number of groups the splits
+            were drawn by, when they were.
     """
 
     config: StudyConfig
@@ -323,6 +324,7 @@ class StudyResult:
             "calibrators": ",".join(config.calibrators),
             "survivors": ",".join(config.survivors),
             "bonferroni": str(config.bonferroni),
+            "split_by": "group" if "groups" in self.traces["test"] else "row",
         }
         for role, info in self.traces.items():
             params[f"{role}_trace.checksum"] = info["checksum"]
@@ -475,21 +477,45 @@ class StudyResult:
 
 
 def split_indices(
-    num_inputs: int, calibration_size: int, splits: int, seed: int
+    num_inputs: int,
+    calibration_size: int,
+    splits: int,
+    seed: int,
+    groups: Tensor | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """The study's random splits: (calibration rows, test rows) of a pool of ``num_inputs``.
 
     Split s is a uniform random permutation drawn from ``torch.Generator().manual_seed(seed)``
     (the s-th draw): its first ``calibration_size`` entries are the calibration split, the rest
     the test split, each sorted. Every scale of a study reads the same splits.
+
+    With ``groups`` (int64 ``[num_inputs]``, a group id per row: the article a token comes
+    from), the permutation is of the groups, and whole groups join the calibration split, in
+    that order, until it holds at least ``calibration_size`` rows (one group at least, and one
+    left for the test split): rows of one group are never on both sides.
     """
     generator = torch.Generator().manual_seed(seed)
     drawn = []
+    if groups is None:
+        for _ in range(splits):
+            order = torch.randperm(num_inputs, generator=generator)
+            drawn.append(
+                (order[:calibration_size].sort().values, order[calibration_size:].sort().values)
+            )
+        return drawn
+    names, members = torch.unique(groups, return_inverse=True)
+    if names.numel() < 2:
+        raise ValidationError(f"expected at least 2 groups to split by group, got {names.numel()}.")
+    sizes = torch.bincount(members, minlength=names.numel())
     for _ in range(splits):
-        order = torch.randperm(num_inputs, generator=generator)
-        drawn.append(
-            (order[:calibration_size].sort().values, order[calibration_size:].sort().values)
-        )
+        order = torch.randperm(names.numel(), generator=generator)
+        filled = sizes[order].cumsum(0)
+        taken = int((filled < calibration_size).sum()) + 1
+        taken = min(max(taken, 1), names.numel() - 1)
+        calibration = torch.zeros(names.numel(), dtype=torch.bool)
+        calibration[order[:taken]] = True
+        side = calibration[members]
+        drawn.append((side.nonzero().squeeze(1), (~side).nonzero().squeeze(1)))
     return drawn
 
 
@@ -508,6 +534,7 @@ def run_study(
     calibrators: Sequence[str] = DEFAULT_CALIBRATORS,
     survivors: Sequence[str] | None = None,
     bonferroni: bool = True,
+    groups: tuple[Sequence[int] | Tensor, Sequence[int] | Tensor] | None = None,
     plugins: AdaptixPluginManager | None = None,
     progress: bool = True,
 ) -> StudyResult:
@@ -550,6 +577,10 @@ def run_study(
             (``pcee_lcb``) with the correction on, beside the uncorrected per-bin mode
             (default True: the corrected mode is the one whose bounds on survivor tables
             together bound the early accuracy, ``PCEE.md``).
+        groups: a group id per row of the calibration trace and per row of the test trace
+            (ids unique across both): splits are drawn by group (`split_indices`), so rows
+            that are not exchangeable (the tokens of one article) never fall on both sides.
+            None: rows are split one by one.
         plugins: the plugin manager to resolve criteria and calibrators with.
         progress: show a progress bar over the splits.
 
@@ -579,9 +610,14 @@ def run_study(
         role: _identity(trace, role)
         for role, trace in (("calibration", calibration_trace), ("test", test_trace))
     }
-    kept_test, dropped = _without_shared_rows(calibration_trace, test_trace, identities)
+    given_groups = _groups(groups, calibration_trace, test_trace)
+    kept_test, dropped, kept = _without_shared_rows(calibration_trace, test_trace, identities)
     identities["test"]["shared_rows_dropped"] = str(dropped)
     pooled = _pool(calibration_trace, kept_test)
+    pooled_groups = None
+    if given_groups is not None:
+        pooled_groups = torch.cat([given_groups[0], given_groups[1][kept]])
+        identities["test"]["groups"] = str(int(torch.unique(pooled_groups).numel()))
     size = integer(calibration_size, "calibration_size", low=1, high=pooled.num_inputs - 1)
     config = StudyConfig(
         splits=checked_splits,
@@ -600,7 +636,9 @@ def run_study(
             checked_criteria, checked_calibrators, checked_survivors, checked_bonferroni, manager
         ),
     )
-    drawn = split_indices(pooled.num_inputs, config.calibration_size, config.splits, config.seed)
+    drawn = split_indices(
+        pooled.num_inputs, config.calibration_size, config.splits, config.seed, pooled_groups
+    )
     correct = right_predictions(pooled)
     rows: list[StudyRow] = []
     with tqdm(
@@ -915,10 +953,10 @@ def _pool(calibration: Trace, test: Trace) -> Trace:
 
 def _without_shared_rows(
     calibration: Trace, test: Trace, identities: dict[str, dict[str, str]]
-) -> tuple[Trace, int]:
-    """``test`` without the rows it shares with ``calibration`` (`Trace.row_digests`), and how
-    many were dropped; the rule is `run_study`'s (refuse identical or contained traces, drop
-    and warn on a partial overlap)."""
+) -> tuple[Trace, int, Tensor]:
+    """``test`` without the rows it shares with ``calibration`` (`Trace.row_digests`), how
+    many were dropped and which test rows were kept (bool); the rule is `run_study`'s (refuse
+    identical or contained traces, drop and warn on a partial overlap)."""
     if identities["calibration"]["checksum"] == identities["test"]["checksum"]:
         raise ValidationError(
             "expected a calibration trace and a test trace of different inputs, got the same "
@@ -930,7 +968,7 @@ def _without_shared_rows(
     shared = shared_rows(test_digests, calibration_digests)
     dropped = int(shared.sum())
     if dropped == 0:
-        return test, 0
+        return test, 0, torch.ones(test.num_inputs, dtype=torch.bool)
     contained = bool(shared_rows(calibration_digests, test_digests).all())
     if dropped == test.num_inputs or contained:
         inside, outside = (
@@ -954,7 +992,46 @@ def _without_shared_rows(
         CertificateWarning,
         stacklevel=3,
     )
-    return test.subset(~shared.to(test.logits.device)), dropped
+    return test.subset(~shared.to(test.logits.device)), dropped, ~shared.cpu()
+
+
+def _groups(
+    groups: tuple[Sequence[int] | Tensor, Sequence[int] | Tensor] | None,
+    calibration: Trace,
+    test: Trace,
+) -> tuple[Tensor, Tensor] | None:
+    """The group ids of both traces' rows, checked: one int per row, none in both traces."""
+    if groups is None:
+        return None
+    if not (isinstance(groups, tuple) and len(groups) == 2):
+        raise ValidationError(
+            "expected groups as a pair (calibration rows' group ids, test rows' group ids), got "
+            f"{type(groups).__name__}."
+        )
+    checked = []
+    for role, ids, trace in (("calibration", groups[0], calibration), ("test", groups[1], test)):
+        try:
+            values = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValidationError(
+                f"expected the {role} groups as integers, got {ids!r:.80}."
+            ) from None
+        if values.dim() != 1 or values.is_floating_point() or values.dtype == torch.bool:
+            raise ValidationError(
+                f"expected the {role} groups as a 1-D integer sequence, got {values.dtype} of "
+                f"shape {tuple(values.shape)}."
+            )
+        if values.numel() != trace.num_inputs:
+            raise ValidationError(
+                f"expected one {role} group id per row ({trace.num_inputs}), got {values.numel()}."
+            )
+        checked.append(values.long().cpu())
+    if bool(torch.isin(checked[0], checked[1]).any()):
+        raise ValidationError(
+            "a group has rows in both the calibration and the test trace: group ids must be "
+            "unique across both (one article, one group, one side)."
+        )
+    return checked[0], checked[1]
 
 
 def _identity(trace: Trace, role: str) -> dict[str, str]:
