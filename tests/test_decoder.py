@@ -522,3 +522,43 @@ def test_a_certified_token_policy_runs_in_the_generator(model: DecoderModel) -> 
     traced = token_trace(model, out.sequences, out.attention_mask, select=select)
     simulated = adaptix.simulate(traced, certified).exit_index.view(len(PROMPTS), NEW - 1)
     assert simulated.tolist() == [row[1:] for row in out.exits]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_compact_token_traces_decide_as_the_full_ones(model: DecoderModel, scale: float) -> None:
+    from adaptix.online.decoder import compact_token_traces, token_traces
+
+    generator = torch.Generator().manual_seed(11)
+    ids = torch.randint(3, 128, (12, 14), generator=generator)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    full = [t.scaled(scale) for t in token_traces(model, ids, mask)]
+    compact = compact_token_traces(model, ids, mask, scale=scale, batch_size=5)
+    assert compact[0].num_classes < full[0].num_classes
+    for big, small in zip(full, compact, strict=True):
+        torch.testing.assert_close(
+            small.logits.softmax(-1).amax(-1), big.logits.softmax(-1).amax(-1), rtol=1e-5, atol=1e-6
+        )
+        right_big = big.logits.argmax(-1) == big.labels[:, None]
+        right_small = small.logits.argmax(-1) == small.labels[:, None]
+        assert torch.equal(right_big, right_small)
+        calibration_big, calibration_small = (
+            adaptix.calibrate(big, bins=5),
+            adaptix.calibrate(small, bins=5),
+        )
+        assert torch.equal(calibration_big.counts, calibration_small.counts)
+        assert torch.equal(calibration_big.correct, calibration_small.correct)
+        for name, threshold in (("confidence", 0.4), ("patience", 2)):
+            pol = adaptix.policy(name, threshold)
+            assert torch.equal(
+                adaptix.simulate(big, pol).exit_index, adaptix.simulate(small, pol).exit_index
+            )
+        assert torch.equal(
+            adaptix.simulate(big, adaptix.policy("pcee", 0.5, calibration_big)).exit_index,
+            adaptix.simulate(small, adaptix.policy("pcee", 0.5, calibration_small)).exit_index,
+        )
+    # the compact calibration serves the model itself, in the generator
+    from adaptix.online.decoder import vocabulary_calibration
+
+    served = vocabulary_calibration(adaptix.calibrate(compact[0], bins=5), model)
+    policy = adaptix.policy("pcee", 0.5, served)
+    EarlyExitGenerator(model, policy).generate(PROMPTS, max_new_tokens=3)

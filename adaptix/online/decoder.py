@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adaptix.components import DecoderParts, build_params
+from adaptix.core.calibration import Calibration
 from adaptix.core.trace import Trace
 from adaptix.errors import PluginError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
@@ -467,6 +468,156 @@ def token_traces(
     return Trace(logits, final, costs), Trace(logits, nexts, costs)
 
 
+@torch.no_grad()
+def compact_token_traces(
+    model: DecoderModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    select: Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    batch_size: int = 8,
+) -> tuple[Trace, Trace]:
+    """`token_traces` with memory that does not grow with the vocabulary, for large LMs.
+
+    A row of a full token trace holds E × V logits (49,152 wide for SmolLM2). Here each row's
+    classes are its *candidates*, the distinct tokens that are some exit's prediction or one of
+    its two labels (the full model's token, the next token), with their exact logits, plus M
+    *rest* classes that share equally, at each exit, the probability of every other token. M is
+    chosen so that every rest class is below the row's top probability at every exit, so the
+    predictions, the top probabilities (confidence), the right/wrong of each exit under both
+    labels, and with them every criterion that reads only those (``confidence``,
+    ``patience``, ``pcee``, ``pcee_ws``, ``pcee_lcb``, `adaptix.calibrate`,
+    `adaptix.guarantee`) are exactly those of the full trace. Entropy is **not** kept (the rest
+    classes flatten the tail): use `token_traces` for ``entropy``. Logits are multiplied by
+    ``scale`` before reducing (the study's overconfidence stress needs the full logits, so
+    each scale is its own compact trace; study them with ``scales=(1.0,)``). A calibration
+    counted on them records their class count: `vocabulary_calibration` gives the same tables
+    for the model, to run in the generator.
+
+    Rows are computed ``batch_size`` sequences at a time; arguments otherwise as
+    `token_traces`'s.
+
+    Returns:
+        (consistency, accuracy) traces with logits ``[N, E, K + M]``, K the most candidates of
+        a row (an unused candidate class has logit -1e30: no probability).
+    """
+    ids, mask = model.check_tokens(input_ids, attention_mask, trailing=True)
+    has_next = mask & torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    if select is None:
+        select = has_next
+    elif not isinstance(select, Tensor) or select.shape != mask.shape:
+        raise ValidationError(
+            f"expected select as a bool tensor of shape {tuple(mask.shape)}, got "
+            f"{_describe(select)}."
+        )
+    select = select.bool()
+    if bool((select & ~has_next).any()):
+        raise ValidationError(
+            "select keeps a slot with no next token (padding, or a row's last token): "
+            "its next-token label does not exist."
+        )
+    nexts_all = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for start in range(0, ids.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        chosen = select[rows]
+        if not bool(chosen.any()):
+            continue
+        logits = model.token_logits(ids[rows], mask[rows])[chosen].float() * scale  # [n, E, V]
+        final = logits[:, -1].argmax(-1)
+        nexts = nexts_all[rows][chosen]
+        candidates = torch.cat([final[:, None], nexts[:, None], logits.argmax(-1)], dim=1)
+        parts.append((*_reduce(logits, candidates), final, nexts))
+    if not parts:
+        raise ValidationError("select keeps no slot: the traces would be empty.")
+    width = max(p[0].shape[2] for p in parts)
+    rest = max(p[1] for p in parts)
+    reduced = torch.cat([_widen(p[0], p[1], width, int(rest)) for p in parts]).float()
+    # an unused candidate or an empty rest holds no probability: a finite stand-in for -inf
+    # (traces refuse infinities; exp(-1e30 - top) is exactly 0, also under the study's scales)
+    reduced = torch.nan_to_num(reduced, neginf=_NO_MASS)
+    finals = torch.cat([p[2] for p in parts])
+    nexts = torch.cat([p[3] for p in parts])
+    # labels as class indices: the full model's token is candidate 0, the next token 1
+    consistency_labels = torch.zeros(finals.shape, dtype=torch.long)
+    accuracy_labels = torch.where(nexts == finals, 0, 1)
+    costs = torch.tensor([layer + 1.0 for layer in model.exit_layers], dtype=torch.float64)
+    meta = {"compact": "candidates+rest", "scale": f"{scale:g}"}
+    return (
+        Trace(reduced, consistency_labels, costs, meta=meta),
+        Trace(reduced.clone(), accuracy_labels, costs, meta=meta),
+    )
+
+
+_NO_MASS = -1e30
+
+
+def vocabulary_calibration(calibration: Calibration, model: DecoderModel) -> Calibration:
+    """A calibration counted on `compact_token_traces` of ``model``, for the model itself.
+
+    Compact traces have their own class count (candidates and rest classes), which a
+    calibration counted on them records; the counts are those of the full traces, so the same
+    tables serve the model, whose classes are its vocabulary. Raises a `ValidationError` when
+    the calibration is for another number of exits.
+    """
+    if not isinstance(calibration, Calibration):
+        raise ValidationError(f"expected an adaptix.Calibration, got {_describe(calibration)}.")
+    if calibration.num_exits != model.num_exits:
+        raise ValidationError(
+            f"expected a calibration of the decoder's {model.num_exits} exits, got one of "
+            f"{calibration.num_exits}."
+        )
+    return Calibration(
+        calibration.counts,
+        calibration.correct,
+        model.parts.vocab_size,
+        confidence_sum=calibration.confidence_sum,
+        edges=calibration.edges,
+        method=calibration.method,
+        meta=calibration.meta,
+    )
+
+
+def _reduce(logits: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """Candidate logits ``[n, E, K]`` (duplicates -inf; candidate 0 the full model's token,
+    1 the next token unless equal to it) and each row's rest mass in log space, with the M
+    that keeps every rest class below the top probability."""
+    n, exits, _ = logits.shape
+    k = candidates.shape[1]
+    # one class per distinct token, in order of first appearance
+    first = torch.ones(n, k, dtype=torch.bool)
+    for j in range(1, k):
+        first[:, j] = (candidates[:, :j] != candidates[:, j : j + 1]).all(1)
+    picked = logits.gather(2, candidates.unsqueeze(1).expand(n, exits, k))  # [n, E, K]
+    picked = torch.where(first.unsqueeze(1), picked, torch.full_like(picked, float("-inf")))
+    total = torch.logsumexp(logits, dim=2)  # [n, E]
+    kept = torch.logsumexp(picked, dim=2)
+    rest = total + torch.log1p(-torch.exp(kept - total).clamp(max=1.0))  # log of the rest mass
+    top = logits.max(2).values
+    # M rest classes of mass rest/M each stay below the top class: M > rest / top
+    needed = torch.exp(rest - top).max() if rest.numel() else torch.tensor(0.0)
+    m = int(torch.floor(needed).item()) + 1 if torch.isfinite(needed) else 1
+    return torch.cat([picked, rest.unsqueeze(2)], dim=2), torch.tensor(m)
+
+
+def _widen(block: Tensor, m: Tensor, width: int, rest_classes: int) -> Tensor:
+    """A batch's ``[n, E, K_b + 1]`` (candidates, log rest mass) as ``[n, E, width - 1 +
+    rest_classes]``: candidates padded with -inf, the rest mass split into equal classes."""
+    candidates, rest = block[..., :-1], block[..., -1:]
+    pad = width - 1 - candidates.shape[2]
+    if pad:
+        candidates = torch.cat(
+            [
+                candidates,
+                torch.full((*candidates.shape[:2], pad), float("-inf"), dtype=block.dtype),
+            ],
+            dim=2,
+        )
+    share = rest - torch.log(torch.tensor(float(rest_classes), dtype=block.dtype))
+    return torch.cat([candidates, share.expand(*share.shape[:2], rest_classes)], dim=2)
+
+
 def _exit_layers(exit_layers: Sequence[int], layers: int) -> tuple[int, ...]:
     """The exit layers, checked, with the last layer appended if missing."""
     try:
@@ -502,7 +653,9 @@ __all__ = [
     "attend",
     "build_decoder",
     "check_parts",
+    "compact_token_traces",
     "exit_key_value",
     "token_trace",
     "token_traces",
+    "vocabulary_calibration",
 ]
