@@ -17,8 +17,17 @@ from adaptix.offline.simulate import SimulationResult, simulate, sweep
 from adaptix.offline.statistics import ThresholdCounts, count_thresholds
 from adaptix.offline.survivors import SurvivorCounts, calibrate_survivors, count_survivors
 from adaptix.online.allocator import tune_cpu_allocator
-from adaptix.online.decoder import DecoderModel, build_decoder, token_trace
+from adaptix.online.decoder import (
+    DecoderModel,
+    KVCache,
+    build_decoder,
+    compact_token_traces,
+    token_trace,
+    token_traces,
+    vocabulary_calibration,
+)
 from adaptix.online.generate import EarlyExitGenerator, GenerationOutput
+from adaptix.online.lm_adapters import AdapterRecipe, train_adapters
 from adaptix.online.model import MultiExitModel, build_model
 from adaptix.online.monitor import (
     ReferenceCounts,
@@ -29,10 +38,12 @@ from adaptix.online.monitor import (
     ShiftWarning,
 )
 from adaptix.online.runtime import EarlyExitRunner, RunnerOutput
+from adaptix.online.speculative import SelfSpeculativeGenerator, SpeculativeOutput
 from adaptix.online.training import TrainResult, train_exits
 from adaptix.plugins import get_plugin_manager
 
 __all__ = [
+    "AdapterRecipe",
     "AdaptixError",
     "Calibration",
     "CalibrationError",
@@ -47,16 +58,19 @@ __all__ = [
     "Frontier",
     "FrontierPoint",
     "GenerationOutput",
+    "KVCache",
     "MultiExitModel",
     "PluginError",
     "ReferenceCounts",
     "RunnerOutput",
+    "SelfSpeculativeGenerator",
     "ShiftAlarm",
     "ShiftMonitor",
     "ShiftReport",
     "ShiftTest",
     "ShiftWarning",
     "SimulationResult",
+    "SpeculativeOutput",
     "SurvivorCounts",
     "ThresholdCounts",
     "Trace",
@@ -68,6 +82,7 @@ __all__ = [
     "build_model",
     "calibrate",
     "calibrate_survivors",
+    "compact_token_traces",
     "count_survivors",
     "count_thresholds",
     "get_plugin_manager",
@@ -77,7 +92,10 @@ __all__ = [
     "simulate",
     "sweep",
     "token_trace",
+    "token_traces",
+    "train_adapters",
     "train_exits",
     "tune_cpu_allocator",
     "verify_certificate",
+    "vocabulary_calibration",
 ]

@@ -112,7 +112,10 @@ def test_unknown_components_fail_before_anything_runs(
     assert lines[0] == f"adaptix: error: invalid {path}:"
     problems = {line.split(":")[0].strip(): line for line in lines[1:]}
     assert set(problems) == {"models.0.backbone", "models.1.head_params", "sweep.criteria.2"}
-    assert "unknown backbone 'msdnett'. Available: msdnet, resnet, sequential" in captured.err
+    assert (
+        "unknown backbone 'msdnett'. Available: causal_lm, msdnet, resnet, sequential"
+        in captured.err
+    )
     assert "exit head 'linear'.hidden: Extra inputs are not permitted" in captured.err
     assert "unknown criterion 'confidance'. Available: confidence, entropy" in captured.err
 

@@ -55,7 +55,7 @@ class Fussy(Tiny):
         (
             {"models": [{"name": "a"}, {"name": "b", "backbone": "resnett"}]},
             "models.1.backbone",
-            "unknown backbone 'resnett'. Available: msdnet, resnet, sequential",
+            "unknown backbone 'resnett'. Available: causal_lm, msdnet, resnet, sequential",
         ),
         (
             {"models": [{"name": "a", "head": "mpl"}]},

@@ -35,10 +35,12 @@ from adaptix.testing.contracts import (
     check_component,
     check_criterion,
     check_exit_head,
+    check_kv_strategy,
     contract_cases,
 )
 from adaptix.testing.control_check import ControlReport, check_control
 from adaptix.testing.data import synthetic_trace
+from adaptix.testing.decoder import tiny_decoder
 from adaptix.testing.speed import ExitBenchmark, SpeedResult
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "check_control",
     "check_criterion",
     "check_exit_head",
+    "check_kv_strategy",
     "contract_cases",
     "synthetic_trace",
+    "tiny_decoder",
 ]
