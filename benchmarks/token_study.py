@@ -83,11 +83,16 @@ def main() -> None:
         "tokens_per_article": args.tokens,
     }
     for scale in args.scales:
-        traces = {}
-        for split, ids in texts.items():
-            mask = torch.ones_like(ids, dtype=torch.bool)
-            consistency, _ = adaptix.compact_token_traces(model, ids, mask, scale=scale)
-            traces[split] = consistency
+        # one call for both splits, so that their compact traces share one class layout
+        ids = torch.cat([texts["calibration"], texts["test"]])
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        consistency, _ = adaptix.compact_token_traces(model, ids, mask, scale=scale)
+        first = texts["calibration"].shape[0] * per_article
+        rows = torch.arange(consistency.num_inputs)
+        traces = {
+            "calibration": consistency.subset(rows[:first]),
+            "test": consistency.subset(rows[first:]),
+        }
         pooled = traces["calibration"].num_inputs + traces["test"].num_inputs
         study = run_study(
             traces["calibration"],

@@ -496,7 +496,8 @@ def compact_token_traces(
     for the model, to run in the generator.
 
     Rows are computed ``batch_size`` sequences at a time; arguments otherwise as
-    `token_traces`'s.
+    `token_traces`'s. The class layout (K, M) depends on the rows: traces to be joined or
+    compared (a study's calibration and test texts) come from one call, then `Trace.subset`.
 
     Returns:
         (consistency, accuracy) traces with logits ``[N, E, K + M]``, K the most candidates of
