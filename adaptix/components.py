@@ -396,6 +396,8 @@ class DecoderParts(BackboneParts):
         eos_token_id: the model's end-of-sequence token(s), if known.
         sliding_window: for a model whose attention reaches only this many previous tokens:
             adaptix runs full attention, so it refuses longer sequences (None: no window).
+        max_positions: the longest sequence the model was made for (prompt and new tokens),
+            if known: longer ones are refused.
     """
 
     embed: nn.Module
@@ -409,6 +411,7 @@ class DecoderParts(BackboneParts):
     vocab_size: int
     eos_token_id: tuple[int, ...] = ()
     sliding_window: int | None = None
+    max_positions: int | None = None
 
 
 # ------------------------------------------------------------------------------ KV strategies

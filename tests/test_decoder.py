@@ -562,3 +562,19 @@ def test_compact_token_traces_decide_as_the_full_ones(model: DecoderModel, scale
     served = vocabulary_calibration(adaptix.calibrate(compact[0], bins=5), model)
     policy = adaptix.policy("pcee", 0.5, served)
     EarlyExitGenerator(model, policy).generate(PROMPTS, max_new_tokens=3)
+
+
+def test_sequences_longer_than_the_model_or_memory_are_refused(model: DecoderModel) -> None:
+    # tiny_llama was made for 512 positions
+    with pytest.raises(ValidationError, match="exceed the 512 positions"):
+        EarlyExitGenerator(model).generate([[1, 2, 3]], max_new_tokens=600)
+    with pytest.raises(ValidationError, match=r"KV cache .* would take"):
+        DecoderModel(tiny_decoder_parts(), [1]).prefill(
+            torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool), 10**11
+        )
+
+
+def tiny_decoder_parts() -> DecoderParts:
+    from adaptix.testing import tiny_decoder
+
+    return tiny_decoder()

@@ -31,6 +31,10 @@ from adaptix.core.trace import Trace
 from adaptix.errors import PluginError, ValidationError
 from adaptix.plugins import AdaptixPluginManager, call_plugin, resolve_manager
 
+#: The largest KV cache a call may allocate (bytes): beyond it, a clear error instead of a raw
+#: allocation failure.
+_CACHE_LIMIT = 64 * 2**30
+
 #: Module names every decoder layer must have (the Llama anatomy of `DecoderParts`).
 LAYER_ANATOMY = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 ATTENTION_ANATOMY = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -136,6 +140,7 @@ class KVCache:
         rows, slots = real.shape
         shape = (rows, parts.num_kv_heads, slots, parts.head_dim)
         layers = len(parts.blocks)
+
         # left padding: a row's tokens sit at its last slots, so position = slot - padding
         padding = (~real).long().cumprod(1).sum(1, keepdim=True)  # leading empty slots
         positions = (torch.arange(slots, device=device).unsqueeze(0) - padding).clamp(min=0)
@@ -346,6 +351,21 @@ class DecoderModel(nn.Module):
             raise ValidationError(
                 f"{slots} token slots exceed the model's sliding attention window ({window}); "
                 "adaptix runs full attention: shorten the prompts or max_new_tokens."
+            )
+        longest = self.parts.max_positions
+        if longest is not None and slots > longest:
+            raise ValidationError(
+                f"{slots} token slots (prompt and new tokens) exceed the {longest} positions the "
+                "model was made for: shorten the prompts or max_new_tokens."
+            )
+        parts = self.parts
+        size = 2 * len(parts.blocks) * rows * parts.num_kv_heads * slots * parts.head_dim
+        size *= next(parts.embed.parameters()).element_size()
+        if size > _CACHE_LIMIT:
+            raise ValidationError(
+                f"the KV cache for {rows} rows of {slots} token slots would take "
+                f"{size / 2**30:.1f} GiB (limit {_CACHE_LIMIT / 2**30:.0f} GiB): fewer rows, "
+                "shorter prompts or fewer new tokens."
             )
         real = torch.zeros(rows, slots, dtype=torch.bool, device=input_ids.device)
         real[:, :length] = mask

@@ -107,10 +107,16 @@ def decoder_parts(model: Any) -> DecoderParts:
         vocab_size=int(config.vocab_size),
         eos_token_id=eos_ids,
         sliding_window=None if window is None else int(window),
+        max_positions=_max_positions(config),
         feature=base.norm,
         feature_dims=(int(config.hidden_size),) * len(base.layers),
         example_input=ids,
     )
+
+
+def _max_positions(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 class CausalLMBackbone(Backbone):
