@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -630,19 +630,9 @@ def _trim(
     return hidden, slots, (None if bool(live.all()) else live)
 
 
-def describe(output: GenerationOutput) -> dict[str, Any]:
-    """A one-line summary of a generation: tokens, layers per token, exit histogram."""
-    return {
-        "tokens": output.num_tokens,
-        "layers_per_token": output.layers_per_token(),
-        "exit_histogram": output.exit_histogram(),
-    }
-
-
 __all__ = [
     "EarlyExitGenerator",
     "GenerationOutput",
-    "describe",
     "eos_ids",
     "left_padded",
     "token_budget",
