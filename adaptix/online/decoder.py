@@ -466,11 +466,24 @@ def token_traces(
     """The two token traces of one teacher-forced pass, sharing their logits: labelled by the
     full model's token (consistency) and by the text's next token (accuracy). Arguments as
     `token_trace`'s."""
+    ids, mask, select = _token_slots(model, input_ids, attention_mask, select)
+    logits = model.token_logits(ids, mask)[select].float()
+    final = logits[:, -1].argmax(-1)
+    nexts = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[select]
+    costs = torch.tensor([layer + 1.0 for layer in model.exit_layers], dtype=torch.float64)
+    return Trace(logits, final, costs), Trace(logits, nexts, costs)
+
+
+def _token_slots(
+    model: DecoderModel, input_ids: Tensor, attention_mask: Tensor, select: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The checked ids and mask, and the slots a token trace keeps (default: every real slot
+    with a next token; a given ``select`` may keep no slot without one)."""
     ids, mask = model.check_tokens(input_ids, attention_mask, trailing=True)
     has_next = mask & torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     if select is None:
-        select = has_next
-    elif not isinstance(select, Tensor) or select.shape != mask.shape:
+        return ids, mask, has_next
+    if not isinstance(select, Tensor) or select.shape != mask.shape:
         raise ValidationError(
             f"expected select as a bool tensor of shape {tuple(mask.shape)}, got "
             f"{_describe(select)}."
@@ -481,11 +494,7 @@ def token_traces(
             "select keeps a slot with no next token (padding, or a row's last token): "
             "its next-token label does not exist."
         )
-    logits = model.token_logits(ids, mask)[select].float()
-    final = logits[:, -1].argmax(-1)
-    nexts = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[select]
-    costs = torch.tensor([layer + 1.0 for layer in model.exit_layers], dtype=torch.float64)
-    return Trace(logits, final, costs), Trace(logits, nexts, costs)
+    return ids, mask, select
 
 
 @torch.no_grad()
@@ -523,21 +532,7 @@ def compact_token_traces(
         (consistency, accuracy) traces with logits ``[N, E, K + M]``, K the most candidates of
         a row (an unused candidate class has logit -1e30: no probability).
     """
-    ids, mask = model.check_tokens(input_ids, attention_mask, trailing=True)
-    has_next = mask & torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
-    if select is None:
-        select = has_next
-    elif not isinstance(select, Tensor) or select.shape != mask.shape:
-        raise ValidationError(
-            f"expected select as a bool tensor of shape {tuple(mask.shape)}, got "
-            f"{_describe(select)}."
-        )
-    select = select.bool()
-    if bool((select & ~has_next).any()):
-        raise ValidationError(
-            "select keeps a slot with no next token (padding, or a row's last token): "
-            "its next-token label does not exist."
-        )
+    ids, mask, select = _token_slots(model, input_ids, attention_mask, select)
     nexts_all = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
     parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for start in range(0, ids.shape[0], batch_size):
