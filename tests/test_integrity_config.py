@@ -230,7 +230,7 @@ def test_loss_weights_one_per_exit_of_every_model_are_accepted() -> None:
 
 def test_the_shipped_presets_pass_every_check() -> None:
     for name in adaptix.experiment.config.preset_names():
-        load_config(preset=name)
+        adaptix.experiment.load_job_config(preset=name)
 
 
 @pytest.mark.parametrize(

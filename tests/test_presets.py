@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_presets_are_the_toml_files_shipped_with_the_package() -> None:
-    assert preset_names() == ["bbc-minilm", "fashion-mnist"]
+    assert preset_names() == ["bbc-minilm", "fashion-mnist", "smollm2-bbc"]
     for name in preset_names():
         path = preset_path(name)
         assert path == PRESETS_DIR / f"{name}.toml"
@@ -62,7 +62,7 @@ def test_the_bbc_preset_is_minilm_truncated_on_bbc_news() -> None:
 
 def test_an_unknown_preset_lists_the_presets() -> None:
     with pytest.raises(
-        ConfigError, match=r"no preset named 'mnist'.*'bbc-minilm', 'fashion-mnist'"
+        ConfigError, match=r"no preset named 'mnist'.*'bbc-minilm', 'fashion-mnist', 'smollm2"
     ):
         load_config(preset="mnist")
     with pytest.raises(ConfigError, match="no preset named"):

@@ -1,4 +1,7 @@
-"""The main job: ``adaptix run [CONFIG]`` reproduces PCEE's two claims on Fashion-MNIST.
+"""The main job: ``adaptix run [CONFIG]`` reproduces PCEE's two claims on Fashion-MNIST; the
+language-model job (``adaptix run --preset smollm2-bbc``: `adaptix.experiment.lm_job.run_lm_job`,
+not imported here, since it imports the decoder runtime) controls and certifies token exits of a
+decoder LM on BBC News.
 
 See `adaptix.experiment.config.JobConfig` for every setting and `adaptix.experiment.job.run_job`
 for the steps. The package also holds the data the experiments read (`adaptix.experiment.data`,
@@ -10,5 +13,6 @@ printed report and the figures (`adaptix.experiment.plots` and the studies' ``*_
 
 from adaptix.experiment.config import JobConfig, load_config
 from adaptix.experiment.job import JobResult, run_job
+from adaptix.experiment.lm_config import LMJobConfig, load_job_config
 
-__all__ = ["JobConfig", "JobResult", "load_config", "run_job"]
+__all__ = ["JobConfig", "JobResult", "LMJobConfig", "load_config", "load_job_config", "run_job"]

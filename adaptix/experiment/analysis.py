@@ -4,11 +4,13 @@ bins, certify the guarantee mode, under the natural logits and every overconfide
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 from adaptix.components import AccuracyReading
 from adaptix.core.calibration import Calibration
 from adaptix.core.trace import Trace
-from adaptix.experiment.config import GUARANTEE_ROW, JobConfig, ModelConfig
+from adaptix.errors import ValidationError
+from adaptix.experiment.config import GUARANTEE_ROW, AnalysedModel, AnalysisSettings
 from adaptix.experiment.results import CertifiedPoint, ModelOutcome, SurvivorPanel
 from adaptix.experiment.sweeps import (
     RayCounting,
@@ -29,19 +31,35 @@ from adaptix.plugins import AdaptixPluginManager
 
 
 def analyse(
-    spec: ModelConfig,
+    spec: AnalysedModel,
     calib_trace: Trace,
     test_trace: Trace,
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     on_ray: RayCounting | None = None,
+    stressed: Mapping[float, tuple[Trace, Trace]] | None = None,
 ) -> ModelOutcome:
     """Save the traces and calibrate; sweep every criterion of ``readings``, read those with
     a bin table on survivor bins (``sweep.survivors``) and certify the guarantee mode, on the
     test logits as they are and under each overconfidence stress; write the calibration and
     the frontiers; count the knob's distinct policies. With ``on_ray``, the sweeps and
-    survivor counts are counted on Ray."""
+    survivor counts are counted on Ray.
+
+    The stress of scale s reads ``stressed[s]`` (its calibration and test traces) when given,
+    else the traces' logits × s (`Trace.scaled`). Traces that are not plain logits, such as
+    compact token traces (`adaptix.compact_token_traces`, where a scale changes which classes
+    are kept), are built at each scale and passed here.
+
+    Raises:
+        ValidationError: ``stressed`` lacks a scale of ``config.sweep.stress_scales``.
+    """
+    if stressed is not None:
+        missing = [s for s in config.sweep.stress_scales if s not in stressed]
+        if missing:
+            raise ValidationError(
+                f"expected stressed traces for every stress scale, missing {missing}."
+            )
     out = config.output_dir
     trace_paths = tuple(
         trace.save(out / f"trace-{spec.name}-{split}.pt")
@@ -56,7 +74,11 @@ def analyse(
     panels = {"natural": ("", calib_trace, test_trace, calibration, frontier)}
     stress: dict[float, Frontier] = {}
     for scale in config.sweep.stress_scales:
-        stressed_calib, stressed_test = calib_trace.scaled(scale), test_trace.scaled(scale)
+        stressed_calib, stressed_test = (
+            stressed[scale]
+            if stressed is not None
+            else (calib_trace.scaled(scale), test_trace.scaled(scale))
+        )
         stressed_cal = calibrate(
             stressed_calib, config.sweep.calibrator, config.sweep.bins, plugins=manager
         )
@@ -111,7 +133,7 @@ def _survivor_panel(
     calibration: Calibration,
     confidence: list[FrontierPoint],
     oracle: dict[float, float],
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     on_ray: RayCounting | None,
@@ -151,7 +173,7 @@ def count_survivors(
     deltas: list[float],
     name: str,
     calibration: Calibration,
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     on_ray: RayCounting | None = None,
 ) -> SurvivorCounts:
@@ -174,7 +196,7 @@ def count_survivors(
 
 
 def certify(
-    calib_trace: Trace, test_trace: Trace, config: JobConfig, manager: AdaptixPluginManager
+    calib_trace: Trace, test_trace: Trace, config: AnalysisSettings, manager: AdaptixPluginManager
 ) -> list[CertifiedPoint]:
     """The guarantee mode at every δ of the grid: certified on ``calib_trace`` (one
     `Certifier`, reused over δ) and simulated on ``test_trace``.

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
 
 import yaml
 from pydantic import (
@@ -381,6 +381,28 @@ class TargetsConfig(FrozenModel):
     )
 
 
+class AnalysisSettings(Protocol):
+    """What the analysis steps (`adaptix.experiment.analysis`, `adaptix.experiment.sweeps`)
+    read of a job's configuration: both jobs (`JobConfig`, the language-model job's
+    `adaptix.experiment.lm_config.LMJobConfig`) have these."""
+
+    @property
+    def output_dir(self) -> Path: ...
+
+    @property
+    def sweep(self) -> SweepConfig: ...
+
+    @property
+    def guarantee(self) -> GuaranteeConfig: ...
+
+
+class AnalysedModel(Protocol):
+    """What the analysis reads of the model it analyses: its name (files, runs, tables)."""
+
+    @property
+    def name(self) -> str: ...
+
+
 class RuntimeConfig(FrozenModel):
     """Wall-clock measurement of the batched runtime."""
 
@@ -585,7 +607,8 @@ def _weights_fit(
         )
 
 
-def _dotted(err: ValidationError) -> str:
+def dotted_errors(err: ValidationError) -> str:
+    """A pydantic error as lines ``  dotted.path: message (got value)``."""
     lines = []
     for error in err.errors():
         path = ".".join(str(part) for part in error["loc"]) or "(top level)"
@@ -612,7 +635,7 @@ def parse_config(
     try:
         return JobConfig.model_validate(data, context={"plugins": plugins})
     except ValidationError as err:
-        raise ConfigError(f"invalid {source}:\n{_dotted(err)}") from err
+        raise ConfigError(f"invalid {source}:\n{dotted_errors(err)}") from err
 
 
 #: The shipped job configurations, one TOML file each: ``adaptix run --preset NAME``.
@@ -666,12 +689,33 @@ def _read_config(
     preset: str | None,
     plugins: AdaptixPluginManager | None,
 ) -> JobConfig:
+    data, source = read_mapping(path, preset)
+    if data.get("kind") == "lm":
+        raise ConfigError(
+            f"{source} is a language-model job (kind = 'lm'): load it with "
+            "adaptix.experiment.load_job_config, which reads either job."
+        )
+    if data.get("kind") == "classify":
+        data = {k: v for k, v in data.items() if k != "kind"}
+    return parse_config(data, source, plugins=plugins)
+
+
+def read_mapping(
+    path: str | os.PathLike[str] | None, preset: str | None
+) -> tuple[dict[str, Any], str]:
+    """The mapping at the top of a TOML or YAML file, or of the shipped ``preset`` (neither:
+    an empty mapping, the defaults), and what to call it in errors.
+
+    Raises:
+        ConfigError: both a path and a preset, an unknown preset, a file that cannot be read
+            or parsed, or one whose top is not a mapping.
+    """
     if path is not None and preset is not None:
         raise ConfigError("pass a configuration file or a preset, not both.")
     if preset is not None:
         path = preset_path(preset)
     if path is None:
-        return parse_config({}, "default configuration", plugins=plugins)
+        return {}, "default configuration"
     source = Path(path)
     if source.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"expected a .toml, .yaml or .yml configuration, got {source.name}.")
@@ -688,4 +732,4 @@ def _read_config(
         raise ConfigError(f"cannot parse configuration {source}: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top of {source}, got {type(data).__name__}.")
-    return parse_config(data, str(source), plugins=plugins)
+    return data, str(source)

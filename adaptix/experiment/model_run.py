@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptix.experiment.config import GUARANTEE_ROW, SweepConfig
+from adaptix.experiment.config import GUARANTEE_ROW, ModelConfig, SweepConfig
 from adaptix.experiment.results import ModelOutcome, RuntimePoint
 from adaptix.plugins import AdaptixPluginManager
 from adaptix.tracking import (
@@ -60,13 +60,16 @@ class ModelRunLogger:
         (with the speed-ups measured in ``runtime``), the guarantee mode's certified policies and
         the survivor-bin points of the natural panel, and its plots."""
         tracker = self.tracker
+        spec = outcome.config
+        if not isinstance(spec, ModelConfig):
+            raise TypeError(f"expected a vision model's outcome, got one of {spec!r}")
         run = tracker.start_run(
             name,
             parent=self.parent,
             params={
-                "backbone": outcome.config.backbone,
-                "backbone_params": json.dumps(outcome.config.backbone_params),
-                "head": outcome.config.head,
+                "backbone": spec.backbone,
+                "backbone_params": json.dumps(spec.backbone_params),
+                "head": spec.head,
                 "calibration_checksum": outcome.calibration.checksum,
                 **self.splits,
             },

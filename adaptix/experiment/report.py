@@ -80,7 +80,7 @@ def _models_table(result: JobResult) -> str:
     )
 
 
-def _control_table(
+def control_table(
     outcome: ModelOutcome,
     deltas: list[float],
     readings: dict[str, AccuracyReading | None],
@@ -508,11 +508,11 @@ def render_report(result: JobResult) -> str:
         _models_table(result),
         "",
         f"## (a) Control: does δ deliver early accuracy ≥ δ? ({large_name}, test split)",
-        _control_table(result.models[large_name], deltas, result.readings, config.guarantee),
+        control_table(result.models[large_name], deltas, result.readings, config.guarantee),
         "",
     ]
     for name in list(result.models)[:-1]:
-        control = _control_table(result.models[name], deltas, result.readings, config.guarantee)
+        control = control_table(result.models[name], deltas, result.readings, config.guarantee)
         parts += [f"### Control on {name}", control, ""]
     parts += [
         f"## The knob: distinct policies over δ = {deltas[0]:g} … {deltas[-1]:g} "

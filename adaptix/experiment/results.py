@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from adaptix.core.calibration import Calibration
     from adaptix.core.flops import FlopProfile
     from adaptix.core.trace import Trace
-    from adaptix.experiment.config import JobConfig, ModelConfig
+    from adaptix.experiment.config import AnalysedModel, JobConfig
     from adaptix.experiment.datasets import DataSource
     from adaptix.offline.control import ControlSummary
     from adaptix.offline.frontier import Frontier, FrontierPoint
@@ -71,7 +71,7 @@ class SurvivorPanel:
 class ModelOutcome:
     """Everything the job learned about one model."""
 
-    config: ModelConfig
+    config: AnalysedModel  # the vision job's ModelConfig, the LM job's ExitsConfig
     profile: FlopProfile
     exit_accuracy: list[float]
     calibration: Calibration

@@ -10,7 +10,7 @@ import torch
 from adaptix.components import AccuracyReading
 from adaptix.core.calibration import Calibration
 from adaptix.core.trace import Trace
-from adaptix.experiment.config import GUARANTEE_ROW, JobConfig
+from adaptix.experiment.config import GUARANTEE_ROW, AnalysisSettings
 from adaptix.experiment.results import CertifiedPoint
 from adaptix.offline import control
 from adaptix.offline.control import (
@@ -65,7 +65,7 @@ class RayCounting(Protocol):
 def sweep_all(
     trace: Trace,
     calibration: Calibration,
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     on_ray: RayCounting | None = None,
@@ -107,7 +107,7 @@ def _one_plain_point_each(
 
 
 def hindsight_oracle(
-    trace: Trace, config: JobConfig, manager: AdaptixPluginManager
+    trace: Trace, config: AnalysisSettings, manager: AdaptixPluginManager
 ) -> dict[float, float]:
     """The hindsight oracle's cost at every δ of the grid on ``trace``: the one oracle of
     adaptix (`adaptix.offline.control.hindsight_oracle`), the study's too."""
@@ -117,7 +117,7 @@ def hindsight_oracle(
 def control_rows(
     frontier: Frontier,
     oracle: dict[float, float],
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     certified: list[CertifiedPoint],
@@ -141,7 +141,7 @@ def control_rows(
 def knob_counts(
     test_trace: Trace,
     calibration: Calibration,
-    config: JobConfig,
+    config: AnalysisSettings,
     manager: AdaptixPluginManager,
     readings: dict[str, AccuracyReading | None],
     certified: list[CertifiedPoint],

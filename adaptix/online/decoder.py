@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from adaptix.components import DecoderParts, build_params
 from adaptix.core.calibration import Calibration
@@ -506,6 +507,7 @@ def compact_token_traces(
     *,
     scale: float = 1.0,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> tuple[Trace, Trace]:
     """`token_traces` with memory that does not grow with the vocabulary, for large LMs.
 
@@ -524,7 +526,8 @@ def compact_token_traces(
     counted on them records their class count: `vocabulary_calibration` gives the same tables
     for the model, to run in the generator.
 
-    Rows are computed ``batch_size`` sequences at a time; arguments otherwise as
+    Rows are computed ``batch_size`` sequences at a time (``progress``: a progress bar over
+    them); arguments otherwise as
     `token_traces`'s. The class layout (K, M) depends on the rows: traces to be joined or
     compared (a study's calibration and test texts) come from one call, then `Trace.subset`.
 
@@ -535,7 +538,9 @@ def compact_token_traces(
     ids, mask, select = _token_slots(model, input_ids, attention_mask, select)
     nexts_all = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
     parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for start in range(0, ids.shape[0], batch_size):
+    starts = range(0, ids.shape[0], batch_size)
+    bar = tqdm(starts, desc=f"token traces (x{scale:g})", unit="batch", disable=not progress)
+    for start in bar:
         rows = slice(start, start + batch_size)
         chosen = select[rows]
         if not bool(chosen.any()):

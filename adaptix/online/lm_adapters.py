@@ -157,7 +157,7 @@ def train_adapters(
     parameter = next(model.parameters())
     store = None if cache is None else ModelCache(cache)
     key = cache_key(
-        model=_weights_digest(parts),
+        model=weights_digest(parts),
         exit_layers=list(model.exit_layers),
         tokens=tensor_digest({"ids": ids.cpu(), "mask": mask.cpu()}),
         recipe=recipe.__dict__,
@@ -230,8 +230,9 @@ class _Head(nn.Module):
         return self.lm_head(self.norm(hidden))
 
 
-def _weights_digest(parts: DecoderParts) -> str:
-    """SHA-256 of every weight the hidden states and the head depend on."""
+def weights_digest(parts: DecoderParts) -> str:
+    """SHA-256 of every weight of ``parts`` that exit logits depend on (embedding, layers,
+    final norm, LM head): identifies the model in caches and provenance."""
     named = {}
     for prefix, module in (
         ("embed", parts.embed),
@@ -251,4 +252,10 @@ def _placed(adapters: Sequence[AffineAdapter], like: Tensor) -> list[AffineAdapt
     return [a.to(device=like.device, dtype=like.dtype).eval() for a in adapters]
 
 
-__all__ = ["AdapterRecipe", "AffineAdapter", "exit_hidden_states", "train_adapters"]
+__all__ = [
+    "AdapterRecipe",
+    "AffineAdapter",
+    "exit_hidden_states",
+    "train_adapters",
+    "weights_digest",
+]

@@ -13,7 +13,8 @@ entry-point group::
     batch = dict(tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
 
 For token-level work on a decoder, `load_smollm2` gives SmolLM2-135M-Instruct offline and
-`bbc_token_blocks` BBC News as packed token blocks, split by article.
+`bbc_token_blocks` BBC News as packed token blocks, split by article; `load_causal_lm` gives
+a decoder by name (``smollm2``, ``tiny-llama``, or a model directory) with its tokenizer.
 
 Importing this package does not import transformers; building a backbone from a path or
 calling `load_minilm` or `load_smollm2` does.
@@ -28,6 +29,7 @@ from adaptix_transformers.backbone import TransformersBackbone, TransformersPara
 from adaptix_transformers.bbc import bbc_articles, bbc_token_blocks, split_articles
 from adaptix_transformers.data import bbc_news_dir, load_bbc_news, load_minilm, minilm_path
 from adaptix_transformers.decoder import CausalLMBackbone, decoder_parts, tiny_llama
+from adaptix_transformers.lm_sources import ByteTokenizer, LoadedLM, load_causal_lm
 from adaptix_transformers.smollm import load_smollm2, smollm2_gguf
 
 __version__ = "0.1.0"
@@ -41,7 +43,9 @@ def adaptix_register_backbones(registry: Registrar[Backbone]) -> None:
 
 
 __all__ = [
+    "ByteTokenizer",
     "CausalLMBackbone",
+    "LoadedLM",
     "TransformersBackbone",
     "TransformersParams",
     "__version__",
@@ -51,6 +55,7 @@ __all__ = [
     "bbc_token_blocks",
     "decoder_parts",
     "load_bbc_news",
+    "load_causal_lm",
     "load_minilm",
     "load_smollm2",
     "minilm_path",
