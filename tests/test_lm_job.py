@@ -55,6 +55,13 @@ TINY: dict[str, Any] = {
         "deltas": [0.4],
         "samples": 2,
     },
+    "sequence": {
+        "risk": 0.5,
+        "prompts": 20,
+        "new_tokens": 6,
+        "batch_size": 10,
+        "thresholds": [0.99, 0.9, 0.5, 0.1],
+    },
 }
 
 
@@ -95,6 +102,7 @@ def test_the_report_has_every_section(job: tuple[LMJobResult, list[str], Path]) 
         "### consistency x2",
         "## Generation: tokens/s against full depth",
         "## Sample continuations: full depth and pcee at δ = 0.4",
+        "## Sequence-level certificate (CALM's form)",
         "## What the token-level statements say",
     ):
         assert heading in report, heading
@@ -141,6 +149,15 @@ def test_generation_is_timed_against_full_depth_and_lossless_equals_it(
         else:
             assert point.layers_per_token is not None
             assert 2 <= point.layers_per_token <= 6
+    sequence = result.sequence
+    assert sequence is not None
+    certificate = sequence.certificate
+    assert certificate.prompts == 20
+    assert certificate.max_new_tokens == 6
+    assert 1 <= len(certificate.tested) <= 4
+    if certificate.certified:
+        assert sequence.test_loss is not None
+        assert 0 <= sequence.test_loss <= 1
     assert len(result.samples) == 2
     assert all(s.full and s.early for s in result.samples)
 
@@ -183,6 +200,8 @@ def test_mlflow_holds_the_parent_a_run_per_exit_configuration_and_the_points(
     assert "consistency.natural.pcee.violation_rate" in run.data.metrics
     assert "generation.lossless.batch_3.acceptance_rate" in run.data.metrics
     assert run.data.metrics["generation.lossless.batch_3.identical_continuations"] == 1.0
+    assert run.data.metrics["sequence.risk"] == 0.5
+    assert "sequence.statement" in run.data.params
     points = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
     targets = {p.data.params.get("token_target") for p in points}
     assert targets == {"consistency", "accuracy"}
@@ -214,6 +233,7 @@ def test_a_second_run_reads_adapters_and_traces_from_the_cache(
             "tracking": first.config.tracking.model_copy(update={"enabled": False}),
             "study": first.config.study.model_copy(update={"splits": 0}),
             "generation": first.config.generation.model_copy(update={"enabled": False}),
+            "sequence": first.config.sequence.model_copy(update={"enabled": False}),
         }
     )
     again: list[str] = []
@@ -225,6 +245,7 @@ def test_a_second_run_reads_adapters_and_traces_from_the_cache(
             assert torch.equal(outcome.test_trace.logits, other.test_trace.logits)
             assert outcome.frontier.points == other.frontier.points
     assert second.generation == []
+    assert second.sequence is None
     assert second.studies == {}
 
 
@@ -236,6 +257,7 @@ def test_full_traces_read_every_criterion_entropy_included(tmp_path: Path) -> No
         sweep={**TINY["sweep"], "criteria": ["confidence", "entropy", "pcee"]},
         study={"splits": 0},
         generation={"enabled": False},
+        sequence={"enabled": False},
         tracking={"enabled": False},
     )
     result = run_lm_job(config, log=lambda _: None)
@@ -304,6 +326,7 @@ def test_cli_prints_and_runs_the_language_model_job(
         "exits": [{"name": "mid", "layers": [2]}],
         "study": {"splits": 0},
         "generation": {**TINY["generation"], "batch_sizes": [2], "speculative": False},
+        "sequence": {"enabled": False},
         "cache_dir": str(tmp_path / "cache"),
     }
     path = tmp_path / "job.json.yaml"

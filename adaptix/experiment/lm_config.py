@@ -25,10 +25,12 @@ from adaptix.experiment.config import (
     AtLeastOne,
     AtLeastTen,
     Count,
+    CriterionName,
     Flag,
     GuaranteeConfig,
     JobConfig,
     Level,
+    Real,
     Seed,
     SweepConfig,
     Tokens,
@@ -211,6 +213,28 @@ class GenerationConfig(FrozenModel):
     samples: Count = Field(default=3, description="continuations shown side by side")
 
 
+class SequenceConfig(FrozenModel):
+    """The sequence-level certificate (`adaptix.online.sequence.certify_sequences`): on prompts
+    from calibration articles (one per article), the threshold of ``criterion`` whose greedy
+    continuations differ from full depth's by at most ``risk`` in expectation (``loss``:
+    share of positions, or any difference), with probability ≥ 1 − ``alpha``; then measured on
+    as many prompts from test articles. Prompts and exits are the generation's."""
+
+    enabled: Flag = True
+    criterion: CriterionName = Field(default="confidence", validate_default=True)
+    risk: Level = 0.2
+    alpha: Level = 0.05
+    loss: Literal["mismatch", "differs"] = "mismatch"
+    thresholds: tuple[Real, ...] = Field(
+        default=(0.99, 0.97, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5),
+        min_length=1,
+        description="tested in this order, the safest first",
+    )
+    prompts: AtLeastTen = Field(default=100, description="at most this many per split")
+    new_tokens: NewTokens = 16
+    batch_size: AtLeastOne = 8
+
+
 class LMJobConfig(FrozenModel):
     """Everything ``adaptix run`` does for a language model (``kind = "lm"``)."""
 
@@ -241,6 +265,7 @@ class LMJobConfig(FrozenModel):
     guarantee: GuaranteeConfig = Field(default={}, validate_default=True)
     study: LMStudyConfig = Field(default={}, validate_default=True)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    sequence: SequenceConfig = Field(default={}, validate_default=True)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("adaptix-out/smollm2-bbc")
     threads: AtLeastOne | None = Field(default=2, description="torch threads (None: default)")
@@ -374,6 +399,7 @@ __all__ = [
     "LMJobConfig",
     "LMModelConfig",
     "LMStudyConfig",
+    "SequenceConfig",
     "TinyLlamaConfig",
     "load_job_config",
     "parse_lm_config",

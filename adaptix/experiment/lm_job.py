@@ -54,6 +54,7 @@ from adaptix.experiment.lm_results import (
     LMJobResult,
     LMModel,
     Sample,
+    SequenceResult,
 )
 from adaptix.experiment.results import ModelOutcome
 from adaptix.experiment.study import StudyResult, run_study
@@ -68,6 +69,7 @@ from adaptix.online.decoder import (
 from adaptix.online.generate import EarlyExitGenerator
 from adaptix.online.lm_adapters import AdapterRecipe, train_adapters, weights_digest
 from adaptix.online.paired import time_paired
+from adaptix.online.sequence import certify_sequences, generate_all, sequence_losses
 from adaptix.online.speculative import SelfSpeculativeGenerator
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 from adaptix.tracking import Tracker, default_tracking_uri, log_certified, log_frontier
@@ -140,9 +142,9 @@ def _run(config: LMJobConfig, log: Callable[[str], None]) -> LMJobResult:
             write_model_plots(name, outcome, out)
             outcomes[exits.name][target] = outcome
     studies = _studies(config, union, model, traces, data, manager, log)
-    generation, samples = _generate(
-        config, parts_model, model, union, outcomes, data, tokenizer, log
-    )
+    decoder = _generation_model(config, parts_model, model, union)
+    generation, samples = _generate(config, decoder, outcomes, data, tokenizer, log)
+    sequence = _sequence(config, decoder, outcomes, data, log)
     result = LMJobResult(
         config=config,
         model=lm,
@@ -151,6 +153,7 @@ def _run(config: LMJobConfig, log: Callable[[str], None]) -> LMJobResult:
         studies=studies,
         generation=generation,
         samples=samples,
+        sequence=sequence,
         output_dir=out,
         seconds=0.0,
         report="",
@@ -489,11 +492,30 @@ def _studies(
 # ------------------------------------------------------------------------------- generation
 
 
+def _generation_model(
+    config: LMJobConfig, bare: DecoderModel, model: DecoderModel, union: tuple[int, ...]
+) -> DecoderModel:
+    """The generation's exit configuration as a model of its own (its adapters the union's)."""
+    exits = config.exits_named(config.generation.exits)
+    layers = _layers_of(exits, model.num_layers)
+    adapters = None
+    if model.adapters is not None:
+        adapters = [model.adapters[union.index(layer)] for layer in layers[:-1]]
+    return DecoderModel(bare.parts, layers, adapters=adapters)
+
+
+def _consistency(
+    config: LMJobConfig, outcomes: dict[str, dict[Target, ModelOutcome]]
+) -> ModelOutcome:
+    """The generation's exit configuration's analysis on the consistency target (else the
+    first target's): the calibration and certificates the generator reads."""
+    chosen = outcomes[config.exits_named(config.generation.exits).name]
+    return chosen.get("consistency") or next(iter(chosen.values()))
+
+
 def _generate(
     config: LMJobConfig,
-    bare: DecoderModel,
-    model: DecoderModel,
-    union: tuple[int, ...],
+    decoder: DecoderModel,
     outcomes: dict[str, dict[Target, ModelOutcome]],
     data: LMData,
     tokenizer: Any,
@@ -503,13 +525,7 @@ def _generate(
     if not settings.enabled:
         return [], []
     exits = config.exits_named(settings.exits)
-    layers = _layers_of(exits, model.num_layers)
-    adapters = None
-    if model.adapters is not None:
-        adapters = [model.adapters[union.index(layer)] for layer in layers[:-1]]
-    decoder = DecoderModel(bare.parts, layers, adapters=adapters)
-    outcome = outcomes[exits.name].get("consistency") or next(iter(outcomes[exits.name].values()))
-    policies = _generation_policies(config, decoder, outcome)
+    policies = _generation_policies(config, decoder, _consistency(config, outcomes))
     prompts = _prompts(config, data)
     full = EarlyExitGenerator(decoder, None, kv=settings.kv)
     points = []
@@ -706,6 +722,74 @@ def _samples(
     return samples
 
 
+def _sequence(
+    config: LMJobConfig,
+    decoder: DecoderModel,
+    outcomes: dict[str, dict[Target, ModelOutcome]],
+    data: LMData,
+    log: Callable[[str], None],
+) -> SequenceResult | None:
+    """The sequence-level certificate on calibration prompts, then its rule on test prompts."""
+    settings = config.sequence
+    if not settings.enabled or decoder.num_exits == 1:
+        return None
+    manager = get_plugin_manager()
+    take = min(config.generation.prompt_tokens, data.tokens_per_article)
+    prompts = {
+        split: rows[: settings.prompts, :take].tolist()
+        for split, rows in (("calibration", data.calibration), ("test", data.test))
+    }
+    calibration = None
+    if manager.criteria.get(settings.criterion).needs_calibration:
+        calibration = vocabulary_calibration(_consistency(config, outcomes).calibration, decoder)
+    started = time.perf_counter()
+    chosen, certificate = certify_sequences(
+        decoder,
+        prompts["calibration"],
+        settings.criterion,
+        risk=settings.risk,
+        alpha=settings.alpha,
+        thresholds=settings.thresholds,
+        loss=settings.loss,
+        max_new_tokens=settings.new_tokens,
+        batch_size=settings.batch_size,
+        calibration=calibration,
+        eos_token_id=[],
+        kv=config.generation.kv,
+        plugins=manager,
+        **config.sweep.params_of(settings.criterion),
+    )
+    test_loss = None
+    layers = None
+    if chosen is not None:
+        full = generate_all(
+            EarlyExitGenerator(decoder, None, kv=config.generation.kv),
+            prompts["test"],
+            settings.new_tokens,
+            settings.batch_size,
+            [],
+        )
+        runner = EarlyExitGenerator(decoder, chosen, kv=config.generation.kv)
+        early, ran = [], []
+        for start in range(0, len(prompts["test"]), settings.batch_size):
+            out = runner.generate(
+                prompts["test"][start : start + settings.batch_size],
+                max_new_tokens=settings.new_tokens,
+                eos_token_id=[],
+            )
+            early += out.tokens
+            ran += [decoder.exit_layers[e] + 1 for row in out.exits for e in row[1:]]
+        losses = sequence_losses(early, full, settings.new_tokens, settings.loss)
+        test_loss = float(losses.mean())
+        layers = sum(ran) / len(ran) if ran else None
+    result = SequenceResult(certificate, test_loss, len(prompts["test"]), layers)
+    log(
+        f"sequence certificate: {certificate.statement()} Test loss: {test_loss} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    return result
+
+
 # ---------------------------------------------------------------------------------- MLflow
 
 
@@ -792,6 +876,13 @@ class _Tracking:
                             f"speedup_measured_batch_{point.batch_size}": point.speedup,
                         }
                     )
+            sequence = result.sequence
+            if (
+                sequence is not None
+                and exits.name == config.exits_named(config.generation.exits).name
+            ):
+                metrics.update(_sequence_metrics(sequence))
+                tracker.log_params(run, {"sequence.statement": sequence.certificate.statement()})
             tracker.log_metrics(run, metrics)
             for target, outcome in result.outcomes[exits.name].items():
                 params = {**self.common, "token_target": target, "exit_layers": json.dumps(layers)}
@@ -830,6 +921,20 @@ class _Tracking:
         self.result.tracking_uri = self.config.tracking.uri or default_tracking_uri()
         self.result.parent_run_id = self.parent
         self.result.tracking_failures = list(self.tracker.failures)
+
+
+def _sequence_metrics(sequence: SequenceResult) -> dict[str, float]:
+    cert = sequence.certificate
+    values = {
+        "sequence.certified": float(cert.certified),
+        "sequence.threshold": cert.threshold,
+        "sequence.risk": cert.risk,
+        "sequence.calibration_loss": cert.calibration_loss,
+        "sequence.test_loss": sequence.test_loss,
+        "sequence.layers_per_token": sequence.layers_per_token,
+        "sequence.thresholds_tested": float(len(cert.tested)),
+    }
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _outcome_metrics(target: str, outcome: ModelOutcome) -> dict[str, float]:

@@ -56,6 +56,8 @@ def render_lm_report(result: LMJobResult) -> str:
         lines += _generation(result)
     if result.samples:
         lines += _samples(result)
+    if result.sequence is not None:
+        lines += _sequence(result)
     lines += _statement(result)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -240,6 +242,38 @@ def _samples(result: LMJobResult) -> list[str]:
     ]
 
 
+def _sequence(result: LMJobResult) -> list[str]:
+    sequence = result.sequence
+    if sequence is None:
+        return []
+    cert = sequence.certificate
+    rows = [
+        [f"{threshold:g}", f"{mean:.3f}", f"{p:.3g}", "yes" if p <= cert.alpha else "no"]
+        for threshold, mean, p in cert.tested
+    ]
+    measured = (
+        "Nothing was certified, so the rule is full depth."
+        if sequence.test_loss is None
+        else f"On {sequence.test_prompts} prompts from test articles the certified rule's mean "
+        f"loss was {sequence.test_loss:.3f} (bound {cert.risk:g}), its new tokens ran "
+        f"{_cell(sequence.layers_per_token, '.1f')} layers of {result.model.num_layers} on "
+        "average."
+    )
+    return [
+        "## Sequence-level certificate (CALM's form)",
+        "",
+        f"Learn-then-Test over thresholds of {cert.criterion} (fixed sequence, safest first, "
+        f"Hoeffding–Bentkus p-values) on {cert.prompts} prompts from calibration articles, one "
+        f"per article, each continued greedily for {cert.max_new_tokens} tokens at full depth "
+        f"and with exits; loss: {cert.loss}. Certificate: {cert.statement()}",
+        "",
+        markdown_table(["threshold", "mean loss", "p-value", "rejected (≤ α)"], rows),
+        "",
+        measured,
+        "",
+    ]
+
+
 def _statement(result: LMJobResult) -> list[str]:
     return [
         "## What the token-level statements say",
@@ -249,8 +283,10 @@ def _statement(result: LMJobResult) -> list[str]:
         "model at least δ of the time, with probability ≥ 1 − α over the calibration draw. "
         "It says nothing per sequence: in free generation an early token that differs changes "
         "the prefix, and later tokens are then compared with the full model on a text it did "
-        "not write. The generation table shows how often whole continuations stay identical; "
-        "the lossless mode is the one whose continuations always equal full depth's.",
+        "not write. The sequence-level certificate, when the job ran it, bounds that directly: the "
+        "expected share of a continuation that differs from full depth's. The generation "
+        "table shows how often whole continuations stay identical; the lossless mode is the "
+        "one whose continuations always equal full depth's.",
         "",
     ]
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from adaptix.experiment.lm_config import LMJobConfig, Target
     from adaptix.experiment.results import ModelOutcome
     from adaptix.experiment.study import StudyResult
+    from adaptix.online.sequence import SequenceCertificate
 
 
 @dataclass
@@ -137,6 +138,24 @@ class Sample:
     identical: bool
 
 
+@dataclass(frozen=True)
+class SequenceResult:
+    """The sequence-level certificate, and its rule measured on test prompts.
+
+    Attributes:
+        certificate: what `adaptix.online.sequence.certify_sequences` established on
+            calibration prompts.
+        test_loss: the certified rule's mean loss on ``test_prompts`` prompts from test
+            articles (None: nothing certified).
+        layers_per_token: the mean layers its new tokens ran there (the first left out).
+    """
+
+    certificate: SequenceCertificate
+    test_loss: float | None
+    test_prompts: int
+    layers_per_token: float | None
+
+
 @dataclass
 class LMJobResult:
     """What `adaptix.experiment.lm_job.run_lm_job` produced.
@@ -154,6 +173,7 @@ class LMJobResult:
     studies: dict[str, StudyResult]
     generation: list[GenerationPoint]
     samples: list[Sample]
+    sequence: SequenceResult | None
     output_dir: Path
     seconds: float
     report: str
@@ -162,4 +182,4 @@ class LMJobResult:
     tracking_failures: list[str] = field(default_factory=list)
 
 
-__all__ = ["GenerationPoint", "LMData", "LMJobResult", "LMModel", "Sample"]
+__all__ = ["GenerationPoint", "LMData", "LMJobResult", "LMModel", "Sample", "SequenceResult"]
