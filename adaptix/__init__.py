@@ -38,6 +38,7 @@ from adaptix.online.monitor import (
     ShiftWarning,
 )
 from adaptix.online.runtime import EarlyExitRunner, RunnerOutput
+from adaptix.online.sequence import SequenceCertificate, certify_sequences
 from adaptix.online.speculative import SelfSpeculativeGenerator, SpeculativeOutput
 from adaptix.online.training import TrainResult, train_exits
 from adaptix.plugins import get_plugin_manager
@@ -64,6 +65,7 @@ __all__ = [
     "ReferenceCounts",
     "RunnerOutput",
     "SelfSpeculativeGenerator",
+    "SequenceCertificate",
     "ShiftAlarm",
     "ShiftMonitor",
     "ShiftReport",
@@ -82,6 +84,7 @@ __all__ = [
     "build_model",
     "calibrate",
     "calibrate_survivors",
+    "certify_sequences",
     "compact_token_traces",
     "count_survivors",
     "count_thresholds",

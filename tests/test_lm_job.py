@@ -98,8 +98,8 @@ def test_the_report_has_every_section(job: tuple[LMJobResult, list[str], Path]) 
     for heading in (
         "### Control over the δ grid",
         "## Study by article (layers-1-3)",
-        "### consistency x1",
-        "### consistency x2",
+        "### consistency, logits as trained",
+        "### consistency, logits × 2",
         "## Generation: tokens/s against full depth",
         "## Sample continuations: full depth and pcee at δ = 0.4",
         "## Sequence-level certificate (CALM's form)",
@@ -231,22 +231,43 @@ def test_a_second_run_reads_adapters_and_traces_from_the_cache(
         update={
             "output_dir": tmp_path / "again",
             "tracking": first.config.tracking.model_copy(update={"enabled": False}),
-            "study": first.config.study.model_copy(update={"splits": 0}),
-            "generation": first.config.generation.model_copy(update={"enabled": False}),
-            "sequence": first.config.sequence.model_copy(update={"enabled": False}),
+            "generation": first.config.generation.model_copy(update={"speculative": False}),
         }
     )
     again: list[str] = []
     second = run_lm_job(config, log=again.append)
-    assert sum("from the cache" in line for line in again) == 2  # x1 and x2
+    cached = [line for line in again if "from the cache" in line]
+    assert len(cached) == 5, cached  # traces x1 and x2, the two studies, the sequence certificate
     for name, targets in first.outcomes.items():
         for target, outcome in targets.items():
             other = second.outcomes[name][target]
             assert torch.equal(outcome.test_trace.logits, other.test_trace.logits)
             assert outcome.frontier.points == other.frontier.points
-    assert second.generation == []
-    assert second.sequence is None
-    assert second.studies == {}
+    assert second.sequence == first.sequence
+    assert {k: v.rows for k, v in second.studies.items()} == {
+        k: v.rows for k, v in first.studies.items()
+    }
+    # timings are measured again, never cached
+    assert {p.label for p in second.generation} == {"pcee@0.4", "guarantee@0.4"}
+
+
+def test_a_corrupt_cache_entry_is_recomputed_with_a_warning(
+    job: tuple[LMJobResult, list[str], Path], tmp_path: Path
+) -> None:
+    first, _, tmp = job
+    for path in (tmp / "cache").glob("lm-s*.pt"):
+        path.write_bytes(b"not a cache entry")
+    config = _config(tmp).model_copy(
+        update={
+            "output_dir": tmp_path / "again",
+            "tracking": first.config.tracking.model_copy(update={"enabled": False}),
+            "generation": first.config.generation.model_copy(update={"enabled": False}),
+        }
+    )
+    with pytest.warns(UserWarning, match="corrupt model cache entry"):
+        second = run_lm_job(config, log=lambda _: None)
+    assert second.sequence == first.sequence
+    assert second.studies["consistency x2"].rows == first.studies["consistency x2"].rows
 
 
 def test_full_traces_read_every_criterion_entropy_included(tmp_path: Path) -> None:

@@ -496,3 +496,24 @@ def test_a_group_on_both_sides_is_refused(traces: tuple[Trace, Trace]) -> None:
     )
     with pytest.raises(ValidationError, match="unique across both"):
         run_study(*traces, **SETTINGS, groups=groups, progress=False)
+
+
+def test_a_study_round_trips_through_its_dict_and_json() -> None:
+    import json as _json
+
+    from adaptix.experiment.study import StudyResult
+
+    study = run_study(
+        synthetic_trace(600, num_exits=3, num_classes=5, seed=0),
+        synthetic_trace(600, num_exits=3, num_classes=5, seed=1),
+        splits=3,
+        calibration_size=300,
+        deltas=(0.6, 0.8),
+        scales=(1.0, 2.0),
+        progress=False,
+    )
+    again = StudyResult.from_dict(_json.loads(_json.dumps(study.to_dict())))
+    assert again == study
+    assert again.to_markdown() == study.to_markdown()
+    with pytest.raises(ValidationError, match=r"StudyResult\.to_dict"):
+        StudyResult.from_dict({"rows": []})

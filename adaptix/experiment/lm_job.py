@@ -27,9 +27,11 @@ Nothing of the text is stored except the sample continuations in the output dire
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +71,12 @@ from adaptix.online.decoder import (
 from adaptix.online.generate import EarlyExitGenerator
 from adaptix.online.lm_adapters import AdapterRecipe, train_adapters, weights_digest
 from adaptix.online.paired import time_paired
-from adaptix.online.sequence import certify_sequences, generate_all, sequence_losses
+from adaptix.online.sequence import (
+    SequenceCertificate,
+    certify_sequences,
+    generate_all,
+    sequence_losses,
+)
 from adaptix.online.speculative import SelfSpeculativeGenerator
 from adaptix.plugins import AdaptixPluginManager, get_plugin_manager
 from adaptix.tracking import Tracker, default_tracking_uri, log_certified, log_frontier
@@ -158,21 +165,21 @@ def _run(config: LMJobConfig, log: Callable[[str], None]) -> LMJobResult:
         seconds=0.0,
         report="",
     )
-    tracking = _Tracking(config, result) if config.tracking.enabled else None
-    try:
-        if tracking is not None:
-            tracking.log_configurations()
-        result.seconds = time.perf_counter() - started
-        result.report = render_lm_report(result)
-        report_path = out / "report.md"
-        report_path.write_text(result.report, encoding="utf-8")
-        if tracking is not None:
-            tracking.finish(report_path)
-    except BaseException:
-        if tracking is not None:
-            tracking.tracker.end_run(tracking.parent, "FAILED")
-        raise
+    # The report is written before anything is logged: a tracking failure loses nothing.
+    result.seconds = time.perf_counter() - started
+    result.report = render_lm_report(result)
+    report_path = out / "report.md"
+    report_path.write_text(result.report, encoding="utf-8")
     log(result.report)
+    if config.tracking.enabled:
+        tracking = _Tracking(config, result)
+        try:
+            tracking.log_configurations()
+            tracking.finish(report_path)
+        except BaseException:
+            tracking.tracker.end_run(tracking.parent, "FAILED")
+            raise
+        log(f"MLflow: run {result.parent_run_id} at {result.tracking_uri}")
     return result
 
 
@@ -463,30 +470,76 @@ def _studies(
         data.calibration.shape[0] + torch.arange(data.test.shape[0]).repeat_interleave(per_article),
     )
     studies = {}
+    store = ModelCache(config.resolved_cache_dir())
     for target in settings.targets:
         for scale in (1.0, *config.sweep.stress_scales):
             calib, test = _split(_select(traces[scale][target], columns), data)
-            log(f"study: {target}, logits x{scale:g}, {settings.splits} splits by article")
-            result = run_study(
-                calib,
-                test,
-                splits=settings.splits,
-                calibration_size=(calib.num_inputs + test.num_inputs) // 2,
-                deltas=settings.deltas,
-                scales=(1.0,),
-                alpha=config.guarantee.alpha,
-                criteria=config.study_criteria(),
-                bins=config.sweep.bins,
-                seed=config.seed,
-                groups=groups,
-                plugins=manager,
+            arguments: dict[str, Any] = {
+                "splits": settings.splits,
+                "calibration_size": (calib.num_inputs + test.num_inputs) // 2,
+                "deltas": settings.deltas,
+                "scales": (1.0,),
+                "alpha": config.guarantee.alpha,
+                "criteria": config.study_criteria(),
+                "bins": config.sweep.bins,
+                "calibrators": (config.sweep.calibrator,),
+                "seed": config.seed,
+            }
+            # a study is a function of its traces and arguments: cached by them
+            key = cache_key(
+                calibration=_trace_digest(calib),
+                test=_trace_digest(test),
+                groups=tensor_digest({"c": groups[0], "t": groups[1]}),
+                arguments=arguments,
+                version=1,
             )
+            result = _cached_study(store, key)
+            if result is None:
+                log(f"study: {target}, logits x{scale:g}, {settings.splits} splits by article")
+                result = run_study(calib, test, groups=groups, plugins=manager, **arguments)
+                store.save("lm-study", key, {}, {"study": result.to_dict()})
+            else:
+                log(f"study: {target}, logits x{scale:g}: from the cache")
             name = f"{target} x{scale:g}"
             stem = f"study-{exits.name}-{target}-x{scale:g}"
             (config.output_dir / f"{stem}.md").write_text(result.to_markdown(), encoding="utf-8")
             result.to_csv(config.output_dir / f"{stem}.csv")
             studies[name] = result
     return studies
+
+
+def _cached_sequence(store: ModelCache, key: str) -> SequenceResult | None:
+    entry = store.load("lm-sequence", key)
+    if entry is None:
+        return None
+    try:
+        data = dict(entry[1]["sequence"])
+        fields = dict(data.pop("certificate"))
+        fields["tested"] = tuple(tuple(t) for t in fields["tested"])
+        return SequenceResult(SequenceCertificate(**fields), **data)
+    except (KeyError, TypeError, ValueError) as err:
+        warnings.warn(
+            f"unreadable sequence certificate in the cache ({err}): certifying again.", stacklevel=2
+        )
+        return None
+
+
+def _trace_digest(trace: Trace) -> str:
+    tensors = {"logits": trace.logits, "costs": trace.costs}
+    if trace.labels is not None:
+        tensors["labels"] = trace.labels
+    return tensor_digest(tensors)
+
+
+def _cached_study(store: ModelCache, key: str) -> StudyResult | None:
+    entry = store.load("lm-study", key)
+    if entry is None:
+        return None
+    try:
+        return StudyResult.from_dict(entry[1]["study"])
+    except (KeyError, AdaptixError) as err:
+        warnings.warn(f"unreadable study in the cache ({err}): running it again.", stacklevel=2)
+        return None
 
 
 # ------------------------------------------------------------------------------- generation
@@ -742,6 +795,24 @@ def _sequence(
     calibration = None
     if manager.criteria.get(settings.criterion).needs_calibration:
         calibration = vocabulary_calibration(_consistency(config, outcomes).calibration, decoder)
+    # greedy generation is deterministic: the certificate and its test loss are cached by
+    # everything they depend on
+    store = ModelCache(config.resolved_cache_dir())
+    key = cache_key(
+        model=weights_digest(decoder.parts),
+        exit_layers=list(decoder.exit_layers),
+        adapters=_adapters_digest(decoder),
+        prompts={k: tensor_digest({"ids": torch.tensor(v)}) for k, v in prompts.items()},
+        settings=settings.model_dump(mode="json"),
+        kv=config.generation.kv,
+        calibration=None if calibration is None else calibration.checksum,
+        params=config.sweep.params_of(settings.criterion),
+        version=1,
+    )
+    cached = _cached_sequence(store, key)
+    if cached is not None:
+        log(f"sequence certificate: from the cache: {cached.certificate.statement()}")
+        return cached
     started = time.perf_counter()
     chosen, certificate = certify_sequences(
         decoder,
@@ -783,6 +854,7 @@ def _sequence(
         test_loss = float(losses.mean())
         layers = sum(ran) / len(ran) if ran else None
     result = SequenceResult(certificate, test_loss, len(prompts["test"]), layers)
+    store.save("lm-sequence", key, {}, {"sequence": dataclasses.asdict(result)})
     log(
         f"sequence certificate: {certificate.statement()} Test loss: {test_loss} "
         f"({time.perf_counter() - started:.0f} s)"

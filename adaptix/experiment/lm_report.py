@@ -165,7 +165,20 @@ def _studies(result: LMJobResult) -> list[str]:
         "",
     ]
     for name, studied in result.studies.items():
-        lines += [f"### {name}", "", studied.to_markdown(), ""]
+        target, scale = name.rsplit(" x", 1)
+        note = (
+            ""
+            if scale == "1"
+            else f"The logits were multiplied by {scale} before the trace was reduced (a compact "
+            "trace cannot be rescaled afterwards), so the study reads this trace as it is: its "
+            "'natural logits' below are the stressed ones.\n\n"
+        )
+        heading = (
+            f"### {target}, logits as trained"
+            if scale == "1"
+            else f"### {target}, logits × {scale}"
+        )
+        lines += [heading, "", note + studied.to_markdown(), ""]
     return lines
 
 

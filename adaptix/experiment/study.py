@@ -335,6 +335,32 @@ class StudyResult:
         )
         return params
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything of the study as JSON-ready values (`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyResult:
+        """The study `to_dict` gave (e.g. read back from JSON).
+
+        Raises:
+            ValidationError: a mapping that is not such a study.
+        """
+        try:
+            raw: dict[str, Any] = dict(data["config"])
+            tuples = ("deltas", "scales", "criteria", "calibrators", "survivors")
+            fields_: dict[str, Any] = {
+                k: tuple(v) if k in tuples else v for k, v in raw.items() if k != "modes"
+            }
+            fields_["modes"] = tuple(StudyMode(**m) for m in raw["modes"])
+            config = StudyConfig(**fields_)
+            rows = [StudyRow(**row) for row in data["rows"]]
+            return cls(config, rows, float(data["seconds"]), dict(data["traces"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValidationError(
+                f"expected a study as StudyResult.to_dict gives it: {err}"
+            ) from err
+
     def to_csv(self, path: str | Path) -> Path:
         """Every row (per δ) as CSV, with the ``miss_noise_band`` column, written atomically.
 

@@ -181,7 +181,10 @@ def certify_sequences(
         thresholds: tested in this order, the safest first; testing stops at the first that
             cannot be certified.
         loss: ``"mismatch"`` or ``"differs"``.
-        max_new_tokens, batch_size, eos_token_id, kv: generation as it will run.
+        max_new_tokens: new tokens per prompt, as generation will run.
+        batch_size: prompts per generation call.
+        eos_token_id: as `EarlyExitGenerator.generate` (``[]``: no early end).
+        kv: the KV strategy generation will use.
 
     Returns:
         (the certified policy, or None for full depth; the certificate).
