@@ -42,7 +42,7 @@ TINY: dict[str, Any] = {
         "bins": 5,
         "delta_min": 0.3,
         "delta_max": 0.9,
-        "delta_step": 0.05,
+        "delta_step": 0.1,
         "stress_scales": [2.0],
     },
     "study": {"splits": 4, "deltas": [0.4, 0.6]},
@@ -57,10 +57,10 @@ TINY: dict[str, Any] = {
     },
     "sequence": {
         "risk": 0.5,
-        "prompts": 20,
+        "prompts": 10,
         "new_tokens": 6,
         "batch_size": 10,
-        "thresholds": [0.99, 0.9, 0.5, 0.1],
+        "thresholds": [0.9, 0.5, 0.1],
     },
 }
 
@@ -152,9 +152,9 @@ def test_generation_is_timed_against_full_depth_and_lossless_equals_it(
     sequence = result.sequence
     assert sequence is not None
     certificate = sequence.certificate
-    assert certificate.prompts == 20
+    assert certificate.prompts == 10
     assert certificate.max_new_tokens == 6
-    assert 1 <= len(certificate.tested) <= 4
+    assert 1 <= len(certificate.tested) <= 3
     if certificate.certified:
         assert sequence.test_loss is not None
         assert 0 <= sequence.test_loss <= 1
@@ -222,7 +222,7 @@ def test_mlflow_holds_the_parent_a_run_per_exit_configuration_and_the_points(
     assert any(a.path == "report.md" for a in client.list_artifacts(parent.info.run_id))
 
 
-def test_a_second_run_reads_adapters_and_traces_from_the_cache(
+def test_a_second_run_reads_traces_and_studies_from_the_cache(
     job: tuple[LMJobResult, list[str], Path], tmp_path: Path
 ) -> None:
     first, lines, tmp = job
@@ -234,10 +234,13 @@ def test_a_second_run_reads_adapters_and_traces_from_the_cache(
             "generation": first.config.generation.model_copy(update={"speculative": False}),
         }
     )
+    for path in (tmp / "cache").glob("lm-sequence-*.pt"):  # a corrupt entry: done again
+        path.write_bytes(b"not a cache entry")
     again: list[str] = []
-    second = run_lm_job(config, log=again.append)
+    with pytest.warns(UserWarning, match="corrupt model cache entry"):
+        second = run_lm_job(config, log=again.append)
     cached = [line for line in again if "from the cache" in line]
-    assert len(cached) == 5, cached  # traces x1 and x2, the two studies, the sequence certificate
+    assert len(cached) == 4, cached  # traces x1 and x2, the two studies
     for name, targets in first.outcomes.items():
         for target, outcome in targets.items():
             other = second.outcomes[name][target]
@@ -251,31 +254,13 @@ def test_a_second_run_reads_adapters_and_traces_from_the_cache(
     assert {p.label for p in second.generation} == {"pcee@0.4", "guarantee@0.4"}
 
 
-def test_a_corrupt_cache_entry_is_recomputed_with_a_warning(
-    job: tuple[LMJobResult, list[str], Path], tmp_path: Path
-) -> None:
-    first, _, tmp = job
-    for path in (tmp / "cache").glob("lm-s*.pt"):
-        path.write_bytes(b"not a cache entry")
-    config = _config(tmp).model_copy(
-        update={
-            "output_dir": tmp_path / "again",
-            "tracking": first.config.tracking.model_copy(update={"enabled": False}),
-            "generation": first.config.generation.model_copy(update={"enabled": False}),
-        }
-    )
-    with pytest.warns(UserWarning, match="corrupt model cache entry"):
-        second = run_lm_job(config, log=lambda _: None)
-    assert second.sequence == first.sequence
-    assert second.studies["consistency x2"].rows == first.studies["consistency x2"].rows
-
-
 def test_full_traces_read_every_criterion_entropy_included(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
         traces="full",
         exits=[{"name": "mid", "layers": [2]}],
-        sweep={**TINY["sweep"], "criteria": ["confidence", "entropy", "pcee"]},
+        targets=["consistency"],
+        sweep={**TINY["sweep"], "criteria": ["confidence", "entropy", "pcee"], "stress_scales": []},
         study={"splits": 0},
         generation={"enabled": False},
         sequence={"enabled": False},
@@ -345,6 +330,8 @@ def test_cli_prints_and_runs_the_language_model_job(
     data = {
         **TINY,
         "exits": [{"name": "mid", "layers": [2]}],
+        "targets": ["consistency"],
+        "sweep": {**TINY["sweep"], "stress_scales": []},
         "study": {"splits": 0},
         "generation": {**TINY["generation"], "batch_sizes": [2], "speculative": False},
         "sequence": {"enabled": False},
