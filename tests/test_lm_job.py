@@ -288,6 +288,11 @@ def test_full_traces_read_every_criterion_entropy_included(tmp_path: Path) -> No
         ({"generation": {"new_tokens": 0}}, "new_tokens"),
         ({"adapters": {"lr": 1.5}}, "lr"),
         ({"surprise": 1}, "surprise"),
+        ({"generation": {"kv": "teleport"}}, "teleport"),
+        (
+            {"generation": {"criteria": ["patience"]}, "sweep": {"criteria": ["patience"]}},
+            "no accuracy reading",
+        ),
     ],
 )
 def test_bad_configurations_fail_at_their_dotted_path(

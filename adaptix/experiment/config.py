@@ -139,6 +139,7 @@ CriterionName = Annotated[str, AfterValidator(_registered(lambda m: m.criteria))
 BackboneName = Annotated[str, AfterValidator(_registered(lambda m: m.backbones))]
 CalibratorName = Annotated[str, AfterValidator(_registered(lambda m: m.calibrators))]
 HeadName = Annotated[str, AfterValidator(_registered(lambda m: m.exit_heads))]
+KVStrategyName = Annotated[str, AfterValidator(_registered(lambda m: m.kv_strategies))]
 
 
 class DataConfig(FrozenModel):

@@ -16,7 +16,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from adaptix._frozen import FrozenModel
 from adaptix.errors import ConfigError
@@ -29,6 +36,7 @@ from adaptix.experiment.config import (
     Flag,
     GuaranteeConfig,
     JobConfig,
+    KVStrategyName,
     Level,
     Real,
     Seed,
@@ -40,7 +48,7 @@ from adaptix.experiment.config import (
     read_mapping,
 )
 from adaptix.experiment.datasets import check_data as check_data_sizes
-from adaptix.plugins import AdaptixPluginManager
+from adaptix.plugins import AdaptixPluginManager, resolve_manager
 from adaptix.scalars import integer_field, real_field
 
 if TYPE_CHECKING:
@@ -204,7 +212,7 @@ class GenerationConfig(FrozenModel):
     prompt_tokens: Tokens = 32
     new_tokens: NewTokens = 24
     rounds: AtLeastOne = 3
-    kv: str = Field(default="deferred", min_length=1)
+    kv: KVStrategyName = Field(default="deferred", validate_default=True)
     speculative: Flag = True
     draft_tokens: AtLeastOne = 4
     draft_exit: Count | None = Field(
@@ -274,6 +282,23 @@ class LMJobConfig(FrozenModel):
         description="converted models, adapters and traces (default: ADAPTIX_CACHE_DIR or "
         ".adaptix-cache)",
     )
+
+    @field_validator("generation")
+    @classmethod
+    def _generation_reads_delta(
+        cls, value: GenerationConfig, info: ValidationInfo
+    ) -> GenerationConfig:
+        context = info.context if isinstance(info.context, dict) else {}
+        criteria = resolve_manager(context.get("plugins")).criteria
+        for name in value.criteria:
+            if name == GUARANTEE_ROW or name not in criteria:
+                continue  # the guarantee mode, or a name the consistency check reports
+            if criteria.get(name).accuracy_reading is None:
+                raise ValueError(
+                    f"criteria {name!r} declares no accuracy reading, so δ gives it no "
+                    "threshold: leave it out"
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> LMJobConfig:
