@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from adaptix import scalars
-from adaptix.core.files import atomic_write, check_meta
+from adaptix.core.files import atomic_write, check_meta, tensor_digest
 from adaptix.errors import ValidationError, expect
 
 _FORMAT = "adaptix.trace"
@@ -80,6 +80,14 @@ class Trace:
             f"Trace(N={self.num_inputs}, E={self.num_exits}, C={self.num_classes}, {labelled}, "
             f"costs={[round(float(c), 4) for c in self.costs]})"
         )
+
+    def content_digest(self) -> str:
+        """SHA-256 of the trace's tensors (logits, labels when present, costs; dtypes and
+        shapes included): identifies its content in study records and caches."""
+        tensors = {"logits": self.logits, "costs": self.costs}
+        if self.labels is not None:
+            tensors["labels"] = self.labels
+        return tensor_digest(tensors)
 
     def row_digests(self) -> Tensor:
         """int64 ``[N]``: a 64-bit fingerprint of each row (its logits at every exit, compared

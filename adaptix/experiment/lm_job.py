@@ -68,7 +68,7 @@ from adaptix.online.decoder import (
     token_traces,
     vocabulary_calibration,
 )
-from adaptix.online.generate import EarlyExitGenerator
+from adaptix.online.generate import EarlyExitGenerator, GenerationOutput
 from adaptix.online.lm_adapters import AdapterRecipe, train_adapters, weights_digest
 from adaptix.online.paired import time_paired
 from adaptix.online.sequence import (
@@ -487,8 +487,8 @@ def _studies(
             }
             # a study is a function of its traces and arguments: cached by them
             key = cache_key(
-                calibration=_trace_digest(calib),
-                test=_trace_digest(test),
+                calibration=calib.content_digest(),
+                test=test.content_digest(),
                 groups=tensor_digest({"c": groups[0], "t": groups[1]}),
                 arguments=arguments,
                 version=1,
@@ -522,13 +522,6 @@ def _cached_sequence(store: ModelCache, key: str) -> SequenceResult | None:
             f"unreadable sequence certificate in the cache ({err}): certifying again.", stacklevel=2
         )
         return None
-
-
-def _trace_digest(trace: Trace) -> str:
-    tensors = {"logits": trace.logits, "costs": trace.costs}
-    if trace.labels is not None:
-        tensors["labels"] = trace.labels
-    return tensor_digest(tensors)
 
 
 def _cached_study(store: ModelCache, key: str) -> StudyResult | None:
@@ -706,9 +699,8 @@ def _point(
         drafted = sum(sum(out.drafted) for out in outputs)
         accepted = sum(sum(out.accepted) for out in outputs)
         acceptance = accepted / drafted if drafted else None
-    else:  # each token's own step, the prefill's first token left out (as layers_per_token)
-        ran = [out.exit_layers[e] + 1 for out in outputs for row in out.exits for e in row[1:]]
-        layers = sum(ran) / len(ran) if ran else None
+    else:
+        layers = _layers_per_token(outputs)
     seconds = times.runner_seconds
     baseline = times.baseline_seconds
     return GenerationPoint(
@@ -727,6 +719,13 @@ def _point(
         acceptance_rate=acceptance,
         rounds=times.rounds,
     )
+
+
+def _layers_per_token(outputs: Sequence[GenerationOutput]) -> float | None:
+    """Mean layers a new token's own step ran over every row of ``outputs``, each row's first
+    token (the prefill's, at full depth) left out, as `GenerationOutput.layers_per_token`."""
+    ran = [out.exit_layers[e] + 1 for out in outputs for row in out.exits for e in row[1:]]
+    return sum(ran) / len(ran) if ran else None
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -841,18 +840,11 @@ def _sequence(
             [],
         )
         runner = EarlyExitGenerator(decoder, chosen, kv=config.generation.kv)
-        early, ran = [], []
-        for start in range(0, len(prompts["test"]), settings.batch_size):
-            out = runner.generate(
-                prompts["test"][start : start + settings.batch_size],
-                max_new_tokens=settings.new_tokens,
-                eos_token_id=[],
-            )
-            early += out.tokens
-            ran += [decoder.exit_layers[e] + 1 for row in out.exits for e in row[1:]]
+        outputs = _passes(runner, prompts["test"], settings.batch_size, settings.new_tokens)()
+        early = [row for out in outputs for row in out.tokens]
         losses = sequence_losses(early, full, settings.new_tokens, settings.loss)
         test_loss = float(losses.mean())
-        layers = sum(ran) / len(ran) if ran else None
+        layers = _layers_per_token(outputs)
     result = SequenceResult(certificate, test_loss, len(prompts["test"]), layers)
     store.save("lm-sequence", key, {}, {"sequence": dataclasses.asdict(result)})
     log(

@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 
 from adaptix._version import __version__
 from adaptix.core.calibration import Calibration
-from adaptix.core.files import atomic_write, tensor_digest
+from adaptix.core.files import atomic_write
 from adaptix.core.trace import Trace, check_trace, shared_rows
 from adaptix.errors import ValidationError
 from adaptix.experiment.config import GUARANTEE_ROW
@@ -1063,11 +1063,9 @@ def _groups(
 def _identity(trace: Trace, role: str) -> dict[str, str]:
     """A trace's size, content checksum and metadata, as strings."""
     _check_trace(trace, role)
-    tensors = {"logits": trace.logits, "labels": trace.labels, "costs": trace.costs}
-    checksum = tensor_digest({k: v for k, v in tensors.items() if v is not None})
     return {
         "inputs": str(trace.num_inputs),
-        "checksum": checksum[:16],
+        "checksum": trace.content_digest()[:16],
         "meta": json.dumps(trace.meta, sort_keys=True),
     }
 
